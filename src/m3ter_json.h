@@ -1,0 +1,21 @@
+/*-------------------------------------------------------------------------
+ *
+ * m3ter_json.h
+ *		cJSON helpers (json.c); included only by files that use cJSON.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef M3TER_JSON_H
+#define M3TER_JSON_H
+
+#include <cjson/cJSON.h>
+
+#include "utils/jsonb.h"
+
+extern void m3ter_json_install(void);
+extern char *m3ter_answer_message(const char *body);
+extern cJSON *m3ter_parse_answer(const char *body, const char *what);
+extern Datum m3ter_cjson_to_jsonb(const cJSON *item);
+extern cJSON *m3ter_jsonb_to_cjson(Jsonb *jb);
+
+#endif							/* M3TER_JSON_H */

@@ -1,0 +1,402 @@
+/*-------------------------------------------------------------------------
+ *
+ * measurement.c
+ *		Measurement rules, compact JSON output and request packing.
+ *
+ * One code path serves m3ter_submit() and the outbox: both describe a
+ * measurement as an M3terMeasurement and write it with
+ * m3ter_append_measurement(), and both pack written measurements into
+ * requests with m3ter_pack_request().  The rules checked here are the
+ * ones the Ingest API documents:
+ *	- meter and account are codes: not empty, no non-printable or
+ *	  whitespace characters other than space, no leading or trailing
+ *	  whitespace (a Meter code is at most 80 characters);
+ *	- measure, cost, income map strings to numbers; who, where, what,
+ *	  other, metadata map strings to strings;
+ *	- ts and ets are ISO 8601 date-times with a time zone.
+ * A request holds 1 to 1000 measurements and is under 512,000 bytes.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "common/string.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+
+#include "m3ter.h"
+
+const char *const m3ter_map_names[M3TER_NUM_MAPS] = {
+	"measure", "cost", "income", "who", "where", "what", "other", "metadata"
+};
+
+const M3terMapKind m3ter_map_kinds[M3TER_NUM_MAPS] = {
+	M3TER_NUMERIC_MAP, M3TER_NUMERIC_MAP, M3TER_NUMERIC_MAP,
+	M3TER_STRING_MAP, M3TER_STRING_MAP, M3TER_STRING_MAP,
+	M3TER_STRING_MAP, M3TER_STRING_MAP
+};
+
+/* Unicode code points that count as whitespace or are not printable */
+static bool
+is_forbidden_codepoint(pg_wchar c)
+{
+	if (c < 0x20 || c == 0x7f || (c >= 0x80 && c < 0xa0))
+		return true;
+	switch (c)
+	{
+		case 0xa0:
+		case 0x1680:
+		case 0x2028:
+		case 0x2029:
+		case 0x202f:
+		case 0x205f:
+		case 0x3000:
+		case 0xfeff:
+			return true;
+	}
+	return (c >= 0x2000 && c <= 0x200b);
+}
+
+/*
+ * Check a code (Meter or Account code, field code).  Returns NULL when it
+ * is good, else a sentence that says what is wrong.  maxlen counts
+ * characters; 0 means no limit.
+ */
+const char *
+m3ter_check_code(const char *s, int maxlen)
+{
+	int			len = strlen(s);
+	int			nchars = 0;
+	const char *p = s;
+	const char *end = s + len;
+
+	if (len == 0)
+		return "It must not be empty.";
+	if (s[0] == ' ' || s[len - 1] == ' ')
+		return "It must not start or end with whitespace.";
+	while (p < end)
+	{
+		int			clen = pg_mblen(p);
+		pg_wchar	c;
+
+		if (GetDatabaseEncoding() == PG_UTF8)
+			c = utf8_to_unicode((const unsigned char *) p);
+		else
+			c = (unsigned char) *p;
+		if (is_forbidden_codepoint(c))
+			return "It must not contain non-printable or whitespace characters other than space.";
+		p += clen;
+		nchars++;
+	}
+	if (maxlen > 0 && nchars > maxlen)
+		return psprintf("It must be at most %d characters long.", maxlen);
+	return NULL;
+}
+
+/*
+ * Check a map field.  Returns NULL when good, else a sentence; the offending
+ * key, when there is one, is written to bad_key.
+ */
+const char *
+m3ter_check_map(Jsonb *map, M3terMapKind kind, StringInfo bad_key)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	if (!JB_ROOT_IS_OBJECT(map) || JB_ROOT_IS_SCALAR(map))
+		return "It must be a JSON object.";
+
+	it = JsonbIteratorInit(&map->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			resetStringInfo(bad_key);
+			appendBinaryStringInfo(bad_key, v.val.string.val, v.val.string.len);
+			if (v.val.string.len == 0)
+				return "Its keys must not be empty.";
+		}
+		else if (tok == WJB_VALUE)
+		{
+			if (kind == M3TER_NUMERIC_MAP)
+			{
+				char	   *text;
+				double		d;
+
+				if (v.type != jbvNumeric)
+					return "Its values must be numbers.";
+				text = DatumGetCString(DirectFunctionCall1(numeric_out,
+														   NumericGetDatum(v.val.numeric)));
+				d = strtod(text, NULL);
+				pfree(text);
+				if (isinf(d))
+					return "Its values must fit in a double precision number.";
+			}
+			else if (v.type != jbvString)
+				return "Its values must be strings.";
+		}
+	}
+	resetStringInfo(bad_key);
+	return NULL;
+}
+
+/* Two digits at s, or -1 */
+static int
+two_digits(const char *s)
+{
+	if (s[0] < '0' || s[0] > '9' || s[1] < '0' || s[1] > '9')
+		return -1;
+	return (s[0] - '0') * 10 + (s[1] - '0');
+}
+
+/*
+ * Is s an ISO 8601 date-time with a zone, as m3ter takes it:
+ * YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM|+HHMM|-HHMM)
+ */
+bool
+m3ter_valid_iso8601(const char *s)
+{
+	int			year,
+				month,
+				day,
+				hour,
+				minute,
+				second;
+	const char *p;
+
+	if (strlen(s) < 20)
+		return false;
+	year = two_digits(s) * 100 + two_digits(s + 2);
+	month = two_digits(s + 5);
+	day = two_digits(s + 8);
+	hour = two_digits(s + 11);
+	minute = two_digits(s + 14);
+	second = two_digits(s + 17);
+	if (two_digits(s) < 0 || two_digits(s + 2) < 0 || year < 1 ||
+		s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't') ||
+		s[13] != ':' || s[16] != ':' ||
+		month < 1 || month > 12 || day < 1 ||
+		day > day_tab[isleap(year)][month - 1] ||
+		hour < 0 || hour > 23 || minute < 0 || minute > 59 ||
+		second < 0 || second > 60)
+		return false;
+	p = s + 19;
+	if (*p == '.')
+	{
+		p++;
+		if (*p < '0' || *p > '9')
+			return false;
+		while (*p >= '0' && *p <= '9')
+			p++;
+	}
+	if ((*p == 'Z' || *p == 'z') && p[1] == '\0')
+		return true;
+	if (*p != '+' && *p != '-')
+		return false;
+	p++;
+	if (two_digits(p) < 0 || two_digits(p) > 23)
+		return false;
+	p += 2;
+	if (*p == ':')
+		p++;
+	return two_digits(p) >= 0 && two_digits(p) <= 59 && p[2] == '\0';
+}
+
+/* Format a timestamptz as 2022-08-24T14:15:22.123Z (UTC, milliseconds) */
+void
+m3ter_format_timestamp(TimestampTz ts, char *buf, size_t buflen)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	if (TIMESTAMP_NOT_FINITE(ts) ||
+		timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0 ||
+		tm.tm_year < 1 || tm.tm_year > 9999)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range for m3ter"),
+				 errdetail("m3ter takes timestamps from year 1 to year 9999.")));
+	snprintf(buf, buflen, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+			 tm.tm_year, tm.tm_mon, tm.tm_mday,
+			 tm.tm_hour, tm.tm_min, tm.tm_sec, (int) (fsec / 1000));
+}
+
+/* Append s (len bytes) as a JSON string literal */
+static void
+append_json_string(StringInfo buf, const char *s, int len)
+{
+	const char *end = s + len;
+	const char *run = s;
+
+	appendStringInfoCharMacro(buf, '"');
+	for (; s < end; s++)
+	{
+		unsigned char c = (unsigned char) *s;
+
+		if (c >= 0x20 && c != '"' && c != '\\')
+			continue;
+		appendBinaryStringInfo(buf, run, s - run);
+		run = s + 1;
+		switch (c)
+		{
+			case '"':
+				appendStringInfoString(buf, "\\\"");
+				break;
+			case '\\':
+				appendStringInfoString(buf, "\\\\");
+				break;
+			case '\n':
+				appendStringInfoString(buf, "\\n");
+				break;
+			case '\r':
+				appendStringInfoString(buf, "\\r");
+				break;
+			case '\t':
+				appendStringInfoString(buf, "\\t");
+				break;
+			default:
+				appendStringInfo(buf, "\\u%04x", c);
+				break;
+		}
+	}
+	appendBinaryStringInfo(buf, run, end - run);
+	appendStringInfoCharMacro(buf, '"');
+}
+
+/* Append ,"name":"value" (or without the comma for the first field) */
+static void
+append_string_field(StringInfo buf, const char *name, const char *value, bool first)
+{
+	if (!first)
+		appendStringInfoCharMacro(buf, ',');
+	append_json_string(buf, name, strlen(name));
+	appendStringInfoCharMacro(buf, ':');
+	append_json_string(buf, value, strlen(value));
+}
+
+/* Append a flat map (already checked) as compact JSON */
+static void
+append_map(StringInfo buf, Jsonb *map)
+{
+	JsonbIterator *it = JsonbIteratorInit(&map->root);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	bool		first = true;
+
+	appendStringInfoCharMacro(buf, '{');
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			if (!first)
+				appendStringInfoCharMacro(buf, ',');
+			first = false;
+			append_json_string(buf, v.val.string.val, v.val.string.len);
+			appendStringInfoCharMacro(buf, ':');
+		}
+		else if (tok == WJB_VALUE)
+		{
+			if (v.type == jbvString)
+				append_json_string(buf, v.val.string.val, v.val.string.len);
+			else if (v.type == jbvNumeric)
+			{
+				char	   *text = DatumGetCString(DirectFunctionCall1(numeric_out,
+																	   NumericGetDatum(v.val.numeric)));
+
+				appendStringInfoString(buf, text);
+				pfree(text);
+			}
+			else
+				elog(ERROR, "unexpected value in a checked m3ter map");
+		}
+	}
+	appendStringInfoCharMacro(buf, '}');
+}
+
+/* Write one measurement as compact JSON; empty maps are left out */
+void
+m3ter_append_measurement(StringInfo buf, const M3terMeasurement *m)
+{
+	int			i;
+
+	appendStringInfoCharMacro(buf, '{');
+	append_string_field(buf, "uid", m->uid, true);
+	append_string_field(buf, "meter", m->meter, false);
+	append_string_field(buf, "account", m->account, false);
+	append_string_field(buf, "ts", m->ts, false);
+	if (m->ets != NULL)
+		append_string_field(buf, "ets", m->ets, false);
+	for (i = 0; i < M3TER_NUM_MAPS; i++)
+	{
+		if (m->maps[i] == NULL || JB_ROOT_COUNT(m->maps[i]) == 0)
+			continue;
+		appendStringInfoCharMacro(buf, ',');
+		append_json_string(buf, m3ter_map_names[i], strlen(m3ter_map_names[i]));
+		appendStringInfoCharMacro(buf, ':');
+		append_map(buf, m->maps[i]);
+	}
+	appendStringInfoCharMacro(buf, '}');
+}
+
+/*
+ * How many written measurements, from start, fit in one request: at most
+ * 1000 and a payload under 512,000 bytes.  Returns the end index
+ * (exclusive); end == start means items[start] can never be sent.
+ */
+int
+m3ter_pack_request(const int *lengths, int start, int n)
+{
+	int64		bytes = M3TER_PAYLOAD_OVERHEAD;
+	int			end = start;
+
+	while (end < n && end - start < M3TER_MAX_MEASUREMENTS)
+	{
+		int64		add = lengths[end] + (end > start ? 1 : 0);
+
+		if (bytes + add >= M3TER_MAX_PAYLOAD_BYTES)
+			break;
+		bytes += add;
+		end++;
+	}
+	return end;
+}
+
+/* Write {"measurements":[items[start..end)]} into payload */
+void
+m3ter_build_payload(StringInfo payload, char *const *items, int start, int end)
+{
+	int			i;
+
+	resetStringInfo(payload);
+	appendStringInfoString(payload, "{\"measurements\":[");
+	for (i = start; i < end; i++)
+	{
+		if (i > start)
+			appendStringInfoCharMacro(payload, ',');
+		appendStringInfoString(payload, items[i]);
+	}
+	appendStringInfoString(payload, "]}");
+}
+
+/* A new random (version 4) UUID as text, for measurements without a uid */
+char *
+m3ter_new_uid(void)
+{
+	unsigned char b[16];
+
+	if (!pg_strong_random(b, sizeof(b)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random uid")));
+	b[6] = (b[6] & 0x0f) | 0x40;
+	b[8] = (b[8] & 0x3f) | 0x80;
+	return psprintf("%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+					b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+					b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+}

@@ -1,0 +1,284 @@
+/*-------------------------------------------------------------------------
+ *
+ * submit.c
+ *		m3ter_submit(measurements jsonb): synchronous Ingest API calls.
+ *
+ * Every measurement is checked before anything is sent, so bad input
+ * never leaves half a submission at m3ter.  Measurements without a uid
+ * get a fresh one, returned to the caller.  They are then packed into
+ * requests as full as the limits allow (m3ter_pack_request), sent one
+ * after another under the retry rules of client.c, and a 413 answer
+ * splits the request in halves.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+
+#include "m3ter.h"
+
+PG_FUNCTION_INFO_V1(m3ter_submit);
+
+typedef struct SubmitState
+{
+	char	  **items;			/* written measurements */
+	int		   *lengths;
+	int			n;
+	int			accepted;
+	int			requests;
+	StringInfoData payload;
+	const char *path;
+} SubmitState;
+
+/* Raise a validation error for measurement index i */
+static void
+bad_measurement(int i, const char *field, const char *reason)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid \"%s\" in the measurement at index %d", field, i),
+			 errdetail("%s", reason),
+			 errhint("A measurement needs \"meter\", \"account\" and \"ts\" (ISO 8601 with a time zone); "
+					 "measure, cost and income map names to numbers; who, where, what, other and metadata map names to strings.")));
+}
+
+/* A string field's text, or a validation error */
+static const char *
+string_field(int i, const char *field, JsonbValue *v)
+{
+	if (v->type != jbvString)
+		bad_measurement(i, field, "It must be a JSON string.");
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/* Check one measurement object and describe it in *m */
+static void
+read_measurement(int i, JsonbValue *obj, M3terMeasurement *m)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	char	   *key = NULL;
+	StringInfoData bad_key;
+	const char *why;
+
+	memset(m, 0, sizeof(*m));
+	if (obj->type != jbvBinary || !JsonContainerIsObject(obj->val.binary.data))
+		bad_measurement(i, "measurement", "Each measurement must be a JSON object.");
+
+	initStringInfo(&bad_key);
+	it = JsonbIteratorInit(obj->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		int			k;
+
+		if (tok == WJB_KEY)
+		{
+			key = pnstrdup(v.val.string.val, v.val.string.len);
+			continue;
+		}
+		if (tok != WJB_VALUE)
+			continue;
+
+		if (strcmp(key, "uid") == 0)
+		{
+			m->uid = string_field(i, key, &v);
+			if (m->uid[0] == '\0')
+				bad_measurement(i, key, "It must not be empty; leave it out to have one generated.");
+		}
+		else if (strcmp(key, "meter") == 0 || strcmp(key, "account") == 0)
+		{
+			const char *code = string_field(i, key, &v);
+
+			if ((why = m3ter_check_code(code, key[0] == 'm' ? 80 : 0)) != NULL)
+				bad_measurement(i, key, why);
+			if (key[0] == 'm')
+				m->meter = code;
+			else
+				m->account = code;
+		}
+		else if (strcmp(key, "ts") == 0 || strcmp(key, "ets") == 0)
+		{
+			const char *ts = string_field(i, key, &v);
+
+			if (!m3ter_valid_iso8601(ts))
+				bad_measurement(i, key,
+								psprintf("\"%s\" is not an ISO 8601 date-time with a time zone, such as 2022-08-24T14:15:22Z.", ts));
+			if (key[0] == 't')
+				m->ts = ts;
+			else
+				m->ets = ts;
+		}
+		else
+		{
+			for (k = 0; k < M3TER_NUM_MAPS; k++)
+				if (strcmp(key, m3ter_map_names[k]) == 0)
+					break;
+			if (k == M3TER_NUM_MAPS)
+				bad_measurement(i, key, "m3ter measurements have no such field.");
+			if (v.type == jbvNull)
+				continue;
+			if (v.type != jbvBinary)
+				bad_measurement(i, key, "It must be a JSON object.");
+			m->maps[k] = JsonbValueToJsonb(&v);
+			if ((why = m3ter_check_map(m->maps[k], m3ter_map_kinds[k], &bad_key)) != NULL)
+				bad_measurement(i, bad_key.len > 0 ? psprintf("%s.%s", key, bad_key.data) : key, why);
+		}
+	}
+
+	if (m->meter == NULL)
+		bad_measurement(i, "meter", "It is required: the code of the Meter.");
+	if (m->account == NULL)
+		bad_measurement(i, "account", "It is required: the code of the Account.");
+	if (m->ts == NULL)
+		bad_measurement(i, "ts", "It is required: when the usage happened.");
+	if (m->uid == NULL)
+		m->uid = m3ter_new_uid();
+}
+
+/* Error context: how much of this call m3ter had already accepted */
+static void
+submit_error_context(void *arg)
+{
+	SubmitState *st = (SubmitState *) arg;
+
+	if (st->accepted > 0)
+		errcontext("m3ter had accepted %d of the %d measurements of this call before the failure; "
+				   "sending them again with the same uids is safe",
+				   st->accepted, st->n);
+}
+
+/* Send items[start..end) as one request; halve it on 413 */
+static void
+send_range(SubmitState *st, int start, int end)
+{
+	M3terCallResult res;
+
+	m3ter_build_payload(&st->payload, st->items, start, end);
+	m3ter_call(M3TER_INGEST_API, "POST", st->path, st->payload.data,
+			   st->payload.len, m3ter_max_retries, &res);
+	st->requests += res.requests;
+	if (res.outcome == M3TER_OK)
+	{
+		st->accepted += end - start;
+		return;
+	}
+	if (res.outcome == M3TER_TOO_LARGE && end - start > 1)
+	{
+		int			mid = start + (end - start) / 2;
+
+		send_range(st, start, mid);
+		send_range(st, mid, end);
+		return;
+	}
+	m3ter_raise_call_error(&res, "submitting measurements to m3ter");
+}
+
+/*
+ * m3ter_submit(measurements jsonb) RETURNS jsonb
+ *
+ * Returns {"result":"accepted","measurements":N,"requests":R,"uids":[...]}.
+ */
+Datum
+m3ter_submit(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *input = PG_GETARG_JSONB_P(0);
+	SubmitState st;
+	ErrorContextCallback errctx;
+	JsonbValue	v;
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
+	StringInfoData buf;
+	StringInfoData out;
+	int			cap = 16;
+	int			start;
+	int			i;
+
+	memset(&st, 0, sizeof(st));
+	st.items = palloc(cap * sizeof(char *));
+	st.lengths = palloc(cap * sizeof(int));
+	initStringInfo(&buf);
+	initStringInfo(&out);
+	appendStringInfoString(&out, "[");
+
+	/* check and write every measurement before sending any */
+	if (JB_ROOT_IS_SCALAR(input))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("m3ter_submit takes a measurement object or an array of them"),
+				 errdetail("The argument is a JSON scalar.")));
+	it = JsonbIteratorInit(&input->root);
+	tok = JsonbIteratorNext(&it, &v, true);
+	if (tok == WJB_BEGIN_OBJECT)
+	{
+		v.type = jbvBinary;
+		v.val.binary.data = &input->root;
+		v.val.binary.len = VARSIZE(input) - VARHDRSZ;
+		it = NULL;
+	}
+	for (;;)
+	{
+		M3terMeasurement m;
+
+		if (it != NULL)
+		{
+			tok = JsonbIteratorNext(&it, &v, true);
+			if (tok != WJB_ELEM)
+				break;
+		}
+		if (st.n == cap)
+		{
+			cap *= 2;
+			st.items = repalloc(st.items, cap * sizeof(char *));
+			st.lengths = repalloc(st.lengths, cap * sizeof(int));
+		}
+		read_measurement(st.n, &v, &m);
+		resetStringInfo(&buf);
+		m3ter_append_measurement(&buf, &m);
+		if (M3TER_PAYLOAD_OVERHEAD + buf.len >= M3TER_MAX_PAYLOAD_BYTES)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("the measurement at index %d is too large for m3ter", st.n),
+					 errdetail("Written as JSON it takes %d bytes; a request must stay under %d bytes.",
+							   buf.len, M3TER_MAX_PAYLOAD_BYTES),
+					 errhint("Move large values out of metadata.")));
+		st.items[st.n] = pstrdup(buf.data);
+		st.lengths[st.n] = buf.len;
+		if (st.n > 0)
+			appendStringInfoChar(&out, ',');
+		escape_json(&out, m.uid);
+		st.n++;
+		if (it == NULL)
+			break;
+	}
+	appendStringInfoString(&out, "]");
+	if (st.n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("m3ter_submit needs at least one measurement"),
+				 errdetail("The array is empty.")));
+
+	/* send them in requests as full as the limits allow */
+	st.path = m3ter_org_path("/measurements");
+	initStringInfo(&st.payload);
+	errctx.callback = submit_error_context;
+	errctx.arg = &st;
+	errctx.previous = error_context_stack;
+	error_context_stack = &errctx;
+	for (start = 0; start < st.n; start = i)
+	{
+		i = m3ter_pack_request(st.lengths, start, st.n);
+		send_range(&st, start, i);
+	}
+	error_context_stack = errctx.previous;
+
+	resetStringInfo(&buf);
+	appendStringInfo(&buf,
+					 "{\"result\":\"accepted\",\"measurements\":%d,\"requests\":%d,\"uids\":%s}",
+					 st.accepted, st.requests, out.data);
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
