@@ -1,0 +1,137 @@
+# test/lib.sh -- shared by test/run.sh, test/demo.sh and bench/run.sh.
+#
+# Installs what is missing (Debian packages), builds and installs the extension,
+# starts the local m3ter stand-in on 127.0.0.1 and a throwaway PostgreSQL
+# cluster in a temporary directory, and removes both on exit.
+#
+# After m3ter_start:  M3TER_TMP (work dir), PGHOST/PGPORT/PGUSER (exported),
+# STANDIN_URL (http://127.0.0.1:port), and the functions below.
+
+set -euo pipefail
+
+M3TER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+M3TER_PG_VERSION=${M3TER_PG_VERSION:-15}
+M3TER_PACKAGES="postgresql-$M3TER_PG_VERSION postgresql-server-dev-$M3TER_PG_VERSION \
+libcurl4-openssl-dev libcjson-dev postgresql-$M3TER_PG_VERSION-pgtap \
+postgresql-$M3TER_PG_VERSION-cron libtap-parser-sourcehandler-pgtap-perl \
+python3 curl make gcc"
+M3TER_ORG_ID=5f3b8c2e-1d4a-4e6b-9c7d-0a1b2c3d4e5f
+M3TER_ACCESS_KEY_ID=standin-access-key
+M3TER_API_SECRET=standin-api-secret
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Install the Debian packages that are not there yet
+m3ter_install_deps() {
+    local missing=()
+    for p in $M3TER_PACKAGES; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+m3ter_pg_bindir() { "$(m3ter_pg_config)" --bindir; }
+m3ter_pg_config() { echo "/usr/lib/postgresql/$M3TER_PG_VERSION/bin/pg_config"; }
+
+# Build and install the extension (warnings are errors)
+m3ter_build() {
+    log "building and installing the extension"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" >/dev/null
+    $sudo make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" install >/dev/null
+}
+
+# Run a command as the cluster's OS user (PostgreSQL refuses to run as root)
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+m3ter_cleanup() {
+    set +e
+    if [ -n "${M3TER_TMP:-}" ] && [ -d "$M3TER_TMP/data" ]; then
+        as_pg "$(m3ter_pg_bindir)/pg_ctl" -D "$M3TER_TMP/data" -m immediate stop >/dev/null 2>&1
+    fi
+    [ -n "${STANDIN_PID:-}" ] && kill "$STANDIN_PID" 2>/dev/null
+    [ -n "${M3TER_TMP:-}" ] && [ -z "${M3TER_KEEP:-}" ] && rm -rf "$M3TER_TMP"
+}
+
+# Start the stand-in; extra arguments go to it
+m3ter_start_standin() {
+    python3 "$M3TER_ROOT/test/m3ter_standin.py" --port-file "$M3TER_TMP/standin.port" \
+        --org-id "$M3TER_ORG_ID" --access-key-id "$M3TER_ACCESS_KEY_ID" \
+        --api-secret "$M3TER_API_SECRET" "$@" >"$M3TER_TMP/standin.log" 2>&1 &
+    STANDIN_PID=$!
+    for _ in $(seq 100); do
+        [ -s "$M3TER_TMP/standin.port" ] && break
+        sleep 0.1
+    done
+    STANDIN_URL="http://127.0.0.1:$(cat "$M3TER_TMP/standin.port")"
+    export STANDIN_URL
+    log "m3ter stand-in at $STANDIN_URL"
+}
+
+# Start a throwaway cluster; extra lines for postgresql.conf come on stdin
+m3ter_start_cluster() {
+    local bindir extra
+    bindir=$(m3ter_pg_bindir)
+    extra=$(cat)
+    PGPORT=$(free_port)
+    mkdir -p "$M3TER_TMP/data"
+    [ "$(id -u)" -eq 0 ] && chown -R postgres: "$M3TER_TMP"
+    as_pg "$bindir/initdb" -D "$M3TER_TMP/data" -U postgres -A trust --no-sync >/dev/null
+    as_pg tee -a "$M3TER_TMP/data/postgresql.conf" >/dev/null <<EOF
+port = $PGPORT
+listen_addresses = ''
+unix_socket_directories = '$M3TER_TMP'
+shared_preload_libraries = 'm3ter,pg_cron'
+cron.database_name = 'postgres'
+max_connections = 60
+fsync = off
+logging_collector = off
+m3ter.org_id = '$M3TER_ORG_ID'
+m3ter.access_key_id = '$M3TER_ACCESS_KEY_ID'
+m3ter.api_secret = '$M3TER_API_SECRET'
+m3ter.api_url = '$STANDIN_URL'
+m3ter.ingest_url = '$STANDIN_URL'
+m3ter.database = 'postgres'
+$extra
+EOF
+    as_pg "$bindir/pg_ctl" -D "$M3TER_TMP/data" -l "$M3TER_TMP/postgres.log" -w start >/dev/null
+    export PGHOST="$M3TER_TMP" PGPORT PGUSER=postgres PGDATABASE=postgres
+    log "PostgreSQL $M3TER_PG_VERSION on socket $PGHOST port $PGPORT"
+}
+
+# Everything up to a running cluster and stand-in
+m3ter_start() {
+    m3ter_install_deps
+    m3ter_build
+    M3TER_TMP=$(mktemp -d /tmp/m3ter.XXXXXX)
+    chmod 755 "$M3TER_TMP"
+    export M3TER_TMP
+    trap m3ter_cleanup EXIT
+    m3ter_start_standin
+    m3ter_start_cluster
+}
+
+# psql on the throwaway cluster, stopping at the first error
+q() { "$(m3ter_pg_bindir)/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+# Call the stand-in's control API: standin METHOD PATH [JSON]
+standin() {
+    if [ $# -ge 3 ]; then
+        curl -fsS -X "$1" -H 'Content-Type: application/json' -d "$3" "$STANDIN_URL$2"
+    else
+        curl -fsS -X "$1" "$STANDIN_URL$2"
+    fi
+}
