@@ -377,6 +377,7 @@ m3ter_flush(PG_FUNCTION_ARGS)
 	int64		max_rows = PG_ARGISNULL(0) ? PG_INT64_MAX : PG_GETARG_INT32(0);
 	M3terFlushStats stats;
 	StringInfoData out;
+	MemoryContext caller = CurrentMemoryContext;
 
 	if (max_rows < 0)
 		ereport(ERROR,
@@ -402,6 +403,8 @@ m3ter_flush(PG_FUNCTION_ARGS)
 				 errdetail("%s", stats.error),
 				 errhint("Check m3ter.org_id, m3ter.access_key_id, m3ter.api_secret and m3ter.ingest_url. The rows stay pending.")));
 
+	/* the answer must outlive SPI_finish(), which frees the SPI context */
+	MemoryContextSwitchTo(caller);
 	initStringInfo(&out);
 	appendStringInfo(&out,
 					 "{\"accepted\":" INT64_FORMAT ",\"failed\":" INT64_FORMAT

@@ -81,11 +81,11 @@ m3ter_start_standin() {
     log "m3ter stand-in at $STANDIN_URL"
 }
 
-# Start a throwaway cluster; extra lines for postgresql.conf come on stdin
+# Start a throwaway cluster; $1: extra lines for postgresql.conf
 m3ter_start_cluster() {
     local bindir extra
     bindir=$(m3ter_pg_bindir)
-    extra=$(cat)
+    extra=${1:-}
     PGPORT=$(free_port)
     mkdir -p "$M3TER_TMP/data"
     [ "$(id -u)" -eq 0 ] && chown -R postgres: "$M3TER_TMP"
@@ -112,7 +112,7 @@ EOF
     log "PostgreSQL $M3TER_PG_VERSION on socket $PGHOST port $PGPORT"
 }
 
-# Everything up to a running cluster and stand-in
+# Everything up to a running cluster and stand-in; $1: extra postgresql.conf lines
 m3ter_start() {
     m3ter_install_deps
     m3ter_build
@@ -121,7 +121,7 @@ m3ter_start() {
     export M3TER_TMP
     trap m3ter_cleanup EXIT
     m3ter_start_standin
-    m3ter_start_cluster
+    m3ter_start_cluster "${1:-}"
 }
 
 # psql on the throwaway cluster, stopping at the first error

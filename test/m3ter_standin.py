@@ -12,7 +12,7 @@ break the API's rules, 403 for an unknown org, a bad or expired token, or an ing
 payload of 512,000 bytes or more.
 
 Tests steer it through /_control (no auth):
-  POST /_control/reset                      forget everything, back to defaults
+  POST /_control/reset                      forget all but issued tokens, back to defaults
   POST /_control/faults   {"faults":[...]}  queue faults; each has "match" (a path
         substring, default any), "count" (default 1) and one of: "status" (with
         optional "retry_after", "body"), "delay" (seconds before answering),
@@ -86,7 +86,8 @@ class State:
         self.reset()
 
     def reset(self):
-        self.tokens = {}
+        """Back to defaults; issued tokens stay valid (use expire_tokens to drop them)."""
+        self.tokens = getattr(self, "tokens", {})
         self.token_ttl = 3600
         self.measurements = {}
         self.duplicates = 0

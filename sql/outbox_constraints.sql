@@ -1,0 +1,26 @@
+-- Bad rows are refused at INSERT, whole, with a clear error
+SELECT err($$INSERT INTO m3ter.outbox (account) VALUES ('acme')$$);
+SELECT err($$INSERT INTO m3ter.outbox (meter) VALUES ('api')$$);
+SELECT err($$INSERT INTO m3ter.outbox (meter, account) VALUES ('api calls ', 'acme')$$);
+SELECT err($$INSERT INTO m3ter.outbox (meter, account) VALUES ('api', E'ac\u00a0me')$$);
+SELECT err($$INSERT INTO m3ter.outbox (meter, account, measure) VALUES ('api', 'acme', '[1,2]')$$);
+SELECT err($$INSERT INTO m3ter.outbox (meter, account, measure) VALUES ('api', 'acme', '{"n":"1"}')$$);
+SELECT err($$INSERT INTO m3ter.outbox (meter, account, cost) VALUES ('api', 'acme', '{"n":null}')$$);
+SELECT err($$INSERT INTO m3ter.outbox (meter, account, who) VALUES ('api', 'acme', '{"user":1}')$$);
+SELECT err($$INSERT INTO m3ter.outbox (meter, account, metadata) VALUES ('api', 'acme', '"text"')$$);
+SELECT err($$INSERT INTO m3ter.outbox (meter, account, ts) VALUES ('api', 'acme', 'infinity')$$);
+SELECT err($$INSERT INTO m3ter.outbox (meter, account, uid) VALUES ('api', 'acme', '')$$);
+SELECT err($$INSERT INTO m3ter.outbox (meter, account, status) VALUES ('api', 'acme', 'sending')$$);
+-- a multi-row INSERT with one bad row leaves nothing behind
+SELECT err($$INSERT INTO m3ter.outbox (meter, account, measure) VALUES ('api', 'acme', '{"n":1}'), ('api', 'acme', '{"n":"x"}')$$);
+SELECT count(*) AS rows_after_bad_inserts FROM m3ter.outbox;
+-- negative values and past timestamps are legal (adjustments)
+INSERT INTO m3ter.outbox (uid, meter, account, ts, measure, "where")
+VALUES ('adj-1', 'api', 'acme', '2020-01-01 00:00:00+00', '{"requests": -5}', '{"region": "eu-west-1"}');
+SELECT uid, status, attempts, next_attempt_at <= now() AS due, http_status, error FROM m3ter.outbox;
+-- a uid is used once
+SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account) VALUES ('adj-1', 'api', 'acme')$$);
+-- generated uids are UUIDs
+INSERT INTO m3ter.outbox (meter, account) VALUES ('api', 'acme');
+SELECT count(*) FILTER (WHERE uid ~ '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$') AS uuid_uids FROM m3ter.outbox;
+DELETE FROM m3ter.outbox;

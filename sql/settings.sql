@@ -1,0 +1,17 @@
+-- Missing configuration names the setting to set
+SET m3ter.org_id = '';
+SELECT err($$SELECT m3ter_submit('{"meter":"m","account":"a","ts":"2024-01-02T03:04:05Z"}')$$);
+SELECT err($$SELECT m3ter_organization_config()$$);
+SELECT err($$SELECT m3ter_flush()$$);
+RESET m3ter.org_id;
+SET m3ter.api_secret = '';
+SELECT err($$SELECT m3ter_organization_config()$$);
+RESET m3ter.api_secret;
+SET m3ter.api_url = '';
+SELECT err($$SELECT m3ter_organization_config()$$);
+RESET m3ter.api_url;
+-- an unknown m3ter.* setting is refused (the prefix is reserved)
+SELECT err($$SET m3ter.no_such_setting = 1$$);
+-- TLS verification is on unless a superuser turns it off
+SHOW m3ter.tls_verify;
+SELECT err($$SET m3ter.request_timeout = 0$$);
