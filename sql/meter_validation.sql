@@ -1,12 +1,14 @@
+\pset format unaligned
 -- m3ter_create_meter checks the Create Meter rules before it calls m3ter
-\set fields '''[{"category":"MEASURE","code":"requests","name":"Requests","unit":"requests"}]'''
-SELECT err($$SELECT m3ter_create_meter(NULL, 'api', :fields)$$);
-SELECT err($$SELECT m3ter_create_meter('', 'api', :fields)$$);
-SELECT err(format($$SELECT m3ter_create_meter('%s', 'api', :fields)$$, repeat('n', 201)));
-SELECT err($$SELECT m3ter_create_meter('API', '', :fields)$$);
-SELECT err($$SELECT m3ter_create_meter('API', ' api', :fields)$$);
-SELECT err($$SELECT m3ter_create_meter('API', E'api\n', :fields)$$);
-SELECT err(format($$SELECT m3ter_create_meter('API', '%s', :fields)$$, repeat('c', 81)));
+CREATE FUNCTION pg_temp.fields() RETURNS jsonb LANGUAGE sql
+AS $$ SELECT '[{"category":"MEASURE","code":"requests","name":"Requests","unit":"requests"}]'::jsonb $$;
+SELECT err($$SELECT m3ter_create_meter(NULL, 'api', pg_temp.fields())$$);
+SELECT err($$SELECT m3ter_create_meter('', 'api', pg_temp.fields())$$);
+SELECT err(format($$SELECT m3ter_create_meter('%s', 'api', pg_temp.fields())$$, repeat('n', 201)));
+SELECT err($$SELECT m3ter_create_meter('API', '', pg_temp.fields())$$);
+SELECT err($$SELECT m3ter_create_meter('API', ' api', pg_temp.fields())$$);
+SELECT err($$SELECT m3ter_create_meter('API', E'api\n', pg_temp.fields())$$);
+SELECT err(format($$SELECT m3ter_create_meter('API', '%s', pg_temp.fields())$$, repeat('c', 81)));
 SELECT err($$SELECT m3ter_create_meter('API', 'api', NULL)$$);
 SELECT err($$SELECT m3ter_create_meter('API', 'api', '[]')$$);
 SELECT err($$SELECT m3ter_create_meter('API', 'api', '{"category":"MEASURE"}')$$);
@@ -19,12 +21,12 @@ SELECT err($$SELECT m3ter_create_meter('API', 'api', '[{"category":"WHO","code":
 SELECT err($$SELECT m3ter_create_meter('API', 'api', '[{"category":"WHO","code":"c c ","name":"n"}]')$$);
 SELECT err($$SELECT m3ter_create_meter('API', 'api', '[{"category":"WHO","code":"c","name":"n","colour":"red"}]')$$);
 SELECT err($$SELECT m3ter_create_meter('API', 'api', '[{"category":"WHO","code":"c","name":"n","unit":5}]')$$);
-SELECT err($$SELECT m3ter_create_meter('API', 'api', :fields, NULL)$$);
-SELECT err($$SELECT m3ter_create_meter('API', 'api', :fields, '{}')$$);
-SELECT err($$SELECT m3ter_create_meter('API', 'api', :fields, '[{"category":"MEASURE","code":"d","name":"D"}]')$$);
-SELECT err($$SELECT m3ter_create_meter('API', 'api', :fields, '[{"category":"MEASURE","code":"d","name":"D","calculation":""}]')$$);
-SELECT err($$SELECT m3ter_create_meter('API', 'api', :fields, '[{"category":"MEASURE","code":"requests","name":"D","calculation":"requests * 2"}]')$$);
-SELECT err($$SELECT m3ter_create_meter('API', 'api', :fields, (SELECT jsonb_agg(jsonb_build_object('category','COST','code','d'||i,'name','D'||i,'calculation','1')) FROM generate_series(1,16) i))$$);
-SELECT err($$SELECT m3ter_create_meter('API', 'api', :fields, custom_fields => '[1]')$$);
-SELECT err($$SELECT m3ter_create_meter('API', 'api', :fields, custom_fields => '{"team":{"a":1}}')$$);
-SELECT err($$SELECT m3ter_create_meter('API', 'api', :fields, product_id => 'not-a-uuid')$$);
+SELECT err($$SELECT m3ter_create_meter('API', 'api', pg_temp.fields(), NULL)$$);
+SELECT err($$SELECT m3ter_create_meter('API', 'api', pg_temp.fields(), '{}')$$);
+SELECT err($$SELECT m3ter_create_meter('API', 'api', pg_temp.fields(), '[{"category":"MEASURE","code":"d","name":"D"}]')$$);
+SELECT err($$SELECT m3ter_create_meter('API', 'api', pg_temp.fields(), '[{"category":"MEASURE","code":"d","name":"D","calculation":""}]')$$);
+SELECT err($$SELECT m3ter_create_meter('API', 'api', pg_temp.fields(), '[{"category":"MEASURE","code":"requests","name":"D","calculation":"requests * 2"}]')$$);
+SELECT err($$SELECT m3ter_create_meter('API', 'api', pg_temp.fields(), (SELECT jsonb_agg(jsonb_build_object('category','COST','code','d'||i,'name','D'||i,'calculation','1')) FROM generate_series(1,16) i))$$);
+SELECT err($$SELECT m3ter_create_meter('API', 'api', pg_temp.fields(), custom_fields => '[1]')$$);
+SELECT err($$SELECT m3ter_create_meter('API', 'api', pg_temp.fields(), custom_fields => '{"team":{"a":1}}')$$);
+SELECT err($$SELECT m3ter_create_meter('API', 'api', pg_temp.fields(), product_id => 'not-a-uuid')$$);

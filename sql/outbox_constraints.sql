@@ -1,3 +1,4 @@
+\pset format unaligned
 -- Bad rows are refused at INSERT, whole, with a clear error
 SELECT err($$INSERT INTO m3ter.outbox (account) VALUES ('acme')$$);
 SELECT err($$INSERT INTO m3ter.outbox (meter) VALUES ('api')$$);

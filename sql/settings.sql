@@ -1,3 +1,4 @@
+\pset format unaligned
 -- Missing configuration names the setting to set
 SET m3ter.org_id = '';
 SELECT err($$SELECT m3ter_submit('{"meter":"m","account":"a","ts":"2024-01-02T03:04:05Z"}')$$);

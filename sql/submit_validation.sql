@@ -1,3 +1,4 @@
+\pset format unaligned
 -- m3ter_submit checks every measurement before it sends anything
 -- (no request reaches m3ter in this file: each call fails validation first)
 SELECT err($$SELECT m3ter_submit('42')$$);

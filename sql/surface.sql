@@ -1,3 +1,4 @@
+\pset format unaligned
 -- What CREATE EXTENSION installs, and who may use it
 SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args, n.nspname
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace

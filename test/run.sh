@@ -5,8 +5,7 @@
 # tests (test/e2e/).  Exits non-zero if any test fails.
 source "$(dirname "$0")/lib.sh"
 
-m3ter_start "m3ter.worker_naptime = 200ms
-m3ter.worker_idle_naptime = 1s"
+m3ter_start
 
 passed=0
 failed=0
