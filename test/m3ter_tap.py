@@ -1,0 +1,156 @@
+"""Helpers for the end-to-end tests in test/e2e/: TAP output, psql, the stand-in.
+
+The tests run against the cluster and stand-in that test/run.sh starts; they find
+them through PGHOST, PGPORT, STANDIN_URL and M3TER_TMP.  Python standard library only.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+BINDIR = "/usr/lib/postgresql/%s/bin" % os.environ.get("M3TER_PG_VERSION", "15")
+STANDIN_URL = os.environ["STANDIN_URL"]
+DATA_DIR = os.path.join(os.environ["M3TER_TMP"], "data")
+LOG_FILE = os.path.join(os.environ["M3TER_TMP"], "postgres.log")
+
+_count = 0
+_failed = 0
+
+
+def ok(cond, name, diag=None):
+    global _count, _failed
+    _count += 1
+    if not cond:
+        _failed += 1
+    print("%sok %d - %s" % ("" if cond else "not ", _count, name), flush=True)
+    if not cond and diag is not None:
+        for line in str(diag).splitlines():
+            print("#   " + line, flush=True)
+    return cond
+
+
+def is_(got, want, name):
+    return ok(got == want, name, "got:  %r\nwant: %r" % (got, want))
+
+
+def note(msg):
+    print("# " + msg, flush=True)
+
+
+def done():
+    print("1..%d" % _count, flush=True)
+    sys.exit(1 if _failed else 0)
+
+
+def psql(sql, db="postgres", check=True, timeout=300):
+    """Run SQL; returns stdout of the last statement, unaligned, without headers."""
+    r = subprocess.run([BINDIR + "/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
+                       capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError("psql failed: %s\n%s" % (sql[:200], r.stderr))
+    return r.stdout.strip() if check else r
+
+
+def psql_async(sql, db="postgres"):
+    return subprocess.Popen([BINDIR + "/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def scalar(sql, db="postgres"):
+    return psql(sql, db)
+
+
+def standin(method, path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(STANDIN_URL + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def wait_until(fn, timeout=60.0, interval=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if fn():
+                return True
+        except Exception:
+            pass
+        time.sleep(interval)
+    return False
+
+
+def as_pg(cmd):
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--"] + cmd
+    return cmd
+
+
+def pg_ctl(*args):
+    subprocess.run(as_pg([BINDIR + "/pg_ctl", "-D", DATA_DIR, "-l", LOG_FILE, "-w"] + list(args)),
+                   check=True, capture_output=True)
+
+
+def server_up():
+    return subprocess.run([BINDIR + "/pg_isready", "-q"]).returncode == 0 and \
+        psql("SELECT 1", check=False).returncode == 0
+
+
+def worker_pid():
+    out = psql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'm3ter outbox worker'")
+    return int(out) if out else None
+
+
+def kill9(pid):
+    # the worker runs as the postgres OS user; root may signal it
+    os.kill(pid, signal.SIGKILL)
+
+
+def set_and_reload(**settings):
+    for k, v in settings.items():
+        if v is None:
+            psql("ALTER SYSTEM RESET m3ter.%s" % k)
+        else:
+            psql("ALTER SYSTEM SET m3ter.%s = '%s'" % (k, v))
+    psql("SELECT pg_reload_conf()")
+    time.sleep(0.3)
+
+
+def outbox_counts():
+    rows = psql("SELECT status, count(*) FROM m3ter.outbox GROUP BY 1")
+    out = {"pending": 0, "accepted": 0, "failed": 0}
+    for line in rows.splitlines():
+        s, n = line.split("|")
+        out[s] = int(n)
+    return out
+
+
+def insert_usage(n, prefix, db="postgres", meter="api_requests", extra=""):
+    psql("INSERT INTO m3ter.outbox (uid, meter, account, measure, \"where\"%s) "
+         "SELECT '%s' || i, '%s', 'acct-' || (i %% 13), jsonb_build_object('requests', i), "
+         "'{\"region\": \"eu-west-1\"}'%s FROM generate_series(1, %d) i"
+         % (", metadata" if extra else "", prefix, meter, (", " + extra) if extra else "", n), db)
+
+
+def stored_uids(prefix):
+    return {m["uid"] for m in standin("GET", "/_control/measurements") if m["uid"].startswith(prefix)}
+
+
+def ingest_requests():
+    return [r for r in standin("GET", "/_control/requests") if r["path"].endswith("/measurements")]
+
+
+def reset(db="postgres"):
+    """A clean outbox and stand-in, the worker on, default settings."""
+    standin("POST", "/_control/reset")
+    psql("DELETE FROM m3ter.outbox", db)
+    for k in ("worker_enabled", "max_requests_per_second", "org_id", "retention", "batch_rows",
+              "worker_naptime", "worker_idle_naptime"):
+        psql("ALTER SYSTEM RESET m3ter.%s" % k)
+    psql("ALTER SYSTEM SET m3ter.worker_idle_naptime = '1s'")
+    psql("SELECT pg_reload_conf()")
+    time.sleep(0.3)
