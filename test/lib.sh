@@ -96,6 +96,7 @@ listen_addresses = ''
 unix_socket_directories = '$M3TER_TMP'
 shared_preload_libraries = 'm3ter,pg_cron'
 cron.database_name = 'postgres'
+cron.host = '$M3TER_TMP'
 max_connections = 60
 fsync = off
 logging_collector = off

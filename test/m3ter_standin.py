@@ -13,7 +13,8 @@ payload of 512,000 bytes or more.
 
 Tests steer it through /_control (no auth):
   POST /_control/reset                      forget all but issued tokens, back to defaults
-  POST /_control/faults   {"faults":[...]}  queue faults; each has "match" (a path
+  POST /_control/faults   {"faults":[...], "clear": bool}  queue faults (after
+        dropping the queued ones when "clear" is true); each has "match" (a path
         substring, default any), "count" (default 1) and one of: "status" (with
         optional "retry_after", "body"), "delay" (seconds before answering),
         "drop" (close without answering), "reset_mid_body", "trickle" (seconds
@@ -339,6 +340,8 @@ class Handler(BaseHTTPRequestHandler):
                 st.reset()
                 return {"ok": True}
             if path == "/_control/faults":
+                if doc.get("clear"):
+                    st.faults = []
                 st.faults.extend(doc.get("faults", []))
                 return {"ok": True, "queued": len(st.faults)}
             if path == "/_control/config":
