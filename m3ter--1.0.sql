@@ -132,10 +132,13 @@ RETURNS jsonb
 AS 'MODULE_PATHNAME', 'm3ter_organization_config'
 LANGUAGE C VOLATILE;
 
+-- SECURITY DEFINER: a role granted EXECUTE may drain the outbox without
+-- rights on its status columns
 CREATE FUNCTION m3ter_flush(max_rows int DEFAULT NULL)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'm3ter_flush'
-LANGUAGE C VOLATILE;
+LANGUAGE C VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION m3ter_flush(int) IS
     'Delivers the due rows of m3ter.outbox now (all, or max_rows) and returns what happened.';
@@ -162,6 +165,7 @@ LANGUAGE C VOLATILE;
 CREATE FUNCTION m3ter_retry_failed(only_uids text[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
     WITH r AS (
         UPDATE m3ter.outbox

@@ -43,6 +43,12 @@ SELECT err($$SELECT * FROM m3ter.outbox$$);
 RESET ROLE;
 SELECT meter, account, status FROM m3ter.outbox;
 DELETE FROM m3ter.outbox;
+-- a role granted EXECUTE on m3ter_flush may drain the outbox it cannot read
+GRANT EXECUTE ON FUNCTION m3ter_flush(int) TO m3ter_regress_app;
+SET ROLE m3ter_regress_app;
+SELECT m3ter_flush();
+RESET ROLE;
+REVOKE EXECUTE ON FUNCTION m3ter_flush(int) FROM m3ter_regress_app;
 REVOKE ALL ON m3ter.outbox FROM m3ter_regress_app;
 REVOKE ALL ON SCHEMA m3ter FROM m3ter_regress_app;
 DROP ROLE m3ter_regress_app;
