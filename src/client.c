@@ -148,6 +148,31 @@ record_answer(M3terCallResult *result, M3terHttpResponse *resp)
 }
 
 /*
+ * Send one paced request with the given Authorization value and record the
+ * answer in result.  The credential is wiped and freed on every path.
+ */
+static void
+send_once(M3terApi api, const char *method, const char *url, char *authorization,
+		  const char *body, size_t body_len, M3terCallResult *result)
+{
+	M3terHttpResponse resp;
+
+	m3ter_pace(api);
+	PG_TRY();
+	{
+		m3ter_http_exchange(method, url, authorization, body, body_len, &resp);
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(authorization, strlen(authorization));
+		pfree(authorization);
+	}
+	PG_END_TRY();
+	result->requests++;
+	record_answer(result, &resp);
+}
+
+/*
  * POST {api_url}/oauth/token with the Basic credentials and cache the token.
  * Returns M3TER_OK, M3TER_TRANSIENT, or M3TER_AUTH_FAILED.
  */
@@ -155,26 +180,13 @@ static M3terOutcome
 fetch_token(M3terCallResult *result)
 {
 	static const char body[] = "{\"grant_type\":\"client_credentials\"}";
-	char	   *basic = m3ter_basic_credentials();
 	char	   *url = psprintf("%s/oauth/token", api_base(M3TER_CONFIG_API));
-	M3terHttpResponse resp;
 	cJSON	   *root;
 	cJSON	   *token;
 	cJSON	   *expires;
 
-	m3ter_pace(M3TER_CONFIG_API);
-	PG_TRY();
-	{
-		m3ter_http_exchange("POST", url, basic, body, sizeof(body) - 1, &resp);
-	}
-	PG_FINALLY();
-	{
-		explicit_bzero(basic, strlen(basic));
-	}
-	PG_END_TRY();
-	pfree(basic);
-	result->requests++;
-	record_answer(result, &resp);
+	send_once(M3TER_CONFIG_API, "POST", url, m3ter_basic_credentials(),
+			  body, sizeof(body) - 1, result);
 
 	if (result->outcome == M3TER_TRANSIENT)
 		return M3TER_TRANSIENT;
@@ -184,7 +196,7 @@ fetch_token(M3terCallResult *result)
 		return M3TER_AUTH_FAILED;
 	}
 
-	root = cJSON_Parse(resp.body);
+	root = cJSON_Parse(result->body);
 	token = root ? cJSON_GetObjectItemCaseSensitive(root, "access_token") : NULL;
 	expires = root ? cJSON_GetObjectItemCaseSensitive(root, "expires_in") : NULL;
 	if (!cJSON_IsString(token) || token->valuestring[0] == '\0')
@@ -220,8 +232,6 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 	for (;;)
 	{
 		const char *token = m3ter_cached_token();
-		M3terHttpResponse resp;
-		char	   *bearer;
 
 		if (token == NULL)
 		{
@@ -238,20 +248,7 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 			fresh_token = true;
 		}
 
-		m3ter_pace(api);
-		bearer = psprintf("Bearer %s", token);
-		PG_TRY();
-		{
-			m3ter_http_exchange(method, url, bearer, body, body_len, &resp);
-		}
-		PG_FINALLY();
-		{
-			explicit_bzero(bearer, strlen(bearer));
-		}
-		PG_END_TRY();
-		pfree(bearer);
-		result->requests++;
-		record_answer(result, &resp);
+		send_once(api, method, url, psprintf("Bearer %s", token), body, body_len, result);
 
 		if (result->outcome == M3TER_FORBIDDEN && !fresh_token)
 		{
