@@ -14,6 +14,7 @@ OBJS = \
 	src/submit.o \
 	src/meter.o \
 	src/outbox.o \
+	src/outbox_check.o \
 	src/shmem.o \
 	src/worker.o
 

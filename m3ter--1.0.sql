@@ -11,17 +11,14 @@ CREATE SCHEMA m3ter;
 -- Internal helpers
 --
 
--- CHECK helper: true, or an error that says what is wrong with a code
-CREATE FUNCTION m3ter.check_code(value text, col text, maxlen int)
+-- The CHECK of m3ter.outbox: true, or an error that names the bad field.  A row
+-- that passes also marks its transaction, whose commit wakes the worker.
+CREATE FUNCTION m3ter.check_usage(uid text, meter text, account text, ts timestamptz, ets timestamptz,
+                                  measure jsonb, cost jsonb, income jsonb, who jsonb, "where" jsonb,
+                                  what jsonb, other jsonb, metadata jsonb)
 RETURNS boolean
-AS 'MODULE_PATHNAME', 'm3ter_check_code_value'
-LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-
--- CHECK helper: true, or an error that says what is wrong with a map
-CREATE FUNCTION m3ter.check_map(value jsonb, col text, is_numeric boolean)
-RETURNS boolean
-AS 'MODULE_PATHNAME', 'm3ter_check_map_value'
-LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+AS 'MODULE_PATHNAME', 'm3ter_check_usage'
+LANGUAGE C VOLATILE;
 
 -- Delay before the next attempt after attempts failed ones: 1 s, 3 s, 9 s, ...
 CREATE FUNCTION m3ter.backoff_delay(attempts int, retry_after_ms int)
@@ -29,19 +26,13 @@ RETURNS interval
 AS 'MODULE_PATHNAME', 'm3ter_backoff_delay'
 LANGUAGE C VOLATILE STRICT;
 
--- Statement trigger: wake the background worker when the transaction commits
-CREATE FUNCTION m3ter.wake_worker()
-RETURNS trigger
-AS 'MODULE_PATHNAME', 'm3ter_wake_worker'
-LANGUAGE C;
-
 --
 -- The outbox
 --
 CREATE TABLE m3ter.outbox (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- written by the application
-    uid             text NOT NULL DEFAULT gen_random_uuid()::text,
+    uid             text COLLATE "C" NOT NULL DEFAULT gen_random_uuid()::text,
     meter           text NOT NULL,
     account         text NOT NULL,
     ts              timestamptz NOT NULL DEFAULT now(),
@@ -65,19 +56,8 @@ CREATE TABLE m3ter.outbox (
     accepted_at     timestamptz,
 
     CONSTRAINT outbox_uid_key UNIQUE (uid),
-    CONSTRAINT outbox_uid_check CHECK (uid <> ''),
-    CONSTRAINT outbox_meter_check CHECK (m3ter.check_code(meter, 'meter', 80)),
-    CONSTRAINT outbox_account_check CHECK (m3ter.check_code(account, 'account', 0)),
-    CONSTRAINT outbox_ts_check CHECK (ts >= '0001-01-01 00:00:00+00' AND ts < '10000-01-01 00:00:00+00'),
-    CONSTRAINT outbox_ets_check CHECK (ets >= '0001-01-01 00:00:00+00' AND ets < '10000-01-01 00:00:00+00'),
-    CONSTRAINT outbox_measure_check CHECK (m3ter.check_map(measure, 'measure', true)),
-    CONSTRAINT outbox_cost_check CHECK (m3ter.check_map(cost, 'cost', true)),
-    CONSTRAINT outbox_income_check CHECK (m3ter.check_map(income, 'income', true)),
-    CONSTRAINT outbox_who_check CHECK (m3ter.check_map(who, 'who', false)),
-    CONSTRAINT outbox_where_check CHECK (m3ter.check_map("where", 'where', false)),
-    CONSTRAINT outbox_what_check CHECK (m3ter.check_map(what, 'what', false)),
-    CONSTRAINT outbox_other_check CHECK (m3ter.check_map(other, 'other', false)),
-    CONSTRAINT outbox_metadata_check CHECK (m3ter.check_map(metadata, 'metadata', false)),
+    CONSTRAINT outbox_usage_check CHECK (m3ter.check_usage(uid, meter, account, ts, ets, measure, cost, income,
+                                                            who, "where", what, other, metadata)),
     CONSTRAINT outbox_status_check CHECK (status IN ('pending', 'accepted', 'failed')),
     CONSTRAINT outbox_attempts_check CHECK (attempts >= 0)
 );
@@ -88,12 +68,8 @@ COMMENT ON COLUMN m3ter.outbox.uid IS 'Unique id of the measurement; every re-se
 COMMENT ON COLUMN m3ter.outbox.status IS 'pending (waiting or retrying), accepted (m3ter accepted it) or failed (see error).';
 COMMENT ON COLUMN m3ter.outbox.next_attempt_at IS 'A pending row is not sent before this time (retry back-off).';
 
--- Due rows in delivery order: the claim query and the worker's next wake-up
-CREATE INDEX outbox_due_idx ON m3ter.outbox (next_attempt_at, id) WHERE status = 'pending';
-
-CREATE TRIGGER outbox_wake_worker
-    AFTER INSERT ON m3ter.outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION m3ter.wake_worker();
+-- Pending rows in delivery order (oldest first), for the claim query
+CREATE INDEX outbox_pending_idx ON m3ter.outbox (id) WHERE status = 'pending';
 
 --
 -- Functions users call

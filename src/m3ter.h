@@ -13,6 +13,7 @@
  *	meter.c			Config API functions (meters, organization config)
  *	submit.c		m3ter_submit()
  *	outbox.c		draining m3ter.outbox (m3ter_flush() and the worker)
+ *	outbox_check.c	the CHECK constraint of m3ter.outbox
  *	shmem.c			shared state: pacing, worker latch and figures
  *	worker.c		the background worker loop
  *
@@ -147,10 +148,11 @@ typedef struct M3terMeasurement
 	Jsonb	   *maps[M3TER_NUM_MAPS];	/* NULL when absent */
 } M3terMeasurement;
 
-extern const char *m3ter_check_code(const char *s, int maxlen);
+extern const char *m3ter_check_code(const char *s, int len, int maxlen);
 extern const char *m3ter_check_map(Jsonb *map, M3terMapKind kind,
-								   StringInfo bad_key);
+								   const char **key, int *keylen);
 extern bool m3ter_valid_iso8601(const char *s);
+extern bool m3ter_timestamp_in_range(TimestampTz ts);
 extern void m3ter_format_timestamp(TimestampTz ts, char *buf, size_t buflen);
 extern void m3ter_append_measurement(StringInfo buf, const M3terMeasurement *m);
 extern int	m3ter_pack_request(const int *lengths, int start, int n);
@@ -179,6 +181,7 @@ extern int64 m3ter_delete_expired(int retention_s);
 
 /* ---- shmem.c ---- */
 extern void m3ter_shmem_install(void);
+extern void m3ter_wake_worker_at_commit(void);
 extern void m3ter_pace(M3terApi api);
 extern void m3ter_note_delivery(const M3terFlushStats *stats);
 

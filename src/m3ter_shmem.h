@@ -18,7 +18,7 @@ typedef struct M3terShared
 	TimestampTz next_slot[2];	/* pacing: next free send slot per API host */
 
 	/* the background worker */
-	Latch	   *worker_latch;	/* set to wake it; NULL when not running */
+	Latch	   *worker_latch;	/* set to wake it; NULL when not running or disabled */
 	pid_t		worker_pid;
 	TimestampTz worker_started_at;
 	TimestampTz last_drain_at;
@@ -38,6 +38,7 @@ typedef struct M3terShared
 extern M3terShared *m3ter_shared;
 
 extern void m3ter_worker_attach(void);
+extern void m3ter_worker_listen(bool listen);
 extern void m3ter_worker_note(const char *state, bool drained);
 
 #endif							/* M3TER_SHMEM_H */

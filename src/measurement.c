@@ -20,13 +20,12 @@
  */
 #include "postgres.h"
 
-#include <math.h>
-
 #include "common/string.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
 
 #include "m3ter.h"
@@ -63,17 +62,17 @@ is_forbidden_codepoint(pg_wchar c)
 }
 
 /*
- * Check a code (Meter or Account code, field code).  Returns NULL when it
- * is good, else a sentence that says what is wrong.  maxlen counts
- * characters; 0 means no limit.
+ * Check a code (Meter or Account code, field code) of len bytes.  Returns
+ * NULL when it is good, else a sentence that says what is wrong.  maxlen
+ * counts characters; 0 means no limit.
  */
 const char *
-m3ter_check_code(const char *s, int maxlen)
+m3ter_check_code(const char *s, int len, int maxlen)
 {
-	int			len = strlen(s);
 	int			nchars = 0;
 	const char *p = s;
 	const char *end = s + len;
+	bool		utf8 = GetDatabaseEncoding() == PG_UTF8;
 
 	if (len == 0)
 		return "It must not be empty.";
@@ -81,16 +80,21 @@ m3ter_check_code(const char *s, int maxlen)
 		return "It must not start or end with whitespace.";
 	while (p < end)
 	{
-		int			clen = pg_mblen(p);
+		unsigned char b = (unsigned char) *p;
 		pg_wchar	c;
 
-		if (GetDatabaseEncoding() == PG_UTF8)
-			c = utf8_to_unicode((const unsigned char *) p);
+		if (b < 0x80)
+		{
+			c = b;
+			p++;
+		}
 		else
-			c = (unsigned char) *p;
+		{
+			c = utf8 ? utf8_to_unicode((const unsigned char *) p) : b;
+			p += pg_mblen(p);
+		}
 		if (is_forbidden_codepoint(c))
 			return "It must not contain non-printable or whitespace characters other than space.";
-		p += clen;
 		nchars++;
 	}
 	if (maxlen > 0 && nchars > maxlen)
@@ -98,51 +102,77 @@ m3ter_check_code(const char *s, int maxlen)
 	return NULL;
 }
 
+/* Does a numeric fit in a double, as m3ter reads numbers? */
+static bool
+numeric_fits_double(Numeric n)
+{
+	static Numeric max_double = NULL;
+	static Numeric min_double = NULL;
+
+	if (max_double == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		max_double = DatumGetNumeric(DirectFunctionCall3(numeric_in,
+														 CStringGetDatum("1.7976931348623157e308"),
+														 ObjectIdGetDatum(InvalidOid),
+														 Int32GetDatum(-1)));
+		min_double = DatumGetNumeric(DirectFunctionCall3(numeric_in,
+														 CStringGetDatum("-1.7976931348623157e308"),
+														 ObjectIdGetDatum(InvalidOid),
+														 Int32GetDatum(-1)));
+		MemoryContextSwitchTo(old);
+	}
+	return DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(n),
+											 NumericGetDatum(max_double))) <= 0 &&
+		DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(n),
+										  NumericGetDatum(min_double))) >= 0;
+}
+
 /*
- * Check a map field.  Returns NULL when good, else a sentence; the offending
- * key, when there is one, is written to bad_key.
+ * Check a map field.  Returns NULL when good, else a sentence; *key and
+ * *keylen then point at the offending key inside map (keylen 0 when the
+ * fault is not about one key).
+ *
+ * This runs for every outbox row written, so it reads the object's
+ * entries in place (keys first, then values, as jsonb stores an object)
+ * instead of iterating, and allocates nothing.
  */
 const char *
-m3ter_check_map(Jsonb *map, M3terMapKind kind, StringInfo bad_key)
+m3ter_check_map(Jsonb *map, M3terMapKind kind, const char **key, int *keylen)
 {
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken tok;
+	JsonbContainer *jc = &map->root;
+	int			count;
+	char	   *base;
+	int			i;
 
-	if (!JB_ROOT_IS_OBJECT(map) || JB_ROOT_IS_SCALAR(map))
+	*key = NULL;
+	*keylen = 0;
+	if (!JsonContainerIsObject(jc))
 		return "It must be a JSON object.";
 
-	it = JsonbIteratorInit(&map->root);
-	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	count = JsonContainerSize(jc);
+	base = (char *) &jc->children[count * 2];
+	for (i = 0; i < count; i++)
 	{
-		if (tok == WJB_KEY)
-		{
-			resetStringInfo(bad_key);
-			appendBinaryStringInfo(bad_key, v.val.string.val, v.val.string.len);
-			if (v.val.string.len == 0)
-				return "Its keys must not be empty.";
-		}
-		else if (tok == WJB_VALUE)
-		{
-			if (kind == M3TER_NUMERIC_MAP)
-			{
-				char	   *text;
-				double		d;
+		JEntry		value = jc->children[i + count];
 
-				if (v.type != jbvNumeric)
-					return "Its values must be numbers.";
-				text = DatumGetCString(DirectFunctionCall1(numeric_out,
-														   NumericGetDatum(v.val.numeric)));
-				d = strtod(text, NULL);
-				pfree(text);
-				if (isinf(d))
-					return "Its values must fit in a double precision number.";
-			}
-			else if (v.type != jbvString)
-				return "Its values must be strings.";
+		*key = base + getJsonbOffset(jc, i);
+		*keylen = getJsonbLength(jc, i);
+		if (*keylen == 0)
+			return "Its keys must not be empty.";
+		if (kind == M3TER_NUMERIC_MAP)
+		{
+			if (!JBE_ISNUMERIC(value))
+				return "Its values must be numbers.";
+			if (!numeric_fits_double((Numeric) (base + INTALIGN(getJsonbOffset(jc, i + count)))))
+				return "Its values must fit in a double precision number.";
 		}
+		else if (!JBE_ISSTRING(value))
+			return "Its values must be strings.";
 	}
-	resetStringInfo(bad_key);
+	*key = NULL;
+	*keylen = 0;
 	return NULL;
 }
 
@@ -208,6 +238,25 @@ m3ter_valid_iso8601(const char *s)
 	return two_digits(p) >= 0 && two_digits(p) <= 59 && p[2] == '\0';
 }
 
+/* Split ts into UTC fields; false when m3ter cannot take it (not years 1-9999) */
+static bool
+utc_fields(TimestampTz ts, struct pg_tm *tm, fsec_t *fsec)
+{
+	return !TIMESTAMP_NOT_FINITE(ts) &&
+		timestamp2tm(ts, NULL, tm, fsec, NULL, NULL) == 0 &&
+		tm->tm_year >= 1 && tm->tm_year <= 9999;
+}
+
+/* Can m3ter take this timestamp? */
+bool
+m3ter_timestamp_in_range(TimestampTz ts)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	return utc_fields(ts, &tm, &fsec);
+}
+
 /* Format a timestamptz as 2022-08-24T14:15:22.123Z (UTC, milliseconds) */
 void
 m3ter_format_timestamp(TimestampTz ts, char *buf, size_t buflen)
@@ -215,9 +264,7 @@ m3ter_format_timestamp(TimestampTz ts, char *buf, size_t buflen)
 	struct pg_tm tm;
 	fsec_t		fsec;
 
-	if (TIMESTAMP_NOT_FINITE(ts) ||
-		timestamp2tm(ts, NULL, &tm, &fsec, NULL, NULL) != 0 ||
-		tm.tm_year < 1 || tm.tm_year > 9999)
+	if (!utc_fields(ts, &tm, &fsec))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
 				 errmsg("timestamp out of range for m3ter"),

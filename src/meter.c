@@ -67,7 +67,7 @@ check_name(const char *where, const char *name)
 static void
 check_code(const char *where, const char *code)
 {
-	const char *why = m3ter_check_code(code, M3TER_MAX_CODE_CHARS);
+	const char *why = m3ter_check_code(code, strlen(code), M3TER_MAX_CODE_CHARS);
 
 	if (why != NULL)
 		bad_meter(where, why, "Codes are short identifiers such as api_requests.");

@@ -45,8 +45,6 @@
 #include "m3ter.h"
 
 PG_FUNCTION_INFO_V1(m3ter_flush);
-PG_FUNCTION_INFO_V1(m3ter_check_code_value);
-PG_FUNCTION_INFO_V1(m3ter_check_map_value);
 
 /* Columns of the claim query, 1-based as SPI numbers them */
 #define COL_ID			1
@@ -61,7 +59,7 @@ static const char claim_sql[] =
 "SELECT id, uid, meter, account, ts, ets, measure, cost, income, who, \"where\", what, other, metadata "
 "FROM m3ter.outbox "
 "WHERE status = 'pending' AND next_attempt_at <= now() "
-"ORDER BY next_attempt_at, id "
+"ORDER BY id "
 "LIMIT $1 "
 "FOR UPDATE SKIP LOCKED";
 
@@ -420,44 +418,4 @@ m3ter_flush(PG_FUNCTION_ARGS)
 	SPI_finish();
 
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(out.data)));
-}
-
-/* CHECK helper: m3ter.check_code(value, column, maxlen) is true or raises */
-Datum
-m3ter_check_code_value(PG_FUNCTION_ARGS)
-{
-	char	   *value = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char	   *column = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	const char *why = m3ter_check_code(value, PG_GETARG_INT32(2));
-
-	if (why != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_CHECK_VIOLATION),
-				 errmsg("invalid %s for m3ter: \"%s\"", column, value),
-				 errdetail("%s", why),
-				 errhint("Meter and Account codes are short identifiers such as api_requests.")));
-	PG_RETURN_BOOL(true);
-}
-
-/* CHECK helper: m3ter.check_map(value, column, numeric) is true or raises */
-Datum
-m3ter_check_map_value(PG_FUNCTION_ARGS)
-{
-	Jsonb	   *map = PG_GETARG_JSONB_P(0);
-	char	   *column = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	bool		numeric = PG_GETARG_BOOL(2);
-	StringInfoData bad_key;
-	const char *why;
-
-	initStringInfo(&bad_key);
-	why = m3ter_check_map(map, numeric ? M3TER_NUMERIC_MAP : M3TER_STRING_MAP, &bad_key);
-	if (why != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_CHECK_VIOLATION),
-				 errmsg("invalid %s for m3ter%s%s", column,
-						bad_key.len ? ": key " : "", bad_key.len ? bad_key.data : ""),
-				 errdetail("%s", why),
-				 errhint(numeric ? "measure, cost and income map names to numbers, such as {\"requests\": 3}." :
-						 "who, where, what, other and metadata map names to strings, such as {\"region\": \"eu-west-1\"}.")));
-	PG_RETURN_BOOL(true);
 }

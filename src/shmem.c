@@ -19,7 +19,6 @@
 #include "postgres.h"
 
 #include "access/xact.h"
-#include "commands/trigger.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -34,7 +33,6 @@
 #include "m3ter.h"
 #include "m3ter_shmem.h"
 
-PG_FUNCTION_INFO_V1(m3ter_wake_worker);
 PG_FUNCTION_INFO_V1(m3ter_worker_status);
 
 M3terShared *m3ter_shared = NULL;
@@ -168,24 +166,18 @@ wake_on_commit(XactEvent event, void *arg)
 	}
 }
 
-/* Statement trigger on m3ter.outbox: wake the worker when this transaction commits */
-Datum
-m3ter_wake_worker(PG_FUNCTION_ARGS)
+/* Wake the worker when this transaction commits (called for each written outbox row) */
+void
+m3ter_wake_worker_at_commit(void)
 {
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("m3ter.wake_worker() must be called as a trigger")));
-	if (m3ter_shared != NULL)
+	if (m3ter_shared == NULL || wake_at_commit)
+		return;
+	if (!xact_callback_registered)
 	{
-		if (!xact_callback_registered)
-		{
-			RegisterXactCallback(wake_on_commit, NULL);
-			xact_callback_registered = true;
-		}
-		wake_at_commit = true;
+		RegisterXactCallback(wake_on_commit, NULL);
+		xact_callback_registered = true;
 	}
-	return PointerGetDatum(NULL);
+	wake_at_commit = true;
 }
 
 /* Forget the worker's latch when it exits */
@@ -208,6 +200,18 @@ m3ter_worker_attach(void)
 	m3ter_shared->worker_started_at = GetCurrentTimestamp();
 	SpinLockRelease(&m3ter_shared->mutex);
 	on_shmem_exit(worker_detach, (Datum) 0);
+}
+
+/*
+ * Called by the worker: take wake-ups from committing backends or not.
+ * A disabled worker does not listen, so commits do not signal it.
+ */
+void
+m3ter_worker_listen(bool listen)
+{
+	SpinLockAcquire(&m3ter_shared->mutex);
+	m3ter_shared->worker_latch = listen ? MyLatch : NULL;
+	SpinLockRelease(&m3ter_shared->mutex);
 }
 
 /* Called by the worker: what it is doing now */

@@ -63,14 +63,14 @@ read_measurement(int i, JsonbValue *obj, M3terMeasurement *m)
 	JsonbValue	v;
 	JsonbIteratorToken tok;
 	char	   *key = NULL;
-	StringInfoData bad_key;
+	const char *bad_key;
+	int			bad_keylen;
 	const char *why;
 
 	memset(m, 0, sizeof(*m));
 	if (obj->type != jbvBinary || !JsonContainerIsObject(obj->val.binary.data))
 		bad_measurement(i, "measurement", "Each measurement must be a JSON object.");
 
-	initStringInfo(&bad_key);
 	it = JsonbIteratorInit(obj->val.binary.data);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
@@ -94,7 +94,7 @@ read_measurement(int i, JsonbValue *obj, M3terMeasurement *m)
 		{
 			const char *code = string_field(i, key, &v);
 
-			if ((why = m3ter_check_code(code, key[0] == 'm' ? 80 : 0)) != NULL)
+			if ((why = m3ter_check_code(code, strlen(code), key[0] == 'm' ? 80 : 0)) != NULL)
 				bad_measurement(i, key, why);
 			if (key[0] == 'm')
 				m->meter = code;
@@ -125,8 +125,8 @@ read_measurement(int i, JsonbValue *obj, M3terMeasurement *m)
 			if (v.type != jbvBinary)
 				bad_measurement(i, key, "It must be a JSON object.");
 			m->maps[k] = JsonbValueToJsonb(&v);
-			if ((why = m3ter_check_map(m->maps[k], m3ter_map_kinds[k], &bad_key)) != NULL)
-				bad_measurement(i, bad_key.len > 0 ? psprintf("%s.%s", key, bad_key.data) : key, why);
+			if ((why = m3ter_check_map(m->maps[k], m3ter_map_kinds[k], &bad_key, &bad_keylen)) != NULL)
+				bad_measurement(i, bad_keylen > 0 ? psprintf("%s.%.*s", key, bad_keylen, bad_key) : key, why);
 		}
 	}
 

@@ -207,6 +207,7 @@ m3ter_worker_main(Datum main_arg)
 			idle_ms = m3ter_worker_naptime_ms;
 		}
 
+		m3ter_worker_listen(m3ter_worker_enabled);
 		if (!m3ter_worker_enabled)
 		{
 			m3ter_worker_note("disabled by m3ter.worker_enabled", false);

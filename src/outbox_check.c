@@ -1,0 +1,112 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_check.c
+ *		The CHECK constraint of m3ter.outbox: one C call per row.
+ *
+ * m3ter.check_usage() refuses a bad usage row at INSERT (and UPDATE) with
+ * an error that names the field, using the same rules as m3ter_submit()
+ * (measurement.c).  It allocates nothing unless it raises.
+ *
+ * It is also how the worker learns of new rows: a row that passes marks
+ * the transaction, and its commit sets the worker's latch (shmem.c).  A
+ * CHECK is evaluated for every written row anyway, so this costs no
+ * trigger.  A spurious wake (say, after the worker's own status updates)
+ * only makes the worker look for due rows once more.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+
+#include "m3ter.h"
+
+PG_FUNCTION_INFO_V1(m3ter_check_usage);
+
+/* Argument positions of m3ter.check_usage() */
+#define ARG_UID			0
+#define ARG_METER		1
+#define ARG_ACCOUNT		2
+#define ARG_TS			3
+#define ARG_ETS			4
+#define ARG_FIRST_MAP	5
+
+/* Raise the error for a bad uid, timestamp or map column (or a key of a map) */
+static void
+bad_column(const char *column, const char *key, int keylen, const char *why)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_CHECK_VIOLATION),
+			 keylen > 0 ?
+			 errmsg("invalid %s for m3ter: key \"%.*s\"", column, keylen, key) :
+			 errmsg("invalid %s for m3ter", column),
+			 errdetail("%s", why),
+			 errhint("%s",
+					 strcmp(column, "ts") == 0 || strcmp(column, "ets") == 0 ?
+					 "m3ter takes timestamps from year 1 to year 9999." :
+					 strcmp(column, "uid") == 0 ?
+					 "Leave uid out to have a UUID generated." :
+					 strcmp(column, "measure") == 0 || strcmp(column, "cost") == 0 ||
+					 strcmp(column, "income") == 0 ?
+					 "measure, cost and income map names to numbers, such as {\"requests\": 3}." :
+					 "who, where, what, other and metadata map names to strings, such as {\"region\": \"eu-west-1\"}.")));
+}
+
+/* A code column: the rules of m3ter_check_code() */
+static void
+check_code_arg(FunctionCallInfo fcinfo, int arg, const char *column, int maxlen)
+{
+	text	   *value;
+	const char *why;
+
+	if (PG_ARGISNULL(arg))
+		return;					/* NOT NULL says so first */
+	value = PG_GETARG_TEXT_PP(arg);
+	why = m3ter_check_code(VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value), maxlen);
+	if (why != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("invalid %s for m3ter: \"%s\"", column, text_to_cstring(value)),
+				 errdetail("%s", why),
+				 errhint("Meter and Account codes are short identifiers such as api_requests.")));
+}
+
+/*
+ * m3ter.check_usage(uid, meter, account, ts, ets, measure, cost, income,
+ *		who, "where", what, other, metadata) RETURNS boolean
+ *
+ * True, or an error that says what is wrong with the row.
+ */
+Datum
+m3ter_check_usage(PG_FUNCTION_ARGS)
+{
+	int			k;
+
+	if (!PG_ARGISNULL(ARG_UID) && VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(ARG_UID)) == 0)
+		bad_column("uid", NULL, 0, "It must not be empty.");
+	check_code_arg(fcinfo, ARG_METER, "meter", 80);
+	check_code_arg(fcinfo, ARG_ACCOUNT, "account", 0);
+	if (!PG_ARGISNULL(ARG_TS) && !m3ter_timestamp_in_range(PG_GETARG_TIMESTAMPTZ(ARG_TS)))
+		bad_column("ts", NULL, 0, "It is outside the range m3ter takes.");
+	if (!PG_ARGISNULL(ARG_ETS) && !m3ter_timestamp_in_range(PG_GETARG_TIMESTAMPTZ(ARG_ETS)))
+		bad_column("ets", NULL, 0, "It is outside the range m3ter takes.");
+
+	for (k = 0; k < M3TER_NUM_MAPS; k++)
+	{
+		const char *why;
+		const char *key;
+		int			keylen;
+
+		if (PG_ARGISNULL(ARG_FIRST_MAP + k))
+			continue;
+		why = m3ter_check_map(PG_GETARG_JSONB_P(ARG_FIRST_MAP + k), m3ter_map_kinds[k],
+							  &key, &keylen);
+		if (why != NULL)
+			bad_column(m3ter_map_names[k], key, keylen, why);
+	}
+
+	m3ter_wake_worker_at_commit();
+	PG_RETURN_BOOL(true);
+}
