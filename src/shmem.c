@@ -152,7 +152,8 @@ wake_on_commit(XactEvent event, void *arg)
 				SpinLockAcquire(&m3ter_shared->mutex);
 				latch = m3ter_shared->worker_latch;
 				SpinLockRelease(&m3ter_shared->mutex);
-				if (latch != NULL)
+				/* the worker's own status updates must not wake it */
+				if (latch != NULL && latch != MyLatch)
 					SetLatch(latch);
 			}
 			wake_at_commit = false;

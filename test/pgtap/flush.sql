@@ -53,7 +53,7 @@ SELECT pg_temp.usage(499, 'd-');
 SELECT m3ter_flush() AS r \gset
 SELECT is((:'r'::jsonb)->>'accepted', '999', 'the 999 good rows are accepted');
 SELECT is((:'r'::jsonb)->>'failed', '1', 'one row failed');
-SELECT results_eq($$SELECT uid, status, http_status, error FROM m3ter.outbox WHERE status = 'failed'$$,
+SELECT results_eq($$SELECT uid COLLATE "default", status, http_status, error FROM m3ter.outbox WHERE status = 'failed'$$,
                   $$VALUES ('poison-1', 'failed', 400, 'measurements[0]: no meter with code no_such_meter')$$,
                   'the poison row is failed with m3ter''s message');
 SELECT ok((:'r'::jsonb->>'requests')::int <= 21, 'isolating it took at most 21 requests');
