@@ -34,14 +34,19 @@ headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json
 
 db = psycopg2.connect("")
 sent = 0
+after = 0  # continue after the last id taken, as the worker does, so both scan the index alike
 while True:
     with db, db.cursor() as cur:
         cur.execute("""SELECT id, uid, meter, account, ts, measure, who, "where", what
-                         FROM m3ter.outbox WHERE status = 'pending'
-                        ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED""")
+                         FROM m3ter.outbox WHERE status = 'pending' AND id > %s
+                        ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED""", (after,))
         rows = cur.fetchall()
         if not rows:
-            break
+            if after == 0:
+                break
+            after = 0
+            continue
+        after = rows[-1][0] if len(rows) == 1000 else 0
         measurements = []
         for _id, uid, meter, account, ts, measure, who, where, what in rows:
             m = {"uid": uid, "meter": meter, "account": account,

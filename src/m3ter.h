@@ -175,7 +175,7 @@ typedef struct M3terFlushStats
 	char	   *error;			/* the last error seen, or NULL */
 } M3terFlushStats;
 
-extern void m3ter_drain_once(int limit, M3terFlushStats *stats);
+extern void m3ter_drain_once(int limit, int64 *after, M3terFlushStats *stats);
 extern TimestampTz m3ter_next_due(void);
 extern int64 m3ter_delete_expired(int retention_s);
 

@@ -26,6 +26,13 @@
  *	  with the error noted, attempts untouched.
  *	- A row too large to ever fit in a request is 'failed' without sending.
  *
+ * Claims walk the pending index as a keyset: each continues after the last
+ * id the previous one took, and only a short claim sends the next one back
+ * to the start (where rows due for a retry, or committed late with a lower
+ * id, are found).  Restarting every claim from the start would step over
+ * the index entries of all rows claimed since the last vacuum, making a
+ * large drain quadratic.
+ *
  * The caller owns the transaction and the SPI connection.  Each drain
  * works in its own memory context, deleted at its end.
  *
@@ -58,7 +65,7 @@ PG_FUNCTION_INFO_V1(m3ter_flush);
 static const char claim_sql[] =
 "SELECT id, uid, meter, account, ts, ets, measure, cost, income, who, \"where\", what, other, metadata "
 "FROM m3ter.outbox "
-"WHERE status = 'pending' AND next_attempt_at <= now() "
+"WHERE status = 'pending' AND next_attempt_at <= now() AND id > $2 "
 "ORDER BY id "
 "LIMIT $1 "
 "FOR UPDATE SKIP LOCKED";
@@ -225,15 +232,17 @@ deliver(Drain *d, int start, int end)
 }
 
 /*
- * Claim up to limit due rows and deliver them.  Adds to *stats; sets
- * stats->stopped when m3ter refused the credentials or the organization.
+ * Claim up to limit due rows with an id above *after and deliver them.
+ * Sets *after to the last id claimed, or to 0 after a short claim (the
+ * next claim starts over).  Adds to *stats; sets stats->stopped when m3ter
+ * refused the credentials or the organization.
  */
 void
-m3ter_drain_once(int limit, M3terFlushStats *stats)
+m3ter_drain_once(int limit, int64 *after, M3terFlushStats *stats)
 {
 	static SPIPlanPtr claim_plan = NULL;
-	Oid			argtypes[1] = {INT4OID};
-	Datum		args[1];
+	Oid			argtypes[2] = {INT4OID, INT8OID};
+	Datum		args[2];
 	MemoryContext drain_cxt;
 	MemoryContext old;
 	Drain		d;
@@ -253,7 +262,8 @@ m3ter_drain_once(int limit, M3terFlushStats *stats)
 	old = MemoryContextSwitchTo(drain_cxt);
 
 	args[0] = Int32GetDatum(limit);
-	rc = SPI_execute_plan(keep_plan(&claim_plan, claim_sql, 1, argtypes),
+	args[1] = Int64GetDatum(*after);
+	rc = SPI_execute_plan(keep_plan(&claim_plan, claim_sql, 2, argtypes),
 						  args, NULL, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "m3ter outbox claim failed: %s", SPI_result_code_string(rc));
@@ -306,6 +316,7 @@ m3ter_drain_once(int limit, M3terFlushStats *stats)
 		d.lengths[i] = buf.len;
 	}
 	SPI_freetuptable(tuptable);
+	*after = (d.n == limit) ? d.ids[d.n - 1] : 0;
 
 	/* send them in requests as full as m3ter's limits allow */
 	for (start = 0; start < d.n && !stats->stopped;)
@@ -376,6 +387,7 @@ m3ter_flush(PG_FUNCTION_ARGS)
 	M3terFlushStats stats;
 	StringInfoData out;
 	MemoryContext caller = CurrentMemoryContext;
+	int64		after = 0;
 
 	if (max_rows < 0)
 		ereport(ERROR,
@@ -388,10 +400,12 @@ m3ter_flush(PG_FUNCTION_ARGS)
 	while (stats.claimed < max_rows && !stats.stopped)
 	{
 		int64		before = stats.claimed;
+		bool		from_start = (after == 0);
 
-		m3ter_drain_once((int) Min((int64) m3ter_batch_rows, max_rows - stats.claimed), &stats);
-		if (stats.claimed == before)
-			break;
+		m3ter_drain_once((int) Min((int64) m3ter_batch_rows, max_rows - stats.claimed),
+						 &after, &stats);
+		if (stats.claimed == before && from_start)
+			break;				/* nothing due anywhere */
 	}
 	m3ter_note_delivery(&stats);
 	if (stats.stopped)

@@ -94,9 +94,11 @@ log_once(const char *message, char **last_logged)
 static long
 worker_pass(MemoryContext pass_cxt, char **last_logged, long *idle_ms)
 {
+	static int64 after = 0;		/* keyset position of the claims */
 	M3terFlushStats stats;
 	TimestampTz next_due = 0;
 	bool		installed;
+	bool		from_start = (after == 0);
 	long		sleep_ms;
 
 	memset(&stats, 0, sizeof(stats));
@@ -109,10 +111,10 @@ worker_pass(MemoryContext pass_cxt, char **last_logged, long *idle_ms)
 	installed = extension_installed();
 	if (installed)
 	{
-		m3ter_drain_once(m3ter_batch_rows, &stats);
+		m3ter_drain_once(m3ter_batch_rows, &after, &stats);
 		if (m3ter_retention_s >= 0)
 			(void) m3ter_delete_expired(m3ter_retention_s);
-		if (stats.claimed == 0)
+		if (stats.claimed == 0 && from_start)
 			next_due = m3ter_next_due();
 		if (stats.error != NULL)
 			stats.error = MemoryContextStrdup(pass_cxt, stats.error);
@@ -144,8 +146,9 @@ worker_pass(MemoryContext pass_cxt, char **last_logged, long *idle_ms)
 		*last_logged = NULL;
 	}
 
-	if (stats.claimed > 0)
+	if (stats.claimed > 0 || !from_start)
 	{
+		/* rows were claimed, or the next claim starts over: go on at once */
 		m3ter_worker_note("delivering", true);
 		*idle_ms = m3ter_worker_naptime_ms;
 		return 0;

@@ -21,23 +21,28 @@ Tests steer it through /_control (no auth):
         spent sending the body), "empty_body", "malformed_body" (with a 200)
   POST /_control/config   {"token_ttl": s, "reject_meters": [...], "expire_tokens":
         true, "rate_limit": {"per_second": n, "window": s, "window_max": n},
-        "fast": true}   (fast: accept and count measurements without parsing or
-        storing them, for benchmarks)
+        "fast": true, "random_5xx": 0.05}   (fast: accept and count measurements
+        without parsing or storing them, for benchmarks; random_5xx: answer that
+        share of ingest requests with a random 500, 502, 503 or 504)
   GET  /_control/summary                    counts: accepted, duplicates, requests...
   GET  /_control/measurements               every stored measurement
   GET  /_control/requests                   the request log (time, path, status, n)
   GET  /_control/meters                     every stored meter
 
-Run: m3ter_standin.py --port-file FILE [--port N]; it prints its port and serves
-until killed.  Python standard library only.
+Run: m3ter_standin.py --port-file FILE [--port N] [--state-file FILE]; it prints its
+port and serves until killed (with --state-file, SIGTERM saves what it accepted and
+the next start loads it).  Python standard library only.
 """
 
 import argparse
 import base64
 import json
+import os
+import random
 import re
 import secrets
 import socket
+import signal
 import sys
 import threading
 import time
@@ -101,6 +106,24 @@ class State:
         self.recent = deque()
         self.fast = False
         self.accepted_total = 0
+        self.random_5xx = 0.0
+
+    def save(self, path):
+        """Keep what was accepted across a restart (the 'down and back' test)."""
+        with self.lock:
+            doc = {"measurements": self.measurements, "duplicates": self.duplicates,
+                   "accepted_total": self.accepted_total, "tokens": self.tokens}
+        with open(path + ".tmp", "w") as f:
+            json.dump(doc, f)
+        os.replace(path + ".tmp", path)
+
+    def load(self, path):
+        with open(path) as f:
+            doc = json.load(f)
+        self.measurements = doc["measurements"]
+        self.duplicates = doc["duplicates"]
+        self.accepted_total = doc["accepted_total"]
+        self.tokens = doc["tokens"]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -238,6 +261,8 @@ class Handler(BaseHTTPRequestHandler):
             recent.append(t)
 
     def measurements(self, body):
+        if self.state.random_5xx and random.random() < self.state.random_5xx:
+            raise ApiError(random.choice((500, 502, 503, 504)), "Injected random server error")
         if len(body) >= MAX_PAYLOAD:
             raise ApiError(403, f"Request payload of {len(body)} bytes exceeds the limit of {MAX_PAYLOAD} bytes")
         self.check_rate()
@@ -363,6 +388,8 @@ class Handler(BaseHTTPRequestHandler):
                     st.rate_limit = doc["rate_limit"]
                 if "fast" in doc:
                     st.fast = bool(doc["fast"])
+                if "random_5xx" in doc:
+                    st.random_5xx = float(doc["random_5xx"])
                 return {"ok": True}
             if path == "/_control/summary":
                 reqs = st.requests
@@ -458,16 +485,25 @@ def main():
     ap.add_argument("--org-id", default="5f3b8c2e-1d4a-4e6b-9c7d-0a1b2c3d4e5f")
     ap.add_argument("--access-key-id", default="standin-access-key")
     ap.add_argument("--api-secret", default="standin-api-secret")
+    ap.add_argument("--state-file", help="load accepted measurements from it at start, save them on SIGTERM")
     args = ap.parse_args()
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     server.state = State(args.org_id, args.access_key_id, args.api_secret)
+    if args.state_file and os.path.exists(args.state_file):
+        server.state.load(args.state_file)
+
+    def stop(signum, frame):
+        if args.state_file:
+            server.state.save(args.state_file)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     port = server.server_address[1]
     if args.port_file:
         with open(args.port_file + ".tmp", "w") as f:
             f.write(str(port))
-        import os
         os.replace(args.port_file + ".tmp", args.port_file)
     print(f"m3ter stand-in listening on 127.0.0.1:{port}", flush=True)
     try:
