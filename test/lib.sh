@@ -14,7 +14,7 @@ M3TER_PG_VERSION=${M3TER_PG_VERSION:-15}
 M3TER_PACKAGES="postgresql-$M3TER_PG_VERSION postgresql-server-dev-$M3TER_PG_VERSION \
 libcurl4-openssl-dev libcjson-dev postgresql-$M3TER_PG_VERSION-pgtap \
 postgresql-$M3TER_PG_VERSION-cron libtap-parser-sourcehandler-pgtap-perl \
-python3 curl make gcc"
+python3 curl make gcc openssl"
 M3TER_ORG_ID=5f3b8c2e-1d4a-4e6b-9c7d-0a1b2c3d4e5f
 M3TER_ACCESS_KEY_ID=standin-access-key
 M3TER_API_SECRET=standin-api-secret
@@ -39,13 +39,30 @@ m3ter_install_deps() {
 m3ter_pg_bindir() { "$(m3ter_pg_config)" --bindir; }
 m3ter_pg_config() { echo "/usr/lib/postgresql/$M3TER_PG_VERSION/bin/pg_config"; }
 
-# Build and install the extension (warnings are errors)
+# Build and install the extension (warnings are errors); with M3TER_ASAN=1,
+# instrumented with AddressSanitizer
 m3ter_build() {
-    log "building and installing the extension"
-    local sudo=""
+    local sudo="" flags=()
     [ "$(id -u)" -ne 0 ] && sudo=sudo
-    make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" >/dev/null
-    $sudo make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" install >/dev/null
+    if [ -n "${M3TER_ASAN:-}" ]; then
+        log "building with AddressSanitizer"
+        flags=(COPT="-fsanitize=address -fno-omit-frame-pointer" with_llvm=no)
+        make -C "$M3TER_ROOT" -s clean >/dev/null
+    else
+        log "building and installing the extension"
+    fi
+    make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" "${flags[@]}" >/dev/null
+    $sudo make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" "${flags[@]}" install >/dev/null
+}
+
+# The environment the server runs in: with M3TER_ASAN=1, the sanitizer's
+# runtime is preloaded (the server itself is not instrumented) and reports
+# go to $M3TER_TMP/asan.*
+m3ter_server_env() {
+    if [ -n "${M3TER_ASAN:-}" ]; then
+        echo "LD_PRELOAD=$(gcc -print-file-name=libasan.so)" \
+             "ASAN_OPTIONS=detect_leaks=0:log_path=$M3TER_TMP/asan:verify_asan_link_order=0"
+    fi
 }
 
 # Run a command as the cluster's OS user (PostgreSQL refuses to run as root)
@@ -62,15 +79,20 @@ m3ter_cleanup() {
     if [ -n "${M3TER_TMP:-}" ] && [ -d "$M3TER_TMP/data" ]; then
         as_pg "$(m3ter_pg_bindir)/pg_ctl" -D "$M3TER_TMP/data" -m immediate stop >/dev/null 2>&1
     fi
-    [ -n "${STANDIN_PID:-}" ] && kill "$STANDIN_PID" 2>/dev/null
+    # the stand-in, also when a test restarted it under another pid
+    [ -n "${M3TER_TMP:-}" ] && pkill -f "m3ter_standin.py --port-file $M3TER_TMP/" 2>/dev/null
     [ -n "${M3TER_TMP:-}" ] && [ -z "${M3TER_KEEP:-}" ] && rm -rf "$M3TER_TMP"
 }
 
-# Start the stand-in; extra arguments go to it
+# Start the stand-in; extra arguments go to it.  M3TER_STANDIN_ARGS lets a test
+# restart it (on the port in standin.port) with what it accepted so far.
 m3ter_start_standin() {
-    python3 "$M3TER_ROOT/test/m3ter_standin.py" --port-file "$M3TER_TMP/standin.port" \
-        --org-id "$M3TER_ORG_ID" --access-key-id "$M3TER_ACCESS_KEY_ID" \
-        --api-secret "$M3TER_API_SECRET" "$@" >"$M3TER_TMP/standin.log" 2>&1 &
+    M3TER_STANDIN_ARGS="$M3TER_ROOT/test/m3ter_standin.py --port-file $M3TER_TMP/standin.port \
+--state-file $M3TER_TMP/standin.state --org-id $M3TER_ORG_ID \
+--access-key-id $M3TER_ACCESS_KEY_ID --api-secret $M3TER_API_SECRET"
+    export M3TER_STANDIN_ARGS M3TER_ORG_ID M3TER_ACCESS_KEY_ID M3TER_API_SECRET
+    # shellcheck disable=SC2086
+    python3 $M3TER_STANDIN_ARGS "$@" >"$M3TER_TMP/standin.log" 2>&1 &
     STANDIN_PID=$!
     for _ in $(seq 100); do
         [ -s "$M3TER_TMP/standin.port" ] && break
@@ -108,7 +130,10 @@ m3ter.ingest_url = '$STANDIN_URL'
 m3ter.database = 'postgres'
 $extra
 EOF
-    as_pg "$bindir/pg_ctl" -D "$M3TER_TMP/data" -l "$M3TER_TMP/postgres.log" -w start >/dev/null
+    M3TER_SERVER_ENV=$(m3ter_server_env)
+    export M3TER_SERVER_ENV
+    # shellcheck disable=SC2086
+    as_pg env $M3TER_SERVER_ENV "$bindir/pg_ctl" -D "$M3TER_TMP/data" -l "$M3TER_TMP/postgres.log" -w start >/dev/null
     export PGHOST="$M3TER_TMP" PGPORT PGUSER=postgres PGDATABASE=postgres
     log "PostgreSQL $M3TER_PG_VERSION on socket $PGHOST port $PGPORT"
 }

@@ -17,7 +17,8 @@ Tests steer it through /_control (no auth):
         dropping the queued ones when "clear" is true); each has "match" (a path
         substring, default any), "count" (default 1) and one of: "status" (with
         optional "retry_after", "body"), "delay" (seconds before answering),
-        "drop" (close without answering), "reset_mid_body", "trickle" (seconds
+        "drop" (close without answering), "reset_mid_body" (with "after_accept":
+        after storing the measurements), "trickle" (seconds
         spent sending the body), "empty_body", "malformed_body" (with a 200)
   POST /_control/config   {"token_ttl": s, "reject_meters": [...], "expire_tokens":
         true, "rate_limit": {"per_second": n, "window": s, "window_max": n},
@@ -28,6 +29,7 @@ Tests steer it through /_control (no auth):
   GET  /_control/measurements               every stored measurement
   GET  /_control/requests                   the request log (time, path, status, n)
   GET  /_control/meters                     every stored meter
+  GET  /_control/tokens                     every bearer token it issued
 
 Run: m3ter_standin.py --port-file FILE [--port N] [--state-file FILE]; it prints its
 port and serves until killed (with --state-file, SIGTERM saves what it accepted and
@@ -175,6 +177,19 @@ class Handler(BaseHTTPRequestHandler):
                     return dict(fault)
         return None
 
+    def reset_mid_body(self, nbytes):
+        """Start a 200 answer, then reset the connection halfway through its body."""
+        self.record(0, nbytes=nbytes, note="reset mid-body")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "100")
+        self.end_headers()
+        self.wfile.write(b'{"result":')
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.connection.close()
+
     def apply_fault(self, fault, nbytes):
         """Act out a fault; returns True when the request was answered (or dropped)."""
         if "delay" in fault:
@@ -188,17 +203,8 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             return True
-        if fault.get("reset_mid_body"):
-            self.record(0, nbytes=nbytes, note="reset mid-body")
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", "100")
-            self.end_headers()
-            self.wfile.write(b'{"result":')
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            self.connection.close()
+        if fault.get("reset_mid_body") and not fault.get("after_accept"):
+            self.reset_mid_body(nbytes)
             return True
         if "status" in fault:
             status = int(fault["status"])
@@ -408,6 +414,8 @@ class Handler(BaseHTTPRequestHandler):
                 return list(st.requests)
             if path == "/_control/meters":
                 return list(st.meters)
+            if path == "/_control/tokens":
+                return list(st.tokens)
         raise ApiError(404, "no such control endpoint")
 
     # ---- dispatch ----
@@ -449,6 +457,9 @@ class Handler(BaseHTTPRequestHandler):
             headers = {"Retry-After": "1"} if e.status == 429 else None
             self.send_json(e.status, {"message": e.message}, headers)
             return
+        if fault and fault.get("reset_mid_body"):
+            self.reset_mid_body(len(body))  # after_accept: stored, but the answer is lost
+            return
         self.record(200, n=n, nbytes=len(body))
         if fault and fault.get("empty_body"):
             self.send_json(200, b"")
@@ -486,6 +497,8 @@ def main():
     ap.add_argument("--access-key-id", default="standin-access-key")
     ap.add_argument("--api-secret", default="standin-api-secret")
     ap.add_argument("--state-file", help="load accepted measurements from it at start, save them on SIGTERM")
+    ap.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM) ...")
+    ap.add_argument("--tls-key", help="... and this key")
     args = ap.parse_args()
 
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
@@ -500,6 +513,11 @@ def main():
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
+    if args.tls_cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     port = server.server_address[1]
     if args.port_file:
         with open(args.port_file + ".tmp", "w") as f:

@@ -48,8 +48,9 @@ def done():
 
 def psql(sql, db="postgres", check=True, timeout=300):
     """Run SQL; returns stdout of the last statement, unaligned, without headers."""
-    r = subprocess.run([BINDIR + "/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
-                       capture_output=True, text=True, timeout=timeout)
+    # on stdin: one argument may not exceed 128 kB, and hostile inputs do
+    r = subprocess.run([BINDIR + "/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
+                       input=sql, capture_output=True, text=True, timeout=timeout)
     if check and r.returncode != 0:
         raise RuntimeError("psql failed: %s\n%s" % (sql[:200], r.stderr))
     return r.stdout.strip() if check else r
@@ -91,8 +92,26 @@ def as_pg(cmd):
 
 
 def pg_ctl(*args):
-    subprocess.run(as_pg([BINDIR + "/pg_ctl", "-D", DATA_DIR, "-l", LOG_FILE, "-w"] + list(args)),
+    # M3TER_SERVER_ENV: what the server runs with (the sanitizer runtime, under test/asan.sh)
+    env = os.environ.get("M3TER_SERVER_ENV", "").split()
+    subprocess.run(as_pg(["env"] + env + [BINDIR + "/pg_ctl", "-D", DATA_DIR, "-l", LOG_FILE, "-w"] + list(args)),
                    check=True, capture_output=True)
+
+
+def standin_stop():
+    """Stop the stand-in (it saves what it accepted); connections are then refused."""
+    subprocess.run(["pkill", "-TERM", "-f", "m3ter_standin.py --port-file " + os.environ["M3TER_TMP"] + "/"])
+    wait_until(lambda: subprocess.run(["pgrep", "-f", "m3ter_standin.py --port-file " + os.environ["M3TER_TMP"] + "/"],
+                                      capture_output=True).returncode != 0, timeout=10, interval=0.05)
+
+
+def standin_start():
+    """Start the stand-in again on its port, with what it had accepted."""
+    port = STANDIN_URL.rsplit(":", 1)[1]
+    log = open(os.path.join(os.environ["M3TER_TMP"], "standin.log"), "a")
+    subprocess.Popen(["python3"] + os.environ["M3TER_STANDIN_ARGS"].split() + ["--port", port],
+                     stdout=log, stderr=log, start_new_session=True)
+    wait_until(lambda: standin("GET", "/_control/summary") is not None, timeout=10, interval=0.05)
 
 
 def server_up():
@@ -149,8 +168,41 @@ def reset(db="postgres"):
     standin("POST", "/_control/reset")
     psql("DELETE FROM m3ter.outbox", db)
     for k in ("worker_enabled", "max_requests_per_second", "org_id", "retention", "batch_rows",
-              "worker_naptime", "worker_idle_naptime"):
+              "worker_naptime", "worker_idle_naptime", "retry_max_delay", "request_timeout", "max_attempts"):
         psql("ALTER SYSTEM RESET m3ter.%s" % k)
     psql("ALTER SYSTEM SET m3ter.worker_idle_naptime = '1s'")
     psql("SELECT pg_reload_conf()")
     time.sleep(0.3)
+
+
+def record_scenario(name, rows_in, prefix, crashes=0, expect_failed=0):
+    """Check a scenario's outcome row by row and add it to the reliability summary.
+
+    Every row must be accepted and stored at the stand-in, or failed (only
+    expect_failed of them); lost = rows neither stored-and-accepted nor failed."""
+    rows = psql("SELECT uid, status FROM m3ter.outbox WHERE uid LIKE '%s%%'" % prefix).splitlines()
+    status = dict(line.split("|") for line in rows)
+    stored = stored_uids(prefix)
+    accepted = sum(1 for u, s in status.items() if s == "accepted" and u in stored)
+    failed = sum(1 for s in status.values() if s == "failed")
+    lost = rows_in - accepted - failed
+    dups = standin("GET", "/_control/summary")["duplicates"]
+    row = {"scenario": name, "rows_in": rows_in, "accepted": accepted, "failed": failed,
+           "duplicates": dups, "lost": lost, "crashes": crashes}
+    with open(os.path.join(os.environ["M3TER_TMP"], "reliability.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+    ok(lost == 0 and failed == expect_failed,
+       "%s: %d rows in, %d accepted, %d failed, %d lost" % (name, rows_in, accepted, failed, lost), row)
+    return row
+
+
+def server_crashed_since(offset):
+    """Did a server process die of a signal (other than our own kills) since log offset?"""
+    with open(LOG_FILE) as f:
+        f.seek(offset)
+        text = f.read()
+    return [line for line in text.splitlines() if "terminated by signal" in line and "signal 9" not in line]
+
+
+def log_offset():
+    return os.path.getsize(LOG_FILE)

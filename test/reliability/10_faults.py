@@ -1,0 +1,116 @@
+"""Faults at m3ter's side: each scenario drains rows through the worker while the
+stand-in misbehaves, then checks every row: accepted and stored, or failed for
+the one reason expected; none lost, none stuck pending."""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from m3ter_tap import *  # noqa: E402,F401,F403
+
+ROWS = int(os.environ.get("RELIABILITY_ROWS", 3000))
+
+
+def scenario(name, prefix, faults=(), config=None, settings=None, rows=ROWS, during=None,
+             expect_failed=0, timeout=90, extra="", extra_rows=0):
+    """Insert rows (and extra_rows that during() inserts), drain them under the faults, check them."""
+    reset()
+    set_and_reload(max_requests_per_second="0", retry_max_delay="1s", worker_enabled="off", **(settings or {}))
+    if config:
+        standin("POST", "/_control/config", config)
+    if faults:
+        standin("POST", "/_control/faults", {"faults": list(faults)})
+    insert_usage(rows, prefix, extra=extra)
+    set_and_reload(worker_enabled=None)
+    if during:
+        during()
+    drained = wait_until(lambda: scalar("SELECT count(*) FROM m3ter.outbox WHERE status = 'pending'") == "0",
+                         timeout=timeout, interval=0.2)
+    ok(drained, "%s: nothing is left pending" % name, outbox_counts())
+    row = record_scenario(name, rows + extra_rows, prefix, expect_failed=expect_failed)
+    set_and_reload(retry_max_delay=None, max_requests_per_second=None)
+    return row
+
+
+def fault(**kw):
+    return dict({"match": "/measurements"}, **kw)
+
+
+scenario("429 without Retry-After", "r429-", [fault(status=429, count=3)])
+ok(int(scalar("SELECT max(attempts) FROM m3ter.outbox")) >= 2, "429: rows were retried")
+
+scenario("429 with Retry-After: 2", "r429ra-", [fault(status=429, retry_after=2, count=1)])
+gap = scalar("SELECT extract(epoch FROM max(accepted_at) - min(created_at)) FROM m3ter.outbox")
+ok(float(gap) >= 2.0, "429 with Retry-After: the retry waited 2 s", gap)
+
+scenario("500, 502, 504 bursts", "r5xx-", [fault(status=500, count=2), fault(status=502, count=2),
+                                           fault(status=504, count=2)])
+
+scenario("400 for one measurement in a batch", "r400-", config={"reject_meters": ["retired_meter"]},
+         extra_rows=1, expect_failed=1,
+         during=lambda: insert_usage(1, "r400-poison-", meter="retired_meter"))
+is_(scalar("SELECT http_status || ' ' || error FROM m3ter.outbox WHERE status = 'failed'"),
+    "400 measurements[0]: no meter with code retired_meter", "the poison row carries m3ter's message")
+
+
+def expire_tokens_mid_drain():
+    wait_until(lambda: len(ingest_requests()) >= 1, timeout=10, interval=0.02)
+    standin("POST", "/_control/config", {"expire_tokens": True})
+
+
+scenario("403 expired token mid-drain", "rtok-", [fault(delay=0.2, count=4)], during=expire_tokens_mid_drain)
+is_(scalar("SELECT max(attempts) FROM m3ter.outbox"), "1", "an expired token burns no attempt")
+ok(any(r["status"] == 403 for r in ingest_requests()), "a 403 for the expired token was answered")
+
+
+def fix_org_later():
+    time.sleep(2)
+    is_(scalar("SELECT status || ' ' || attempts FROM m3ter.outbox GROUP BY 1"), "pending 0",
+        "403 unknown org: rows stay pending, no attempt burnt")
+    set_and_reload(org_id=None)
+
+
+scenario("403 unknown org, then fixed", "rorg-", settings={"org_id": "00000000-0000-4000-8000-000000000000"},
+         during=fix_org_later)
+
+# rows of about 128 kB: four fill a request to within a few bytes of the limit
+big = "jsonb_build_object('blob', repeat('x', 127800))"
+scenario("403 for an oversize payload (never provoked)", "rbig-", rows=40, extra=big)
+reqs = ingest_requests()
+ok(all(r["bytes"] < 512000 for r in reqs) and not any(r["status"] == 403 for r in reqs),
+   "every request stayed under 512,000 bytes; no 403 for size", max(r["bytes"] for r in reqs))
+ok(min(r["bytes"] for r in reqs if r["status"] == 200) > 500000, "and requests were still full")
+scenario("a row over 512,000 bytes", "rhuge-", rows=1, extra="jsonb_build_object('blob', repeat('x', 520000))",
+         expect_failed=1)
+ok(scalar("SELECT error FROM m3ter.outbox").startswith("the measurement takes"), "it is failed with the reason")
+
+scenario("a response that never comes (timeout)", "rslow-", [fault(delay=5, count=2)],
+         settings={"request_timeout": "1s"})
+ok(int(scalar("SELECT max(attempts) FROM m3ter.outbox")) >= 2, "timed-out requests were retried")
+set_and_reload(request_timeout=None)
+
+scenario("a connection reset mid-body", "rreset-", [fault(reset_mid_body=True, count=2)])
+scenario("a connection reset after m3ter accepted", "rresetacc-", [fault(reset_mid_body=True, after_accept=True, count=2)])
+ok(standin("GET", "/_control/summary")["duplicates"] > 0,
+   "re-sent measurements were deduplicated by uid at the stand-in")
+
+scenario("a slow trickle response", "rtrickle-", [fault(trickle=2, count=1)])
+is_(scalar("SELECT max(attempts) FROM m3ter.outbox"), "1", "a slow but complete answer is not retried")
+
+
+def down_30s():
+    wait_until(lambda: len(ingest_requests()) >= 1, timeout=10, interval=0.02)
+    standin_stop()
+    time.sleep(30)
+    standin_start()
+
+
+scenario("the stand-in down for 30 s and back", "rdown-", [fault(delay=0.3, count=1)], during=down_30s,
+         settings={"retry_max_delay": "5s"}, timeout=120)
+ok(int(scalar("SELECT max(attempts) FROM m3ter.outbox")) >= 2, "rows were retried while it was down")
+
+scenario("an empty success body", "rempty-", [fault(empty_body=True, count=2)])
+scenario("a malformed success body", "rbad-", [fault(malformed_body=True, count=2)])
+scenario("5% random 5xx for the whole drain", "rrandom-", config={"random_5xx": 0.05}, rows=ROWS * 3,
+         settings={"batch_rows": "1000"})
+done()
