@@ -30,3 +30,5 @@ SELECT err($$SELECT m3ter_create_meter('API', 'api', pg_temp.fields(), (SELECT j
 SELECT err($$SELECT m3ter_create_meter('API', 'api', pg_temp.fields(), custom_fields => '[1]')$$);
 SELECT err($$SELECT m3ter_create_meter('API', 'api', pg_temp.fields(), custom_fields => '{"team":{"a":1}}')$$);
 SELECT err($$SELECT m3ter_create_meter('API', 'api', pg_temp.fields(), product_id => 'not-a-uuid')$$);
+-- deeper than the JSON library takes: a clear limit error, not an internal one
+SELECT err(format($$SELECT m3ter_create_meter('API', 'api', '%s%s')$$, repeat('[', 3000), repeat(']', 3000)));

@@ -98,9 +98,13 @@ m3ter_cjson_to_jsonb(const cJSON *item)
 	return result;
 }
 
-/* A jsonb value as a cJSON tree (NULL for SQL NULL input) */
+/*
+ * A jsonb argument as a cJSON tree (NULL for SQL NULL input); what names the
+ * argument in errors.  cJSON refuses nesting deeper than CJSON_NESTING_LIMIT
+ * (1000 levels), which jsonb allows.
+ */
 cJSON *
-m3ter_jsonb_to_cjson(Jsonb *jb)
+m3ter_jsonb_to_cjson(Jsonb *jb, const char *what)
 {
 	char	   *text;
 	cJSON	   *root;
@@ -110,7 +114,10 @@ m3ter_jsonb_to_cjson(Jsonb *jb)
 	text = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
 	root = cJSON_Parse(text);
 	if (root == NULL)
-		elog(ERROR, "could not parse jsonb output as JSON");
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s is nested too deeply", what),
+				 errdetail("JSON values may be nested at most %d levels deep here.", CJSON_NESTING_LIMIT)));
 	pfree(text);
 	return root;
 }

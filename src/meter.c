@@ -233,8 +233,8 @@ m3ter_create_meter(PG_FUNCTION_ARGS)
 	code = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	check_name("name", name);
 	check_code("code", code);
-	data_fields = m3ter_jsonb_to_cjson(PG_GETARG_JSONB_P(2));
-	derived_fields = m3ter_jsonb_to_cjson(PG_GETARG_JSONB_P(3));
+	data_fields = m3ter_jsonb_to_cjson(PG_GETARG_JSONB_P(2), "data_fields");
+	derived_fields = m3ter_jsonb_to_cjson(PG_GETARG_JSONB_P(3), "derived_fields");
 	check_fields(data_fields, "data_fields", 1, M3TER_MAX_FIELDS, false, &codes);
 	check_fields(derived_fields, "derived_fields", 0, M3TER_MAX_FIELDS, true, &codes);
 
@@ -248,7 +248,7 @@ m3ter_create_meter(PG_FUNCTION_ARGS)
 		cJSON_AddStringToObject(body, "groupId", group_id);
 	if (!PG_ARGISNULL(6))
 	{
-		cJSON	   *custom = m3ter_jsonb_to_cjson(PG_GETARG_JSONB_P(6));
+		cJSON	   *custom = m3ter_jsonb_to_cjson(PG_GETARG_JSONB_P(6), "custom_fields");
 
 		check_custom_fields(custom);
 		cJSON_AddItemToObject(body, "customFields", custom);

@@ -109,12 +109,14 @@ class State:
         self.fast = False
         self.accepted_total = 0
         self.random_5xx = 0.0
+        self.stopping = False
 
     def save(self, path):
         """Keep what was accepted across a restart (the 'down and back' test)."""
         with self.lock:
-            doc = {"measurements": self.measurements, "duplicates": self.duplicates,
-                   "accepted_total": self.accepted_total, "tokens": self.tokens}
+            self.stopping = True  # nothing is acknowledged after this snapshot
+            doc = {"measurements": dict(self.measurements), "duplicates": self.duplicates,
+                   "accepted_total": self.accepted_total, "tokens": dict(self.tokens)}
         with open(path + ".tmp", "w") as f:
             json.dump(doc, f)
         os.replace(path + ".tmp", path)
@@ -286,6 +288,8 @@ class Handler(BaseHTTPRequestHandler):
         for i, m in enumerate(items):
             self.check_measurement(i, m)
         with self.state.lock:
+            if self.state.stopping:
+                raise ApiError(503, "Shutting down")
             for m in items:
                 if m["uid"] in self.state.measurements:
                     self.state.duplicates += 1

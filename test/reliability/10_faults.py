@@ -15,7 +15,8 @@ def scenario(name, prefix, faults=(), config=None, settings=None, rows=ROWS, dur
              expect_failed=0, timeout=90, extra="", extra_rows=0):
     """Insert rows (and extra_rows that during() inserts), drain them under the faults, check them."""
     reset()
-    set_and_reload(max_requests_per_second="0", retry_max_delay="1s", worker_enabled="off", **(settings or {}))
+    set_and_reload(**dict({"max_requests_per_second": "0", "retry_max_delay": "1s", "worker_enabled": "off"},
+                          **(settings or {})))
     if config:
         standin("POST", "/_control/config", config)
     if faults:
@@ -105,8 +106,8 @@ def down_30s():
     standin_start()
 
 
-scenario("the stand-in down for 30 s and back", "rdown-", [fault(delay=0.3, count=1)], during=down_30s,
-         settings={"retry_max_delay": "5s"}, timeout=120)
+scenario("the stand-in down for 30 s and back", "rdown-", [fault(delay=1, count=3)], during=down_30s,
+         settings={"retry_max_delay": "5s", "batch_rows": "1000"}, timeout=120)
 ok(int(scalar("SELECT max(attempts) FROM m3ter.outbox")) >= 2, "rows were retried while it was down")
 
 scenario("an empty success body", "rempty-", [fault(empty_body=True, count=2)])

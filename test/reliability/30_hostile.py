@@ -106,7 +106,7 @@ BEGIN
     EXECUTE stmt;
     RETURN 'ok';
 EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ' ' || SQLERRM;
+    RETURN SQLSTATE || ' ' || replace(SQLERRM, E'\n', ' ');
 END $$""")
 reset()
 set_and_reload(max_requests_per_second="0", worker_enabled="off")
@@ -119,7 +119,7 @@ for c in submit_cases():
 used = set()
 for i, (what, args) in enumerate(meter_cases()):
     name, code, data = args[0], args[1], args[2]
-    rest = args[3:]
+    rest = args[3:] + [None] * (7 - len(args)) if len(args) > 3 else []
     code = code if code != "code" else "hostile_%d" % i
     parts = [sql_value(name), sql_value(code), sql_value(data) + "::jsonb" if data is not None and not isinstance(data, str) else sql_value(data)]
     if rest:
@@ -150,7 +150,12 @@ for i in range(0, len(statements), batch):
     if r.returncode != 0:
         internal.append(("batch %d" % i, r.stderr[:300]))
         continue
-    for line in r.stdout.splitlines():
+    for line in r.stdout.split("\n"):  # not splitlines(): results may hold U+2028
+        if not line:
+            continue
+        if "|" not in line:
+            internal.append(("unexpected output", line[:200]))
+            continue
         j, result = line.split("|", 1)
         kind, stmt = chunk[int(j)]
         code = result.split(" ", 1)[0]
