@@ -39,30 +39,13 @@ m3ter_install_deps() {
 m3ter_pg_bindir() { "$(m3ter_pg_config)" --bindir; }
 m3ter_pg_config() { echo "/usr/lib/postgresql/$M3TER_PG_VERSION/bin/pg_config"; }
 
-# Build and install the extension (warnings are errors); with M3TER_ASAN=1,
-# instrumented with AddressSanitizer
+# Build and install the extension (warnings are errors)
 m3ter_build() {
-    local sudo="" flags=()
+    log "building and installing the extension"
+    local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo=sudo
-    if [ -n "${M3TER_ASAN:-}" ]; then
-        log "building with AddressSanitizer"
-        flags=(COPT="-fsanitize=address -fno-omit-frame-pointer" with_llvm=no)
-        make -C "$M3TER_ROOT" -s clean >/dev/null
-    else
-        log "building and installing the extension"
-    fi
-    make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" "${flags[@]}" >/dev/null
-    $sudo make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" "${flags[@]}" install >/dev/null
-}
-
-# The environment the server runs in: with M3TER_ASAN=1, the sanitizer's
-# runtime is preloaded (the server itself is not instrumented) and reports
-# go to $M3TER_TMP/asan.*
-m3ter_server_env() {
-    if [ -n "${M3TER_ASAN:-}" ]; then
-        echo "LD_PRELOAD=$(gcc -print-file-name=libasan.so)" \
-             "ASAN_OPTIONS=detect_leaks=0:log_path=$M3TER_TMP/asan:verify_asan_link_order=0"
-    fi
+    make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" >/dev/null
+    $sudo make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" install >/dev/null
 }
 
 # Run a command as the cluster's OS user (PostgreSQL refuses to run as root)
@@ -130,10 +113,19 @@ m3ter.ingest_url = '$STANDIN_URL'
 m3ter.database = 'postgres'
 $extra
 EOF
-    M3TER_SERVER_ENV=$(m3ter_server_env)
-    export M3TER_SERVER_ENV
-    # shellcheck disable=SC2086
-    as_pg env $M3TER_SERVER_ENV "$bindir/pg_ctl" -D "$M3TER_TMP/data" -l "$M3TER_TMP/postgres.log" -w start >/dev/null
+    if [ -n "${M3TER_VALGRIND:-}" ]; then
+        # every server process under memcheck, one log per process in $M3TER_TMP/valgrind.*
+        log "starting the server under valgrind"
+        as_pg valgrind --quiet --trace-children=yes --leak-check=no --num-callers=20 \
+            --log-file="$M3TER_TMP/valgrind.%p" "$bindir/postgres" -D "$M3TER_TMP/data" \
+            >"$M3TER_TMP/postgres.log" 2>&1 &
+        for _ in $(seq 120); do
+            "$bindir/pg_isready" -q -h "$M3TER_TMP" -p "$PGPORT" && break
+            sleep 0.5
+        done
+    else
+        as_pg "$bindir/pg_ctl" -D "$M3TER_TMP/data" -l "$M3TER_TMP/postgres.log" -w start >/dev/null
+    fi
     export PGHOST="$M3TER_TMP" PGPORT PGUSER=postgres PGDATABASE=postgres
     log "PostgreSQL $M3TER_PG_VERSION on socket $PGHOST port $PGPORT"
 }

@@ -92,9 +92,7 @@ def as_pg(cmd):
 
 
 def pg_ctl(*args):
-    # M3TER_SERVER_ENV: what the server runs with (the sanitizer runtime, under test/asan.sh)
-    env = os.environ.get("M3TER_SERVER_ENV", "").split()
-    subprocess.run(as_pg(["env"] + env + [BINDIR + "/pg_ctl", "-D", DATA_DIR, "-l", LOG_FILE, "-w"] + list(args)),
+    subprocess.run(as_pg([BINDIR + "/pg_ctl", "-D", DATA_DIR, "-l", LOG_FILE, "-w"] + list(args)),
                    check=True, capture_output=True)
 
 

@@ -8,7 +8,7 @@
 #   test/run.sh                    everything
 #   test/run.sh reliability        only the named suites (regress pgtap e2e reliability)
 #
-# Exits non-zero if any test fails.  test/asan.sh runs it all under AddressSanitizer.
+# Exits non-zero if any test fails.  test/valgrind.sh runs suites with the server under valgrind.
 source "$(dirname "$0")/lib.sh"
 
 suites=${*:-regress pgtap e2e reliability}
@@ -70,14 +70,10 @@ if wants reliability; then
     python3 test/reliability_summary.py "$M3TER_TMP/reliability.jsonl"
 fi
 
-if [ -n "${M3TER_ASAN:-}" ]; then
-    if ls "$M3TER_TMP"/asan.* >/dev/null 2>&1; then
-        log "AddressSanitizer reports:"
-        cat "$M3TER_TMP"/asan.* >&2
-        count 0 "$(ls "$M3TER_TMP"/asan.* | wc -l)"
-    else
-        log "AddressSanitizer: no reports"
-    fi
+if [ -n "${M3TER_VALGRIND:-}" ]; then
+    log "valgrind: reports raised in or just under the extension's code"
+    n=$(python3 test/valgrind_reports.py "$M3TER_TMP"/valgrind.*)
+    count 0 "$n"
 fi
 
 [ "$passed" -gt 0 ] || count 0 1
