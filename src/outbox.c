@@ -91,6 +91,15 @@ static const char retry_sql[] =
 static const char held_sql[] =
 "UPDATE m3ter.outbox SET http_status = $2, error = $3 WHERE id = ANY($1)";
 
+/* The status updates of update_rows(), in the order of its statements */
+typedef enum RowUpdate
+{
+	ROWS_ACCEPTED,				/* m3ter accepted them */
+	ROWS_FAILED,				/* never to be sent again */
+	ROWS_RETRY,					/* a transient fault: try later, or fail at max_attempts */
+	ROWS_HELD					/* a configuration fault: note it, keep them pending */
+} RowUpdate;
+
 /* One drain's rows, written as JSON */
 typedef struct Drain
 {
@@ -122,7 +131,7 @@ keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 
 /* Run one of the row-update statements for ids[start..end) */
 static int64
-update_rows(Drain *d, int which, int start, int end, long http_status,
+update_rows(Drain *d, RowUpdate which, int start, int end, long http_status,
 			const char *error, int sent, int retry_after_ms)
 {
 	static SPIPlanPtr plans[4];
@@ -147,14 +156,14 @@ update_rows(Drain *d, int which, int start, int end, long http_status,
 	values[2] = error ? CStringGetTextDatum(error) : (Datum) 0;
 	if (error == NULL)
 		nulls[2] = 'n';
-	values[3] = Int32GetDatum(which == 1 ? sent : m3ter_max_attempts);
+	values[3] = Int32GetDatum(which == ROWS_FAILED ? sent : m3ter_max_attempts);
 	values[4] = Int32GetDatum(retry_after_ms);
 
 	rc = SPI_execute_plan(keep_plan(&plans[which], sqls[which], nargs[which], types),
 						  values, nulls, false, 0);
 	if (rc < 0)
 		elog(ERROR, "m3ter outbox update failed: %s", SPI_result_code_string(rc));
-	if (which == 2 && SPI_processed == 1)
+	if (which == ROWS_RETRY && SPI_processed == 1)
 	{
 		bool		isnull;
 
@@ -187,7 +196,7 @@ deliver(Drain *d, int start, int end)
 	switch (res.outcome)
 	{
 		case M3TER_OK:
-			update_rows(d, 0, start, end, res.status, NULL, 1, 0);
+			update_rows(d, ROWS_ACCEPTED, start, end, res.status, NULL, 1, 0);
 			stats->accepted += n;
 			return;
 
@@ -203,14 +212,14 @@ deliver(Drain *d, int start, int end)
 				deliver(d, mid, end);
 				return;
 			}
-			update_rows(d, 1, start, end, res.status, res.message, 1, 0);
+			update_rows(d, ROWS_FAILED, start, end, res.status, res.message, 1, 0);
 			stats->failed += n;
 			stats->error = res.message;
 			return;
 
 		case M3TER_TRANSIENT:
 			{
-				int64		failed = update_rows(d, 2, start, end, res.status,
+				int64		failed = update_rows(d, ROWS_RETRY, start, end, res.status,
 												 res.message, 1, res.retry_after_ms);
 
 				stats->failed += failed;
@@ -228,7 +237,7 @@ deliver(Drain *d, int start, int end)
 	stats->sent -= n;
 	stats->stopped = true;
 	stats->error = psprintf("%s (HTTP %ld)", res.message ? res.message : "refused", res.status);
-	update_rows(d, 3, start, end, res.status, stats->error, 0, 0);
+	update_rows(d, ROWS_HELD, start, end, res.status, stats->error, 0, 0);
 }
 
 /*
@@ -328,7 +337,7 @@ m3ter_drain_once(int limit, int64 *after, M3terFlushStats *stats)
 			char	   *why = psprintf("the measurement takes %d bytes as JSON; a request to m3ter must stay under %d bytes",
 									   d.lengths[start], M3TER_MAX_PAYLOAD_BYTES);
 
-			update_rows(&d, 1, start, start + 1, 0, why, 0, 0);
+			update_rows(&d, ROWS_FAILED, start, start + 1, 0, why, 0, 0);
 			stats->failed++;
 			stats->error = why;
 			start++;

@@ -96,6 +96,19 @@ def pg_ctl(*args):
                    check=True, capture_output=True)
 
 
+def restart_immediate():
+    """Immediate-mode restart of the postmaster; under test/valgrind.sh, back under valgrind."""
+    if not os.environ.get("M3TER_VALGRIND"):
+        pg_ctl("-m", "immediate", "restart")
+        return
+    pg_ctl("-m", "immediate", "stop")
+    log = open(LOG_FILE, "a")
+    subprocess.Popen(as_pg(["valgrind", "--quiet", "--trace-children=yes", "--leak-check=no", "--num-callers=20",
+                            "--log-file=%s/valgrind.%%p" % os.environ["M3TER_TMP"], BINDIR + "/postgres",
+                            "-D", DATA_DIR]), stdout=log, stderr=log, start_new_session=True)
+    wait_until(lambda: subprocess.run([BINDIR + "/pg_isready", "-q"]).returncode == 0, timeout=60, interval=0.5)
+
+
 def standin_stop():
     """Stop the stand-in (it saves what it accepted); connections are then refused."""
     subprocess.run(["pkill", "-TERM", "-f", "m3ter_standin.py --port-file " + os.environ["M3TER_TMP"] + "/"])

@@ -63,7 +63,7 @@ restarts = 0
 for _ in range(RESTARTS):
     wait_until(lambda: server_up() and len(ingest_requests()) > 0, timeout=60, interval=0.05)
     time.sleep(random.uniform(0.3, 1.5))
-    pg_ctl("-m", "immediate", "restart")
+    restart_immediate()
     restarts += 1
 finish("immediate restart x%d" % restarts, "restart-", ROWS // 2, restarts)
 
