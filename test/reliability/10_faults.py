@@ -59,7 +59,9 @@ def expire_tokens_mid_drain():
     standin("POST", "/_control/config", {"expire_tokens": True})
 
 
-scenario("403 expired token mid-drain", "rtok-", [fault(delay=0.2, count=4)], during=expire_tokens_mid_drain)
+# three requests at least, whatever ROWS is, so the expiry lands between them
+scenario("403 expired token mid-drain", "rtok-", [fault(delay=0.2, count=4)], during=expire_tokens_mid_drain,
+         settings={"batch_rows": str(max(1, ROWS // 3))})
 is_(scalar("SELECT max(attempts) FROM m3ter.outbox"), "1", "an expired token burns no attempt")
 ok(any(r["status"] == 403 for r in ingest_requests()), "a 403 for the expired token was answered")
 
@@ -106,8 +108,8 @@ def down_30s():
     standin_start()
 
 
-scenario("the stand-in down for 30 s and back", "rdown-", [fault(delay=1, count=3)], during=down_30s,
-         settings={"retry_max_delay": "5s", "batch_rows": "1000"}, timeout=120)
+scenario("the stand-in down for 30 s and back", "rdown-", [fault(delay=1, count=3)], during=down_30s,  # 3 claims
+         settings={"retry_max_delay": "5s", "batch_rows": str(max(1, ROWS // 3))}, timeout=120)
 ok(int(scalar("SELECT max(attempts) FROM m3ter.outbox")) >= 2, "rows were retried while it was down")
 
 scenario("an empty success body", "rempty-", [fault(empty_body=True, count=2)])
