@@ -62,11 +62,11 @@ if wants e2e || wants reliability; then
 fi
 if wants e2e; then
     log "end-to-end: outbox, worker, pg_cron"
-    tap_suite e2e prove -e python3 test/e2e/*.py
+    tap_suite e2e prove --comments -e python3 test/e2e/*.py
 fi
 if wants reliability; then
     log "reliability: faults, crashes, hostile input, secrets, load"
-    tap_suite reliability prove -e python3 test/reliability/*.py
+    tap_suite reliability prove --comments -e python3 test/reliability/*.py
     python3 test/reliability_summary.py "$M3TER_TMP/reliability.jsonl"
 fi
 
