@@ -10,7 +10,7 @@
  * It is also how the worker learns of new rows: a row that passes marks
  * the transaction, and its commit sets the worker's latch (shmem.c).  A
  * CHECK is evaluated for every written row anyway, so this costs no
- * trigger.  A spurious wake (say, after the worker's own status updates)
+ * trigger.  A spurious wake (say, after a flush's status updates)
  * only makes the worker look for due rows once more.
  *
  *-------------------------------------------------------------------------

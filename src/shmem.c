@@ -43,7 +43,7 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 /* per-process pacing when there is no shared memory */
 static TimestampTz local_next_slot[2];
 
-/* set by the outbox trigger, acted on at commit */
+/* set by the outbox CHECK (outbox_check.c), acted on at commit */
 static bool wake_at_commit = false;
 static bool xact_callback_registered = false;
 

@@ -10,7 +10,7 @@
  *
  * When to wake:
  *	- at once when a transaction that inserted into m3ter.outbox commits
- *	  (the outbox trigger sets our latch at commit, see shmem.c);
+ *	  (the outbox CHECK marks the transaction, its commit sets our latch);
  *	- straight after a drain that claimed rows (there may be more);
  *	- at the earliest next_attempt_at of a row waiting for a retry;
  *	- otherwise after m3ter.worker_naptime, doubling while idle up to
