@@ -18,7 +18,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "test"))
-from m3ter_tap import BINDIR, psql, standin, worker_pid  # noqa: E402
+from m3ter_tap import BINDIR, ingest_requests, psql, set_and_reload, standin, worker_pid  # noqa: E402
 
 ROWS = int(os.environ.get("BENCH_ROWS", 1000000))
 LIMIT_ROWS = int(os.environ.get("BENCH_LIMIT_ROWS", ROWS))
@@ -46,10 +46,8 @@ def log(msg):
 
 
 def settings(**kw):
-    """ALTER SYSTEM the given m3ter settings (None resets) and reload."""
-    for k, v in kw.items():
-        psql("ALTER SYSTEM RESET m3ter.%s" % k if v is None else "ALTER SYSTEM SET m3ter.%s = '%s'" % (k, v))
-    psql("SELECT pg_reload_conf()")
+    """set_and_reload() without the pause: the cases time from the reload on."""
+    set_and_reload(_settle=0, **kw)
 
 
 def fresh_outbox(n, large=False):
@@ -85,10 +83,6 @@ def rss_kb(pid):
                 k, v = line.split(":")
                 out[k] = int(v.split()[0])
     return out
-
-
-def ingest_log():
-    return [r for r in standin("GET", "/_control/requests") if r["path"].endswith("/measurements")]
 
 
 def fullness(reqs):
@@ -178,7 +172,7 @@ END $$""")
     fresh_outbox(ROWS)
     standin_fresh()
     results["drain_worker"] = worker_drain(ROWS, sample_memory=True)
-    results["fullness_small"] = fullness(ingest_log())
+    results["fullness_small"] = fullness(ingest_requests())
 
     log("drain: the Python relay (%d rows)" % ROWS)
     fresh_outbox(ROWS)
@@ -220,7 +214,7 @@ def case_large():
     fresh_outbox(LARGE_ROWS, large=True)
     standin_fresh()
     results["drain_large"] = worker_drain(LARGE_ROWS)
-    results["fullness_large"] = fullness(ingest_log())
+    results["fullness_large"] = fullness(ingest_requests())
     settings(max_requests_per_second=None)
 
 
@@ -286,7 +280,7 @@ def case_limits():
     fresh_outbox(LIMIT_ROWS)
     standin_fresh(rate_limit={"per_second": 50, "window": 300, "window_max": 5000})
     results["limits"] = worker_drain(LIMIT_ROWS)
-    results["limits"].update(fullness(ingest_log()))
+    results["limits"].update(fullness(ingest_requests()))
     log("one request per row, paced the same way (150 rows)")
     fresh_outbox(150)
     dt = timed_psql(per_row_sql(150, paced=True))

@@ -33,25 +33,25 @@ PG_FUNCTION_INFO_V1(m3ter_check_usage);
 #define ARG_ETS			4
 #define ARG_FIRST_MAP	5
 
-/* Raise the error for a bad uid, timestamp or map column (or a key of a map) */
+/* The hint for a bad map, by kind (M3terMapKind) */
+static const char *const map_hints[] = {
+	"measure, cost and income map names to numbers, such as {\"requests\": 3}.",
+	"who, where, what, other and metadata map names to strings, such as {\"region\": \"eu-west-1\"}."
+};
+
+/*
+ * Raise the error for a bad column; what, when not NULL, says which value or
+ * key (it follows the column in the message).
+ */
 static void
-bad_column(const char *column, const char *key, int keylen, const char *why)
+bad_column(const char *column, const char *what, const char *why, const char *hint)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_CHECK_VIOLATION),
-			 keylen > 0 ?
-			 errmsg("invalid %s for m3ter: key \"%.*s\"", column, keylen, key) :
+			 what ? errmsg("invalid %s for m3ter: %s", column, what) :
 			 errmsg("invalid %s for m3ter", column),
 			 errdetail("%s", why),
-			 errhint("%s",
-					 strcmp(column, "ts") == 0 || strcmp(column, "ets") == 0 ?
-					 "m3ter takes timestamps from year 1 to year 9999." :
-					 strcmp(column, "uid") == 0 ?
-					 "Leave uid out to have a UUID generated." :
-					 strcmp(column, "measure") == 0 || strcmp(column, "cost") == 0 ||
-					 strcmp(column, "income") == 0 ?
-					 "measure, cost and income map names to numbers, such as {\"requests\": 3}." :
-					 "who, where, what, other and metadata map names to strings, such as {\"region\": \"eu-west-1\"}.")));
+			 errhint("%s", hint)));
 }
 
 /* A code column: the rules of m3ter_check_code() */
@@ -66,11 +66,17 @@ check_code_arg(FunctionCallInfo fcinfo, int arg, const char *column, int maxlen)
 	value = PG_GETARG_TEXT_PP(arg);
 	why = m3ter_check_code(VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value), maxlen);
 	if (why != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_CHECK_VIOLATION),
-				 errmsg("invalid %s for m3ter: \"%s\"", column, text_to_cstring(value)),
-				 errdetail("%s", why),
-				 errhint("Meter and Account codes are short identifiers such as api_requests.")));
+		bad_column(column, psprintf("\"%s\"", text_to_cstring(value)), why,
+				   "Meter and Account codes are short identifiers such as api_requests.");
+}
+
+/* A timestamp column m3ter must be able to take */
+static void
+check_timestamp_arg(FunctionCallInfo fcinfo, int arg, const char *column)
+{
+	if (!PG_ARGISNULL(arg) && !m3ter_timestamp_in_range(PG_GETARG_TIMESTAMPTZ(arg)))
+		bad_column(column, NULL, "It is outside the range m3ter takes.",
+				   "m3ter takes timestamps from year 1 to year 9999.");
 }
 
 /*
@@ -85,13 +91,11 @@ m3ter_check_usage(PG_FUNCTION_ARGS)
 	int			k;
 
 	if (!PG_ARGISNULL(ARG_UID) && VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(ARG_UID)) == 0)
-		bad_column("uid", NULL, 0, "It must not be empty.");
+		bad_column("uid", NULL, "It must not be empty.", "Leave uid out to have a UUID generated.");
 	check_code_arg(fcinfo, ARG_METER, "meter", 80);
 	check_code_arg(fcinfo, ARG_ACCOUNT, "account", 0);
-	if (!PG_ARGISNULL(ARG_TS) && !m3ter_timestamp_in_range(PG_GETARG_TIMESTAMPTZ(ARG_TS)))
-		bad_column("ts", NULL, 0, "It is outside the range m3ter takes.");
-	if (!PG_ARGISNULL(ARG_ETS) && !m3ter_timestamp_in_range(PG_GETARG_TIMESTAMPTZ(ARG_ETS)))
-		bad_column("ets", NULL, 0, "It is outside the range m3ter takes.");
+	check_timestamp_arg(fcinfo, ARG_TS, "ts");
+	check_timestamp_arg(fcinfo, ARG_ETS, "ets");
 
 	for (k = 0; k < M3TER_NUM_MAPS; k++)
 	{
@@ -104,7 +108,9 @@ m3ter_check_usage(PG_FUNCTION_ARGS)
 		why = m3ter_check_map(PG_GETARG_JSONB_P(ARG_FIRST_MAP + k), m3ter_map_kinds[k],
 							  &key, &keylen);
 		if (why != NULL)
-			bad_column(m3ter_map_names[k], key, keylen, why);
+			bad_column(m3ter_map_names[k],
+					   keylen > 0 ? psprintf("key \"%.*s\"", keylen, key) : NULL,
+					   why, map_hints[m3ter_map_kinds[k]]);
 	}
 
 	m3ter_wake_worker_at_commit();

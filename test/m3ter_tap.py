@@ -140,14 +140,16 @@ def kill9(pid):
     os.kill(pid, signal.SIGKILL)
 
 
-def set_and_reload(**settings):
+def set_and_reload(_settle=0.3, **settings):
+    """ALTER SYSTEM the given m3ter settings (None resets them), reload, and give
+    the processes _settle seconds to read the new values."""
     for k, v in settings.items():
         if v is None:
             psql("ALTER SYSTEM RESET m3ter.%s" % k)
         else:
             psql("ALTER SYSTEM SET m3ter.%s = '%s'" % (k, v))
     psql("SELECT pg_reload_conf()")
-    time.sleep(0.3)
+    time.sleep(_settle)
 
 
 def outbox_counts():
