@@ -1,7 +1,7 @@
 # m3ter for PostgreSQL (PGXS)
 
 EXTENSION = m3ter
-EXTVERSION = 1.0
+EXTVERSION = 1.1
 
 MODULE_big = m3ter
 OBJS = \
@@ -18,7 +18,7 @@ OBJS = \
 	src/shmem.o \
 	src/worker.o
 
-DATA = m3ter--1.0.sql
+DATA = m3ter--1.0.sql m3ter--1.1.sql m3ter--1.0--1.1.sql
 PGFILEDESC = "m3ter - usage metering for the m3ter billing platform"
 
 PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare

@@ -11,6 +11,12 @@ set -euo pipefail
 
 M3TER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 M3TER_PG_VERSION=${M3TER_PG_VERSION:-15}
+# M3TER_PG_ROOT: a directory holding a private copy of the PostgreSQL installation
+# (usr/lib/postgresql, usr/share/postgresql, usr/include/postgresql), made on first
+# use; PostgreSQL finds its files relative to its binaries, so two checkouts can
+# build, install and test side by side without overwriting each other's library.
+M3TER_PG_ROOT=${M3TER_PG_ROOT:-}
+export M3TER_PG_ROOT M3TER_PG_VERSION
 M3TER_PACKAGES="postgresql-$M3TER_PG_VERSION postgresql-server-dev-$M3TER_PG_VERSION \
 libcurl4-openssl-dev libcjson-dev postgresql-$M3TER_PG_VERSION-pgtap \
 postgresql-$M3TER_PG_VERSION-cron libtap-parser-sourcehandler-pgtap-perl \
@@ -37,7 +43,18 @@ m3ter_install_deps() {
 }
 
 m3ter_pg_bindir() { "$(m3ter_pg_config)" --bindir; }
-m3ter_pg_config() { echo "/usr/lib/postgresql/$M3TER_PG_VERSION/bin/pg_config"; }
+m3ter_pg_config() { echo "$M3TER_PG_ROOT/usr/lib/postgresql/$M3TER_PG_VERSION/bin/pg_config"; }
+
+# Make the private copy of the installation that M3TER_PG_ROOT names, once
+m3ter_make_pg_root() {
+    [ -n "$M3TER_PG_ROOT" ] || return 0
+    [ -x "$(m3ter_pg_config)" ] && return 0
+    log "copying the PostgreSQL installation into $M3TER_PG_ROOT"
+    mkdir -p "$M3TER_PG_ROOT/usr/lib" "$M3TER_PG_ROOT/usr/share" "$M3TER_PG_ROOT/usr/include"
+    cp -a /usr/lib/postgresql "$M3TER_PG_ROOT/usr/lib/"
+    cp -a /usr/share/postgresql "$M3TER_PG_ROOT/usr/share/"
+    cp -a /usr/include/postgresql "$M3TER_PG_ROOT/usr/include/"
+}
 
 # Build and install the extension (warnings are errors)
 m3ter_build() {
@@ -133,6 +150,7 @@ EOF
 # Everything up to a running cluster and stand-in; $1: extra postgresql.conf lines
 m3ter_start() {
     m3ter_install_deps
+    m3ter_make_pg_root
     m3ter_build
     M3TER_TMP=$(mktemp -d /tmp/m3ter.XXXXXX)
     chmod 755 "$M3TER_TMP"

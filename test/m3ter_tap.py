@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 
-BINDIR = "/usr/lib/postgresql/%s/bin" % os.environ.get("M3TER_PG_VERSION", "15")
+BINDIR = "%s/usr/lib/postgresql/%s/bin" % (os.environ.get("M3TER_PG_ROOT", ""), os.environ.get("M3TER_PG_VERSION", "15"))
 STANDIN_URL = os.environ["STANDIN_URL"]
 DATA_DIR = os.path.join(os.environ["M3TER_TMP"], "data")
 LOG_FILE = os.path.join(os.environ["M3TER_TMP"], "postgres.log")

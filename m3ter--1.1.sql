@@ -1,0 +1,182 @@
+/* m3ter--1.1.sql */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION m3ter" to load this file. \quit
+
+-- The schema m3ter holds the outbox and the internal helpers; the functions
+-- users call live in the extension's schema (public by default).
+CREATE SCHEMA m3ter;
+
+--
+-- Internal helpers
+--
+
+-- The CHECK of m3ter.outbox: true, or an error that names the bad field.  A row
+-- that passes also marks its transaction, whose commit wakes the worker.
+CREATE FUNCTION m3ter.check_usage(uid text, meter text, account text, ts timestamptz, ets timestamptz,
+                                  measure jsonb, cost jsonb, income jsonb, who jsonb, "where" jsonb,
+                                  what jsonb, other jsonb, metadata jsonb)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'm3ter_check_usage'
+LANGUAGE C VOLATILE;
+
+-- Delay before the next attempt after attempts failed ones: 1 s, 3 s, 9 s, ...
+CREATE FUNCTION m3ter.backoff_delay(attempts int, retry_after_ms int)
+RETURNS interval
+AS 'MODULE_PATHNAME', 'm3ter_backoff_delay'
+LANGUAGE C VOLATILE STRICT;
+
+--
+-- The outbox
+--
+CREATE TABLE m3ter.outbox (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- written by the application
+    uid             text COLLATE "C" NOT NULL DEFAULT gen_random_uuid()::text,
+    meter           text NOT NULL,
+    account         text NOT NULL,
+    ts              timestamptz NOT NULL DEFAULT now(),
+    ets             timestamptz,
+    measure         jsonb,
+    cost            jsonb,
+    income          jsonb,
+    who             jsonb,
+    "where"         jsonb,
+    what            jsonb,
+    other           jsonb,
+    metadata        jsonb,
+    -- written by the extension
+    status          text NOT NULL DEFAULT 'pending',
+    attempts        int NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    http_status     int,
+    error           text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    sent_at         timestamptz,
+    accepted_at     timestamptz,
+
+    CONSTRAINT outbox_uid_key UNIQUE (uid),
+    CONSTRAINT outbox_usage_check CHECK (m3ter.check_usage(uid, meter, account, ts, ets, measure, cost, income,
+                                                            who, "where", what, other, metadata)),
+    CONSTRAINT outbox_status_check CHECK (status IN ('pending', 'accepted', 'failed')),
+    CONSTRAINT outbox_attempts_check CHECK (attempts >= 0)
+);
+
+COMMENT ON TABLE m3ter.outbox IS
+    'Usage measurements waiting for, or done with, delivery to m3ter. INSERT here; the worker or m3ter_flush() sends them.';
+COMMENT ON COLUMN m3ter.outbox.uid IS 'Unique id of the measurement; every re-send carries it, so m3ter stores it once.';
+COMMENT ON COLUMN m3ter.outbox.status IS 'pending (waiting or retrying), accepted (m3ter accepted it) or failed (see error).';
+COMMENT ON COLUMN m3ter.outbox.next_attempt_at IS 'A pending row is not sent before this time (retry back-off).';
+
+-- Pending rows in delivery order (oldest first), for the claim query
+CREATE INDEX outbox_pending_idx ON m3ter.outbox (id) WHERE status = 'pending';
+
+--
+-- Functions users call
+--
+
+CREATE FUNCTION m3ter_submit(measurements jsonb)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'm3ter_submit'
+LANGUAGE C VOLATILE STRICT;
+
+COMMENT ON FUNCTION m3ter_submit(jsonb) IS
+    'Submits one measurement or an array of them to the m3ter Ingest API now.';
+
+CREATE FUNCTION m3ter_create_meter(
+    name text,
+    code text,
+    data_fields jsonb,
+    derived_fields jsonb DEFAULT '[]',
+    product_id uuid DEFAULT NULL,
+    group_id uuid DEFAULT NULL,
+    custom_fields jsonb DEFAULT NULL)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'm3ter_create_meter'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION m3ter_create_meter(text, text, jsonb, jsonb, uuid, uuid, jsonb) IS
+    'Creates a Meter through the m3ter Config API and returns it.';
+
+CREATE FUNCTION m3ter_list_meters()
+RETURNS SETOF jsonb
+AS 'MODULE_PATHNAME', 'm3ter_list_meters'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION m3ter_organization_config()
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'm3ter_organization_config'
+LANGUAGE C VOLATILE;
+
+-- SECURITY DEFINER: a role granted EXECUTE may drain the outbox without
+-- rights on its status columns
+CREATE FUNCTION m3ter_flush(max_rows int DEFAULT NULL)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'm3ter_flush'
+LANGUAGE C VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+COMMENT ON FUNCTION m3ter_flush(int) IS
+    'Delivers the due rows of m3ter.outbox now (all, or max_rows) and returns what happened.';
+
+CREATE FUNCTION m3ter_worker_status(
+    OUT running boolean,
+    OUT pid int,
+    OUT state text,
+    OUT started_at timestamptz,
+    OUT last_drain_at timestamptz,
+    OUT last_accepted_at timestamptz,
+    OUT requests bigint,
+    OUT measurements bigint,
+    OUT accepted bigint,
+    OUT failed bigint,
+    OUT retried bigint,
+    OUT last_error text,
+    OUT last_error_at timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'm3ter_worker_status'
+LANGUAGE C VOLATILE;
+
+-- Put failed rows back in the queue, for example after fixing a meter
+CREATE FUNCTION m3ter_retry_failed(only_uids text[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH r AS (
+        UPDATE m3ter.outbox
+           SET status = 'pending', attempts = 0, next_attempt_at = now()
+         WHERE status = 'failed'
+           AND (only_uids IS NULL OR uid = ANY (only_uids))
+        RETURNING 1)
+    SELECT count(*) FROM r
+$$;
+
+CREATE VIEW m3ter.outbox_stats AS
+SELECT count(*) FILTER (WHERE o.status = 'pending')  AS pending,
+       count(*) FILTER (WHERE o.status = 'accepted') AS accepted,
+       count(*) FILTER (WHERE o.status = 'failed')   AS failed,
+       now() - min(o.created_at) FILTER (WHERE o.status = 'pending') AS oldest_pending_age,
+       (SELECT e.error FROM m3ter.outbox e
+         WHERE e.error IS NOT NULL
+         ORDER BY e.sent_at DESC NULLS LAST, e.id DESC LIMIT 1) AS last_error,
+       w.requests     AS requests_sent,
+       w.measurements AS measurements_sent,
+       w.running      AS worker_running
+  FROM m3ter.outbox o, m3ter_worker_status() w
+ GROUP BY w.requests, w.measurements, w.running;
+
+--
+-- Privileges: calling m3ter is not for every role.  GRANT EXECUTE to the
+-- roles that may; GRANT INSERT on the user columns of m3ter.outbox to the
+-- roles that write usage.
+--
+REVOKE ALL ON SCHEMA m3ter FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA m3ter FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION m3ter_submit(jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION m3ter_create_meter(text, text, jsonb, jsonb, uuid, uuid, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION m3ter_list_meters() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION m3ter_organization_config() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION m3ter_flush(int) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION m3ter_retry_failed(text[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION m3ter.backoff_delay(int, int) FROM PUBLIC;
