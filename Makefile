@@ -9,11 +9,17 @@ OBJS = \
 	src/json.o \
 	src/http.o \
 	src/oauth.o \
+	src/token.o \
+	src/pacing.o \
 	src/client.o \
 	src/measurement.o \
+	src/sender.o \
+	src/catalog.o \
+	src/outbox.o \
+	src/delivery.o \
 	src/submit.o \
 	src/meter.o \
-	src/outbox.o \
+	src/flush.o \
 	src/outbox_check.o \
 	src/shmem.o \
 	src/worker.o

@@ -20,12 +20,6 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'm3ter_check_usage'
 LANGUAGE C VOLATILE;
 
--- Delay before the next attempt after attempts failed ones: 1 s, 3 s, 9 s, ...
-CREATE FUNCTION m3ter.backoff_delay(attempts int, retry_after_ms int)
-RETURNS interval
-AS 'MODULE_PATHNAME', 'm3ter_backoff_delay'
-LANGUAGE C VOLATILE STRICT;
-
 --
 -- The outbox
 --
@@ -68,8 +62,26 @@ COMMENT ON COLUMN m3ter.outbox.uid IS 'Unique id of the measurement; every re-se
 COMMENT ON COLUMN m3ter.outbox.status IS 'pending (waiting or retrying), accepted (m3ter accepted it) or failed (see error).';
 COMMENT ON COLUMN m3ter.outbox.next_attempt_at IS 'A pending row is not sent before this time (retry back-off).';
 
--- Pending rows in delivery order (oldest first), for the claim query
-CREATE INDEX outbox_pending_idx ON m3ter.outbox (id) WHERE status = 'pending';
+-- Pending rows in the order they fall due, for claims and the next-due lookup:
+-- rows waiting for a retry cost nothing until they are due
+CREATE INDEX outbox_due_idx ON m3ter.outbox (next_attempt_at, id) WHERE status = 'pending';
+
+-- Accepted rows by age, for the retention deletes
+CREATE INDEX outbox_accepted_idx ON m3ter.outbox (accepted_at) WHERE status = 'accepted';
+
+-- Rows in flight: each claim records the ids it took until m3ter has answered
+-- for all of them.  A record whose sender no longer runs is stale; the next
+-- claim deletes it and its rows go again with the same uids.
+CREATE TABLE m3ter.inflight (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    owner_pid   int NOT NULL,
+    owner_start timestamptz NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    ids         bigint[] NOT NULL
+);
+
+COMMENT ON TABLE m3ter.inflight IS
+    'Outbox rows sent and not yet answered, by sender. Written by the extension only.';
 
 --
 -- Functions users call
@@ -117,7 +129,17 @@ LANGUAGE C VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 COMMENT ON FUNCTION m3ter_flush(int) IS
-    'Delivers the due rows of m3ter.outbox now (all, or max_rows) and returns what happened.';
+    'Delivers the due rows of m3ter.outbox now (all, or max_rows) in the caller''s transaction and returns what happened.';
+
+-- The flush for pg_cron: commits after each claim and each batch of answers.
+-- Not SECURITY DEFINER (such a procedure may not commit): it switches to the
+-- extension owner's rights itself for its own work.
+CREATE PROCEDURE m3ter.flush(max_rows int DEFAULT NULL, INOUT result jsonb DEFAULT NULL)
+AS 'MODULE_PATHNAME', 'm3ter_flush_procedure'
+LANGUAGE C;
+
+COMMENT ON PROCEDURE m3ter.flush(int, jsonb) IS
+    'Delivers the due rows of m3ter.outbox now, committing as it goes; returns what happened.';
 
 CREATE FUNCTION m3ter_worker_status(
     OUT running boolean,
@@ -179,4 +201,4 @@ REVOKE EXECUTE ON FUNCTION m3ter_list_meters() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION m3ter_organization_config() FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION m3ter_flush(int) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION m3ter_retry_failed(text[]) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION m3ter.backoff_delay(int, int) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE m3ter.flush(int, jsonb) FROM PUBLIC;

@@ -1,28 +1,34 @@
 /*-------------------------------------------------------------------------
  *
  * client.c
- *		m3ter's error and retry rules around one API call.
+ *		m3ter's answers classified by whose fault they are, and the
+ *		synchronous Config API call.
  *
- * m3ter_call() obtains a bearer token when none is cached, sends the
- * request at the paced rate, and classifies the answer:
+ * Every answer gets one outcome (m3ter_classify), used by the sender
+ * (sender.c, for measurements) and by m3ter_call (Config API):
  *
  *	2xx					M3TER_OK
- *	403					with a cached token: forget it, fetch a new one and
- *						send once more; with a fresh token: M3TER_FORBIDDEN
- *	429, 500, 502,		M3TER_TRANSIENT; retried here up to max_retries
- *	503, 504, 408,		times after 1 s, 3 s, 9 s, ... (capped by
- *	no response			m3ter.retry_max_delay, never shorter than
+ *	408, 429, 500,		M3TER_TRANSIENT: worth trying later, with growing
+ *	502, 503, 504,		delays (1 s, 3 s, 9 s, ... capped by
+ *	no answer			m3ter.retry_max_delay, never shorter than
  *						Retry-After)
- *	413					M3TER_TOO_LARGE: the caller narrows the request
- *	other 4xx, 3xx		M3TER_REJECTED: not retried
+ *	400 with m3ter's	M3TER_REJECTED: the content of the request; the
+ *	JSON error			only answer that may fail measurements
+ *	413, 403 naming		M3TER_TOO_LARGE: narrow the request
+ *	the payload size
+ *	401, 403			M3TER_FORBIDDEN: fetch a fresh token and try once
+ *						more; with a fresh token it is the configuration
+ *	3xx, 404, 405,		M3TER_UNEXPECTED: not the rows' fault (a wrong URL,
+ *	any other status,	a proxy's page): nothing is failed, delivery stops
+ *	a non-JSON 4xx page	and says why
  *
- * Synchronous SQL functions pass m3ter.max_retries and raise on anything
- * but M3TER_OK with m3ter_raise_call_error(); the outbox passes 0 and
- * schedules its own retries instead of sleeping.
+ * The token endpoint refusing the credentials is M3TER_AUTH_FAILED.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+
+#include <cjson/cJSON.h>
 
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -36,8 +42,8 @@
 PG_FUNCTION_INFO_V1(m3ter_backoff_delay);
 
 /* The base URL of an API, without a trailing slash */
-static char *
-api_base(M3terApi api)
+char *
+m3ter_api_base(M3terApi api)
 {
 	const char *base = (api == M3TER_INGEST_API) ? m3ter_ingest_url : m3ter_api_url;
 	int			len = strlen(base);
@@ -72,7 +78,11 @@ m3ter_backoff_ms(int attempt, int retry_after_ms)
 	return (int) delay;
 }
 
-/* m3ter.backoff_delay(attempt int, retry_after_ms int) RETURNS interval */
+/*
+ * m3ter.backoff_delay(attempt int, retry_after_ms int) RETURNS interval
+ *
+ * Used by version 1.0 of the SQL objects only; kept so that they load.
+ */
 Datum
 m3ter_backoff_delay(PG_FUNCTION_ARGS)
 {
@@ -101,59 +111,111 @@ m3ter_sleep_ms(int ms)
 	}
 }
 
-/* Classify an HTTP status */
-static M3terOutcome
-classify(long status)
+/* Is body m3ter's JSON error (an object)? */
+static bool
+is_json_error(const char *body)
 {
+	cJSON	   *root = cJSON_Parse(body);
+	bool		yes = cJSON_IsObject(root);
+
+	cJSON_Delete(root);
+	return yes;
+}
+
+/* Does a message speak of the payload's size (m3ter's 403 for it)? */
+static bool
+names_payload_size(const char *message)
+{
+	char	   *lower = pstrdup(message);
+	char	   *p;
+	bool		yes;
+
+	for (p = lower; *p; p++)
+		*p = pg_ascii_tolower((unsigned char) *p);
+	yes = strstr(lower, "payload") != NULL &&
+		(strstr(lower, "exceed") != NULL || strstr(lower, "large") != NULL ||
+		 strstr(lower, "limit") != NULL);
+
+	pfree(lower);
+	return yes;
+}
+
+/* Classify one HTTP answer and fill result from it (see the file header) */
+void
+m3ter_classify(const M3terHttpResponse *resp, M3terCallResult *result)
+{
+	long		status = resp->status;
+	char	   *msg = NULL;
+
+	result->status = status;
+	result->body = resp->body;
+	if (resp->retry_after_ms >= 0)
+		result->retry_after_ms = resp->retry_after_ms;
+	result->message = NULL;
+
 	if (status >= 200 && status < 300)
-		return M3TER_OK;
+	{
+		result->outcome = M3TER_OK;
+		return;
+	}
+	if (status == 0)
+	{
+		result->outcome = M3TER_TRANSIENT;
+		result->message = resp->transport_error;
+		return;
+	}
+
+	msg = m3ter_answer_message(resp->body);
+	if (msg == NULL)
+		msg = psprintf("HTTP %ld with an empty body", status);
+
 	switch (status)
 	{
-		case 0:
 		case 408:
 		case 429:
 		case 500:
 		case 502:
 		case 503:
 		case 504:
-			return M3TER_TRANSIENT;
-		case 403:
-			return M3TER_FORBIDDEN;
+			result->outcome = M3TER_TRANSIENT;
+			break;
 		case 413:
-			return M3TER_TOO_LARGE;
+			result->outcome = M3TER_TOO_LARGE;
+			break;
+		case 401:
+			result->outcome = M3TER_FORBIDDEN;
+			break;
+		case 403:
+			result->outcome = names_payload_size(msg) ? M3TER_TOO_LARGE : M3TER_FORBIDDEN;
+			break;
+		case 400:
+			if (is_json_error(resp->body))
+			{
+				result->outcome = M3TER_REJECTED;
+				break;
+			}
+			/* FALLTHROUGH */
 		default:
-			return M3TER_REJECTED;
+			result->outcome = M3TER_UNEXPECTED;
+			if (status >= 300 && status < 400)
+				msg = psprintf("an unexpected redirect (HTTP %ld); check the URL settings: %s", status, msg);
+			else if (!is_json_error(resp->body))
+				msg = psprintf("an unexpected answer (HTTP %ld) that is not m3ter's JSON: %s", status, msg);
+			else
+				msg = psprintf("an unexpected answer (HTTP %ld): %s", status, msg);
+			break;
 	}
-}
-
-/* Fill result from one HTTP answer */
-static void
-record_answer(M3terCallResult *result, M3terHttpResponse *resp)
-{
-	result->status = resp->status;
-	result->body = resp->body;
-	result->outcome = classify(resp->status);
-	if (resp->retry_after_ms >= 0)
-		result->retry_after_ms = resp->retry_after_ms;
-	if (resp->status == 0)
-		result->message = resp->transport_error;
-	else if (result->outcome == M3TER_OK)
-		result->message = NULL;
-	else
-	{
-		result->message = m3ter_answer_message(resp->body);
-		if (result->message == NULL)
-			result->message = psprintf("HTTP %ld with an empty body", resp->status);
-	}
+	result->message = msg;
 }
 
 /*
- * Send one paced request with the given Authorization value and record the
- * answer in result.  The credential is wiped and freed on every path.
+ * Send one paced request synchronously with the given Authorization value
+ * and classify the answer into result.  The credential is wiped and freed
+ * on every path.
  */
-static void
-send_once(M3terApi api, const char *method, const char *url, char *authorization,
-		  const char *body, size_t body_len, M3terCallResult *result)
+void
+m3ter_send_once(M3terApi api, const char *method, const char *url, char *authorization,
+				const char *body, size_t body_len, M3terCallResult *result)
 {
 	M3terHttpResponse resp;
 
@@ -169,51 +231,13 @@ send_once(M3terApi api, const char *method, const char *url, char *authorization
 	}
 	PG_END_TRY();
 	result->requests++;
-	record_answer(result, &resp);
+	m3ter_classify(&resp, result);
+	m3ter_pace_feedback(api, resp.status, resp.retry_after_ms);
 }
 
 /*
- * POST {api_url}/oauth/token with the Basic credentials and cache the token.
- * Returns M3TER_OK, M3TER_TRANSIENT, or M3TER_AUTH_FAILED.
- */
-static M3terOutcome
-fetch_token(M3terCallResult *result)
-{
-	static const char body[] = "{\"grant_type\":\"client_credentials\"}";
-	char	   *url = psprintf("%s/oauth/token", api_base(M3TER_CONFIG_API));
-	cJSON	   *root;
-	cJSON	   *token;
-	cJSON	   *expires;
-
-	send_once(M3TER_CONFIG_API, "POST", url, m3ter_basic_credentials(),
-			  body, sizeof(body) - 1, result);
-
-	if (result->outcome == M3TER_TRANSIENT)
-		return M3TER_TRANSIENT;
-	if (result->outcome != M3TER_OK)
-	{
-		result->outcome = M3TER_AUTH_FAILED;
-		return M3TER_AUTH_FAILED;
-	}
-
-	root = cJSON_Parse(result->body);
-	token = root ? cJSON_GetObjectItemCaseSensitive(root, "access_token") : NULL;
-	expires = root ? cJSON_GetObjectItemCaseSensitive(root, "expires_in") : NULL;
-	if (!cJSON_IsString(token) || token->valuestring[0] == '\0')
-	{
-		result->outcome = M3TER_AUTH_FAILED;
-		result->message = pstrdup("the token endpoint answered without an access_token");
-		return M3TER_AUTH_FAILED;
-	}
-	m3ter_store_token(token->valuestring,
-					  cJSON_IsNumber(expires) ? (int) expires->valuedouble : 3600);
-	explicit_bzero(token->valuestring, strlen(token->valuestring));
-	cJSON_Delete(root);
-	return M3TER_OK;
-}
-
-/*
- * Make one API call under m3ter's rules (see the file header).  path starts
+ * Make one API call synchronously under m3ter's rules (see the file
+ * header), retrying transient faults up to max_retries times.  path starts
  * with '/'.  Never raises for an HTTP outcome; raises for missing settings
  * and interrupts.
  */
@@ -222,8 +246,8 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 		   const char *body, size_t body_len, int max_retries,
 		   M3terCallResult *result)
 {
-	char	   *url = psprintf("%s%s", api_base(api), path);
-	bool		fresh_token = false;
+	char	   *url = psprintf("%s%s", m3ter_api_base(api), path);
+	bool		refreshed = false;
 	int			attempt = 0;
 
 	memset(result, 0, sizeof(*result));
@@ -231,74 +255,79 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 
 	for (;;)
 	{
-		const char *token = m3ter_cached_token();
+		char	   *token = m3ter_token_get(result);
 
 		if (token == NULL)
 		{
-			M3terOutcome got = fetch_token(result);
-
-			if (got == M3TER_TRANSIENT && attempt < max_retries)
+			if (result->outcome == M3TER_TRANSIENT && attempt < max_retries)
 			{
 				m3ter_sleep_ms(m3ter_backoff_ms(attempt++, result->retry_after_ms));
 				continue;
 			}
-			if (got != M3TER_OK)
-				return;
-			token = m3ter_cached_token();
-			fresh_token = true;
+			return;
 		}
 
-		send_once(api, method, url, psprintf("Bearer %s", token), body, body_len, result);
+		m3ter_send_once(api, method, url, psprintf("Bearer %s", token), body, body_len, result);
 
-		if (result->outcome == M3TER_FORBIDDEN && !fresh_token)
+		if (result->outcome == M3TER_FORBIDDEN && !refreshed)
 		{
 			/* maybe the token expired or was revoked: one fresh try */
-			m3ter_forget_token();
-			continue;
+			m3ter_token_forget(token);
+			refreshed = true;
 		}
-		if (result->outcome == M3TER_TRANSIENT && attempt < max_retries)
-		{
+		else if (result->outcome == M3TER_TRANSIENT && attempt < max_retries)
 			m3ter_sleep_ms(m3ter_backoff_ms(attempt++, result->retry_after_ms));
-			continue;
+		else
+		{
+			explicit_bzero(token, strlen(token));
+			return;
 		}
-		return;
+		explicit_bzero(token, strlen(token));
 	}
+}
+
+/* The SQLSTATE and hint that a failed call deserves */
+static int
+error_code(const M3terCallResult *result, const char **hint)
+{
+	switch (result->outcome)
+	{
+		case M3TER_TRANSIENT:
+			*hint = "The call was retried with growing delays; raise m3ter.max_retries or try again later.";
+			return result->status == 0 ? ERRCODE_M3TER_NETWORK :
+				result->status == 429 ? ERRCODE_M3TER_RATE_LIMITED : ERRCODE_M3TER_SERVER;
+		case M3TER_FORBIDDEN:
+			*hint = "Check m3ter.org_id and the Service User's permissions; the bearer token was already renewed once.";
+			return ERRCODE_M3TER_FORBIDDEN;
+		case M3TER_AUTH_FAILED:
+			*hint = "Check m3ter.access_key_id and m3ter.api_secret.";
+			return ERRCODE_M3TER_AUTH;
+		case M3TER_TOO_LARGE:
+			*hint = "Ask for less in one call.";
+			return ERRCODE_M3TER_TOO_LARGE;
+		case M3TER_REJECTED:
+			*hint = "m3ter will not accept this request as it is; it was not retried.";
+			return ERRCODE_M3TER_BAD_REQUEST;
+		case M3TER_UNEXPECTED:
+			if (result->status == 404)
+			{
+				*hint = "Check the ids and codes in the call, and m3ter.api_url and m3ter.ingest_url.";
+				return ERRCODE_M3TER_NOT_FOUND;
+			}
+			*hint = "Check m3ter.api_url and m3ter.ingest_url: something other than m3ter answered.";
+			return ERRCODE_M3TER_UNEXPECTED;
+		default:
+			elog(ERROR, "m3ter call did not fail");
+	}
+	return 0;					/* keep the compiler quiet */
 }
 
 /* Raise the error that a failed call deserves; what names the call */
 void
 m3ter_raise_call_error(const M3terCallResult *result, const char *what)
 {
-	int			code;
 	const char *hint;
-
-	switch (result->outcome)
-	{
-		case M3TER_TRANSIENT:
-			code = result->status == 0 ? ERRCODE_M3TER_NETWORK :
-				result->status == 429 ? ERRCODE_M3TER_RATE_LIMITED : ERRCODE_M3TER_SERVER;
-			hint = "The call was retried with growing delays; raise m3ter.max_retries or try again later.";
-			break;
-		case M3TER_FORBIDDEN:
-			code = ERRCODE_M3TER_FORBIDDEN;
-			hint = "Check m3ter.org_id and the Service User's permissions; the bearer token was already renewed once.";
-			break;
-		case M3TER_AUTH_FAILED:
-			code = ERRCODE_M3TER_AUTH;
-			hint = "Check m3ter.access_key_id and m3ter.api_secret.";
-			break;
-		case M3TER_TOO_LARGE:
-			code = ERRCODE_M3TER_TOO_LARGE;
-			hint = "Ask for less in one call.";
-			break;
-		case M3TER_REJECTED:
-			code = result->status == 404 ? ERRCODE_M3TER_NOT_FOUND : ERRCODE_M3TER_BAD_REQUEST;
-			hint = result->status == 404 ? "Check the ids and codes in the call." :
-				"m3ter will not accept this request as it is; it was not retried.";
-			break;
-		default:
-			elog(ERROR, "m3ter call did not fail");
-	}
+	int			code = error_code(result, &hint);
 
 	if (result->status == 0)
 		ereport(ERROR,

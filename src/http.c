@@ -1,19 +1,28 @@
 /*-------------------------------------------------------------------------
  *
  * http.c
- *		One HTTP exchange with m3ter over libcurl.
+ *		HTTP exchanges with m3ter over libcurl's multi interface: several
+ *		requests in flight at once from one process.
  *
- * A process keeps one curl easy handle, so connections to m3ter are
- * reused between requests (keep-alive) for as long as the process lives.
+ * A process keeps one curl multi handle; its connection pool keeps
+ * connections to m3ter open between requests (keep-alive).  A caller
+ * starts requests with m3ter_http_start(), drives them with
+ * m3ter_http_wait(), and collects finished ones with m3ter_http_collect().
+ * m3ter_http_exchange() is the synchronous form (start, wait for that one
+ * request, collect it); other requests in flight keep progressing while
+ * it waits.
  *
  * Invariants:
- *	- Nothing inside a libcurl callback may ereport(): a longjmp through
- *	  libcurl would leave the handle in an undefined state.  The callbacks
- *	  therefore only use malloc'd buffers and report failure by return
- *	  value.  Every malloc'd object is freed before this file raises.
- *	- A request stays cancellable: the progress callback aborts the
- *	  transfer as soon as a query cancel or a termination is pending, and
- *	  the interrupt is then serviced with CHECK_FOR_INTERRUPTS().
+ *	- Everything libcurl can touch (the request, its body, headers and
+ *	  response buffer) is malloc'd, never palloc'd, so no memory context
+ *	  reset can pull memory from under a transfer.  Nothing inside a
+ *	  libcurl callback may ereport(): a longjmp through libcurl would leave
+ *	  its handles in an undefined state; callbacks report by return value.
+ *	- A request in flight when an error unwinds the caller is abandoned by
+ *	  m3ter_http_abort_all(), which every error path of a caller runs.
+ *	- Requests stay cancellable: the progress callback aborts transfers as
+ *	  soon as a query cancel or a termination is pending, and the interrupt
+ *	  is then serviced with CHECK_FOR_INTERRUPTS().
  *	- Every request is bounded by m3ter.connect_timeout and
  *	  m3ter.request_timeout.
  *
@@ -23,49 +32,66 @@
 
 #include <curl/curl.h>
 
+#include "lib/ilist.h"
 #include "miscadmin.h"
+#include "storage/latch.h"
 
 #include "m3ter.h"
 
 /* Responses larger than this are cut off: m3ter answers are small */
 #define M3TER_MAX_RESPONSE_BYTES (64 * 1024 * 1024)
 
-typedef struct ResponseBuffer
+/* Longest single wait inside libcurl, so the latch and interrupts are seen */
+#define M3TER_POLL_SLICE_MS 10
+
+struct M3terHttpRequest
 {
-	char	   *data;			/* malloc'd */
+	dlist_node	node;			/* in running or finished */
+	CURL	   *easy;
+	struct curl_slist *headers;
+	char	   *body;			/* malloc'd copy of the request body */
+	char	   *data;			/* malloc'd response body */
 	size_t		len;
 	size_t		cap;
 	bool		overflow;
+	bool		aborted;		/* stopped by the progress callback */
 	int			retry_after_ms;
-} ResponseBuffer;
+	char		errbuf[CURL_ERROR_SIZE];
+	CURLcode	rc;
+	long		status;
+	void	   *tag;			/* the caller's */
+};
 
-static CURL *m3ter_curl = NULL;
+static CURLM *m3ter_multi = NULL;
+static dlist_head running = DLIST_STATIC_INIT(running);
+static dlist_head finished = DLIST_STATIC_INIT(finished);
+static int	n_running = 0;
 
 /* Append response bytes; returns less than asked to abort on overflow */
 static size_t
 write_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
-	ResponseBuffer *buf = (ResponseBuffer *) userdata;
+	M3terHttpRequest *req = (M3terHttpRequest *) userdata;
 	size_t		n = size * nmemb;
 
-	if (buf->len + n + 1 > M3TER_MAX_RESPONSE_BYTES)
+	if (req->len + n + 1 > M3TER_MAX_RESPONSE_BYTES)
 	{
-		buf->overflow = true;
+		req->overflow = true;
 		return 0;
 	}
-	if (buf->len + n + 1 > buf->cap)
+	if (req->len + n + 1 > req->cap)
 	{
-		size_t		newcap = Max(buf->cap * 2, buf->len + n + 1);
-		char	   *p = realloc(buf->data, newcap);
+		size_t		newcap = Max(req->cap * 2, req->len + n + 1);
+		char	   *p = realloc(req->data, newcap);
 
 		if (p == NULL)
 			return 0;
-		buf->data = p;
-		buf->cap = newcap;
+		req->data = p;
+		req->cap = newcap;
 	}
-	memcpy(buf->data + buf->len, ptr, n);
-	buf->len += n;
-	buf->data[buf->len] = '\0';
+	memcpy(req->data + req->len, ptr, n);
+	req->len += n;
+	req->data[req->len] = '\0';
 	return n;
 }
 
@@ -73,7 +99,7 @@ write_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 static size_t
 read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
-	ResponseBuffer *buf = (ResponseBuffer *) userdata;
+	M3terHttpRequest *req = (M3terHttpRequest *) userdata;
 	size_t		n = size * nmemb;
 	static const char name[] = "retry-after:";
 
@@ -88,73 +114,132 @@ read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 		value[vlen] = '\0';
 		seconds = strtod(value, &end);
 		if (end != value && seconds >= 0 && seconds < 86400)
-			buf->retry_after_ms = (int) (seconds * 1000.0);
+			req->retry_after_ms = (int) (seconds * 1000.0);
 	}
 	return n;
 }
 
-/* Abort the transfer when the backend has been asked to cancel or die */
+/* Abort a transfer when the backend has been asked to cancel or die */
 static int
 check_interrupts(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
 				 curl_off_t ultotal, curl_off_t ulnow)
 {
-	return (QueryCancelPending || ProcDiePending) ? 1 : 0;
+	M3terHttpRequest *req = (M3terHttpRequest *) clientp;
+
+	if (QueryCancelPending || ProcDiePending)
+	{
+		req->aborted = true;
+		return 1;
+	}
+	return 0;
 }
 
-/* The process's curl handle, set up once */
-static CURL *
-get_handle(void)
+/* The process's multi handle, set up once */
+static CURLM *
+get_multi(void)
 {
-	if (m3ter_curl == NULL)
+	if (m3ter_multi == NULL)
 	{
 		if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
 			ereport(ERROR,
 					(errcode(ERRCODE_SYSTEM_ERROR),
 					 errmsg("could not initialize libcurl")));
-		m3ter_curl = curl_easy_init();
-		if (m3ter_curl == NULL)
+		m3ter_multi = curl_multi_init();
+		if (m3ter_multi == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_OUT_OF_MEMORY),
-					 errmsg("could not create a libcurl handle")));
+					 errmsg("could not create a libcurl multi handle")));
+		curl_multi_setopt(m3ter_multi, CURLMOPT_MAX_HOST_CONNECTIONS, 64L);
 	}
-	else
-		curl_easy_reset(m3ter_curl);
-	return m3ter_curl;
+	return m3ter_multi;
+}
+
+/* Free a request and everything libcurl held for it */
+static void
+free_request(M3terHttpRequest *req)
+{
+	if (req->easy != NULL)
+		curl_easy_cleanup(req->easy);
+	curl_slist_free_all(req->headers);
+	free(req->body);
+	free(req->data);
+	free(req);
+}
+
+/* Append a header, or raise (the list so far stays with req, freed by the caller) */
+static void
+add_header(M3terHttpRequest *req, const char *line)
+{
+	struct curl_slist *l = curl_slist_append(req->headers, line);
+
+	if (l == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory for an HTTP header")));
+	req->headers = l;
 }
 
 /*
- * Make one request and fill *response.  Transport failures (no connection,
- * timeout, reset) are returned with status 0, not raised; only an interrupt
- * raises, through CHECK_FOR_INTERRUPTS().
+ * Start a request.  authorization is the Authorization header's value, or
+ * NULL for none; the body (may be NULL) is copied.  tag is the caller's,
+ * returned with the answer.
  */
-void
-m3ter_http_exchange(const char *method, const char *url,
-					const char *authorization,
-					const char *body, size_t body_len,
-					M3terHttpResponse *response)
+M3terHttpRequest *
+m3ter_http_start(const char *method, const char *url, const char *authorization,
+				 const char *body, size_t body_len, void *tag)
 {
-	CURL	   *curl = get_handle();
-	struct curl_slist *headers = NULL;
-	char	   *auth_header;
-	ResponseBuffer buf = {NULL, 0, 0, false, -1};
-	char		errbuf[CURL_ERROR_SIZE];
-	CURLcode	rc;
-	long		status = 0;
-	bool		interrupted;
+	CURLM	   *multi = get_multi();
+	M3terHttpRequest *req = calloc(1, sizeof(M3terHttpRequest));
+	CURL	   *curl;
 
-	errbuf[0] = '\0';
-	auth_header = psprintf("Authorization: %s", authorization);
-	headers = curl_slist_append(headers, auth_header);
-	headers = curl_slist_append(headers, "Accept: application/json");
-	headers = curl_slist_append(headers, "Expect:");
-	if (body != NULL)
-		headers = curl_slist_append(headers, "Content-Type: application/json");
+	if (req == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory for an HTTP request")));
+	req->retry_after_ms = -1;
+	req->tag = tag;
+
+	PG_TRY();
+	{
+		req->easy = curl = curl_easy_init();
+		if (curl == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("could not create a libcurl handle")));
+		if (body != NULL)
+		{
+			req->body = malloc(Max(body_len, 1));
+			if (req->body == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_OUT_OF_MEMORY),
+						 errmsg("out of memory for an HTTP request body of %zu bytes", body_len)));
+			memcpy(req->body, body, body_len);
+		}
+		if (authorization != NULL)
+		{
+			char	   *line = psprintf("Authorization: %s", authorization);
+
+			add_header(req, line);
+			explicit_bzero(line, strlen(line));
+			pfree(line);
+		}
+		add_header(req, "Accept: application/json");
+		add_header(req, "Expect:");
+		if (body != NULL)
+			add_header(req, "Content-Type: application/json");
+	}
+	PG_CATCH();
+	{
+		free_request(req);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 
 	curl_easy_setopt(curl, CURLOPT_URL, url);
-	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-	curl_easy_setopt(curl, CURLOPT_USERAGENT, "m3ter-postgresql/1.0");
+	curl_easy_setopt(curl, CURLOPT_HTTPHEADER, req->headers);
+	curl_easy_setopt(curl, CURLOPT_USERAGENT, "m3ter-postgresql/" M3TER_VERSION);
 	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, req->errbuf);
 	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, (long) m3ter_connect_timeout_ms);
 	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) m3ter_request_timeout_ms);
 	curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, m3ter_tls_verify ? 1L : 0L);
@@ -163,57 +248,201 @@ m3ter_http_exchange(const char *method, const char *url,
 	curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(curl, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write_body);
-	curl_easy_setopt(curl, CURLOPT_WRITEDATA, &buf);
+	curl_easy_setopt(curl, CURLOPT_WRITEDATA, req);
 	curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, read_header);
-	curl_easy_setopt(curl, CURLOPT_HEADERDATA, &buf);
+	curl_easy_setopt(curl, CURLOPT_HEADERDATA, req);
 	curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
 	curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, check_interrupts);
+	curl_easy_setopt(curl, CURLOPT_XFERINFODATA, req);
+	curl_easy_setopt(curl, CURLOPT_PRIVATE, req);
 	if (body != NULL)
 	{
-		curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
 		curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body_len);
+		curl_easy_setopt(curl, CURLOPT_POSTFIELDS, req->body);
 	}
-	if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0)
-		curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
-	else if (strcmp(method, "GET") == 0)
+	if (strcmp(method, "GET") == 0)
 		curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+	else if (strcmp(method, "POST") != 0)
+		curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
 
-	rc = curl_easy_perform(curl);
-	if (rc == CURLE_OK)
-		curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-	interrupted = (rc == CURLE_ABORTED_BY_CALLBACK);
-
-	/* the header list holds the credentials: wipe our copy, free curl's */
-	curl_slist_free_all(headers);
-	explicit_bzero(auth_header, strlen(auth_header));
-	pfree(auth_header);
-
-	response->status = status;
-	response->retry_after_ms = buf.retry_after_ms;
-	response->body_len = buf.len;
-	response->body = palloc(buf.len + 1);
-	if (buf.len > 0)
-		memcpy(response->body, buf.data, buf.len);
-	response->body[buf.len] = '\0';
-	free(buf.data);
-
-	response->transport_error = NULL;
-	if (rc != CURLE_OK)
+	if (curl_multi_add_handle(multi, curl) != CURLM_OK)
 	{
-		if (buf.overflow)
+		free_request(req);
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("could not start an HTTP request")));
+	}
+	dlist_push_tail(&running, &req->node);
+	n_running++;
+	return req;
+}
+
+/* Move every transfer libcurl reports as done to the finished list */
+static void
+harvest(void)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	while ((msg = curl_multi_info_read(m3ter_multi, &left)) != NULL)
+	{
+		M3terHttpRequest *req = NULL;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &req);
+		req->rc = msg->data.result;
+		if (req->rc == CURLE_OK)
+			curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &req->status);
+		curl_multi_remove_handle(m3ter_multi, req->easy);
+		dlist_delete(&req->node);
+		dlist_push_tail(&finished, &req->node);
+		n_running--;
+	}
+}
+
+/*
+ * Drive the transfers for at most timeout_ms, returning early when one
+ * finishes or the process latch is set.  Returns the number still running.
+ */
+int
+m3ter_http_wait(int timeout_ms)
+{
+	bool		interrupted = false;
+	int			still;
+	dlist_iter	it;
+
+	if (m3ter_multi == NULL || n_running == 0)
+		return 0;
+	for (;;)
+	{
+		int			slice = Min(timeout_ms, M3TER_POLL_SLICE_MS);
+		int			done_before = !dlist_is_empty(&finished);
+
+		curl_multi_perform(m3ter_multi, &still);
+		harvest();
+		if (!dlist_is_empty(&finished) && !done_before)
+			break;
+		if (n_running == 0 || timeout_ms <= 0)
+			break;
+		curl_multi_poll(m3ter_multi, NULL, 0, Max(slice, 0), NULL);
+		timeout_ms -= slice;
+		curl_multi_perform(m3ter_multi, &still);
+		harvest();
+		if (!dlist_is_empty(&finished) || QueryCancelPending || ProcDiePending ||
+			(MyLatch != NULL && MyLatch->is_set))
+			break;
+	}
+
+	dlist_foreach(it, &finished)
+	{
+		M3terHttpRequest *req = dlist_container(M3terHttpRequest, node, it.cur);
+
+		interrupted |= req->aborted;
+	}
+	if (interrupted)
+		CHECK_FOR_INTERRUPTS();
+	return n_running;
+}
+
+/* Requests started and not yet collected */
+int
+m3ter_http_in_flight(void)
+{
+	return n_running;
+}
+
+/*
+ * Take one finished request, if any: fill *response (palloc'd body) and
+ * return the caller's tag through *tag.  Returns false when none is done.
+ */
+bool
+m3ter_http_collect(M3terHttpResponse *response, void **tag)
+{
+	M3terHttpRequest *req;
+
+	if (dlist_is_empty(&finished))
+		return false;
+	req = dlist_container(M3terHttpRequest, node, dlist_pop_head_node(&finished));
+
+	response->status = req->rc == CURLE_OK ? req->status : 0;
+	response->retry_after_ms = req->retry_after_ms;
+	response->body_len = req->len;
+	response->body = palloc(req->len + 1);
+	if (req->len > 0)
+		memcpy(response->body, req->data, req->len);
+	response->body[req->len] = '\0';
+	response->transport_error = NULL;
+	if (req->rc != CURLE_OK)
+	{
+		if (req->overflow)
 			response->transport_error = psprintf("the response was larger than %d bytes",
 												 M3TER_MAX_RESPONSE_BYTES);
 		else
-			response->transport_error = psprintf("%s (%s)", curl_easy_strerror(rc),
-												 errbuf[0] ? errbuf : "no detail");
-		/* a half-used connection is not reused */
-		curl_easy_cleanup(m3ter_curl);
-		m3ter_curl = NULL;
+			response->transport_error = psprintf("%s (%s)", curl_easy_strerror(req->rc),
+												 req->errbuf[0] ? req->errbuf : "no detail");
 	}
+	*tag = req->tag;
+	free_request(req);
+	return true;
+}
 
-	if (interrupted)
+/* Abandon every request, running or finished: for error paths */
+void
+m3ter_http_abort_all(void)
+{
+	dlist_mutable_iter it;
+
+	if (m3ter_multi == NULL)
+		return;
+	dlist_foreach_modify(it, &running)
 	{
+		M3terHttpRequest *req = dlist_container(M3terHttpRequest, node, it.cur);
+
+		curl_multi_remove_handle(m3ter_multi, req->easy);
+		dlist_delete(&req->node);
+		free_request(req);
+	}
+	dlist_foreach_modify(it, &finished)
+	{
+		M3terHttpRequest *req = dlist_container(M3terHttpRequest, node, it.cur);
+
+		dlist_delete(&req->node);
+		free_request(req);
+	}
+	n_running = 0;
+}
+
+/*
+ * One request, synchronously.  Transport failures (no connection, timeout,
+ * reset) come back with status 0, not raised; only an interrupt raises.
+ * Other requests in flight progress meanwhile and stay collectable.
+ */
+void
+m3ter_http_exchange(const char *method, const char *url,
+					const char *authorization,
+					const char *body, size_t body_len,
+					M3terHttpResponse *response)
+{
+	M3terHttpRequest *req = m3ter_http_start(method, url, authorization, body, body_len, NULL);
+	dlist_iter	it;
+
+	for (;;)
+	{
+		m3ter_http_wait(M3TER_POLL_SLICE_MS);
+		dlist_foreach(it, &finished)
+		{
+			if (dlist_container(M3terHttpRequest, node, it.cur) == req)
+			{
+				void	   *tag;
+
+				/* move it to the front and collect it */
+				dlist_delete(&req->node);
+				dlist_push_head(&finished, &req->node);
+				m3ter_http_collect(response, &tag);
+				return;
+			}
+		}
 		CHECK_FOR_INTERRUPTS();
-		/* the flags were cleared by someone else: treat it as a fault */
 	}
 }

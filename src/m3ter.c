@@ -37,14 +37,19 @@ int			m3ter_connect_timeout_ms = 10000;
 bool		m3ter_tls_verify = true;
 int			m3ter_max_retries = 4;
 int			m3ter_retry_max_delay_ms = 300000;
-int			m3ter_max_requests_per_second = 15;
-int			m3ter_max_attempts = 25;
+int			m3ter_max_requests_per_second = 50;
+int			m3ter_max_requests_per_5min = 5000;
+int			m3ter_max_in_flight = 32;
+int			m3ter_claim_bytes = 4 * 1024 * 1024;
+int			m3ter_max_attempts = 0;
+int			m3ter_give_up_after_s = 7 * 86400;
 int			m3ter_batch_rows = 5000;
+char	   *m3ter_test_fault_uid = NULL;
 char	   *m3ter_database = NULL;
 bool		m3ter_worker_enabled = true;
 int			m3ter_worker_naptime_ms = 1000;
 int			m3ter_worker_idle_naptime_ms = 10000;
-int			m3ter_retention_s = -1;
+int			m3ter_retention_s = 7 * 86400;
 
 void		_PG_init(void);
 
@@ -165,30 +170,76 @@ m3ter_define_settings(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("m3ter.max_requests_per_second",
-							"Sets how many requests a second each process sends to each m3ter host at most.",
-							"m3ter allows about 16 ingest requests a second from one host; 0 turns pacing off.",
+							"Sets how many requests a second the cluster sends to m3ter at most.",
+							"m3ter allows 50 a second per Organization; 0 turns this limit off. "
+							"It is shared by every process when the library is preloaded, and lowered for a while after each 429.",
 							&m3ter_max_requests_per_second,
-							15,
+							50,
 							0,
 							10000,
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("m3ter.max_requests_per_5min",
+							"Sets how many ingest requests the cluster sends in any 5 minutes at most.",
+							"m3ter allows 5,000 per rolling 5 minutes from one source address (the Config API 20,000; "
+							"four times this setting); 0 turns this limit off.",
+							&m3ter_max_requests_per_5min,
+							5000,
+							0,
+							1000000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("m3ter.max_in_flight",
+							"Sets how many ingest requests a process keeps in flight at once.",
+							"Over a real network one request at a time cannot reach m3ter's limits.",
+							&m3ter_max_in_flight,
+							32,
+							1,
+							256,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("m3ter.claim_bytes",
+							"Sets how many bytes of measurements (as JSON) one claim of outbox rows takes at most.",
+							"With m3ter.batch_rows it bounds a delivery's memory whatever the size of the rows.",
+							&m3ter_claim_bytes,
+							4 * 1024 * 1024,
+							M3TER_MAX_PAYLOAD_BYTES,
+							INT_MAX / 2,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("m3ter.give_up_after",
+							"Sets how old a pending outbox row may grow through transient faults before it is marked failed.",
+							"429, 5xx and network faults keep rows pending until then; well inside m3ter's 35-day uid window.",
+							&m3ter_give_up_after_s,
+							7 * 86400,
+							1,
+							30 * 86400,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
 	DefineCustomIntVariable("m3ter.max_attempts",
 							"Sets how many times an outbox row is sent before it is marked failed.",
-							NULL,
+							"0 (the default) sets no limit: rows give up by age (m3ter.give_up_after).",
 							&m3ter_max_attempts,
-							25,
-							1,
-							10000,
+							0,
+							0,
+							1000000,
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("m3ter.batch_rows",
-							"Sets how many outbox rows one drain transaction claims.",
-							"They are sent in requests as full as m3ter's limits allow.",
+							"Sets how many outbox rows one claim takes at most.",
+							"Claims go out in requests as full as m3ter's limits allow.",
 							&m3ter_batch_rows,
 							5000,
 							1,
@@ -196,6 +247,15 @@ m3ter_define_settings(void)
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("m3ter.test_fault_uid",
+							   "Makes writing the outbox row with this uid as JSON raise an error (for tests).",
+							   NULL,
+							   &m3ter_test_fault_uid,
+							   "",
+							   PGC_SUSET,
+							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
 
 	DefineCustomStringVariable("m3ter.database",
 							   "Sets the database whose m3ter.outbox the background worker drains.",
@@ -241,7 +301,7 @@ m3ter_define_settings(void)
 							"Sets how long accepted outbox rows are kept before the worker deletes them.",
 							"-1 keeps them.",
 							&m3ter_retention_s,
-							-1,
+							7 * 86400,
 							-1,
 							INT_MAX,
 							PGC_SIGHUP,

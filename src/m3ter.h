@@ -4,21 +4,30 @@
  *		Declarations shared by the modules of the m3ter extension.
  *
  * The extension is split by concern:
+ * Entry points (SQL-callable functions by topic, the worker) sit on top;
+ * each file only calls files below it in this list:
  *	m3ter.c			module entry, settings (GUCs)
- *	json.c			cJSON memory hooks and answer helpers
- *	http.c			one HTTP exchange over libcurl, interruptible
- *	oauth.c			OAuth2 client-credentials token cache
- *	client.c		m3ter's error and retry rules around http.c, pacing
- *	measurement.c	measurement validation, compact JSON and request packing
- *	meter.c			Config API functions (meters, organization config)
  *	submit.c		m3ter_submit()
- *	outbox.c		draining m3ter.outbox (m3ter_flush() and the worker)
- *	outbox_check.c	the CHECK constraint of m3ter.outbox
- *	shmem.c			shared state: pacing, worker latch and figures
+ *	meter.c			Config API functions (meters, organization config)
+ *	flush.c			m3ter_flush() and CALL m3ter.flush()
+ *	status.c		m3ter_worker_status() and the statistics
  *	worker.c		the background worker loop
+ *	outbox_check.c	the CHECK constraint of m3ter.outbox
+ *	delivery.c		the outbox delivery loop: claims, sender, outcomes
+ *	outbox.c		the outbox's SQL: claims, in-flight records, status writes
+ *	catalog.c		checks before sending, against the synced catalog
+ *	sender.c		the one delivery path: requests in flight, splits
+ *	client.c		answers classified, the synchronous Config API call
+ *	token.c			the cluster's bearer token
+ *	pacing.c		m3ter's rate limits, shared by the cluster
+ *	oauth.c			the client-credentials grant's credentials
+ *	measurement.c	measurement validation and compact JSON
+ *	http.c			HTTP over libcurl's multi interface
+ *	json.c			cJSON glue and answer helpers
+ *	shmem.c			shared memory: worker latch and figures
  *
- * Everything here runs inside one backend (or the background worker)
- * and is single-threaded; libcurl is used through a per-process handle.
+ * Everything here runs inside one backend (or a background worker) and
+ * is single-threaded; libcurl is used through a per-process multi handle.
  *
  *-------------------------------------------------------------------------
  */
@@ -27,9 +36,13 @@
 
 #include "postgres.h"
 
+#include "lib/ilist.h"
 #include "lib/stringinfo.h"
+#include "utils/portal.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
+
+#define M3TER_VERSION "1.1"
 
 /* Limits of the Ingest API: 1..1000 measurements, payload under 512,000 bytes */
 #define M3TER_MAX_MEASUREMENTS	1000
@@ -44,6 +57,7 @@
 #define ERRCODE_M3TER_TOO_LARGE		MAKE_SQLSTATE('M','3','4','1','3')
 #define ERRCODE_M3TER_RATE_LIMITED	MAKE_SQLSTATE('M','3','4','2','9')
 #define ERRCODE_M3TER_SERVER		MAKE_SQLSTATE('M','3','5','0','0')
+#define ERRCODE_M3TER_UNEXPECTED	MAKE_SQLSTATE('M','3','3','0','0')
 
 /* ---- m3ter.c: settings ---- */
 extern char *m3ter_org_id;
@@ -57,8 +71,13 @@ extern bool m3ter_tls_verify;
 extern int	m3ter_max_retries;
 extern int	m3ter_retry_max_delay_ms;
 extern int	m3ter_max_requests_per_second;
+extern int	m3ter_max_requests_per_5min;
+extern int	m3ter_max_in_flight;
+extern int	m3ter_claim_bytes;
 extern int	m3ter_max_attempts;
+extern int	m3ter_give_up_after_s;
 extern int	m3ter_batch_rows;
+extern char *m3ter_test_fault_uid;
 extern char *m3ter_database;
 extern bool m3ter_worker_enabled;
 extern int	m3ter_worker_naptime_ms;
@@ -78,17 +97,25 @@ typedef struct M3terHttpResponse
 	char	   *transport_error;	/* why no response came, else NULL */
 } M3terHttpResponse;
 
+typedef struct M3terHttpRequest M3terHttpRequest;
+
+extern M3terHttpRequest *m3ter_http_start(const char *method, const char *url,
+										  const char *authorization,
+										  const char *body, size_t body_len,
+										  void *tag);
+extern int	m3ter_http_wait(int timeout_ms);
+extern int	m3ter_http_in_flight(void);
+extern bool m3ter_http_collect(M3terHttpResponse *response, void **tag);
+extern void m3ter_http_abort_all(void);
 extern void m3ter_http_exchange(const char *method, const char *url,
 								const char *authorization,
 								const char *body, size_t body_len,
 								M3terHttpResponse *response);
 
 /* ---- oauth.c ---- */
-extern const char *m3ter_cached_token(void);
-extern void m3ter_store_token(const char *token, int expires_in_s);
-extern void m3ter_forget_token(void);
 extern char *m3ter_basic_credentials(void);
 extern void m3ter_require_credentials(void);
+extern uint32 m3ter_credentials_fingerprint(void);
 
 /* ---- client.c ---- */
 typedef enum M3terApi
@@ -100,11 +127,12 @@ typedef enum M3terApi
 typedef enum M3terOutcome
 {
 	M3TER_OK,					/* 2xx */
-	M3TER_TRANSIENT,			/* 429, 5xx, network: worth trying later */
-	M3TER_REJECTED,				/* 400, 404, other 4xx: fix the request */
-	M3TER_TOO_LARGE,			/* 413: narrow the request */
-	M3TER_FORBIDDEN,			/* 403 even with a fresh token */
-	M3TER_AUTH_FAILED			/* the token endpoint refused the credentials */
+	M3TER_TRANSIENT,			/* 408, 429, 500, 502-504, network: try later */
+	M3TER_REJECTED,				/* 400 with m3ter's JSON error: the content */
+	M3TER_TOO_LARGE,			/* 413, or 403 for the payload size: narrow it */
+	M3TER_FORBIDDEN,			/* 401, 403: the token, else the configuration */
+	M3TER_AUTH_FAILED,			/* the token endpoint refused the credentials */
+	M3TER_UNEXPECTED			/* 3xx, 404, 405, other: not the rows' fault */
 } M3terOutcome;
 
 typedef struct M3terCallResult
@@ -117,6 +145,11 @@ typedef struct M3terCallResult
 	int			retry_after_ms; /* last Retry-After seen, -1 when none */
 } M3terCallResult;
 
+extern char *m3ter_api_base(M3terApi api);
+extern void m3ter_classify(const M3terHttpResponse *resp, M3terCallResult *result);
+extern void m3ter_send_once(M3terApi api, const char *method, const char *url,
+							char *authorization, const char *body, size_t body_len,
+							M3terCallResult *result);
 extern void m3ter_call(M3terApi api, const char *method, const char *path,
 					   const char *body, size_t body_len, int max_retries,
 					   M3terCallResult *result);
@@ -125,6 +158,21 @@ extern void m3ter_raise_call_error(const M3terCallResult *result,
 extern int	m3ter_backoff_ms(int attempt, int retry_after_ms);
 extern void m3ter_sleep_ms(int ms);
 extern char *m3ter_org_path(const char *suffix);
+
+/* ---- token.c ---- */
+extern Size m3ter_token_shmem_size(void);
+extern void m3ter_token_shmem_init(void);
+extern char *m3ter_token_get(M3terCallResult *result);
+extern void m3ter_token_forget(const char *token);
+extern int64 m3ter_token_fetches(void);
+
+/* ---- pacing.c ---- */
+extern Size m3ter_pacing_shmem_size(void);
+extern void m3ter_pacing_shmem_init(void);
+extern bool m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms);
+extern void m3ter_pace(M3terApi api);
+extern void m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms);
+extern void m3ter_pace_figures(M3terApi api, double *scale, int64 *throttled);
 
 /* ---- measurement.c ---- */
 typedef enum M3terMapKind
@@ -155,34 +203,160 @@ extern bool m3ter_valid_iso8601(const char *s);
 extern bool m3ter_timestamp_in_range(TimestampTz ts);
 extern void m3ter_format_timestamp(TimestampTz ts, char *buf, size_t buflen);
 extern void m3ter_append_measurement(StringInfo buf, const M3terMeasurement *m);
-extern int	m3ter_pack_request(const int *lengths, int start, int n);
-extern void m3ter_build_payload(StringInfo payload, char *const *items,
-								int start, int end);
 extern char *m3ter_new_uid(void);
 
 #define M3TER_PAYLOAD_OVERHEAD ((int) sizeof("{\"measurements\":[]}") - 1)
 
+/* ---- sender.c ---- */
+
+/* Measurements written as JSON, one buffer, comma after each */
+typedef struct M3terGroup
+{
+	MemoryContext cxt;			/* everything of the group, sends included */
+	StringInfoData json;
+	int		   *offsets;		/* item i is json[offsets[i] .. offsets[i+1] - 1) */
+	int			n;
+	int			capacity;
+	int			outstanding;	/* sends not yet finished */
+} M3terGroup;
+
+/* One request's worth of a group: measurements [start, end) */
+typedef struct M3terSend
+{
+	dlist_node	node;
+	M3terGroup *group;
+	int			start;
+	int			end;
+	int			tries;			/* times sent again after a transient fault */
+	bool		refreshed;		/* a fresh token was tried */
+	bool		untried;		/* handed back without being sent (a stop) */
+	TimestampTz not_before;
+	char	   *token;			/* the token it went with */
+	M3terCallResult result;		/* the classified answer, once done */
+} M3terSend;
+
+typedef struct M3terSender
+{
+	dlist_head	queued;			/* not started */
+	dlist_head	done;			/* answered, for the owner */
+	int			n_queued;
+	int			n_in_flight;
+	int			max_in_flight;
+	char	   *url;
+	TimestampTz token_retry_at; /* the token endpoint failed: wait until then */
+	int			token_failures;
+	bool		stopped;		/* a configuration fault: start nothing */
+	M3terCallResult stop;		/* ... and the answer that said so */
+	char	   *last_error;
+	int64		requests;		/* ingest requests started */
+	int64		measurements;	/* measurements in them */
+	int64		token_requests;
+	int64		reauthorized;	/* sends retried with a fresh token */
+} M3terSender;
+
+extern void m3ter_sender_init(M3terSender *s, int max_in_flight);
+extern void m3ter_sender_free(M3terSender *s);
+extern void m3ter_group_init(M3terGroup *g, MemoryContext parent, int capacity);
+extern void m3ter_group_add(M3terGroup *g, const char *item, int len);
+extern int	m3ter_group_item_len(const M3terGroup *g, int i);
+extern void m3ter_sender_queue(M3terSender *s, M3terGroup *g, int start, int end);
+extern void m3ter_sender_requeue(M3terSender *s, M3terSend *send, int delay_ms);
+extern void m3ter_sender_split(M3terSender *s, M3terSend *send);
+extern void m3ter_sender_finish(M3terSender *s, M3terSend *send);
+extern void m3ter_sender_pump(M3terSender *s, int wait_ms);
+extern M3terSend *m3ter_sender_next_done(M3terSender *s);
+extern bool m3ter_sender_has_done(M3terSender *s);
+extern int	m3ter_sender_busy(const M3terSender *s);
+extern void m3ter_sender_abort(M3terSender *s);
+extern void m3ter_sender_resume(M3terSender *s);
+
+/* ---- catalog.c ---- */
+extern void m3ter_catalog_prepare(void);
+extern const char *m3ter_catalog_verdict(const M3terMeasurement *m, bool *hold);
+
 /* ---- outbox.c ---- */
+typedef enum M3terRowUpdate
+{
+	M3TER_ROWS_ACCEPTED,		/* m3ter accepted them */
+	M3TER_ROWS_FAILED,			/* never to be sent again */
+	M3TER_ROWS_RETRY,			/* a transient fault: try later, or give up */
+	M3TER_ROWS_HELD				/* not their fault: note it, keep them pending */
+} M3terRowUpdate;
+
+/* One claimed row */
+typedef struct M3terOutboxRow
+{
+	int64		id;
+	int32		attempts;
+	TimestampTz due;
+	M3terMeasurement m;
+	char		ts[40];
+	char		ets[40];
+} M3terOutboxRow;
+
+extern bool m3ter_outbox_lock_claims(void);
+extern int64 m3ter_outbox_clean_inflight(const int64 *live_ids, int n_live);
+extern int64 *m3ter_outbox_others_inflight(int *n);
+extern Portal m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit);
+extern void m3ter_outbox_read_row(HeapTuple tup, TupleDesc desc, M3terOutboxRow *row);
+extern int64 m3ter_outbox_record_inflight(const int64 *ids, int n);
+extern void m3ter_outbox_release(int64 record_id);
+extern int64 m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n,
+								long http_status, const char *error, int sent,
+								int retry_after_ms, bool throttled);
+extern void m3ter_outbox_fail_row(int64 id, const char *why);
+extern TimestampTz m3ter_outbox_next_due(void);
+extern int64 m3ter_outbox_delete_expired(int retention_s);
+
+/* ---- delivery.c ---- */
 typedef struct M3terFlushStats
 {
 	int64		claimed;		/* rows claimed */
 	int64		accepted;		/* rows m3ter accepted */
 	int64		failed;			/* rows marked failed */
 	int64		retried;		/* rows left pending for a later attempt */
-	int64		requests;		/* HTTP requests made */
+	int64		requests;		/* ingest requests made */
 	int64		sent;			/* measurements sent, re-sends included */
-	bool		stopped;		/* m3ter refused the credentials or the org */
+	int64		resent;			/* measurements sent again after an earlier send */
+	int64		throttled;		/* 429s waited out in memory */
+	int64		orphaned;		/* rows of stale in-flight records */
+	bool		stopped;		/* a configuration fault stopped delivery */
 	char	   *error;			/* the last error seen, or NULL */
 } M3terFlushStats;
 
-extern void m3ter_drain_once(int limit, int64 *after, M3terFlushStats *stats);
-extern TimestampTz m3ter_next_due(void);
-extern int64 m3ter_delete_expired(int retention_s);
+typedef enum M3terTxnMode
+{
+	M3TER_TXN_WORKER,			/* the worker: a transaction per unit of work */
+	M3TER_TXN_PROCEDURE,		/* CALL m3ter.flush(): SPI_commit() per unit */
+	M3TER_TXN_CALLER			/* m3ter_flush(): all in the caller's transaction */
+} M3terTxnMode;
+
+typedef struct M3terDelivery
+{
+	M3terTxnMode mode;
+	MemoryContext cxt;
+	M3terSender sender;
+	dlist_head	claims;
+	int			n_claims;
+	TimestampTz cursor_due;		/* keyset position of the claims */
+	int64		cursor_id;
+	bool		wrapped;		/* the last claim started from the front */
+	bool		wrap_wanted;	/* start over once nothing is in flight */
+	bool		exhausted;		/* a pass from the front found nothing due */
+	bool		claim_lock_busy;	/* an atomic flush holds the claim lock */
+	int64		max_rows;		/* stop after claiming this many (0: no limit) */
+	M3terFlushStats stats;
+} M3terDelivery;
+
+extern void m3ter_delivery_start(M3terDelivery *d, M3terTxnMode mode, int64 max_rows);
+extern bool m3ter_delivery_step(M3terDelivery *d, int wait_ms);
+extern void m3ter_delivery_end(M3terDelivery *d);
+extern bool m3ter_delivery_claim_failed(M3terTxnMode mode, const char *message);
+extern bool m3ter_delivery_idle(const M3terDelivery *d);
 
 /* ---- shmem.c ---- */
 extern void m3ter_shmem_install(void);
 extern void m3ter_wake_worker_at_commit(void);
-extern void m3ter_pace(M3terApi api);
 extern void m3ter_note_delivery(const M3terFlushStats *stats);
 
 /* ---- worker.c ---- */

@@ -15,7 +15,6 @@
 typedef struct M3terShared
 {
 	slock_t		mutex;
-	TimestampTz next_slot[2];	/* pacing: next free send slot per API host */
 
 	/* the background worker */
 	Latch	   *worker_latch;	/* set to wake it; NULL when not running or disabled */

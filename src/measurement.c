@@ -5,8 +5,7 @@
  *
  * One code path serves m3ter_submit() and the outbox: both describe a
  * measurement as an M3terMeasurement and write it with
- * m3ter_append_measurement(), and both pack written measurements into
- * requests with m3ter_pack_request().  The rules checked here are the
+ * m3ter_append_measurement() (the sender packs them into requests).  The rules checked here are the
  * ones the Ingest API documents:
  *	- meter and account are codes: not empty, no non-printable or
  *	  whitespace characters other than space, no leading or trailing
@@ -389,46 +388,6 @@ m3ter_append_measurement(StringInfo buf, const M3terMeasurement *m)
 		append_map(buf, m->maps[i]);
 	}
 	appendStringInfoCharMacro(buf, '}');
-}
-
-/*
- * How many written measurements, from start, fit in one request: at most
- * 1000 and a payload under 512,000 bytes.  Returns the end index
- * (exclusive); end == start means items[start] can never be sent.
- */
-int
-m3ter_pack_request(const int *lengths, int start, int n)
-{
-	int64		bytes = M3TER_PAYLOAD_OVERHEAD;
-	int			end = start;
-
-	while (end < n && end - start < M3TER_MAX_MEASUREMENTS)
-	{
-		int64		add = lengths[end] + (end > start ? 1 : 0);
-
-		if (bytes + add >= M3TER_MAX_PAYLOAD_BYTES)
-			break;
-		bytes += add;
-		end++;
-	}
-	return end;
-}
-
-/* Write {"measurements":[items[start..end)]} into payload */
-void
-m3ter_build_payload(StringInfo payload, char *const *items, int start, int end)
-{
-	int			i;
-
-	resetStringInfo(payload);
-	appendStringInfoString(payload, "{\"measurements\":[");
-	for (i = start; i < end; i++)
-	{
-		if (i > start)
-			appendStringInfoCharMacro(payload, ',');
-		appendStringInfoString(payload, items[i]);
-	}
-	appendStringInfoString(payload, "]}");
 }
 
 /* A new random (version 4) UUID as text, for measurements without a uid */

@@ -1,40 +1,38 @@
 /*-------------------------------------------------------------------------
  *
  * outbox.c
- *		Draining m3ter.outbox: claim due rows, send them in full requests,
- *		write each row's result back.  Serves m3ter_flush() and the worker.
+ *		The outbox's SQL: claims, in-flight records and status writes.
  *
- * Delivery is at-least-once with a stable identity, which m3ter's
- * idempotent ingest (by uid, within 35 days) turns into exactly-once:
+ * Delivery (delivery.c) runs three kinds of short transactions, each
+ * with SPI connected and a snapshot pushed by its caller:
  *
- *	- Rows are claimed with FOR UPDATE SKIP LOCKED, so the worker and any
- *	  number of m3ter_flush() calls never send the same row at once.  The
- *	  row lock is the only in-flight marker: a crash at any moment rolls
- *	  the claim back and leaves the rows pending, to be sent again with
- *	  the same uid.  No row can be stuck in flight.
- *	- A row becomes 'accepted' only in the transaction that saw m3ter's
- *	  2xx answer for it.
- *	- 400 (and other 4xx but 403, 404, 413): the request is split in
- *	  halves until the rejected measurements are alone; those are marked
- *	  'failed' with m3ter's message and the rest are delivered.
- *	- 413: split in halves; a lone measurement is 'failed'.
- *	- 429, 5xx, network faults: the rows stay 'pending' with attempts + 1
- *	  and next_attempt_at pushed back 1 s, 3 s, 9 s, ... (Retry-After
- *	  honoured), until m3ter.max_attempts makes them 'failed'.
- *	- 403 with a fresh token, 404, refused credentials: a configuration
- *	  problem, not the rows' fault.  Sending stops, the rows stay pending
- *	  with the error noted, attempts untouched.
- *	- A row too large to ever fit in a request is 'failed' without sending.
+ *	claim		takes the claim lock (a transaction-level advisory lock),
+ *				clears in-flight records whose sender is gone, reads due
+ *				rows as a keyset walk over the due index and records the
+ *				claimed ids in m3ter.inflight;
+ *	outcome		writes what m3ter answered for each finished request
+ *				(accepted, failed, retry later, held) and drops the
+ *				in-flight record of a claim whose requests are all done;
+ *	upkeep		retention deletes and the next-due lookup.
  *
- * Claims walk the pending index as a keyset: each continues after the last
- * id the previous one took, and only a short claim sends the next one back
- * to the start (where rows due for a retry, or committed late with a lower
- * id, are found).  Restarting every claim from the start would step over
- * the index entries of all rows claimed since the last vacuum, making a
- * large drain quadratic.
+ * Why this shape: a row becomes 'accepted' only in a transaction that saw
+ * m3ter's 2xx for it, and each answer is committed as soon as it arrives,
+ * so a crash, a cancel or a failover re-sends only what was in flight.
+ * The in-flight record is what keeps two senders (the worker and a
+ * flush) from sending the same row at once; the claim lock serializes
+ * claims so each sees every committed record.  A record whose sender is
+ * no longer running (crash, failover, a cancelled flush) is stale: the
+ * next claim deletes it and counts its rows as sent once (attempts + 1),
+ * so their next send shows as a re-send in the statistics.  An atomic
+ * m3ter_flush() holds the claim lock to its end, so its uncommitted
+ * records need not be seen by anyone.
  *
- * The caller owns the transaction and the SPI connection.  Each drain
- * works in its own memory context, deleted at its end.
+ * Rows are claimed in the order they fell due (next_attempt_at, id) over
+ * a partial index of pending rows, so rows waiting for a retry cost
+ * nothing until they are due.  Claims continue after the last row the
+ * previous claim took; delivery starts over from the front only when a
+ * claim comes up short and nothing of its own is in flight (rows
+ * committed late with an earlier position are found then).
  *
  *-------------------------------------------------------------------------
  */
@@ -42,16 +40,14 @@
 
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
-#include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/json.h"
+#include "utils/jsonb.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "m3ter.h"
-
-PG_FUNCTION_INFO_V1(m3ter_flush);
 
 /* Columns of the claim query, 1-based as SPI numbers them */
 #define COL_ID			1
@@ -61,56 +57,79 @@ PG_FUNCTION_INFO_V1(m3ter_flush);
 #define COL_TS			5
 #define COL_ETS			6
 #define COL_FIRST_MAP	7
+#define COL_ATTEMPTS	(COL_FIRST_MAP + M3TER_NUM_MAPS)
+#define COL_DUE			(COL_ATTEMPTS + 1)
+
+/* The advisory lock that serializes claims: ('m3tr', 1) */
+#define CLAIM_LOCK_SQL "SELECT pg_catalog.pg_try_advisory_xact_lock(1831040114, 1)"
 
 static const char claim_sql[] =
-"SELECT id, uid, meter, account, ts, ets, measure, cost, income, who, \"where\", what, other, metadata "
+"SELECT id, uid, meter, account, ts, ets, measure, cost, income, who, \"where\", what, other, "
+"metadata, attempts, next_attempt_at "
 "FROM m3ter.outbox "
-"WHERE status = 'pending' AND next_attempt_at <= now() AND id > $2 "
-"ORDER BY id "
-"LIMIT $1 "
-"FOR UPDATE SKIP LOCKED";
+"WHERE status = 'pending' AND next_attempt_at <= now() AND (next_attempt_at, id) > ($1, $2) "
+"ORDER BY next_attempt_at, id "
+"LIMIT $3";
+
+/* Records of senders that are no longer running; their rows count as sent once */
+static const char clean_sql[] =
+"WITH stale AS ("
+" DELETE FROM m3ter.inflight f"
+" WHERE (f.owner_pid = pg_catalog.pg_backend_pid() AND f.owner_start = $1 AND f.id <> ALL ($2))"
+"    OR (f.owner_pid <> pg_catalog.pg_backend_pid() AND NOT EXISTS ("
+"        SELECT 1 FROM pg_catalog.pg_stat_activity a"
+"         WHERE a.pid = f.owner_pid AND a.backend_start = f.owner_start"
+"           AND a.state IN ('active', 'disabled')))"
+" RETURNING f.ids) "
+"UPDATE m3ter.outbox o SET attempts = o.attempts + 1, "
+"       error = 'sent without an answer before its sender stopped; it goes again with the same uid' "
+"  FROM (SELECT pg_catalog.unnest(ids) AS id FROM stale) s "
+" WHERE o.id = s.id AND o.status = 'pending'";
+
+static const char others_sql[] =
+"SELECT pg_catalog.unnest(ids) FROM m3ter.inflight WHERE NOT (owner_pid = pg_catalog.pg_backend_pid() AND owner_start = $1)";
+
+static const char record_sql[] =
+"INSERT INTO m3ter.inflight (owner_pid, owner_start, ids) "
+"VALUES (pg_catalog.pg_backend_pid(), $1, $2) RETURNING id";
+
+static const char release_sql[] =
+"DELETE FROM m3ter.inflight WHERE id = $1";
 
 static const char accepted_sql[] =
 "UPDATE m3ter.outbox SET status = 'accepted', attempts = attempts + 1, "
 "http_status = $2, error = NULL, sent_at = clock_timestamp(), accepted_at = clock_timestamp() "
-"WHERE id = ANY($1)";
+"WHERE id = ANY($1) AND status = 'pending'";
 
 static const char failed_sql[] =
 "UPDATE m3ter.outbox SET status = 'failed', attempts = attempts + $4, "
 "http_status = $2, error = $3, sent_at = CASE WHEN $4 > 0 THEN clock_timestamp() ELSE sent_at END "
-"WHERE id = ANY($1)";
+"WHERE id = ANY($1) AND status = 'pending'";
 
+/*
+ * A transient fault: attempts + 1 and a growing delay (1 s, 3 s, 9 s, ...,
+ * capped; $6 is a floor such as Retry-After; a 429, $8, waits 1 s: the
+ * pacing, not the row, answers for it), or 'failed' once the row is
+ * older than m3ter.give_up_after (or m3ter.max_attempts is reached).
+ */
 static const char retry_sql[] =
-"WITH u AS (UPDATE m3ter.outbox SET attempts = attempts + 1, http_status = $2, error = $3, "
-"sent_at = clock_timestamp(), "
-"status = CASE WHEN attempts + 1 >= $4 THEN 'failed' ELSE 'pending' END, "
-"next_attempt_at = clock_timestamp() + m3ter.backoff_delay(attempts, $5) "
-"WHERE id = ANY($1) RETURNING status) "
+"WITH u AS (UPDATE m3ter.outbox SET attempts = attempts + 1, http_status = $2, sent_at = clock_timestamp(), "
+"status = CASE WHEN created_at < now() - pg_catalog.make_interval(secs => $4) "
+"                OR ($5 > 0 AND attempts + 1 >= $5) THEN 'failed' ELSE 'pending' END, "
+"error = CASE WHEN created_at < now() - pg_catalog.make_interval(secs => $4) "
+"               OR ($5 > 0 AND attempts + 1 >= $5) "
+"             THEN 'gave up after ' || (attempts + 1) || ' attempts: ' || $3 ELSE $3 END, "
+"next_attempt_at = clock_timestamp() + pg_catalog.make_interval(secs => "
+"    GREATEST($6, LEAST($7, CASE WHEN $8 THEN 1 ELSE pg_catalog.power(3, LEAST(attempts, 40)) END))) "
+"WHERE id = ANY($1) AND status = 'pending' RETURNING status) "
 "SELECT count(*) FILTER (WHERE status = 'failed') FROM u";
 
 static const char held_sql[] =
-"UPDATE m3ter.outbox SET http_status = $2, error = $3 WHERE id = ANY($1)";
+"UPDATE m3ter.outbox SET http_status = $2, error = $3 WHERE id = ANY($1) AND status = 'pending'";
 
-/* The status updates of update_rows(), in the order of its statements */
-typedef enum RowUpdate
-{
-	ROWS_ACCEPTED,				/* m3ter accepted them */
-	ROWS_FAILED,				/* never to be sent again */
-	ROWS_RETRY,					/* a transient fault: try later, or fail at max_attempts */
-	ROWS_HELD					/* a configuration fault: note it, keep them pending */
-} RowUpdate;
-
-/* One drain's rows, written as JSON */
-typedef struct Drain
-{
-	int			n;
-	int64	   *ids;
-	char	  **items;
-	int		   *lengths;
-	const char *path;
-	StringInfoData payload;
-	M3terFlushStats *stats;
-} Drain;
+static const char fail_one_sql[] =
+"UPDATE m3ter.outbox SET status = 'failed', http_status = NULL, error = $2 "
+"WHERE id = $1 AND status = 'pending'";
 
 /* Prepare and keep a plan once per process */
 static SPIPlanPtr
@@ -129,41 +148,207 @@ keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 	return *slot;
 }
 
-/* Run one of the row-update statements for ids[start..end) */
-static int64
-update_rows(Drain *d, RowUpdate which, int start, int end, long http_status,
-			const char *error, int sent, int retry_after_ms)
+/* An int8[] of ids */
+static Datum
+id_array(const int64 *ids, int n)
+{
+	Datum	   *elems = palloc(Max(n, 1) * sizeof(Datum));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	return PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
+ * Take the claim lock for this transaction; false when another sender
+ * holds it (an atomic m3ter_flush() holds it to its end).
+ */
+bool
+m3ter_outbox_lock_claims(void)
+{
+	bool		isnull;
+	bool		got;
+
+	if (SPI_execute(CLAIM_LOCK_SQL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "m3ter claim lock query failed");
+	got = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	return got;
+}
+
+/*
+ * Delete stale in-flight records (see the file header); live_ids are this
+ * process's records still in use.  Returns the rows counted as sent once.
+ */
+int64
+m3ter_outbox_clean_inflight(const int64 *live_ids, int n_live)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[2] = {TIMESTAMPTZOID, INT8ARRAYOID};
+	Datum		values[2];
+
+	values[0] = TimestampTzGetDatum(MyStartTimestamp);
+	values[1] = id_array(live_ids, n_live);
+	if (SPI_execute_plan(keep_plan(&plan, clean_sql, 2, types), values, NULL, false, 0) < 0)
+		elog(ERROR, "m3ter in-flight clean-up failed");
+	return (int64) SPI_processed;
+}
+
+/* Row ids that other senders have in flight now (palloc'd; *n their number) */
+int64 *
+m3ter_outbox_others_inflight(int *n)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {TIMESTAMPTZOID};
+	Datum		values[1];
+	int64	   *ids;
+	uint64		i;
+
+	values[0] = TimestampTzGetDatum(MyStartTimestamp);
+	if (SPI_execute_plan(keep_plan(&plan, others_sql, 1, types), values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "m3ter in-flight lookup failed");
+	*n = (int) SPI_processed;
+	ids = palloc(Max(*n, 1) * sizeof(int64));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return ids;
+}
+
+/* Open a cursor over up to limit due rows after the keyset position */
+Portal
+m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[3] = {TIMESTAMPTZOID, INT8OID, INT8OID};
+	Datum		values[3];
+	Portal		portal;
+
+	values[0] = TimestampTzGetDatum(after_due);
+	values[1] = Int64GetDatum(after_id);
+	values[2] = Int64GetDatum(limit);
+	portal = SPI_cursor_open(NULL, keep_plan(&plan, claim_sql, 3, types), values, NULL, false);
+	if (portal == NULL)
+		elog(ERROR, "m3ter outbox claim failed: %s", SPI_result_code_string(SPI_result));
+	return portal;
+}
+
+/*
+ * Read one claimed row of the current SPI tuple table into *row; the
+ * strings and maps are palloc'd in the current context.
+ */
+void
+m3ter_outbox_read_row(HeapTuple tup, TupleDesc desc, M3terOutboxRow *row)
+{
+	M3terMeasurement *m = &row->m;
+	bool		isnull;
+	Datum		value;
+	int			k;
+
+	row->id = DatumGetInt64(SPI_getbinval(tup, desc, COL_ID, &isnull));
+	row->attempts = DatumGetInt32(SPI_getbinval(tup, desc, COL_ATTEMPTS, &isnull));
+	row->due = DatumGetTimestampTz(SPI_getbinval(tup, desc, COL_DUE, &isnull));
+	m->uid = TextDatumGetCString(SPI_getbinval(tup, desc, COL_UID, &isnull));
+	if (m3ter_test_fault_uid[0] != '\0' && strcmp(m->uid, m3ter_test_fault_uid) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_EXCEPTION),
+				 errmsg("the outbox row \"%s\" cannot be written as JSON", m->uid),
+				 errdetail("m3ter.test_fault_uid names it.")));
+	m->meter = TextDatumGetCString(SPI_getbinval(tup, desc, COL_METER, &isnull));
+	m->account = TextDatumGetCString(SPI_getbinval(tup, desc, COL_ACCOUNT, &isnull));
+	m3ter_format_timestamp(DatumGetTimestampTz(SPI_getbinval(tup, desc, COL_TS, &isnull)),
+						   row->ts, sizeof(row->ts));
+	m->ts = row->ts;
+	value = SPI_getbinval(tup, desc, COL_ETS, &isnull);
+	m->ets = NULL;
+	if (!isnull)
+	{
+		m3ter_format_timestamp(DatumGetTimestampTz(value), row->ets, sizeof(row->ets));
+		m->ets = row->ets;
+	}
+	for (k = 0; k < M3TER_NUM_MAPS; k++)
+	{
+		value = SPI_getbinval(tup, desc, COL_FIRST_MAP + k, &isnull);
+		m->maps[k] = isnull ? NULL : DatumGetJsonbP(value);
+	}
+}
+
+/* Record a claim's ids as in flight; returns the record's id */
+int64
+m3ter_outbox_record_inflight(const int64 *ids, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[2] = {TIMESTAMPTZOID, INT8ARRAYOID};
+	Datum		values[2];
+	bool		isnull;
+	int64		id;
+
+	values[0] = TimestampTzGetDatum(MyStartTimestamp);
+	values[1] = id_array(ids, n);
+	if (SPI_execute_plan(keep_plan(&plan, record_sql, 2, types), values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "m3ter in-flight record failed");
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	return id;
+}
+
+/* Drop a claim's in-flight record: all its requests are answered */
+void
+m3ter_outbox_release(int64 record_id)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+
+	values[0] = Int64GetDatum(record_id);
+	if (SPI_execute_plan(keep_plan(&plan, release_sql, 1, types), values, NULL, false, 0) < 0)
+		elog(ERROR, "m3ter in-flight release failed");
+}
+
+/*
+ * Write an outcome for rows ids[0..n).  For M3TER_ROWS_RETRY returns how
+ * many rows gave up and became 'failed'.
+ */
+int64
+m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n, long http_status,
+				   const char *error, int sent, int retry_after_ms, bool throttled)
 {
 	static SPIPlanPtr plans[4];
 	static const char *const sqls[4] = {accepted_sql, failed_sql, retry_sql, held_sql};
-	static const int nargs[4] = {2, 4, 5, 3};
-	Oid			types[5] = {INT8ARRAYOID, INT4OID, TEXTOID, INT4OID, INT4OID};
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-	Datum	   *elems = palloc((end - start) * sizeof(Datum));
-	int			i;
-	int			rc;
+	static const int nargs[4] = {2, 4, 8, 3};
+	Oid			types[8] = {INT8ARRAYOID, INT4OID, TEXTOID, FLOAT8OID, INT4OID, FLOAT8OID, FLOAT8OID, BOOLOID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int64		result = 0;
+	int			rc;
 
-	for (i = start; i < end; i++)
-		elems[i - start] = Int64GetDatum(d->ids[i]);
-	values[0] = PointerGetDatum(construct_array(elems, end - start, INT8OID,
-												sizeof(int64), FLOAT8PASSBYVAL,
-												TYPALIGN_DOUBLE));
+	if (which == M3TER_ROWS_FAILED)
+		types[3] = INT4OID;
+	values[0] = id_array(ids, n);
 	values[1] = Int32GetDatum((int32) http_status);
-	if (http_status == 0)
-		nulls[1] = 'n';
+	nulls[1] = http_status == 0 ? 'n' : ' ';
 	values[2] = error ? CStringGetTextDatum(error) : (Datum) 0;
-	if (error == NULL)
-		nulls[2] = 'n';
-	values[3] = Int32GetDatum(which == ROWS_FAILED ? sent : m3ter_max_attempts);
-	values[4] = Int32GetDatum(retry_after_ms);
+	nulls[2] = error ? ' ' : 'n';
+	if (which == M3TER_ROWS_FAILED)
+		values[3] = Int32GetDatum(sent);
+	else
+		values[3] = Float8GetDatum(m3ter_give_up_after_s);
+	values[4] = Int32GetDatum(m3ter_max_attempts);
+	values[5] = Float8GetDatum(Max(retry_after_ms, 0) / 1000.0);
+	values[6] = Float8GetDatum(m3ter_retry_max_delay_ms / 1000.0);
+	values[7] = BoolGetDatum(throttled);
 
 	rc = SPI_execute_plan(keep_plan(&plans[which], sqls[which], nargs[which], types),
 						  values, nulls, false, 0);
 	if (rc < 0)
 		elog(ERROR, "m3ter outbox update failed: %s", SPI_result_code_string(rc));
-	if (which == ROWS_RETRY && SPI_processed == 1)
+	if (which == M3TER_ROWS_RETRY && SPI_processed == 1)
 	{
 		bool		isnull;
 
@@ -172,196 +357,38 @@ update_rows(Drain *d, RowUpdate which, int start, int end, long http_status,
 	}
 	if (SPI_tuptable)
 		SPI_freetuptable(SPI_tuptable);
-	pfree(elems);
 	return result;
 }
 
-/* Send rows [start, end) as one request and record the outcome, splitting as needed */
-static void
-deliver(Drain *d, int start, int end)
+/* Mark one row failed without sending it (it cannot be sent) */
+void
+m3ter_outbox_fail_row(int64 id, const char *why)
 {
-	M3terFlushStats *stats = d->stats;
-	M3terCallResult res;
-	int			n = end - start;
+	static SPIPlanPtr plan = NULL;
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2];
 
-	if (stats->stopped)
-		return;
-
-	m3ter_build_payload(&d->payload, d->items, start, end);
-	m3ter_call(M3TER_INGEST_API, "POST", d->path, d->payload.data, d->payload.len,
-			   0, &res);
-	stats->requests += res.requests;
-	stats->sent += n;
-
-	switch (res.outcome)
-	{
-		case M3TER_OK:
-			update_rows(d, ROWS_ACCEPTED, start, end, res.status, NULL, 1, 0);
-			stats->accepted += n;
-			return;
-
-		case M3TER_TOO_LARGE:
-		case M3TER_REJECTED:
-			if (res.status == 404)
-				break;			/* the path is wrong, not the rows */
-			if (n > 1)
-			{
-				int			mid = start + n / 2;
-
-				deliver(d, start, mid);
-				deliver(d, mid, end);
-				return;
-			}
-			update_rows(d, ROWS_FAILED, start, end, res.status, res.message, 1, 0);
-			stats->failed += n;
-			stats->error = res.message;
-			return;
-
-		case M3TER_TRANSIENT:
-			{
-				int64		failed = update_rows(d, ROWS_RETRY, start, end, res.status,
-												 res.message, 1, res.retry_after_ms);
-
-				stats->failed += failed;
-				stats->retried += n - failed;
-				stats->error = res.message;
-				return;
-			}
-
-		case M3TER_FORBIDDEN:
-		case M3TER_AUTH_FAILED:
-			break;
-	}
-
-	/* a configuration problem: keep the rows pending, say why, stop */
-	stats->sent -= n;
-	stats->stopped = true;
-	stats->error = psprintf("%s (HTTP %ld)", res.message ? res.message : "refused", res.status);
-	update_rows(d, ROWS_HELD, start, end, res.status, stats->error, 0, 0);
+	values[0] = Int64GetDatum(id);
+	values[1] = CStringGetTextDatum(why);
+	if (SPI_execute_plan(keep_plan(&plan, fail_one_sql, 2, types), values, NULL, false, 0) < 0)
+		elog(ERROR, "m3ter outbox update failed");
 }
 
 /*
- * Claim up to limit due rows with an id above *after and deliver them.
- * Sets *after to the last id claimed, or to 0 after a short claim (the
- * next claim starts over).  Adds to *stats; sets stats->stopped when m3ter
- * refused the credentials or the organization.
+ * When the next pending row that no sender has in flight falls due, or 0
+ * when none is pending.  Walks the due index from its front.
  */
-void
-m3ter_drain_once(int limit, int64 *after, M3terFlushStats *stats)
-{
-	static SPIPlanPtr claim_plan = NULL;
-	Oid			argtypes[2] = {INT4OID, INT8OID};
-	Datum		args[2];
-	MemoryContext drain_cxt;
-	MemoryContext old;
-	Drain		d;
-	SPITupleTable *tuptable;
-	TupleDesc	desc;
-	StringInfoData buf;
-	int			rc;
-	int			i;
-	int			start;
-
-	/* settings first: a missing one raises before anything is claimed */
-	(void) m3ter_require_org_id();
-	m3ter_require_credentials();
-
-	drain_cxt = AllocSetContextCreate(CurrentMemoryContext, "m3ter drain",
-									  ALLOCSET_DEFAULT_SIZES);
-	old = MemoryContextSwitchTo(drain_cxt);
-
-	args[0] = Int32GetDatum(limit);
-	args[1] = Int64GetDatum(*after);
-	rc = SPI_execute_plan(keep_plan(&claim_plan, claim_sql, 2, argtypes),
-						  args, NULL, false, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "m3ter outbox claim failed: %s", SPI_result_code_string(rc));
-
-	tuptable = SPI_tuptable;
-	desc = tuptable->tupdesc;
-	memset(&d, 0, sizeof(d));
-	d.n = (int) SPI_processed;
-	d.stats = stats;
-	d.ids = palloc(Max(d.n, 1) * sizeof(int64));
-	d.items = palloc(Max(d.n, 1) * sizeof(char *));
-	d.lengths = palloc(Max(d.n, 1) * sizeof(int));
-	d.path = m3ter_org_path("/measurements");
-	initStringInfo(&d.payload);
-	initStringInfo(&buf);
-	stats->claimed += d.n;
-
-	for (i = 0; i < d.n; i++)
-	{
-		HeapTuple	tup = tuptable->vals[i];
-		M3terMeasurement m;
-		bool		isnull;
-		char		ts[40];
-		char		ets[40];
-		Datum		value;
-		int			k;
-
-		d.ids[i] = DatumGetInt64(SPI_getbinval(tup, desc, COL_ID, &isnull));
-		m.uid = TextDatumGetCString(SPI_getbinval(tup, desc, COL_UID, &isnull));
-		m.meter = TextDatumGetCString(SPI_getbinval(tup, desc, COL_METER, &isnull));
-		m.account = TextDatumGetCString(SPI_getbinval(tup, desc, COL_ACCOUNT, &isnull));
-		m3ter_format_timestamp(DatumGetTimestampTz(SPI_getbinval(tup, desc, COL_TS, &isnull)),
-							   ts, sizeof(ts));
-		m.ts = ts;
-		value = SPI_getbinval(tup, desc, COL_ETS, &isnull);
-		m.ets = NULL;
-		if (!isnull)
-		{
-			m3ter_format_timestamp(DatumGetTimestampTz(value), ets, sizeof(ets));
-			m.ets = ets;
-		}
-		for (k = 0; k < M3TER_NUM_MAPS; k++)
-		{
-			value = SPI_getbinval(tup, desc, COL_FIRST_MAP + k, &isnull);
-			m.maps[k] = isnull ? NULL : DatumGetJsonbP(value);
-		}
-		resetStringInfo(&buf);
-		m3ter_append_measurement(&buf, &m);
-		d.items[i] = pnstrdup(buf.data, buf.len);
-		d.lengths[i] = buf.len;
-	}
-	SPI_freetuptable(tuptable);
-	*after = (d.n == limit) ? d.ids[d.n - 1] : 0;
-
-	/* send them in requests as full as m3ter's limits allow */
-	for (start = 0; start < d.n && !stats->stopped;)
-	{
-		int			end = m3ter_pack_request(d.lengths, start, d.n);
-
-		if (end == start)
-		{
-			char	   *why = psprintf("the measurement takes %d bytes as JSON; a request to m3ter must stay under %d bytes",
-									   d.lengths[start], M3TER_MAX_PAYLOAD_BYTES);
-
-			update_rows(&d, ROWS_FAILED, start, start + 1, 0, why, 0, 0);
-			stats->failed++;
-			stats->error = why;
-			start++;
-			continue;
-		}
-		deliver(&d, start, end);
-		start = end;
-	}
-
-	MemoryContextSwitchTo(old);
-	if (stats->error != NULL)
-		stats->error = pstrdup(stats->error);
-	MemoryContextDelete(drain_cxt);
-}
-
-/* The earliest next_attempt_at of a pending row, or 0 when none is pending */
 TimestampTz
-m3ter_next_due(void)
+m3ter_outbox_next_due(void)
 {
 	bool		isnull;
 	Datum		value;
 	int			rc;
 
-	rc = SPI_execute("SELECT min(next_attempt_at) FROM m3ter.outbox WHERE status = 'pending'",
+	rc = SPI_execute("SELECT o.next_attempt_at FROM m3ter.outbox o "
+					 "WHERE o.status = 'pending' AND NOT EXISTS ("
+					 "  SELECT 1 FROM m3ter.inflight f WHERE o.id = ANY (f.ids)) "
+					 "ORDER BY o.next_attempt_at, o.id LIMIT 1",
 					 true, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		return 0;
@@ -369,76 +396,22 @@ m3ter_next_due(void)
 	return isnull ? 0 : DatumGetTimestampTz(value);
 }
 
-/* Delete accepted rows older than the retention, a bounded number at a time */
+/* Delete accepted rows older than the retention, a bounded batch at a time */
 int64
-m3ter_delete_expired(int retention_s)
+m3ter_outbox_delete_expired(int retention_s)
 {
-	char	   *sql = psprintf("DELETE FROM m3ter.outbox WHERE id IN ("
-							   "SELECT id FROM m3ter.outbox WHERE status = 'accepted' "
-							   "AND accepted_at < now() - interval '%d seconds' LIMIT 10000)",
-							   retention_s);
+	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {FLOAT8OID};
+	Datum		values[1];
 
-	if (SPI_execute(sql, false, 0) != SPI_OK_DELETE)
+	values[0] = Float8GetDatum((double) retention_s);
+	if (SPI_execute_plan(keep_plan(&plan,
+								   "DELETE FROM m3ter.outbox WHERE id IN ("
+								   " SELECT id FROM m3ter.outbox WHERE status = 'accepted'"
+								   " AND accepted_at < now() - pg_catalog.make_interval(secs => $1)"
+								   " ORDER BY accepted_at LIMIT 10000)",
+								   1, types),
+						 values, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "m3ter outbox retention delete failed");
 	return (int64) SPI_processed;
-}
-
-/*
- * m3ter_flush(max_rows int DEFAULT NULL) RETURNS jsonb
- *
- * Drains the due rows (all of them, or max_rows) in the caller's
- * transaction and returns what happened.
- */
-Datum
-m3ter_flush(PG_FUNCTION_ARGS)
-{
-	int64		max_rows = PG_ARGISNULL(0) ? PG_INT64_MAX : PG_GETARG_INT32(0);
-	M3terFlushStats stats;
-	StringInfoData out;
-	MemoryContext caller = CurrentMemoryContext;
-	int64		after = 0;
-
-	if (max_rows < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max_rows must not be negative")));
-	memset(&stats, 0, sizeof(stats));
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-
-	while (stats.claimed < max_rows && !stats.stopped)
-	{
-		int64		before = stats.claimed;
-		bool		from_start = (after == 0);
-
-		m3ter_drain_once((int) Min((int64) m3ter_batch_rows, max_rows - stats.claimed),
-						 &after, &stats);
-		if (stats.claimed == before && from_start)
-			break;				/* nothing due anywhere */
-	}
-	m3ter_note_delivery(&stats);
-	if (stats.stopped)
-		ereport(WARNING,
-				(errcode(ERRCODE_M3TER_FORBIDDEN),
-				 errmsg("m3ter refused the outbox delivery; sending stopped"),
-				 errdetail("%s", stats.error),
-				 errhint("Check m3ter.org_id, m3ter.access_key_id, m3ter.api_secret and m3ter.ingest_url. The rows stay pending.")));
-
-	/* the answer must outlive SPI_finish(), which frees the SPI context */
-	MemoryContextSwitchTo(caller);
-	initStringInfo(&out);
-	appendStringInfo(&out,
-					 "{\"accepted\":" INT64_FORMAT ",\"failed\":" INT64_FORMAT
-					 ",\"retried\":" INT64_FORMAT ",\"requests\":" INT64_FORMAT
-					 ",\"stopped\":%s,\"error\":",
-					 stats.accepted, stats.failed, stats.retried, stats.requests,
-					 stats.stopped ? "true" : "false");
-	if (stats.error)
-		escape_json(&out, stats.error);
-	else
-		appendStringInfoString(&out, "null");
-	appendStringInfoChar(&out, '}');
-	SPI_finish();
-
-	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(out.data)));
 }

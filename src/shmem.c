@@ -40,9 +40,6 @@ M3terShared *m3ter_shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-/* per-process pacing when there is no shared memory */
-static TimestampTz local_next_slot[2];
-
 /* set by the outbox CHECK (outbox_check.c), acted on at commit */
 static bool wake_at_commit = false;
 static bool xact_callback_registered = false;
@@ -54,6 +51,8 @@ m3ter_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(M3terShared)));
+	RequestAddinShmemSpace(m3ter_pacing_shmem_size());
+	RequestAddinShmemSpace(m3ter_token_shmem_size());
 }
 
 /* Create or attach to the shared struct */
@@ -72,6 +71,8 @@ m3ter_shmem_startup(void)
 		memset(m3ter_shared, 0, sizeof(M3terShared));
 		SpinLockInit(&m3ter_shared->mutex);
 	}
+	m3ter_pacing_shmem_init();
+	m3ter_token_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -83,36 +84,6 @@ m3ter_shmem_install(void)
 	shmem_request_hook = m3ter_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = m3ter_shmem_startup;
-}
-
-/* Wait for this process's turn to send a request to the given host */
-void
-m3ter_pace(M3terApi api)
-{
-	TimestampTz now;
-	TimestampTz slot;
-	int64		interval_us;
-
-	if (m3ter_max_requests_per_second <= 0)
-		return;
-	interval_us = 1000000 / m3ter_max_requests_per_second;
-	now = GetCurrentTimestamp();
-
-	if (m3ter_shared != NULL)
-	{
-		SpinLockAcquire(&m3ter_shared->mutex);
-		slot = Max(now, m3ter_shared->next_slot[api]);
-		m3ter_shared->next_slot[api] = slot + interval_us;
-		SpinLockRelease(&m3ter_shared->mutex);
-	}
-	else
-	{
-		slot = Max(now, local_next_slot[api]);
-		local_next_slot[api] = slot + interval_us;
-	}
-
-	if (slot > now)
-		m3ter_sleep_ms((int) ((slot - now + 999) / 1000));
 }
 
 /* Add a drain's figures to the shared counters */

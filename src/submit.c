@@ -5,16 +5,18 @@
  *
  * Every measurement is checked before anything is sent, so bad input
  * never leaves half a submission at m3ter.  Measurements without a uid
- * get a fresh one, returned to the caller.  They are then packed into
- * requests as full as the limits allow (m3ter_pack_request), sent one
- * after another under the retry rules of client.c, and a 413 answer
- * splits the request in halves.
+ * get a fresh one, returned to the caller.  They then go through the
+ * sender (sender.c), the same path as the outbox: requests as full as the
+ * limits allow, several in flight, paced with the whole cluster.  A
+ * transient fault is retried up to m3ter.max_retries times with growing
+ * delays, a 413 splits the request in halves, anything else raises.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
@@ -25,13 +27,9 @@ PG_FUNCTION_INFO_V1(m3ter_submit);
 
 typedef struct SubmitState
 {
-	char	  **items;			/* written measurements */
-	int		   *lengths;
-	int			n;
+	M3terGroup	group;			/* written measurements */
 	int			accepted;
 	int			requests;
-	StringInfoData payload;
-	const char *path;
 } SubmitState;
 
 /* Raise a validation error for measurement index i */
@@ -149,33 +147,72 @@ submit_error_context(void *arg)
 	if (st->accepted > 0)
 		errcontext("m3ter had accepted %d of the %d measurements of this call before the failure; "
 				   "sending them again with the same uids is safe",
-				   st->accepted, st->n);
+				   st->accepted, st->group.n);
 }
 
-/* Send items[start..end) as one request; halve it on 413 */
+/* What to do with one answered request; raises when the call fails */
 static void
-send_range(SubmitState *st, int start, int end)
+answered(SubmitState *st, M3terSender *s, M3terSend *send)
 {
-	M3terCallResult res;
+	M3terCallResult *r = &send->result;
 
-	m3ter_build_payload(&st->payload, st->items, start, end);
-	m3ter_call(M3TER_INGEST_API, "POST", st->path, st->payload.data,
-			   st->payload.len, m3ter_max_retries, &res);
-	st->requests += res.requests;
-	if (res.outcome == M3TER_OK)
+	if (!send->untried)
+		st->requests += r->requests;
+	switch (r->outcome)
 	{
-		st->accepted += end - start;
-		return;
+		case M3TER_OK:
+			st->accepted += send->end - send->start;
+			m3ter_sender_finish(s, send);
+			return;
+		case M3TER_TOO_LARGE:
+			if (send->end - send->start > 1)
+			{
+				m3ter_sender_split(s, send);
+				return;
+			}
+			break;
+		case M3TER_TRANSIENT:
+			if (send->tries < m3ter_max_retries)
+			{
+				m3ter_sender_requeue(s, send, m3ter_backoff_ms(send->tries, r->retry_after_ms));
+				return;
+			}
+			break;
+		default:
+			break;
 	}
-	if (res.outcome == M3TER_TOO_LARGE && end - start > 1)
-	{
-		int			mid = start + (end - start) / 2;
+	m3ter_raise_call_error(r, "submitting measurements to m3ter");
+}
 
-		send_range(st, start, mid);
-		send_range(st, mid, end);
-		return;
+/* Send every measurement of the call, several requests in flight at once */
+static void
+send_all(SubmitState *st)
+{
+	M3terSender s;
+
+	m3ter_sender_init(&s, m3ter_max_in_flight);
+	PG_TRY();
+	{
+		m3ter_sender_queue(&s, &st->group, 0, st->group.n);
+		while (m3ter_sender_busy(&s) > 0 || m3ter_sender_has_done(&s))
+		{
+			M3terSend  *send;
+
+			m3ter_sender_pump(&s, 100);
+			while ((send = m3ter_sender_next_done(&s)) != NULL)
+				answered(st, &s, send);
+			CHECK_FOR_INTERRUPTS();
+		}
+		st->requests += s.token_requests;
 	}
-	m3ter_raise_call_error(&res, "submitting measurements to m3ter");
+	PG_CATCH();
+	{
+		m3ter_sender_abort(&s);
+		m3ter_sender_free(&s);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	m3ter_sender_free(&s);
 }
 
 /*
@@ -194,13 +231,9 @@ m3ter_submit(PG_FUNCTION_ARGS)
 	JsonbIteratorToken tok;
 	StringInfoData buf;
 	StringInfoData out;
-	int			cap = 16;
-	int			start;
-	int			i;
 
 	memset(&st, 0, sizeof(st));
-	st.items = palloc(cap * sizeof(char *));
-	st.lengths = palloc(cap * sizeof(int));
+	m3ter_group_init(&st.group, CurrentMemoryContext, 16);
 	initStringInfo(&buf);
 	initStringInfo(&out);
 	appendStringInfoString(&out, "[");
@@ -230,50 +263,36 @@ m3ter_submit(PG_FUNCTION_ARGS)
 			if (tok != WJB_ELEM)
 				break;
 		}
-		if (st.n == cap)
-		{
-			cap *= 2;
-			st.items = repalloc(st.items, cap * sizeof(char *));
-			st.lengths = repalloc(st.lengths, cap * sizeof(int));
-		}
-		read_measurement(st.n, &v, &m);
+		read_measurement(st.group.n, &v, &m);
 		resetStringInfo(&buf);
 		m3ter_append_measurement(&buf, &m);
 		if (M3TER_PAYLOAD_OVERHEAD + buf.len >= M3TER_MAX_PAYLOAD_BYTES)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("the measurement at index %d is too large for m3ter", st.n),
+					 errmsg("the measurement at index %d is too large for m3ter", st.group.n),
 					 errdetail("Written as JSON it takes %d bytes; a request must stay under %d bytes.",
 							   buf.len, M3TER_MAX_PAYLOAD_BYTES),
 					 errhint("Move large values out of metadata.")));
-		st.items[st.n] = pstrdup(buf.data);
-		st.lengths[st.n] = buf.len;
-		if (st.n > 0)
+		m3ter_group_add(&st.group, buf.data, buf.len);
+		if (st.group.n > 1)
 			appendStringInfoChar(&out, ',');
 		escape_json(&out, m.uid);
-		st.n++;
 		if (it == NULL)
 			break;
 	}
 	appendStringInfoString(&out, "]");
-	if (st.n == 0)
+	if (st.group.n == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("m3ter_submit needs at least one measurement"),
 				 errdetail("The array is empty.")));
 
 	/* send them in requests as full as the limits allow */
-	st.path = m3ter_org_path("/measurements");
-	initStringInfo(&st.payload);
 	errctx.callback = submit_error_context;
 	errctx.arg = &st;
 	errctx.previous = error_context_stack;
 	error_context_stack = &errctx;
-	for (start = 0; start < st.n; start = i)
-	{
-		i = m3ter_pack_request(st.lengths, start, st.n);
-		send_range(&st, start, i);
-	}
+	send_all(&st);
 	error_context_stack = errctx.previous;
 
 	resetStringInfo(&buf);

@@ -5,20 +5,26 @@
  *
  * Registered from _PG_init when m3ter is in shared_preload_libraries, it
  * connects to m3ter.database and loops as worker_spi does: wait on its
- * latch, reload settings on SIGHUP, then drain in transactions of at most
- * m3ter.batch_rows rows, each committed on its own.
+ * latch, reload settings on SIGHUP, then deliver (delivery.c) until
+ * nothing is in flight and nothing more is due.  While requests are in
+ * flight it does not sleep on its latch but waits on their sockets in
+ * slices of 10 ms, checking the latch and interrupts between them.
  *
  * When to wake:
  *	- at once when a transaction that inserted into m3ter.outbox commits
  *	  (the outbox CHECK marks the transaction, its commit sets our latch);
- *	- straight after a drain that claimed rows (there may be more);
  *	- at the earliest next_attempt_at of a row waiting for a retry;
  *	- otherwise after m3ter.worker_naptime, doubling while idle up to
  *	  m3ter.worker_idle_naptime.
+ * Between deliveries it deletes accepted rows older than m3ter.retention
+ * (at most once a minute, or once per retention if shorter, in
+ * index-backed batches).
  *
- * An error in a drain is logged, its transaction rolled back (the rows
- * stay pending) and the worker sleeps before it tries again; it does not
- * exit.  If it dies anyway, the postmaster restarts it after a second.
+ * An error is logged, its transaction rolled back (the rows stay pending)
+ * and the worker goes on; when the error came from reading a claim,
+ * delivery narrows down to the row that raised and marks it failed
+ * (delivery.c), so one bad row never stalls the outbox.  If the worker
+ * dies anyway, the postmaster restarts it after a second.
  *
  *-------------------------------------------------------------------------
  */
@@ -87,37 +93,57 @@ log_once(const char *message, char **last_logged)
 	*last_logged = MemoryContextStrdup(TopMemoryContext, message);
 }
 
-/*
- * One pass: a transaction that drains one batch.  Returns how long to
- * sleep before the next pass, in milliseconds (0 for at once).
- */
-static long
-worker_pass(MemoryContext pass_cxt, char **last_logged, long *idle_ms)
+/* Add what the delivery did since the last report to the shared figures */
+static void
+report(const M3terFlushStats *now, M3terFlushStats *reported)
 {
-	static int64 after = 0;		/* keyset position of the claims */
-	M3terFlushStats stats;
-	TimestampTz next_due = 0;
-	bool		installed;
-	bool		from_start = (after == 0);
-	long		sleep_ms;
+	M3terFlushStats delta;
 
-	memset(&stats, 0, sizeof(stats));
+	delta.claimed = now->claimed - reported->claimed;
+	delta.accepted = now->accepted - reported->accepted;
+	delta.failed = now->failed - reported->failed;
+	delta.retried = now->retried - reported->retried;
+	delta.requests = now->requests - reported->requests;
+	delta.sent = now->sent - reported->sent;
+	delta.resent = now->resent - reported->resent;
+	delta.throttled = now->throttled - reported->throttled;
+	delta.orphaned = now->orphaned - reported->orphaned;
+	delta.stopped = now->stopped;
+	delta.error = now->error != reported->error ? now->error : NULL;
+	m3ter_note_delivery(&delta);
+	*reported = *now;
+}
+
+/*
+ * Between deliveries, in one transaction: is the extension there, delete
+ * expired rows, and when is the next row due.  Returns false when the
+ * extension is not installed.
+ */
+static bool
+upkeep(TimestampTz *next_due, TimestampTz *last_retention)
+{
+	bool		installed;
+	TimestampTz now = GetCurrentTimestamp();
+
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
+	pgstat_report_activity(STATE_RUNNING, "m3ter: outbox upkeep");
 
 	installed = extension_installed();
+	*next_due = 0;
 	if (installed)
 	{
-		m3ter_drain_once(m3ter_batch_rows, &after, &stats);
-		if (m3ter_retention_s >= 0)
-			(void) m3ter_delete_expired(m3ter_retention_s);
-		if (stats.claimed == 0 && from_start)
-			next_due = m3ter_next_due();
-		if (stats.error != NULL)
-			stats.error = MemoryContextStrdup(pass_cxt, stats.error);
+		if (m3ter_retention_s >= 0 &&
+			TimestampDifferenceExceeds(*last_retention, now,
+									   (int) Min((int64) m3ter_retention_s * 1000, (int64) 60000)))
+		{
+			while (m3ter_outbox_delete_expired(m3ter_retention_s) > 0)
+				CHECK_FOR_INTERRUPTS();
+			*last_retention = now;
+		}
+		*next_due = m3ter_outbox_next_due();
 	}
 
 	SPI_finish();
@@ -125,38 +151,15 @@ worker_pass(MemoryContext pass_cxt, char **last_logged, long *idle_ms)
 	CommitTransactionCommand();
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
+	return installed;
+}
 
-	if (!installed)
-	{
-		m3ter_worker_note("waiting for CREATE EXTENSION m3ter", false);
-		return m3ter_worker_idle_naptime_ms;
-	}
-	m3ter_note_delivery(&stats);
+/* How long an idle worker sleeps: doubling while idle, woken for the next due row */
+static long
+idle_sleep(long *idle_ms, TimestampTz next_due)
+{
+	long		sleep_ms = *idle_ms;
 
-	if (stats.stopped)
-	{
-		log_once(stats.error, last_logged);
-		m3ter_worker_note("stopped: m3ter refused the delivery", true);
-		return m3ter_worker_idle_naptime_ms;
-	}
-	if (*last_logged != NULL)
-	{
-		ereport(LOG, (errmsg("m3ter outbox delivery resumed")));
-		pfree(*last_logged);
-		*last_logged = NULL;
-	}
-
-	if (stats.claimed > 0 || !from_start)
-	{
-		/* rows were claimed, or the next claim starts over: go on at once */
-		m3ter_worker_note("delivering", true);
-		*idle_ms = m3ter_worker_naptime_ms;
-		return 0;
-	}
-
-	/* idle: sleep longer each time, but wake for the next retry that is due */
-	m3ter_worker_note("idle", true);
-	sleep_ms = *idle_ms;
 	*idle_ms = Min(*idle_ms * 2, (long) m3ter_worker_idle_naptime_ms);
 	if (next_due != 0)
 	{
@@ -171,10 +174,17 @@ worker_pass(MemoryContext pass_cxt, char **last_logged, long *idle_ms)
 void
 m3ter_worker_main(Datum main_arg)
 {
-	MemoryContext pass_cxt;
+	MemoryContext loop_cxt;
+
+	/* static: they live across the PG_TRY below */
 	static char *last_logged = NULL;
 	static long idle_ms;
-	long		sleep_ms = 0;
+	static long sleep_ms = 0;
+	static bool active = false;
+	static bool busy = false;
+	static M3terDelivery d;
+	static M3terFlushStats reported;
+	static TimestampTz last_retention = 0;
 
 	idle_ms = m3ter_worker_naptime_ms;
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -186,12 +196,12 @@ m3ter_worker_main(Datum main_arg)
 	m3ter_worker_note("starting", false);
 	ereport(LOG, (errmsg("m3ter outbox worker started for database \"%s\"", m3ter_database)));
 
-	pass_cxt = AllocSetContextCreate(TopMemoryContext, "m3ter worker pass",
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "m3ter worker loop",
 									 ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
 	{
-		if (sleep_ms > 0)
+		if (!busy)
 		{
 			int			rc = WaitLatch(MyLatch,
 									   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
@@ -201,6 +211,8 @@ m3ter_worker_main(Datum main_arg)
 			if (rc & WL_LATCH_SET)
 				idle_ms = m3ter_worker_naptime_ms;
 		}
+		else if (MyLatch->is_set)
+			ResetLatch(MyLatch);	/* new rows: the delivery in progress finds them */
 		CHECK_FOR_INTERRUPTS();
 
 		if (ConfigReloadPending)
@@ -211,28 +223,91 @@ m3ter_worker_main(Datum main_arg)
 		}
 
 		m3ter_worker_listen(m3ter_worker_enabled);
-		if (!m3ter_worker_enabled)
+		if (!m3ter_worker_enabled && !active)
 		{
 			m3ter_worker_note("disabled by m3ter.worker_enabled", false);
 			sleep_ms = m3ter_worker_idle_naptime_ms;
+			busy = false;
 			continue;
 		}
 
-		MemoryContextReset(pass_cxt);
+		MemoryContextReset(loop_cxt);
 		PG_TRY();
 		{
-			MemoryContext old = MemoryContextSwitchTo(pass_cxt);
+			MemoryContext old = MemoryContextSwitchTo(loop_cxt);
 
-			sleep_ms = worker_pass(pass_cxt, &last_logged, &idle_ms);
+			if (!active)
+			{
+				TimestampTz next_due;
+
+				if (!upkeep(&next_due, &last_retention))
+				{
+					m3ter_worker_note("waiting for CREATE EXTENSION m3ter", false);
+					sleep_ms = m3ter_worker_idle_naptime_ms;
+					busy = false;
+				}
+				else if (next_due == 0 || next_due > GetCurrentTimestamp())
+				{
+					m3ter_worker_note(last_logged ? "stopped: m3ter refused the delivery" : "idle", true);
+					sleep_ms = idle_sleep(&idle_ms, next_due);
+					busy = false;
+				}
+				else
+				{
+					m3ter_delivery_start(&d, M3TER_TXN_WORKER, 0);
+					memset(&reported, 0, sizeof(reported));
+					active = true;
+					pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
+					m3ter_worker_note("delivering", true);
+				}
+			}
+			if (active)
+			{
+				if (!m3ter_worker_enabled)
+					d.max_rows = Max(d.stats.claimed, 1);	/* finish what is in flight */
+				busy = m3ter_delivery_step(&d, 10);
+				if (!busy || d.stats.requests - reported.requests >= 50)
+					report(&d.stats, &reported);
+				if (!busy)
+				{
+					bool		stopped = d.stats.stopped;
+					bool		worked = d.stats.claimed > 0;
+					char	   *error = d.stats.error ? pstrdup(d.stats.error) : NULL;
+
+					m3ter_delivery_end(&d);
+					active = false;
+					pgstat_report_activity(STATE_IDLE, NULL);
+					if (stopped)
+					{
+						log_once(error ? error : "refused", &last_logged);
+						m3ter_worker_note("stopped: m3ter refused the delivery", true);
+						sleep_ms = m3ter_worker_idle_naptime_ms;
+					}
+					else
+					{
+						if (last_logged != NULL)
+						{
+							ereport(LOG, (errmsg("m3ter outbox delivery resumed")));
+							pfree(last_logged);
+							last_logged = NULL;
+						}
+						m3ter_worker_note("idle", true);
+						if (worked)
+							idle_ms = m3ter_worker_naptime_ms;
+						sleep_ms = 0;	/* upkeep says how long to sleep */
+					}
+				}
+			}
 			MemoryContextSwitchTo(old);
 		}
 		PG_CATCH();
 		{
 			ErrorData  *edata;
 			M3terFlushStats failed;
+			bool		row_failed;
 
-			/* log it, roll the claim back (the rows stay pending), carry on */
-			MemoryContextSwitchTo(pass_cxt);
+			/* log it, roll back (the rows stay pending), carry on */
+			MemoryContextSwitchTo(loop_cxt);
 			edata = CopyErrorData();
 			FlushErrorState();
 			ereport(LOG,
@@ -240,12 +315,23 @@ m3ter_worker_main(Datum main_arg)
 					 edata->detail ? errdetail("%s", edata->detail) : 0,
 					 edata->hint ? errhint("%s", edata->hint) : 0));
 			AbortCurrentTransaction();
+			if (active)
+			{
+				m3ter_delivery_end(&d);
+				active = false;
+			}
 			pgstat_report_activity(STATE_IDLE, NULL);
 			memset(&failed, 0, sizeof(failed));
 			failed.error = edata->message;
+			row_failed = m3ter_delivery_claim_failed(M3TER_TXN_WORKER, edata->message);
+			if (row_failed)
+				failed.failed = 1;
 			m3ter_note_delivery(&failed);
 			m3ter_worker_note("error; retrying", false);
-			sleep_ms = m3ter_worker_idle_naptime_ms;
+			/* a claim that raised goes again at once, narrowed */
+			sleep_ms = row_failed || edata->sqlerrcode != ERRCODE_OUT_OF_MEMORY ? 100 :
+				m3ter_worker_idle_naptime_ms;
+			busy = false;
 		}
 		PG_END_TRY();
 	}

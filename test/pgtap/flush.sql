@@ -19,7 +19,7 @@ SELECT pg_temp.usage(2500, 'a-');
 SELECT m3ter_flush() AS r \gset
 SELECT is((:'r'::jsonb)->>'accepted', '2500', 'flush reports 2500 accepted');
 SELECT is((:'r'::jsonb)->>'requests', '3', 'in three requests');
-SELECT results_eq($$SELECT measurements FROM standin.ingest_requests() ORDER BY n$$, ARRAY[1000, 1000, 500],
+SELECT results_eq($$SELECT measurements FROM standin.ingest_requests() ORDER BY measurements DESC$$, ARRAY[1000, 1000, 500],
                   'requests are full');
 SELECT is((SELECT count(*)::int FROM m3ter.outbox WHERE status = 'accepted' AND http_status = 200
             AND attempts = 1 AND accepted_at IS NOT NULL AND sent_at IS NOT NULL AND error IS NULL), 2500,

@@ -1,0 +1,572 @@
+/*-------------------------------------------------------------------------
+ *
+ * delivery.c
+ *		Delivering m3ter.outbox: claims go to the sender, answers come
+ *		back as status writes, each in a short transaction of its own.
+ *
+ * The worker, CALL m3ter.flush() and m3ter_flush() all run this loop
+ * (m3ter_delivery_step), differing only in who owns the transaction:
+ *
+ *	M3TER_TXN_WORKER	the worker: each claim and each batch of outcomes
+ *						is a transaction started and committed here;
+ *	M3TER_TXN_PROCEDURE	CALL m3ter.flush(): the same, through SPI_commit();
+ *	M3TER_TXN_CALLER	m3ter_flush(): everything in the caller's
+ *						transaction (it holds the claim lock to its end).
+ *
+ * A step writes the outcomes of finished requests, claims as many rows as
+ * the free requests in flight can carry (m3ter.max_in_flight requests,
+ * at most m3ter.batch_rows rows and m3ter.claim_bytes bytes of JSON a
+ * claim), and lets the sender start and wait.  Memory is bounded by what
+ * is in flight, never by what is pending: a claim's measurements live in
+ * its own memory context, freed when its last request is answered.
+ *
+ * What each answer does to the rows (client.c classifies it):
+ *	M3TER_OK			'accepted'
+ *	M3TER_REJECTED,		split in halves until the rejected measurements
+ *	M3TER_TOO_LARGE		are alone, then 'failed' with m3ter's message
+ *	M3TER_TRANSIENT		a 429 for a second or two waits in memory (the pacing
+ *						slows down); otherwise 'pending' with attempts + 1 and a growing
+ *						delay, 'failed' only once older than
+ *						m3ter.give_up_after
+ *	M3TER_FORBIDDEN,	(with a fresh token) a configuration fault: rows
+ *	M3TER_AUTH_FAILED,	stay 'pending' with the reason noted, no attempt
+ *	M3TER_UNEXPECTED	spent, and delivery stops until the next pass
+ *
+ * Guaranteed progress: when a claim raises (say a row whose JSON cannot
+ * be written), the next claims at the same place take half as many rows,
+ * down to one; a row that raises alone, or twice as the row being read,
+ * is marked 'failed' with the error, and everything else flows.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "m3ter.h"
+
+/* One claim: its rows, as a sender group, and its in-flight record */
+typedef struct Claim
+{
+	M3terGroup	group;			/* must be first: sends point to it */
+	dlist_node	node;
+	int64	   *ids;
+	int32	   *attempts;			/* attempts of each row when claimed */
+	int			ids_cap;
+	int64		record_id;		/* in m3ter.inflight, 0 when none */
+} Claim;
+
+/*
+ * Where claims raise: kept across deliveries, since an error ends the
+ * delivery it happened in.
+ */
+static struct
+{
+	bool		in_claim;		/* a claim is being read */
+	int64		row_in_hand;	/* the row being read, 0 when none */
+	int64		last_error_row; /* the row in hand at the last error */
+	int			narrow_rows;	/* claim at most this many rows (0: no limit) */
+}			progress;
+
+/* Start or continue the transaction for one unit of work */
+static void
+begin_work(M3terDelivery *d)
+{
+	if (d->mode == M3TER_TXN_WORKER)
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+	}
+	if (d->mode != M3TER_TXN_CALLER)
+		PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+/* Commit one unit of work (the caller's transaction stays open) */
+static void
+end_work(M3terDelivery *d)
+{
+	if (d->mode != M3TER_TXN_CALLER)
+		PopActiveSnapshot();
+	if (d->mode == M3TER_TXN_WORKER)
+	{
+		SPI_finish();
+		CommitTransactionCommand();
+	}
+	else if (d->mode == M3TER_TXN_PROCEDURE)
+		SPI_commit();
+}
+
+/* Prepare a delivery; in M3TER_TXN_CALLER and PROCEDURE modes SPI is connected */
+void
+m3ter_delivery_start(M3terDelivery *d, M3terTxnMode mode, int64 max_rows)
+{
+	memset(d, 0, sizeof(*d));
+	d->mode = mode;
+	d->max_rows = max_rows;
+	d->cxt = AllocSetContextCreate(TopMemoryContext, "m3ter delivery", ALLOCSET_DEFAULT_SIZES);
+	dlist_init(&d->claims);
+	d->cursor_due = DT_NOBEGIN;
+	d->wrapped = true;
+	m3ter_sender_init(&d->sender, m3ter_max_in_flight);
+}
+
+/* Free a claim whose sends are all done, dropping its in-flight record */
+static void
+free_claim(Claim *c)
+{
+	dlist_delete(&c->node);
+	MemoryContextDelete(c->group.cxt);
+	pfree(c);
+}
+
+/* End a delivery: abandon what is in flight (error paths) and free it all */
+void
+m3ter_delivery_end(M3terDelivery *d)
+{
+	dlist_mutable_iter it;
+
+	m3ter_sender_abort(&d->sender);
+	dlist_foreach_modify(it, &d->claims)
+		free_claim(dlist_container(Claim, node, it.cur));
+	m3ter_sender_free(&d->sender);
+	MemoryContextDelete(d->cxt);
+	d->cxt = NULL;
+}
+
+/* Write what the answer of one finished send means for its rows */
+static void
+record_outcome(M3terDelivery *d, M3terSend *send)
+{
+	Claim	   *c = (Claim *) send->group;
+	M3terCallResult *r = &send->result;
+	M3terFlushStats *st = &d->stats;
+	int			n = send->end - send->start;
+	const int64 *ids = c->ids + send->start;
+	int			i;
+
+	if (!send->untried)
+	{
+		st->requests += r->requests;
+		st->sent += n;
+		for (i = send->start; i < send->end; i++)
+			if (c->attempts[i] > 0)
+				st->resent++;
+	}
+
+	switch (r->outcome)
+	{
+		case M3TER_OK:
+			m3ter_outbox_write(M3TER_ROWS_ACCEPTED, ids, n, r->status, NULL, 1, 0, false);
+			st->accepted += n;
+			for (i = send->start; i < send->end; i++)
+				c->attempts[i]++;
+			m3ter_sender_finish(&d->sender, send);
+			return;
+
+		case M3TER_REJECTED:
+		case M3TER_TOO_LARGE:
+			if (n > 1)
+			{
+				m3ter_sender_split(&d->sender, send);
+				return;
+			}
+			m3ter_outbox_write(M3TER_ROWS_FAILED, ids, n, r->status, r->message,
+							   r->status != 0 ? 1 : 0, 0, false);
+			st->failed += n;
+			st->error = r->message;
+			m3ter_sender_finish(&d->sender, send);
+			return;
+
+		case M3TER_TRANSIENT:
+			if (r->status == 429 && send->tries < 3 && r->retry_after_ms <= 2000)
+			{
+				/* the pacing slowed down: wait a moment in memory, spend no write */
+				st->throttled++;
+				m3ter_sender_requeue(&d->sender, send, Max(r->retry_after_ms, 1000));
+				return;
+			}
+			{
+				int64		gave_up = m3ter_outbox_write(M3TER_ROWS_RETRY, ids, n, r->status,
+														 r->message, 1, r->retry_after_ms,
+														 r->status == 429);
+
+				st->failed += gave_up;
+				st->retried += n - gave_up;
+				st->error = r->message;
+			}
+			m3ter_sender_finish(&d->sender, send);
+			return;
+
+		case M3TER_FORBIDDEN:
+		case M3TER_AUTH_FAILED:
+		case M3TER_UNEXPECTED:
+			break;
+	}
+
+	/* not the rows' fault: keep them pending, say why, spend no attempt */
+	if (!send->untried)
+		st->sent -= n;
+	st->stopped = true;
+	st->error = psprintf("%s (HTTP %ld)", r->message ? r->message : "refused", r->status);
+	m3ter_outbox_write(M3TER_ROWS_HELD, ids, n, r->status, st->error, 0, 0, false);
+	m3ter_sender_finish(&d->sender, send);
+}
+
+/* Write the outcomes of all finished sends in one transaction */
+static void
+write_outcomes(M3terDelivery *d)
+{
+	M3terSend  *send;
+	dlist_mutable_iter it;
+
+	if (!m3ter_sender_has_done(&d->sender))
+		return;
+	begin_work(d);
+	while ((send = m3ter_sender_next_done(&d->sender)) != NULL)
+		record_outcome(d, send);
+	dlist_foreach_modify(it, &d->claims)
+	{
+		Claim	   *c = dlist_container(Claim, node, it.cur);
+
+		if (c->group.outstanding == 0)
+		{
+			if (c->record_id != 0)
+				m3ter_outbox_release(c->record_id);
+			free_claim(c);
+			d->n_claims--;
+		}
+	}
+	end_work(d);
+	if (d->stats.error != NULL)
+		d->stats.error = MemoryContextStrdup(d->cxt, d->stats.error);
+}
+
+/* Ids of this delivery's in-flight records (palloc'd) */
+static int64 *
+live_records(M3terDelivery *d, int *n)
+{
+	int64	   *ids = palloc((d->n_claims + 1) * sizeof(int64));
+	dlist_iter	it;
+
+	*n = 0;
+	dlist_foreach(it, &d->claims)
+	{
+		Claim	   *c = dlist_container(Claim, node, it.cur);
+
+		if (c->record_id != 0)
+			ids[(*n)++] = c->record_id;
+	}
+	return ids;
+}
+
+/* Is id among the sorted ids[0..n)? */
+static bool
+among(const int64 *ids, int n, int64 id)
+{
+	int			lo = 0,
+				hi = n - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (ids[mid] == id)
+			return true;
+		if (ids[mid] < id)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return false;
+}
+
+static int
+cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/* Make room for one more row id in a claim */
+static void
+grow_claim(Claim *c)
+{
+	if (c->group.n < c->ids_cap)
+		return;
+	c->ids_cap *= 2;
+	c->ids = repalloc(c->ids, c->ids_cap * sizeof(int64));
+	c->attempts = repalloc(c->attempts, c->ids_cap * sizeof(int32));
+}
+
+/*
+ * Claim up to max_requests requests' worth of due rows in one transaction
+ * and queue them.  Returns the number of rows claimed; sets *short_claim
+ * when fewer were due than asked for.
+ */
+static int
+claim(M3terDelivery *d, int max_requests, bool *short_claim)
+{
+	int64		limit = Min((int64) max_requests * M3TER_MAX_MEASUREMENTS, (int64) m3ter_batch_rows);
+	int64		bytes_budget = Max((int64) m3ter_claim_bytes, (int64) M3TER_MAX_PAYLOAD_BYTES);
+	int64		bytes = 0;
+	int64		read = 0;
+	int			n_live;
+	int64	   *live;
+	int			n_others;
+	int64	   *others;
+	Claim	   *c;
+	Portal		portal;
+	int			chunk = 64;
+	bool		full = false;
+	StringInfoData buf;
+	MemoryContext old;
+	MemoryContext row_cxt;
+
+	*short_claim = false;
+	if (progress.narrow_rows > 0)
+		limit = Min(limit, (int64) progress.narrow_rows);
+	if (d->max_rows > 0)
+		limit = Min(limit, d->max_rows - d->stats.claimed);
+	if (limit <= 0)
+		return 0;
+
+	begin_work(d);
+	if (!m3ter_outbox_lock_claims())
+	{
+		/* an atomic m3ter_flush() is running: try again later */
+		end_work(d);
+		d->claim_lock_busy = true;
+		return 0;
+	}
+	d->claim_lock_busy = false;
+	m3ter_catalog_prepare();
+	live = live_records(d, &n_live);
+	d->stats.orphaned += m3ter_outbox_clean_inflight(live, n_live);
+	others = m3ter_outbox_others_inflight(&n_others);
+	qsort(others, n_others, sizeof(int64), cmp_int64);
+
+	c = MemoryContextAllocZero(d->cxt, sizeof(Claim));
+	m3ter_group_init(&c->group, d->cxt, (int) Min(limit, 1024));
+	c->ids_cap = (int) Min(limit, 1024);
+	c->ids = MemoryContextAlloc(c->group.cxt, c->ids_cap * sizeof(int64));
+	c->attempts = MemoryContextAlloc(c->group.cxt, c->ids_cap * sizeof(int32));
+	row_cxt = AllocSetContextCreate(CurrentMemoryContext, "m3ter claim row", ALLOCSET_DEFAULT_SIZES);
+	initStringInfo(&buf);
+
+	progress.in_claim = true;
+	portal = m3ter_outbox_open_claim(d->cursor_due, d->cursor_id, limit);
+	while (!full)
+	{
+		uint64		i;
+
+		SPI_cursor_fetch(portal, true, (long) Min((int64) chunk, limit - read));
+		if (SPI_processed == 0)
+		{
+			*short_claim = true;
+			break;
+		}
+		for (i = 0; i < SPI_processed && !full; i++)
+		{
+			M3terOutboxRow row;
+			const char *verdict;
+			bool		hold = false;
+			int			k = c->group.n;
+
+			old = MemoryContextSwitchTo(row_cxt);
+			m3ter_outbox_read_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &row);
+			progress.row_in_hand = row.id;
+			verdict = among(others, n_others, row.id) ? NULL :
+				m3ter_catalog_verdict(&row.m, &hold);
+			if (!among(others, n_others, row.id) && verdict == NULL)
+			{
+				resetStringInfo(&buf);
+				m3ter_append_measurement(&buf, &row.m);
+			}
+			MemoryContextSwitchTo(old);
+
+			if (k > 0 && verdict == NULL && !among(others, n_others, row.id) &&
+				bytes + buf.len > bytes_budget)
+			{
+				/* over the byte budget: this row waits for the next claim */
+				full = true;
+				MemoryContextReset(row_cxt);
+				break;
+			}
+			read++;
+			d->cursor_due = row.due;
+			d->cursor_id = row.id;
+			if (among(others, n_others, row.id))
+				;				/* another sender has it in flight */
+			else if (verdict != NULL && hold)
+				m3ter_outbox_write(M3TER_ROWS_HELD, &row.id, 1, 0, verdict, 0, 0, false);
+			else if (verdict != NULL)
+			{
+				m3ter_outbox_write(M3TER_ROWS_FAILED, &row.id, 1, 0, verdict, 0, 0, false);
+				d->stats.failed++;
+				d->stats.error = MemoryContextStrdup(d->cxt, verdict);
+			}
+			else
+			{
+				grow_claim(c);
+				m3ter_group_add(&c->group, buf.data, buf.len);
+				c->ids[k] = row.id;
+				c->attempts[k] = row.attempts;
+				bytes += buf.len;
+			}
+			MemoryContextReset(row_cxt);
+			if (read >= limit)
+				full = true;
+		}
+		SPI_freetuptable(SPI_tuptable);
+		/* read big rows a few at a time */
+		if (c->group.n > 0)
+			chunk = (int) Max(1, Min(256, (256 * 1024) / Max(bytes / c->group.n, 1)));
+	}
+	SPI_cursor_close(portal);
+	progress.in_claim = false;
+	progress.row_in_hand = 0;
+	MemoryContextDelete(row_cxt);
+	pfree(buf.data);
+
+	if (c->group.n > 0)
+		c->record_id = m3ter_outbox_record_inflight(c->ids, c->group.n);
+	end_work(d);
+
+	d->stats.claimed += c->group.n;
+	if (progress.narrow_rows > 0 && c->group.n > 0)
+	{
+		/* a narrowed claim went through: widen again */
+		progress.narrow_rows *= 2;
+		if (progress.narrow_rows >= M3TER_MAX_MEASUREMENTS)
+			progress.narrow_rows = 0;
+	}
+	if (c->group.n == 0)
+	{
+		MemoryContextDelete(c->group.cxt);
+		pfree(c);
+		return 0;
+	}
+	dlist_push_tail(&d->claims, &c->node);
+	d->n_claims++;
+	m3ter_sender_queue(&d->sender, &c->group, 0, c->group.n);
+	return c->group.n;
+}
+
+/*
+ * After a claim raised (called on the error path, outside any
+ * transaction): narrow the next claims, or fail the row that raised.
+ * Returns true when it marked a row failed.
+ */
+bool
+m3ter_delivery_claim_failed(M3terTxnMode mode, const char *message)
+{
+	int64		culprit = 0;
+	M3terDelivery d;
+
+	if (!progress.in_claim)
+		return false;
+	progress.in_claim = false;
+	if (progress.row_in_hand != 0 && progress.row_in_hand == progress.last_error_row)
+		culprit = progress.row_in_hand;	/* the same row raised twice */
+	else if (progress.narrow_rows == 1 && progress.row_in_hand != 0)
+		culprit = progress.row_in_hand;	/* a claim of one row raised */
+	progress.last_error_row = progress.row_in_hand;
+	progress.row_in_hand = 0;
+
+	if (culprit == 0)
+	{
+		progress.narrow_rows = progress.narrow_rows > 0 ? Max(progress.narrow_rows / 2, 1) :
+			Max(Min(m3ter_batch_rows, M3TER_MAX_MEASUREMENTS) / 2, 1);
+		return false;
+	}
+
+	memset(&d, 0, sizeof(d));
+	d.mode = mode;
+	begin_work(&d);
+	m3ter_outbox_fail_row(culprit, psprintf("the row could not be sent: %s", message));
+	end_work(&d);
+	progress.narrow_rows = 0;
+	progress.last_error_row = 0;
+	return true;
+}
+
+/*
+ * One step of delivery: write finished outcomes, claim what the free
+ * requests in flight can carry, start and wait for up to wait_ms.
+ * Returns true while there is more to do now; false once nothing is in
+ * flight and nothing more is due (or delivery stopped, or max_rows were
+ * claimed).
+ */
+bool
+m3ter_delivery_step(M3terDelivery *d, int wait_ms)
+{
+	int			free_requests;
+	bool		more = false;
+
+	write_outcomes(d);
+
+	free_requests = d->sender.max_in_flight - m3ter_sender_busy(&d->sender);
+	if (!d->sender.stopped && !d->stats.stopped && free_requests > 0 &&
+		(d->max_rows <= 0 || d->stats.claimed < d->max_rows) &&
+		!(d->wrap_wanted && d->n_claims > 0))
+	{
+		bool		short_claim;
+		int			got;
+
+		if (d->wrap_wanted)
+		{
+			/* nothing of ours in flight: start over from the front */
+			d->cursor_due = DT_NOBEGIN;
+			d->cursor_id = 0;
+			d->wrap_wanted = false;
+			d->wrapped = true;
+		}
+		got = claim(d, free_requests, &short_claim);
+		if (d->claim_lock_busy)
+			more = true;
+		else if (!short_claim)
+		{
+			more = true;
+			d->wrapped = false;
+		}
+		else if (d->wrapped && got == 0)
+			d->exhausted = true;	/* a pass from the front found nothing */
+		else
+		{
+			d->wrap_wanted = true;
+			d->wrapped = false;
+		}
+		if (got > 0)
+			d->exhausted = false;
+	}
+	if (d->sender.stopped)
+		d->stats.stopped = true;
+
+	m3ter_sender_pump(&d->sender, m3ter_sender_busy(&d->sender) > 0 ? wait_ms : 0);
+	write_outcomes(d);
+
+	if (d->sender.last_error != NULL && d->stats.error == NULL)
+		d->stats.error = d->sender.last_error;
+	if (m3ter_sender_busy(&d->sender) > 0 || d->n_claims > 0)
+		return true;
+	if (d->stats.stopped || (d->max_rows > 0 && d->stats.claimed >= d->max_rows))
+		return false;
+	return more || d->wrap_wanted;
+}
+
+/* Has the delivery found nothing more due (after a full pass from the front)? */
+bool
+m3ter_delivery_idle(const M3terDelivery *d)
+{
+	return d->exhausted && d->n_claims == 0 && m3ter_sender_busy(&d->sender) == 0;
+}

@@ -1,0 +1,234 @@
+/*-------------------------------------------------------------------------
+ *
+ * pacing.c
+ *		m3ter's rate limits, kept for the whole cluster.
+ *
+ * m3ter limits each API in two ways (M3TER_API.md): requests a second per
+ * Organization (50; over it, 429 for the rest of that second) and requests
+ * per rolling 5 minutes per source address (5,000 for ingest, 20,000 for
+ * the Config API).  Every process that sends (the workers, flushes,
+ * m3ter_submit) asks for a send slot here first, so together they stay
+ * under both:
+ *
+ *	- slots are spaced 1 / (rate × 0.96 × scale) seconds apart (a little
+ *	  headroom: requests arrive with jitter, and m3ter counts arrivals);
+ *	- a slot is only given while fewer than the 5-minute budget were given
+ *	  in the 300 seconds before it (counted in one-second buckets);
+ *	- adaptive: a 429 shows that something else spends the same budget
+ *	  (another server, the application itself), so the scale drops by a
+ *	  fifth and no slot is given for the rest of that second (or the
+ *	  Retry-After); each 2xx gives a little of it back.
+ *
+ * With the library preloaded the state lives in shared memory under one
+ * spinlock (held for a few dozen instructions); otherwise each process
+ * paces itself.  Slots are handed out without sleeping, so a process with
+ * requests in flight can keep serving their answers while it waits.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/timestamp.h"
+
+#include "m3ter.h"
+
+#define WINDOW_S 300
+#define MIN_SCALE 0.05
+#define SCALE_DOWN 0.8
+#define SCALE_UP 0.005
+/* slots a little under the limit: answers arrive with jitter, and m3ter counts arrivals */
+#define HEADROOM 0.96
+
+typedef struct PaceState
+{
+	TimestampTz next_slot;		/* earliest time for the next slot */
+	TimestampTz blocked_until;	/* after a 429: no slot before this */
+	double		scale;			/* adaptive share of the per-second rate */
+	int64		bucket_second[WINDOW_S];	/* which second each bucket counts */
+	int			bucket_count[WINDOW_S];
+	int64		throttled;		/* 429s seen */
+} PaceState;
+
+typedef struct PaceShared
+{
+	slock_t		mutex;
+	PaceState	api[2];
+} PaceShared;
+
+static PaceShared *pace_shared = NULL;
+static PaceState local_state[2];
+static bool local_ready = false;
+
+/* Shared memory this file needs */
+Size
+m3ter_pacing_shmem_size(void)
+{
+	return MAXALIGN(sizeof(PaceShared));
+}
+
+/* Create or attach the shared state (in the shmem startup hook) */
+void
+m3ter_pacing_shmem_init(void)
+{
+	bool		found;
+
+	pace_shared = ShmemInitStruct("m3ter pacing", sizeof(PaceShared), &found);
+	if (!found)
+	{
+		memset(pace_shared, 0, sizeof(PaceShared));
+		SpinLockInit(&pace_shared->mutex);
+		pace_shared->api[0].scale = pace_shared->api[1].scale = 1.0;
+	}
+}
+
+/* The state of an API, locked when shared; m3ter_pacing_unlock() releases */
+static PaceState *
+lock_state(M3terApi api)
+{
+	if (pace_shared != NULL)
+	{
+		SpinLockAcquire(&pace_shared->mutex);
+		return &pace_shared->api[api];
+	}
+	if (!local_ready)
+	{
+		memset(local_state, 0, sizeof(local_state));
+		local_state[0].scale = local_state[1].scale = 1.0;
+		local_ready = true;
+	}
+	return &local_state[api];
+}
+
+static void
+unlock_state(void)
+{
+	if (pace_shared != NULL)
+		SpinLockRelease(&pace_shared->mutex);
+}
+
+/* The per-second rate and the 5-minute budget of an API (0: no limit) */
+static void
+limits(M3terApi api, int *per_second, int *per_window)
+{
+	*per_second = m3ter_max_requests_per_second;
+	*per_window = api == M3TER_INGEST_API ? m3ter_max_requests_per_5min :
+		m3ter_max_requests_per_5min * 4;
+}
+
+/* Requests counted in the window that ends at second sec */
+static int
+window_count(PaceState *st, int64 sec)
+{
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < WINDOW_S; i++)
+		if (st->bucket_second[i] > sec - WINDOW_S && st->bucket_second[i] <= sec)
+			n += st->bucket_count[i];
+	return n;
+}
+
+/*
+ * Ask for a send slot no later than now + horizon_ms.  Returns true and
+ * takes it, or false with *wait_ms set to how long until one may be had.
+ */
+bool
+m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz slot;
+	PaceState  *st;
+	int			per_second;
+	int			per_window;
+	int64		sec;
+	bool		ok = true;
+
+	limits(api, &per_second, &per_window);
+	*wait_ms = 0;
+	if (per_second <= 0 && per_window <= 0)
+		return true;
+
+	st = lock_state(api);
+	slot = Max(now, Max(st->next_slot, st->blocked_until));
+	sec = slot / USECS_PER_SEC;
+	if (per_window > 0 && window_count(st, sec) >= per_window)
+	{
+		/* the budget is spent: the next slot is when its oldest second leaves */
+		int64		oldest = sec;
+		int			i;
+
+		for (i = 0; i < WINDOW_S; i++)
+			if (st->bucket_second[i] > sec - WINDOW_S && st->bucket_count[i] > 0)
+				oldest = Min(oldest, st->bucket_second[i]);
+		slot = Max(slot, (oldest + WINDOW_S) * USECS_PER_SEC);
+		sec = slot / USECS_PER_SEC;
+	}
+	if (slot > now + (int64) horizon_ms * 1000)
+	{
+		ok = false;
+		*wait_ms = (int) Min((slot - now + 999) / 1000, (int64) INT_MAX);
+	}
+	else
+	{
+		int			b = (int) (sec % WINDOW_S);
+
+		if (per_second > 0)
+			st->next_slot = slot + (int64) (USECS_PER_SEC / (per_second * HEADROOM * st->scale));
+		if (st->bucket_second[b] != sec)
+		{
+			st->bucket_second[b] = sec;
+			st->bucket_count[b] = 0;
+		}
+		st->bucket_count[b]++;
+	}
+	unlock_state();
+	return ok;
+}
+
+/* Wait for a send slot, staying responsive to cancel and shutdown */
+void
+m3ter_pace(M3terApi api)
+{
+	int			wait_ms;
+
+	while (!m3ter_pace_try(api, 0, &wait_ms))
+		m3ter_sleep_ms(wait_ms);
+}
+
+/* Tell the pacer how a request went: 429s slow everyone down, 2xx recover */
+void
+m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms)
+{
+	PaceState  *st;
+
+	if (status != 429 && (status < 200 || status >= 300))
+		return;
+	st = lock_state(api);
+	if (status == 429)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		TimestampTz next_second = (now / USECS_PER_SEC + 1) * USECS_PER_SEC;
+		TimestampTz until = Max(next_second,
+								now + (int64) Max(retry_after_ms, 0) * 1000);
+
+		st->scale = Max(MIN_SCALE, st->scale * SCALE_DOWN);
+		st->blocked_until = Max(st->blocked_until, until);
+		st->throttled++;
+	}
+	else if (st->scale < 1.0)
+		st->scale = Min(1.0, st->scale + SCALE_UP);
+	unlock_state();
+}
+
+/* The adaptive scale and the 429s seen, for the status function */
+void
+m3ter_pace_figures(M3terApi api, double *scale, int64 *throttled)
+{
+	PaceState  *st = lock_state(api);
+
+	*scale = st->scale;
+	*throttled = st->throttled;
+	unlock_state();
+}
