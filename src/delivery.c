@@ -383,8 +383,8 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 			int			k = c->group.n;
 
 			old = MemoryContextSwitchTo(row_cxt);
-			m3ter_outbox_read_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &row);
-			progress.row_in_hand = row.id;
+			m3ter_outbox_read_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &row,
+								  &progress.row_in_hand);
 			verdict = among(others, n_others, row.id) ? NULL :
 				m3ter_catalog_verdict(&row.m, &hold);
 			if (!among(others, n_others, row.id) && verdict == NULL)
@@ -511,7 +511,6 @@ bool
 m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 {
 	int			free_requests;
-	bool		more = false;
 
 	write_outcomes(d);
 
@@ -533,12 +532,9 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 		}
 		got = claim(d, free_requests, &short_claim);
 		if (d->claim_lock_busy)
-			more = true;
+			;					/* try again on the next step */
 		else if (!short_claim)
-		{
-			more = true;
 			d->wrapped = false;
-		}
 		else if (d->wrapped && got == 0)
 			d->exhausted = true;	/* a pass from the front found nothing */
 		else
@@ -552,7 +548,12 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 	if (d->sender.stopped)
 		d->stats.stopped = true;
 
+	/* answers are classified (and m3ter's text converted) inside a transaction */
+	if (d->mode == M3TER_TXN_WORKER)
+		StartTransactionCommand();
 	m3ter_sender_pump(&d->sender, m3ter_sender_busy(&d->sender) > 0 ? wait_ms : 0);
+	if (d->mode == M3TER_TXN_WORKER)
+		CommitTransactionCommand();
 	write_outcomes(d);
 
 	if (d->sender.last_error != NULL && d->stats.error == NULL)
@@ -561,7 +562,7 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 		return true;
 	if (d->stats.stopped || (d->max_rows > 0 && d->stats.claimed >= d->max_rows))
 		return false;
-	return more || d->wrap_wanted;
+	return !d->exhausted;
 }
 
 /* Has the delivery found nothing more due (after a full pass from the front)? */

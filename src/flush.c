@@ -26,6 +26,7 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "utils/builtins.h"
@@ -194,9 +195,15 @@ m3ter_flush_procedure(PG_FUNCTION_ARGS)
 	PG_END_TRY();
 	MemoryContextSwitchTo(caller);
 	{
-		Datum		result = stats_jsonb(&stats);
+		/* a procedure with an output parameter returns a record */
+		TupleDesc	tupdesc;
+		Datum		values[1];
+		bool		nulls[1] = {false};
 
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		values[0] = stats_jsonb(&stats);
 		SPI_finish();
-		PG_RETURN_DATUM(result);
+		PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 	}
 }

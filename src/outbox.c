@@ -241,10 +241,11 @@ m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit)
 
 /*
  * Read one claimed row of the current SPI tuple table into *row; the
- * strings and maps are palloc'd in the current context.
+ * strings and maps are palloc'd in the current context.  *reading gets
+ * the row's id first, so an error while reading it can name the row.
  */
 void
-m3ter_outbox_read_row(HeapTuple tup, TupleDesc desc, M3terOutboxRow *row)
+m3ter_outbox_read_row(HeapTuple tup, TupleDesc desc, M3terOutboxRow *row, int64 *reading)
 {
 	M3terMeasurement *m = &row->m;
 	bool		isnull;
@@ -252,6 +253,7 @@ m3ter_outbox_read_row(HeapTuple tup, TupleDesc desc, M3terOutboxRow *row)
 	int			k;
 
 	row->id = DatumGetInt64(SPI_getbinval(tup, desc, COL_ID, &isnull));
+	*reading = row->id;			/* known before anything else can raise */
 	row->attempts = DatumGetInt32(SPI_getbinval(tup, desc, COL_ATTEMPTS, &isnull));
 	row->due = DatumGetTimestampTz(SPI_getbinval(tup, desc, COL_DUE, &isnull));
 	m->uid = TextDatumGetCString(SPI_getbinval(tup, desc, COL_UID, &isnull));

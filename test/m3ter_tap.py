@@ -181,7 +181,9 @@ def reset(db="postgres"):
     standin("POST", "/_control/reset")
     psql("DELETE FROM m3ter.outbox", db)
     for k in ("worker_enabled", "max_requests_per_second", "org_id", "retention", "batch_rows",
-              "worker_naptime", "worker_idle_naptime", "retry_max_delay", "request_timeout", "max_attempts"):
+              "worker_naptime", "worker_idle_naptime", "retry_max_delay", "request_timeout", "max_attempts",
+              "max_in_flight", "give_up_after", "claim_bytes", "test_fault_uid", "max_requests_per_5min",
+              "ingest_url"):
         psql("ALTER SYSTEM RESET m3ter.%s" % k)
     psql("ALTER SYSTEM SET m3ter.worker_idle_naptime = '1s'")
     psql("SELECT pg_reload_conf()")
@@ -219,3 +221,35 @@ def server_crashed_since(offset):
 
 def log_offset():
     return os.path.getsize(LOG_FILE)
+
+
+# rows per reliability scenario
+ROWS = int(os.environ.get("RELIABILITY_ROWS", 3000))
+
+
+def scenario(name, prefix, faults=(), config=None, settings=None, rows=ROWS, during=None,
+             expect_failed=0, timeout=90, extra="", extra_rows=0):
+    """Insert rows (and extra_rows that during() inserts), drain them under the faults, check them."""
+    reset()
+    set_and_reload(**dict({"max_requests_per_second": "0", "retry_max_delay": "1s", "worker_enabled": "off"},
+                          **(settings or {})))
+    if config:
+        standin("POST", "/_control/config", config)
+    if faults:
+        standin("POST", "/_control/faults", {"faults": list(faults)})
+    insert_usage(rows, prefix, extra=extra)
+    set_and_reload(worker_enabled=None)
+    if during:
+        during()
+    drained = wait_until(lambda: scalar("SELECT count(*) FROM m3ter.outbox WHERE status = 'pending'") == "0",
+                         timeout=timeout, interval=0.2)
+    ok(drained, "%s: nothing is left pending" % name, outbox_counts())
+    row = record_scenario(name, rows + extra_rows, prefix, expect_failed=expect_failed)
+    set_and_reload(retry_max_delay=None, max_requests_per_second=None)
+    return row
+
+
+def fault(**kw):
+    return dict({"match": "/measurements"}, **kw)
+
+

@@ -19,11 +19,12 @@ start = log_offset()
 
 
 def slow_drain(prefix, rows):
-    """A backlog drained slowly (each answer after 0.3 s), so crashes land mid-request."""
+    """A backlog drained slowly (one request in flight, each answer after 0.5 s), so
+    crashes land mid-request."""
     reset()
-    set_and_reload(worker_enabled="off", batch_rows="2000", max_requests_per_second="0")
+    set_and_reload(worker_enabled="off", batch_rows="1000", max_in_flight="1", max_requests_per_second="0")
     insert_usage(rows, prefix)
-    standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "delay": 0.3, "count": 100000}]})
+    standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "delay": 0.5, "count": 100000}]})
     set_and_reload(worker_enabled=None)
 
 

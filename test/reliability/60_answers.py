@@ -1,0 +1,76 @@
+"""Answers m3ter does not document for ingest, and odd pages from whatever sits
+in between: nothing but a row-level 400 may fail rows.  401 and a stale-token
+403 get one fresh token and one more try; redirects, 404, 405 and other
+unexpected statuses stop delivery with the rows pending and the reason noted,
+without a storm of requests; an HTML 502 from a proxy is retried like any 502;
+a token endpoint that is down spends no attempt."""
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from m3ter_tap import *  # noqa: E402,F401,F403
+
+N = 200
+
+
+def stopping_answer(name, prefix, status, body, headers_note):
+    """status answers every ingest request for a while: delivery stops, then resumes."""
+    reset()
+    set_and_reload(worker_enabled="off", max_requests_per_second="0", worker_idle_naptime="1s")
+    insert_usage(N, prefix)
+    standin("POST", "/_control/faults", {"faults": [fault(status=status, body=body, count=100000)]})
+    set_and_reload(worker_enabled=None)
+    ok(wait_until(lambda: scalar("SELECT count(*) FROM m3ter.outbox WHERE http_status = %d" % status) == str(N),
+                  timeout=20), "%s: the rows get the status noted" % name, outbox_counts())
+    time.sleep(2.5)
+    counts = outbox_counts()
+    is_(counts["failed"], 0, "%s: no row is failed" % name)
+    is_(scalar("SELECT max(attempts) FROM m3ter.outbox"), "0", "%s: no attempt is spent" % name)
+    error = scalar("SELECT DISTINCT error FROM m3ter.outbox")
+    ok(headers_note in error, "%s: the reason says what happened" % name, error)
+    sent = len(ingest_requests())
+    # one pass a second while stopped (idle naptime 1 s), a request or two each: no storm
+    ok(sent <= 12, "%s: %d requests in about 3 s, not a split storm" % (name, sent), sent)
+    standin("POST", "/_control/faults", {"clear": True})
+    ok(wait_until(lambda: outbox_counts()["accepted"] == N, timeout=20),
+       "%s: delivered once the answers are right again" % name, outbox_counts())
+    record_scenario(name, N, prefix)
+
+
+stopping_answer("401 on every ingest request", "a401-", 401, {"message": "Unauthorized"}, "HTTP 401")
+stopping_answer("301 redirect (an http:// URL)", "a301-", 301,
+                "<html><body>301 Moved Permanently</body></html>", "redirect")
+stopping_answer("405 Method Not Allowed", "a405-", 405, {"message": "Method Not Allowed"}, "HTTP 405")
+stopping_answer("400 HTML page from a proxy", "a400html-", 400,
+                "<html><body><h1>400 Bad Request</h1></body></html>", "not m3ter's JSON")
+
+# a single 401: one fresh token, the same request again, nothing stops
+reset()
+set_and_reload(max_requests_per_second="0")
+standin("POST", "/_control/faults", {"faults": [fault(status=401, count=1)]})
+insert_usage(N, "a401once-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == N, timeout=20), "one 401: the rows are delivered")
+statuses = [r["status"] for r in ingest_requests()]
+is_(statuses, [401, 200], "one 401: a fresh token and one more try")
+record_scenario("a single 401 (fresh token, one retry)", N, "a401once-")
+
+# an HTML 502 from a proxy is a 502: retried, delivered
+scenario("502 HTML page from a proxy", "a502html-",
+         [fault(status=502, body="<html><body>502 Bad Gateway</body></html>", count=3)])
+
+# the token endpoint down: nothing is sent, no attempt is spent, then delivery goes on
+reset()
+set_and_reload(worker_enabled="off", max_requests_per_second="0", retry_max_delay="1s")
+standin("POST", "/_control/config", {"expire_tokens": True})
+standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "status": 503, "count": 4}]})
+insert_usage(N, "atoken-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == N, timeout=60), "token endpoint down: delivered once it is back",
+   outbox_counts())
+token_503 = sum(1 for r in standin("GET", "/_control/requests") if r["path"] == "/oauth/token" and r["status"] == 503)
+is_(token_503, 4, "token endpoint down: the four failures were waited out")
+is_(scalar("SELECT max(attempts) FROM m3ter.outbox WHERE uid LIKE 'atoken-%'"), "1",
+    "token endpoint down: each row counts one attempt, the one that delivered it")
+record_scenario("token endpoint down (4 × 503)", N, "atoken-")
+done()
