@@ -185,12 +185,19 @@ note "Depends: $depends"
 ok $? "it depends on libcurl, cJSON and PostgreSQL $M3TER_PG_VERSION"
 
 # ---- install --------------------------------------------------------------
+# m3ter files already there (a make install): the package takes over those it holds
+m3ter_files() {
+    find /usr/lib/postgresql /usr/share/postgresql /usr/share/doc -path '*m3ter*' \
+        \( ! -type d -o -type d -empty \) 2>/dev/null | sort
+}
+m3ter_files >"$BUILD/before"
 (cd "$BUILD" && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install --reinstall -y "./$(basename "$deb")") \
     >"$BUILD/install.log" 2>&1
 rc=$?
 [ $rc -eq 0 ] && installed=1
 dpkg-query -W -f='${Status}' "$PKG" 2>/dev/null | grep -q "install ok installed"
 ok $((rc + $?)) "apt-get install ./$(basename "$deb")" "$BUILD/install.log" || bail "the package does not install"
+dpkg -L "$PKG" | sort >"$BUILD/owned"
 
 # ---- the main job from the installed package ------------------------------
 m3ter_start_standin >&2
@@ -261,9 +268,21 @@ rc=$?
 ok $rc "apt-get remove --purge $PKG" "$BUILD/remove.log"
 ! dpkg -L "$PKG" 2>/dev/null | grep -q m3ter
 ok $? "dpkg lists no file of it any more"
-find /usr/lib/postgresql /usr/share/postgresql /usr/share/doc -name '*m3ter*' >"$BUILD/left" 2>/dev/null
+while read -r f; do
+    [ -e "$f" ] && [ ! -d "$f" ] && echo "$f"
+done <"$BUILD/owned" >"$BUILD/left-owned"
+[ ! -s "$BUILD/left-owned" ]
+ok $? "every file the package installed is gone" "$BUILD/left-owned"
+# m3ter files that were there before and are not the package's (a make install of
+# other sources) are not dpkg's to remove; anything else left is a failure
+comm -23 "$BUILD/before" "$BUILD/owned" >"$BUILD/foreign"
+m3ter_files | comm -23 - "$BUILD/foreign" >"$BUILD/left"
 [ ! -s "$BUILD/left" ]
 ok $? "no m3ter file is left under /usr/lib/postgresql, /usr/share/postgresql or /usr/share/doc" "$BUILD/left"
+if [ -s "$BUILD/foreign" ]; then
+    note "not the package's, left as they were (installed before by make install of other sources):"
+    sed 's/^/#   /' "$BUILD/foreign"
+fi
 
 echo "1..$ntests"
 [ "$nfailed" -eq 0 ]
