@@ -13,10 +13,12 @@
 #    CREATE EXTENSION, usage rows into m3ter.outbox, all accepted and received.
 # 4. `apt-get remove --purge`: no m3ter file is left under /usr/lib/postgresql,
 #    /usr/share/postgresql or /usr/share/doc.
+# 5. The PGXN distribution (a zip of the same files) installs with `pgxn install`
+#    and goes again with `pgxn uninstall`.
 #
 # It installs into and removes from the system's PostgreSQL directories (also the
 # files a `make install` put there), so test/run.sh runs it last.  Needs root or
-# sudo; installs its build tools with apt-get when missing.  About a minute.
+# sudo; installs its build tools with apt-get when missing.  Under a minute.
 #
 #   test/package.sh              or as a suite: test/run.sh package
 
@@ -29,7 +31,7 @@ set +e
 PKG=postgresql-$M3TER_PG_VERSION-m3ter
 PKG_TOOLS="build-essential dpkg-dev debhelper fakeroot lintian postgresql-server-dev-all \
 libcurl4-openssl-dev libcjson-dev postgresql-$M3TER_PG_VERSION postgresql-server-dev-$M3TER_PG_VERSION \
-python3 curl git"
+pgxnclient python3 curl git"
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO=sudo
 
@@ -144,6 +146,18 @@ if git -C "$M3TER_ROOT" rev-parse --git-dir >/dev/null 2>&1; then
 else
     cp -a "$M3TER_ROOT/." "$BUILD/m3ter/"
 fi
+# the PGXN distribution of the same files, as `git archive --format=zip --prefix=m3ter-X.Y.Z/` makes it
+dist=m3ter-$(python3 -c 'import json; print(json.load(open("META.json"))["version"])')
+python3 - "$BUILD/m3ter" "$BUILD/$dist.zip" "$dist" <<'EOF'
+import os, sys, zipfile
+src, out, prefix = sys.argv[1:]
+with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+    for root, _, files in os.walk(src):
+        for f in sorted(files):
+            path = os.path.join(root, f)
+            z.write(path, os.path.join(prefix, os.path.relpath(path, src)))
+EOF
+
 note "building $PKG in $BUILD"
 t0=$(date +%s)
 (cd "$BUILD/m3ter" && dpkg-buildpackage -us -uc) >"$BUILD/build.log" 2>&1
@@ -283,6 +297,22 @@ if [ -s "$BUILD/foreign" ]; then
     note "not the package's, left as they were (installed before by make install of other sources):"
     sed 's/^/#   /' "$BUILD/foreign"
 fi
+
+# ---- PGXN -----------------------------------------------------------------
+# the distribution installs with the PGXN client (it reads META.json) and uninstalls
+pgxn_sudo=--nosudo
+[ "$(id -u)" -ne 0 ] && pgxn_sudo=--sudo
+(cd "$BUILD" && pgxn install --yes --make make $pgxn_sudo --pg_config "$(m3ter_pg_config)" "./$dist.zip") \
+    >"$BUILD/pgxn.log" 2>&1
+rc=$?
+[ -f "$extdir/m3ter--$default_version.sql" ] && [ -f "$libdir/m3ter.so" ]
+ok $((rc + $?)) "pgxn install ./$dist.zip builds and installs it" "$BUILD/pgxn.log"
+(cd "$BUILD" && pgxn uninstall --yes --make make $pgxn_sudo --pg_config "$(m3ter_pg_config)" "./$dist.zip") \
+    >>"$BUILD/pgxn.log" 2>&1
+rc=$?
+m3ter_files | grep -v '^/usr/share/doc/' | comm -23 - "$BUILD/foreign" >"$BUILD/left"
+[ ! -s "$BUILD/left" ]
+ok $((rc + $?)) "pgxn uninstall removes it again" "$BUILD/left"
 
 echo "1..$ntests"
 [ "$nfailed" -eq 0 ]
