@@ -3,15 +3,18 @@
 # installs the extension, starts the m3ter stand-in and a throwaway cluster,
 # then runs pg_regress (sql/), pgTAP (test/pgtap/), the end-to-end outbox tests
 # (test/e2e/) and the reliability suite (test/reliability/: faults, crashes,
-# hostile input, secrets, load), and prints the reliability summary.
+# hostile input, secrets, load), and prints the reliability summary; last, the
+# package suite (test/package.sh: builds, installs, runs and purges the Debian
+# package in the system's PostgreSQL directories).
 #
 #   test/run.sh                    everything
-#   test/run.sh reliability        only the named suites (regress pgtap e2e reliability)
+#   test/run.sh reliability        only the named suites (regress pgtap e2e reliability package)
 #
 # Exits non-zero if any test fails.  test/valgrind.sh runs suites with the server under valgrind.
 source "$(dirname "$0")/lib.sh"
 
-suites=${*:-regress pgtap e2e reliability}
+# package last: it installs into and removes from the system's PostgreSQL directories
+suites=${*:-regress pgtap e2e reliability package}
 m3ter_start
 
 passed=0
@@ -38,7 +41,9 @@ tap_suite() {
 cd "$M3TER_ROOT"
 if wants regress; then
     log "pg_regress: the SQL surface and its errors"
-    if make -s PG_CONFIG="$(m3ter_pg_config)" installcheck >"$M3TER_TMP/regress.out" 2>&1; then
+    # every suite, those that need the stand-in included (see REGRESS_STANDIN in the Makefile)
+    if make -s PG_CONFIG="$(m3ter_pg_config)" installcheck REGRESS='$(REGRESS_ALL)' \
+        >"$M3TER_TMP/regress.out" 2>&1; then
         cat "$M3TER_TMP/regress.out"
         count "$(grep -cE '^(ok|test) ' "$M3TER_TMP/regress.out" || true)" 0
     else
@@ -74,6 +79,11 @@ if [ -n "${M3TER_VALGRIND:-}" ]; then
     log "valgrind: reports raised in or just under the extension's code"
     n=$(python3 test/valgrind_reports.py "$M3TER_TMP"/valgrind.*)
     count 0 "$n"
+fi
+
+if wants package; then
+    log "package: the Debian package built, installed, run and purged; META.json"
+    tap_suite package prove --comments -e bash test/package.sh
 fi
 
 [ "$passed" -gt 0 ] || count 0 1
