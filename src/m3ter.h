@@ -5,9 +5,11 @@
  *
  * The extension is split by concern:
  *	m3ter.c			module entry, settings (GUCs)
- *	json.c			cJSON memory hooks and answer helpers
+ *	json.c			cJSON helpers; text between the database encoding and UTF-8
  *	http.c			one HTTP exchange over libcurl, interruptible
  *	oauth.c			OAuth2 client-credentials token cache
+ *	credentials.c	the credentials: settings or m3ter.credentials_file
+ *	version.c		the installed SQL version against the library's
  *	client.c		m3ter's error and retry rules around http.c, pacing
  *	measurement.c	measurement validation, compact JSON and request packing
  *	meter.c			Config API functions (meters, organization config)
@@ -26,6 +28,8 @@
 #define M3TER_H
 
 #include "postgres.h"
+
+#include "compat.h"
 
 #include "lib/stringinfo.h"
 #include "utils/jsonb.h"
@@ -49,6 +53,7 @@
 extern char *m3ter_org_id;
 extern char *m3ter_access_key_id;
 extern char *m3ter_api_secret;
+extern char *m3ter_credentials_file;
 extern char *m3ter_api_url;
 extern char *m3ter_ingest_url;
 extern int	m3ter_request_timeout_ms;
@@ -83,12 +88,24 @@ extern void m3ter_http_exchange(const char *method, const char *url,
 								const char *body, size_t body_len,
 								M3terHttpResponse *response);
 
+/* ---- json.c: text between the database encoding and m3ter's UTF-8 ---- */
+extern char *m3ter_utf8_to_server(const char *s, int len, bool json);
+extern char *m3ter_server_to_utf8(const char *s, int len, const char *what);
+
 /* ---- oauth.c ---- */
 extern const char *m3ter_cached_token(void);
 extern void m3ter_store_token(const char *token, int expires_in_s);
 extern void m3ter_forget_token(void);
+
+/* ---- credentials.c ---- */
 extern char *m3ter_basic_credentials(void);
 extern void m3ter_require_credentials(void);
+extern uint32 m3ter_credentials_fingerprint(void);
+extern void m3ter_credentials_file_changed(void);
+
+/* ---- version.c ---- */
+extern void m3ter_require_installed_version(void);
+extern bool m3ter_installed_version_ok(char **why);
 
 /* ---- client.c ---- */
 typedef enum M3terApi
@@ -120,8 +137,8 @@ typedef struct M3terCallResult
 extern void m3ter_call(M3terApi api, const char *method, const char *path,
 					   const char *body, size_t body_len, int max_retries,
 					   M3terCallResult *result);
-extern void m3ter_raise_call_error(const M3terCallResult *result,
-								   const char *what) pg_attribute_noreturn();
+pg_noreturn extern void m3ter_raise_call_error(const M3terCallResult *result,
+											   const char *what);
 extern int	m3ter_backoff_ms(int attempt, int retry_after_ms);
 extern void m3ter_sleep_ms(int ms);
 extern char *m3ter_org_path(const char *suffix);

@@ -61,8 +61,8 @@ m3ter_build() {
     log "building and installing the extension"
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo=sudo
-    make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" >/dev/null
-    $sudo make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" install >/dev/null
+    make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" COPT=-Werror >/dev/null
+    $sudo make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" COPT=-Werror install >/dev/null
 }
 
 # Run a command as the cluster's OS user (PostgreSQL refuses to run as root)
