@@ -2,3 +2,10 @@
 
 -- complain if script is sourced in psql, rather than via ALTER EXTENSION
 \echo Use "ALTER EXTENSION m3ter UPDATE TO '1.1'" to load this file. \quit
+
+--
+-- pg_dump (1.1): the outbox is data, not part of the extension's definition;
+-- dumps carry its rows and the position of its id sequence.
+--
+SELECT pg_catalog.pg_extension_config_dump('m3ter.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('m3ter.outbox_id_seq', '');

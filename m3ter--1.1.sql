@@ -5,7 +5,25 @@
 
 -- The schema m3ter holds the outbox and the internal helpers; the functions
 -- users call live in the extension's schema (public by default).
-CREATE SCHEMA m3ter;
+
+--
+-- Schema (1.1): CREATE EXTENSION m3ter SCHEMA m3ter puts everything in the
+-- schema m3ter; any other target schema needs m3ter free for the internals.
+--
+DO $m3ter$
+BEGIN
+    -- during CREATE EXTENSION the target schema is first on the search_path
+    IF current_schema() IS DISTINCT FROM 'm3ter' THEN
+        IF EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'm3ter') THEN
+            RAISE EXCEPTION 'schema "m3ter" already exists'
+                USING ERRCODE = 'duplicate_schema',
+                      DETAIL = 'The extension m3ter keeps its outbox and internal functions in a schema named m3ter.',
+                      HINT = 'Install the extension into that schema (CREATE EXTENSION m3ter SCHEMA m3ter), or drop or rename it.';
+        END IF;
+        CREATE SCHEMA m3ter;
+    END IF;
+END
+$m3ter$;
 
 --
 -- Internal helpers
@@ -70,6 +88,13 @@ COMMENT ON COLUMN m3ter.outbox.next_attempt_at IS 'A pending row is not sent bef
 
 -- Pending rows in delivery order (oldest first), for the claim query
 CREATE INDEX outbox_pending_idx ON m3ter.outbox (id) WHERE status = 'pending';
+
+--
+-- pg_dump (1.1): the outbox is data, not part of the extension's definition;
+-- dumps carry its rows and the position of its id sequence.
+--
+SELECT pg_catalog.pg_extension_config_dump('m3ter.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('m3ter.outbox_id_seq', '');
 
 --
 -- Functions users call
