@@ -1,4 +1,7 @@
 \pset format unaligned
+-- The library is loaded first, as preloading does: until a session loads it,
+-- m3ter.* values from postgresql.conf are placeholders (see the README)
+LOAD 'm3ter';
 -- What CREATE EXTENSION installs, and who may use it
 SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args, n.nspname
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
