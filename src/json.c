@@ -21,7 +21,8 @@
  *	  A character the database encoding cannot hold is written as the six
  *	  characters \uXXXX (\UXXXXXXXX beyond the BMP; in JSON text, as an
  *	  escaped backslash so the value holds those characters); bytes that are
- *	  not UTF-8 become '?'.  A SQL_ASCII database gets the UTF-8 as it is.
+ *	  not UTF-8 become '?'.  A SQL_ASCII database gets the UTF-8 as it is
+ *	  (its invalid bytes as '?' too), clipped on UTF-8 character boundaries.
  *
  *-------------------------------------------------------------------------
  */
@@ -95,11 +96,11 @@ m3ter_utf8_to_server(const char *s, int len, bool json)
 	Oid			proc = InvalidOid;
 	unsigned char *buf = NULL;
 
-	if (enc == PG_SQL_ASCII || !has_high_bit(s, len))
+	if (!has_high_bit(s, len))
 		return pnstrdup(s, len);
 
 	initStringInfo(&out);
-	if (enc != PG_UTF8)
+	if (enc != PG_UTF8 && enc != PG_SQL_ASCII)
 	{
 		proc = FindDefaultConversionProc(PG_UTF8, enc);
 		if (!OidIsValid(proc))
@@ -122,7 +123,7 @@ m3ter_utf8_to_server(const char *s, int len, bool json)
 			appendBinaryStringInfo(&out, (const char *) run, p - run);
 			continue;
 		}
-		if (enc == PG_UTF8)
+		if (enc == PG_UTF8 || enc == PG_SQL_ASCII)
 		{
 			int			l = pg_utf_mblen(p);
 
@@ -187,6 +188,21 @@ m3ter_server_to_utf8(const char *s, int len, const char *what)
 	return pg_server_to_any(s, len, PG_UTF8);
 }
 
+/*
+ * How many bytes of s to keep for at most limit bytes on a character
+ * boundary: of the database encoding, or of UTF-8 in a SQL_ASCII database,
+ * whose text from m3ter is kept as UTF-8.
+ */
+static int
+clip_length(const char *s, int limit)
+{
+	int			len = strlen(s);
+
+	if (GetDatabaseEncoding() == PG_SQL_ASCII)
+		return pg_encoding_mbcliplen(PG_UTF8, s, len, limit);
+	return pg_mbcliplen(s, len, limit);
+}
+
 /* The message of a parsed answer (root may be NULL), converted, unclipped */
 static char *
 message_text(const cJSON *root, const char *body)
@@ -223,7 +239,7 @@ m3ter_answer_message(const char *body)
 		cJSON_Delete(root);
 	}
 	PG_END_TRY();
-	msg[pg_mbcliplen(msg, strlen(msg), M3TER_MESSAGE_MAX_BYTES)] = '\0';
+	msg[clip_length(msg, M3TER_MESSAGE_MAX_BYTES)] = '\0';
 	return msg;
 }
 
@@ -243,7 +259,7 @@ m3ter_parse_answer(const char *body, const char *what)
 	{
 		char	   *start = m3ter_utf8_to_server(body, strnlen(body, 200), false);
 
-		start[pg_mbcliplen(start, strlen(start), 200)] = '\0';
+		start[clip_length(start, 200)] = '\0';
 		ereport(ERROR,
 				(errcode(ERRCODE_M3TER_SERVER),
 				 errmsg("m3ter answered %s with a body that is not JSON", what),
