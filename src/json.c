@@ -17,11 +17,11 @@
  *	  encoding but SQL_ASCII converts to UTF-8 without loss.  A SQL_ASCII
  *	  database declares no encoding, so its text is taken to be UTF-8 and
  *	  refused when it is not.
- *	- m3ter_utf8_to_server(): text coming back (m3ter's messages, meters).
+ *	- m3ter_utf8_to_server(): text coming back (m3ter's messages, meters;
+ *	  parsed answers are converted key by key and string by string).
  *	  A character the database encoding cannot hold is written as the six
- *	  characters \uXXXX (\UXXXXXXXX beyond the BMP; in JSON text, as an
- *	  escaped backslash so the value holds those characters); bytes that are
- *	  not UTF-8 become '?'.  A SQL_ASCII database gets the UTF-8 as it is
+ *	  characters \uXXXX (\UXXXXXXXX beyond the BMP); bytes that are not
+ *	  UTF-8 become '?'.  A SQL_ASCII database gets the UTF-8 as it is
  *	  (its invalid bytes as '?' too), clipped on UTF-8 character boundaries.
  *
  *-------------------------------------------------------------------------
@@ -59,7 +59,7 @@ has_high_bit(const char *s, int len)
 /* Append the stand-in text for the character (or invalid byte) at p */
 static void
 append_unconvertible(StringInfo out, const unsigned char *p, int avail,
-					 bool json, int *used)
+					 int *used)
 {
 	int			l = pg_utf_mblen(p);
 
@@ -68,9 +68,9 @@ append_unconvertible(StringInfo out, const unsigned char *p, int avail,
 		pg_wchar	c = utf8_to_unicode(p);
 
 		if (c > 0xFFFF)
-			appendStringInfo(out, json ? "\\\\U%08X" : "\\U%08X", c);
+			appendStringInfo(out, "\\U%08X", c);
 		else
-			appendStringInfo(out, json ? "\\\\u%04X" : "\\u%04X", c);
+			appendStringInfo(out, "\\u%04X", c);
 		*used = l;
 	}
 	else
@@ -82,12 +82,11 @@ append_unconvertible(StringInfo out, const unsigned char *p, int avail,
 
 /*
  * UTF-8 text from m3ter (len bytes) in the database encoding, palloc'd and
- * NUL-terminated.  json says the text is JSON, whose strings then hold the
- * escapes.  Needs a transaction when the database encoding is neither UTF8
- * nor SQL_ASCII.
+ * NUL-terminated.  Needs a transaction when the database encoding is neither
+ * UTF8 nor SQL_ASCII.
  */
 char *
-m3ter_utf8_to_server(const char *s, int len, bool json)
+m3ter_utf8_to_server(const char *s, int len)
 {
 	int			enc = GetDatabaseEncoding();
 	const unsigned char *p = (const unsigned char *) s;
@@ -155,7 +154,7 @@ m3ter_utf8_to_server(const char *s, int len, bool json)
 			if (chunk_end < end && p + pg_utf_mblen(p) > chunk_end)
 				continue;
 		}
-		append_unconvertible(&out, p, end - p, json, &used);
+		append_unconvertible(&out, p, end - p, &used);
 		p += used;
 	}
 	if (buf != NULL)
@@ -213,7 +212,7 @@ message_text(const cJSON *root, const char *body)
 	if (cJSON_IsString(m) && m->valuestring != NULL)
 		raw = m->valuestring;
 	/* no more than 4 bytes of UTF-8 per character kept are needed */
-	return m3ter_utf8_to_server(raw, strnlen(raw, M3TER_MESSAGE_MAX_BYTES * 4), false);
+	return m3ter_utf8_to_server(raw, strnlen(raw, M3TER_MESSAGE_MAX_BYTES * 4));
 }
 
 /*
@@ -243,21 +242,83 @@ m3ter_answer_message(const char *body)
 	return msg;
 }
 
+/* A malloc'd copy of UTF-8 text s in the database encoding, for a cJSON node */
+static char *
+node_text(const char *s)
+{
+	char	   *conv = m3ter_utf8_to_server(s, strlen(s));
+	size_t		len = strlen(conv) + 1;
+	char	   *copy = cJSON_malloc(len);
+
+	if (copy == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+	memcpy(copy, conv, len);
+	pfree(conv);
+	return copy;
+}
+
 /*
- * Parse an answer of m3ter (UTF-8 JSON) into a cJSON tree whose strings are
- * in the database encoding, or raise.  The caller owns the tree and frees it
- * with cJSON_Delete().
+ * Convert every key and string of a tree parsed from m3ter's UTF-8 into the
+ * database encoding, in place.  cJSON decodes \uXXXX escapes to UTF-8, so
+ * this is done on the tree, not on the text.  Raises with the tree intact.
+ */
+static void
+convert_tree(cJSON *node)
+{
+	for (; node != NULL; node = node->next)
+	{
+		if (node->string != NULL && !(node->type & cJSON_StringIsConst) &&
+			has_high_bit(node->string, strlen(node->string)))
+		{
+			char	   *copy = node_text(node->string);
+
+			cJSON_free(node->string);
+			node->string = copy;
+		}
+		if (cJSON_IsString(node) && node->valuestring != NULL &&
+			has_high_bit(node->valuestring, strlen(node->valuestring)))
+		{
+			char	   *copy = node_text(node->valuestring);
+
+			cJSON_free(node->valuestring);
+			node->valuestring = copy;
+		}
+		if (node->child != NULL)
+			convert_tree(node->child);
+	}
+}
+
+/* convert_tree(), deleting the tree if it raises */
+static void
+convert_tree_or_free(cJSON *root)
+{
+	PG_TRY();
+	{
+		convert_tree(root);
+	}
+	PG_CATCH();
+	{
+		cJSON_Delete(root);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+/*
+ * Parse an answer of m3ter (UTF-8 JSON) into a cJSON tree whose keys and
+ * strings are in the database encoding, or raise.  The caller owns the tree
+ * and frees it with cJSON_Delete().
  */
 cJSON *
 m3ter_parse_answer(const char *body, const char *what)
 {
-	char	   *text = m3ter_utf8_to_server(body, strlen(body), true);
-	cJSON	   *root = cJSON_Parse(text);
+	cJSON	   *root = cJSON_Parse(body);
 
-	pfree(text);
 	if (root == NULL)
 	{
-		char	   *start = m3ter_utf8_to_server(body, strnlen(body, 200), false);
+		char	   *start = m3ter_utf8_to_server(body, strnlen(body, 200));
 
 		start[clip_length(start, 200)] = '\0';
 		ereport(ERROR,
@@ -265,6 +326,7 @@ m3ter_parse_answer(const char *body, const char *what)
 				 errmsg("m3ter answered %s with a body that is not JSON", what),
 				 errdetail("The body starts with: %s", start)));
 	}
+	convert_tree_or_free(root);
 	return root;
 }
 

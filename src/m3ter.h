@@ -89,7 +89,7 @@ extern void m3ter_http_exchange(const char *method, const char *url,
 								M3terHttpResponse *response);
 
 /* ---- json.c: text between the database encoding and m3ter's UTF-8 ---- */
-extern char *m3ter_utf8_to_server(const char *s, int len, bool json);
+extern char *m3ter_utf8_to_server(const char *s, int len);
 extern char *m3ter_server_to_utf8(const char *s, int len, const char *what);
 
 /* ---- oauth.c ---- */
