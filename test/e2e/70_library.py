@@ -19,7 +19,7 @@ root = os.path.join(os.path.dirname(__file__), "..", "..")
 flags = [line for line in open(os.path.join(root, "Makefile")) if line.startswith("PG_CPPFLAGS")]
 ok(flags and "-Werror" not in flags[0], "the Makefile does not force -Werror", flags)
 src = os.path.join(root, "src")
-users = sorted(f for f in os.listdir(src) if f != "compat.h" and "PG_VERSION_NUM" in open(os.path.join(src, f)).read())
+users = sorted(f for f in os.listdir(src) if f.endswith((".c", ".h")) and f != "compat.h" and "PG_VERSION_NUM" in open(os.path.join(src, f)).read())
 is_(users, [], "PG_VERSION_NUM appears only in src/compat.h")
 
 # 100 calls that fail validation while 1.5 MB of cJSON trees are alive: none of it stays
