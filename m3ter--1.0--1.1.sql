@@ -9,3 +9,9 @@
 --
 SELECT pg_catalog.pg_extension_config_dump('m3ter.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('m3ter.outbox_id_seq', '');
+
+--
+-- Schema (1.1): nothing to do on update.  New installs refuse a schema m3ter
+-- that is not the extension's, or use it when it is the target schema
+-- (CREATE EXTENSION m3ter SCHEMA m3ter); a 1.0 install already has its own.
+--
