@@ -8,7 +8,8 @@ OBJS = \
 	src/m3ter.o \
 	src/json.o \
 	src/http.o \
-	src/oauth.o \
+	src/credentials.o \
+	src/version.o \
 	src/token.o \
 	src/pacing.o \
 	src/client.o \
@@ -27,7 +28,8 @@ OBJS = \
 DATA = m3ter--1.0.sql m3ter--1.1.sql m3ter--1.0--1.1.sql
 PGFILEDESC = "m3ter - usage metering for the m3ter billing platform"
 
-PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+# Warnings stay warnings here (packagers' newer compilers); test/lib.sh adds -Werror
+PG_CPPFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 SHLIB_LINK = -lcurl -lcjson
 
 # pg_regress.  "make installcheck" runs the suites that any running server with

@@ -5,7 +5,25 @@
 
 -- The schema m3ter holds the outbox and the internal helpers; the functions
 -- users call live in the extension's schema (public by default).
-CREATE SCHEMA m3ter;
+
+--
+-- Schema (1.1): CREATE EXTENSION m3ter SCHEMA m3ter puts everything in the
+-- schema m3ter; any other target schema needs m3ter free for the internals.
+--
+DO $m3ter$
+BEGIN
+    -- during CREATE EXTENSION the target schema is first on the search_path
+    IF current_schema() IS DISTINCT FROM 'm3ter' THEN
+        IF EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'm3ter') THEN
+            RAISE EXCEPTION 'schema "m3ter" already exists'
+                USING ERRCODE = 'duplicate_schema',
+                      DETAIL = 'The extension m3ter keeps its outbox and internal functions in a schema named m3ter.',
+                      HINT = 'Install the extension into that schema (CREATE EXTENSION m3ter SCHEMA m3ter), or drop or rename it.';
+        END IF;
+        CREATE SCHEMA m3ter;
+    END IF;
+END
+$m3ter$;
 
 --
 -- Internal helpers
@@ -82,6 +100,13 @@ CREATE TABLE m3ter.inflight (
 
 COMMENT ON TABLE m3ter.inflight IS
     'Outbox rows sent and not yet answered, by sender. Written by the extension only.';
+
+--
+-- pg_dump (1.1): the outbox is data, not part of the extension's definition;
+-- dumps carry its rows and the position of its id sequence.
+--
+SELECT pg_catalog.pg_extension_config_dump('m3ter.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('m3ter.outbox_id_seq', '');
 
 --
 -- Functions users call

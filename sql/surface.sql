@@ -1,4 +1,7 @@
 \pset format unaligned
+-- The library is loaded first, as preloading does: until a session loads it,
+-- m3ter.* values from postgresql.conf are placeholders (see the README)
+LOAD 'm3ter';
 -- What CREATE EXTENSION installs, and who may use it
 SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args, n.nspname
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -6,9 +9,10 @@ SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args, n.nspname
   JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'm3ter'
  ORDER BY n.nspname, p.proname;
 
--- Settings and their contexts
+-- Settings and their contexts (m3ter.database, a postmaster setting, exists only
+-- when the library is preloaded)
 SELECT name, setting, context, unit FROM pg_settings WHERE name LIKE 'm3ter.%'
-   AND name NOT IN ('m3ter.api_url', 'm3ter.ingest_url', 'm3ter.org_id') ORDER BY name;
+   AND name NOT IN ('m3ter.api_url', 'm3ter.ingest_url', 'm3ter.org_id', 'm3ter.database') ORDER BY name;
 
 -- A role that is not a superuser
 CREATE ROLE m3ter_regress_app LOGIN;

@@ -91,6 +91,7 @@ run(M3terTxnMode mode, int64 max_rows, M3terFlushStats *stats)
 {
 	M3terDelivery d;
 
+	m3ter_require_installed_version();
 	(void) m3ter_require_org_id();
 	m3ter_require_credentials();
 

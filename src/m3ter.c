@@ -7,10 +7,21 @@
  * is loaded through shared_preload_libraries it also reserves shared
  * memory and registers the background worker (worker.c).
  *
+ * The library works with and without shared_preload_libraries: settings
+ * that only the postmaster can take (m3ter.database) are defined only while
+ * preloading, so loading the library later in a session (CREATE EXTENSION,
+ * the first call of a function) never meets a PGC_POSTMASTER definition.
+ *
  * The credentials (m3ter.org_id is not secret, but m3ter.access_key_id and
  * m3ter.api_secret are) are PGC_SUSET with GUC_SUPERUSER_ONLY and
- * GUC_NO_SHOW_ALL, so no other role can read them through SHOW,
- * current_setting() or pg_settings.
+ * GUC_NO_SHOW_ALL, which keeps them out of pg_settings, pg_show_all_settings()
+ * and SHOW ALL for every role.  GUC_SUPERUSER_ONLY still lets members of
+ * pg_read_all_settings (pg_monitor among them) use SHOW and current_setting(),
+ * so a show hook masks the value for anyone but a superuser.  A check hook
+ * refuses them in ALTER ROLE / ALTER DATABASE ... SET and CREATE FUNCTION ...
+ * SET, whose values land in catalogs every role can read.  The way to keep
+ * them out of SQL and logs altogether is m3ter.credentials_file
+ * (credentials.c), a file only the server's OS user can read.
  *
  *-------------------------------------------------------------------------
  */
@@ -23,13 +34,13 @@
 #include "utils/guc.h"
 
 #include "m3ter.h"
-#include "m3ter_json.h"
 
-PG_MODULE_MAGIC;
+M3TER_MODULE_MAGIC;
 
 char	   *m3ter_org_id = NULL;
 char	   *m3ter_access_key_id = NULL;
 char	   *m3ter_api_secret = NULL;
+char	   *m3ter_credentials_file = NULL;
 char	   *m3ter_api_url = NULL;
 char	   *m3ter_ingest_url = NULL;
 int			m3ter_request_timeout_ms = 30000;
@@ -45,7 +56,7 @@ int			m3ter_max_attempts = 0;
 int			m3ter_give_up_after_s = 7 * 86400;
 int			m3ter_batch_rows = 5000;
 char	   *m3ter_test_fault_uid = NULL;
-char	   *m3ter_database = NULL;
+char	   *m3ter_database = NULL;	/* defined only when preloaded */
 bool		m3ter_worker_enabled = true;
 int			m3ter_worker_naptime_ms = 1000;
 int			m3ter_worker_idle_naptime_ms = 10000;
@@ -58,13 +69,66 @@ void
 _PG_init(void)
 {
 	m3ter_define_settings();
-	m3ter_json_install();
 
 	if (process_shared_preload_libraries_in_progress)
 	{
 		m3ter_shmem_install();
 		m3ter_register_worker();
 	}
+}
+
+/* What SHOW and current_setting() give anyone but a superuser for a secret */
+#define M3TER_MASK "********"
+
+/* Show hook of m3ter.access_key_id: the value to superusers only */
+static const char *
+show_access_key_id(void)
+{
+	if (!superuser())
+		return M3TER_MASK;
+	return m3ter_access_key_id ? m3ter_access_key_id : "";
+}
+
+/* Show hook of m3ter.api_secret: the value to superusers only */
+static const char *
+show_api_secret(void)
+{
+	if (!superuser())
+		return M3TER_MASK;
+	return m3ter_api_secret ? m3ter_api_secret : "";
+}
+
+/*
+ * Check hook of the secrets: refuse a value bound for a catalog that every
+ * role can read (pg_db_role_setting through ALTER ROLE / ALTER DATABASE ...
+ * SET, pg_proc.proconfig through CREATE FUNCTION ... SET, both validated with
+ * PGC_S_TEST), or read back from one at session start.
+ */
+static bool
+check_secret(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;
+	switch (source)
+	{
+		case PGC_S_TEST:
+		case PGC_S_GLOBAL:
+		case PGC_S_DATABASE:
+		case PGC_S_USER:
+		case PGC_S_DATABASE_USER:
+			GUC_check_errdetail("Every role can read per-role, per-database and per-function settings.");
+			GUC_check_errhint("Put the credentials in the file named by m3ter.credentials_file, or set them with ALTER SYSTEM.");
+			return false;
+		default:
+			return true;
+	}
+}
+
+/* Assign hook of m3ter.credentials_file: read the file again at next use */
+static void
+assign_credentials_file(const char *newval, void *extra)
+{
+	m3ter_credentials_file_changed();
 }
 
 /* Define every m3ter.* setting */
@@ -87,7 +151,7 @@ m3ter_define_settings(void)
 							   "",
 							   PGC_SUSET,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
-							   NULL, NULL, NULL);
+							   check_secret, NULL, show_access_key_id);
 
 	DefineCustomStringVariable("m3ter.api_secret",
 							   "Sets the Api Secret of the m3ter Service User.",
@@ -96,7 +160,16 @@ m3ter_define_settings(void)
 							   "",
 							   PGC_SUSET,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
-							   NULL, NULL, NULL);
+							   check_secret, NULL, show_api_secret);
+
+	DefineCustomStringVariable("m3ter.credentials_file",
+							   "Sets the file that holds the Access Key id and Api Secret.",
+							   "Lines access_key_id = ... and api_secret = ...; the file must be readable by the server's OS user only. When set, it takes the place of m3ter.access_key_id and m3ter.api_secret.",
+							   &m3ter_credentials_file,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, assign_credentials_file, NULL);
 
 	DefineCustomStringVariable("m3ter.api_url",
 							   "Sets the base URL of the m3ter Config API (also serves /oauth/token).",
@@ -257,14 +330,16 @@ m3ter_define_settings(void)
 							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
 							   NULL, NULL, NULL);
 
-	DefineCustomStringVariable("m3ter.database",
-							   "Sets the database whose m3ter.outbox the background worker drains.",
-							   NULL,
-							   &m3ter_database,
-							   "postgres",
-							   PGC_POSTMASTER,
-							   0,
-							   NULL, NULL, NULL);
+	/* postmaster settings may only be defined while preloading */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("m3ter.database",
+								   "Sets the database whose m3ter.outbox the background worker drains.",
+								   "Only read when m3ter is in shared_preload_libraries.",
+								   &m3ter_database,
+								   "postgres",
+								   PGC_POSTMASTER,
+								   0,
+								   NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("m3ter.worker_enabled",
 							 "Sets whether the background worker delivers the outbox.",

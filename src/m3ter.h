@@ -3,8 +3,7 @@
  * m3ter.h
  *		Declarations shared by the modules of the m3ter extension.
  *
- * The extension is split by concern:
- * Entry points (SQL-callable functions by topic, the worker) sit on top;
+ * The extension is split by concern.  Entry points (SQL-callable functions by topic, the worker) sit on top;
  * each file only calls files below it in this list:
  *	m3ter.c			module entry, settings (GUCs)
  *	submit.c		m3ter_submit()
@@ -20,10 +19,11 @@
  *	client.c		answers classified, the synchronous Config API call
  *	token.c			the cluster's bearer token
  *	pacing.c		m3ter's rate limits, shared by the cluster
- *	oauth.c			the client-credentials grant's credentials
+ *	credentials.c	the credentials: settings or m3ter.credentials_file
+ *	version.c		the installed SQL version against the library's
  *	measurement.c	measurement validation and compact JSON
  *	http.c			HTTP over libcurl's multi interface
- *	json.c			cJSON glue and answer helpers
+ *	json.c			cJSON helpers; text between the database encoding and UTF-8
  *	shmem.c			shared memory: worker latch and figures
  *
  * Everything here runs inside one backend (or a background worker) and
@@ -35,6 +35,8 @@
 #define M3TER_H
 
 #include "postgres.h"
+
+#include "compat.h"
 
 #include "lib/ilist.h"
 #include "lib/stringinfo.h"
@@ -63,6 +65,7 @@
 extern char *m3ter_org_id;
 extern char *m3ter_access_key_id;
 extern char *m3ter_api_secret;
+extern char *m3ter_credentials_file;
 extern char *m3ter_api_url;
 extern char *m3ter_ingest_url;
 extern int	m3ter_request_timeout_ms;
@@ -112,10 +115,19 @@ extern void m3ter_http_exchange(const char *method, const char *url,
 								const char *body, size_t body_len,
 								M3terHttpResponse *response);
 
-/* ---- oauth.c ---- */
+/* ---- json.c: text between the database encoding and m3ter's UTF-8 ---- */
+extern char *m3ter_utf8_to_server(const char *s, int len);
+extern char *m3ter_server_to_utf8(const char *s, int len, const char *what);
+
+/* ---- credentials.c ---- */
 extern char *m3ter_basic_credentials(void);
 extern void m3ter_require_credentials(void);
 extern uint32 m3ter_credentials_fingerprint(void);
+extern void m3ter_credentials_file_changed(void);
+
+/* ---- version.c ---- */
+extern void m3ter_require_installed_version(void);
+extern bool m3ter_installed_version_ok(char **why);
 
 /* ---- client.c ---- */
 typedef enum M3terApi
@@ -153,8 +165,8 @@ extern void m3ter_send_once(M3terApi api, const char *method, const char *url,
 extern void m3ter_call(M3terApi api, const char *method, const char *path,
 					   const char *body, size_t body_len, int max_retries,
 					   M3terCallResult *result);
-extern void m3ter_raise_call_error(const M3terCallResult *result,
-								   const char *what) pg_attribute_noreturn();
+pg_noreturn extern void m3ter_raise_call_error(const M3terCallResult *result,
+											   const char *what);
 extern int	m3ter_backoff_ms(int attempt, int retry_after_ms);
 extern void m3ter_sleep_ms(int ms);
 extern char *m3ter_org_path(const char *suffix);

@@ -12,10 +12,10 @@
 
 #include "utils/jsonb.h"
 
-extern void m3ter_json_install(void);
 extern char *m3ter_answer_message(const char *body);
 extern cJSON *m3ter_parse_answer(const char *body, const char *what);
 extern Datum m3ter_cjson_to_jsonb(const cJSON *item);
 extern cJSON *m3ter_jsonb_to_cjson(Jsonb *jb, const char *what);
+extern char *m3ter_cjson_print_utf8(const cJSON *item, const char *what);
 
 #endif							/* M3TER_JSON_H */

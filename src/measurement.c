@@ -15,6 +15,13 @@
  *	- ts and ets are ISO 8601 date-times with a time zone.
  * A request holds 1 to 1000 measurements and is under 512,000 bytes.
  *
+ * Text is checked and written in any database encoding: codes are decoded
+ * to Unicode to apply the character rules, and the JSON written is UTF-8
+ * (converted from the database encoding).  A SQL_ASCII database declares no
+ * encoding; its text is taken to be UTF-8, and codes, map keys and map
+ * values that are not are refused when the row is written.  Should such
+ * bytes still reach the writer (a uid, say), they go out as U+FFFD.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -38,6 +45,9 @@ const M3terMapKind m3ter_map_kinds[M3TER_NUM_MAPS] = {
 	M3TER_STRING_MAP, M3TER_STRING_MAP, M3TER_STRING_MAP,
 	M3TER_STRING_MAP, M3TER_STRING_MAP
 };
+
+/* Why text of a SQL_ASCII database is refused */
+#define M3TER_NOT_UTF8 "It must be UTF-8 text: this database's encoding is SQL_ASCII, and m3ter reads UTF-8."
 
 /* Unicode code points that count as whitespace or are not printable */
 static bool
@@ -69,14 +79,34 @@ const char *
 m3ter_check_code(const char *s, int len, int maxlen)
 {
 	int			nchars = 0;
-	const char *p = s;
-	const char *end = s + len;
-	bool		utf8 = GetDatabaseEncoding() == PG_UTF8;
+	const char *p;
+	const char *end;
+	int			enc = GetDatabaseEncoding();
+	bool		ascii = true;
+	int			i;
 
 	if (len == 0)
 		return "It must not be empty.";
 	if (s[0] == ' ' || s[len - 1] == ' ')
 		return "It must not start or end with whitespace.";
+	for (i = 0; i < len && ascii; i++)
+		ascii = !IS_HIGHBIT_SET(s[i]);
+	if (!ascii && enc != PG_UTF8)
+	{
+		/* decode as UTF-8: converted, or as it is in SQL_ASCII */
+		if (enc == PG_SQL_ASCII)
+		{
+			if (!pg_verify_mbstr(PG_UTF8, s, len, true))
+				return M3TER_NOT_UTF8;
+		}
+		else
+		{
+			s = pg_server_to_any(s, len, PG_UTF8);
+			len = strlen(s);
+		}
+	}
+	p = s;
+	end = s + len;
 	while (p < end)
 	{
 		unsigned char b = (unsigned char) *p;
@@ -89,8 +119,8 @@ m3ter_check_code(const char *s, int len, int maxlen)
 		}
 		else
 		{
-			c = utf8 ? utf8_to_unicode((const unsigned char *) p) : b;
-			p += pg_mblen(p);
+			c = utf8_to_unicode((const unsigned char *) p);
+			p += pg_utf_mblen((const unsigned char *) p);
 		}
 		if (is_forbidden_codepoint(c))
 			return "It must not contain non-printable or whitespace characters other than space.";
@@ -99,6 +129,18 @@ m3ter_check_code(const char *s, int len, int maxlen)
 	if (maxlen > 0 && nchars > maxlen)
 		return psprintf("It must be at most %d characters long.", maxlen);
 	return NULL;
+}
+
+/* In a SQL_ASCII database, is the text s (len bytes) UTF-8? */
+static bool
+sql_ascii_text_ok(const char *s, int len)
+{
+	int			i;
+
+	for (i = 0; i < len; i++)
+		if (IS_HIGHBIT_SET(s[i]))
+			return pg_verify_mbstr(PG_UTF8, s, len, true);
+	return true;
 }
 
 /* Does a numeric fit in a double, as m3ter reads numbers? */
@@ -144,6 +186,7 @@ m3ter_check_map(Jsonb *map, M3terMapKind kind, const char **key, int *keylen)
 	int			count;
 	char	   *base;
 	int			i;
+	bool		sql_ascii = GetDatabaseEncoding() == PG_SQL_ASCII;
 
 	*key = NULL;
 	*keylen = 0;
@@ -160,6 +203,8 @@ m3ter_check_map(Jsonb *map, M3terMapKind kind, const char **key, int *keylen)
 		*keylen = getJsonbLength(jc, i);
 		if (*keylen == 0)
 			return "Its keys must not be empty.";
+		if (sql_ascii && !sql_ascii_text_ok(*key, *keylen))
+			return M3TER_NOT_UTF8;
 		if (kind == M3TER_NUMERIC_MAP)
 		{
 			if (!JBE_ISNUMERIC(value))
@@ -169,6 +214,10 @@ m3ter_check_map(Jsonb *map, M3terMapKind kind, const char **key, int *keylen)
 		}
 		else if (!JBE_ISSTRING(value))
 			return "Its values must be strings.";
+		else if (sql_ascii &&
+				 !sql_ascii_text_ok(base + getJsonbOffset(jc, i + count),
+									getJsonbLength(jc, i + count)))
+			return M3TER_NOT_UTF8;
 	}
 	*key = NULL;
 	*keylen = 0;
@@ -273,12 +322,39 @@ m3ter_format_timestamp(TimestampTz ts, char *buf, size_t buflen)
 			 tm.tm_hour, tm.tm_min, tm.tm_sec, (int) (fsec / 1000));
 }
 
-/* Append s (len bytes) as a JSON string literal */
+/*
+ * Append s (len bytes of database text) as a JSON string literal in UTF-8.
+ * In a UTF8 database, and for ASCII text, the bytes are copied with the
+ * JSON escapes: this runs for every string of every measurement sent.
+ */
 static void
 append_json_string(StringInfo buf, const char *s, int len)
 {
-	const char *end = s + len;
-	const char *run = s;
+	const char *end;
+	const char *run;
+	bool		check_utf8 = false;
+	int			enc = GetDatabaseEncoding();
+
+	if (enc != PG_UTF8)
+	{
+		const char *p;
+
+		for (p = s; p < s + len; p++)
+			if (IS_HIGHBIT_SET(*p))
+				break;
+		if (p < s + len)
+		{
+			if (enc == PG_SQL_ASCII)
+				check_utf8 = true;
+			else
+			{
+				s = pg_server_to_any(s, len, PG_UTF8);
+				len = strlen(s);
+			}
+		}
+	}
+	end = s + len;
+	run = s;
 
 	appendStringInfoCharMacro(buf, '"');
 	for (; s < end; s++)
@@ -286,7 +362,22 @@ append_json_string(StringInfo buf, const char *s, int len)
 		unsigned char c = (unsigned char) *s;
 
 		if (c >= 0x20 && c != '"' && c != '\\')
+		{
+			if (check_utf8 && c >= 0x80)
+			{
+				int			l = pg_utf_mblen((const unsigned char *) s);
+
+				if (l <= end - s && pg_utf8_islegal((const unsigned char *) s, l))
+					s += l - 1;
+				else
+				{
+					appendBinaryStringInfo(buf, run, s - run);
+					run = s + 1;
+					appendStringInfoString(buf, "\\ufffd");
+				}
+			}
 			continue;
+		}
 		appendBinaryStringInfo(buf, run, s - run);
 		run = s + 1;
 		switch (c)

@@ -200,6 +200,26 @@ config_call(const char *method, const char *path, const char *body, const char *
 	return m3ter_parse_answer(res.body, what);
 }
 
+/* Add a string member to a cJSON object, or raise when out of memory */
+static void
+add_string(cJSON *object, const char *name, const char *value)
+{
+	if (cJSON_AddStringToObject(object, name, value) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+}
+
+/* Add an item to a cJSON object, or raise (the caller still owns it then) */
+static void
+add_item(cJSON *object, const char *name, cJSON *item)
+{
+	if (!cJSON_AddItemToObject(object, name, item))
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+}
+
 /*
  * m3ter_create_meter(name text, code text, data_fields jsonb,
  *		derived_fields jsonb, product_id uuid, group_id uuid,
@@ -208,18 +228,20 @@ config_call(const char *method, const char *path, const char *body, const char *
 Datum
 m3ter_create_meter(PG_FUNCTION_ARGS)
 {
-	cJSON	   *body = cJSON_CreateObject();
-	cJSON	   *data_fields;
-	cJSON	   *derived_fields;
-	cJSON	   *answer;
+	cJSON	   *volatile body = NULL;
+	cJSON	   *volatile data_fields = NULL;
+	cJSON	   *volatile derived_fields = NULL;
+	cJSON	   *volatile custom = NULL;
+	cJSON	   *volatile answer = NULL;
 	char	   *name;
 	char	   *code;
-	char	   *product_id = uuid_arg(fcinfo, 4);
-	char	   *group_id = uuid_arg(fcinfo, 5);
-	char	   *request;
-	List	   *codes = NIL;
-	Datum		result;
+	char	   *product_id;
+	char	   *group_id;
+	volatile Datum result = (Datum) 0;
 
+	m3ter_require_installed_version();
+	product_id = uuid_arg(fcinfo, 4);
+	group_id = uuid_arg(fcinfo, 5);
 	if (PG_ARGISNULL(0))
 		bad_meter("name", "It is required.", NULL);
 	if (PG_ARGISNULL(1))
@@ -233,32 +255,56 @@ m3ter_create_meter(PG_FUNCTION_ARGS)
 	code = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	check_name("name", name);
 	check_code("code", code);
-	data_fields = m3ter_jsonb_to_cjson(PG_GETARG_JSONB_P(2), "data_fields");
-	derived_fields = m3ter_jsonb_to_cjson(PG_GETARG_JSONB_P(3), "derived_fields");
-	check_fields(data_fields, "data_fields", 1, M3TER_MAX_FIELDS, false, &codes);
-	check_fields(derived_fields, "derived_fields", 0, M3TER_MAX_FIELDS, true, &codes);
 
-	cJSON_AddStringToObject(body, "name", name);
-	cJSON_AddStringToObject(body, "code", code);
-	cJSON_AddItemToObject(body, "dataFields", data_fields);
-	cJSON_AddItemToObject(body, "derivedFields", derived_fields);
-	if (product_id)
-		cJSON_AddStringToObject(body, "productId", product_id);
-	if (group_id)
-		cJSON_AddStringToObject(body, "groupId", group_id);
-	if (!PG_ARGISNULL(6))
+	PG_TRY();
 	{
-		cJSON	   *custom = m3ter_jsonb_to_cjson(PG_GETARG_JSONB_P(6), "custom_fields");
+		List	   *codes = NIL;
+		char	   *request;
 
-		check_custom_fields(custom);
-		cJSON_AddItemToObject(body, "customFields", custom);
+		data_fields = m3ter_jsonb_to_cjson(PG_GETARG_JSONB_P(2), "data_fields");
+		derived_fields = m3ter_jsonb_to_cjson(PG_GETARG_JSONB_P(3), "derived_fields");
+		check_fields(data_fields, "data_fields", 1, M3TER_MAX_FIELDS, false, &codes);
+		check_fields(derived_fields, "derived_fields", 0, M3TER_MAX_FIELDS, true, &codes);
+		if (!PG_ARGISNULL(6))
+		{
+			custom = m3ter_jsonb_to_cjson(PG_GETARG_JSONB_P(6), "custom_fields");
+			check_custom_fields(custom);
+		}
+
+		body = cJSON_CreateObject();
+		if (body == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("out of memory")));
+		add_string(body, "name", name);
+		add_string(body, "code", code);
+		add_item(body, "dataFields", data_fields);
+		data_fields = NULL;
+		add_item(body, "derivedFields", derived_fields);
+		derived_fields = NULL;
+		if (product_id)
+			add_string(body, "productId", product_id);
+		if (group_id)
+			add_string(body, "groupId", group_id);
+		if (custom != NULL)
+		{
+			add_item(body, "customFields", custom);
+			custom = NULL;
+		}
+
+		request = m3ter_cjson_print_utf8(body, "the meter");
+		answer = config_call("POST", m3ter_org_path("/meters"), request, "creating an m3ter meter");
+		result = m3ter_cjson_to_jsonb(answer);
 	}
-
-	request = cJSON_PrintUnformatted(body);
-	answer = config_call("POST", m3ter_org_path("/meters"), request, "creating an m3ter meter");
-	result = m3ter_cjson_to_jsonb(answer);
-	cJSON_Delete(answer);
-	cJSON_Delete(body);
+	PG_FINALLY();
+	{
+		cJSON_Delete(answer);
+		cJSON_Delete(body);
+		cJSON_Delete(custom);
+		cJSON_Delete(derived_fields);
+		cJSON_Delete(data_fields);
+	}
+	PG_END_TRY();
 	PG_RETURN_DATUM(result);
 }
 
@@ -282,6 +328,46 @@ url_encode(const char *s)
 	return buf.data;
 }
 
+/* Put the meters of one page into the result; returns its nextToken or NULL */
+static char *
+put_page(ReturnSetInfo *rsinfo, cJSON *page)
+{
+	cJSON	   *data = cJSON_GetObjectItemCaseSensitive(page, "data");
+	cJSON	   *token = cJSON_GetObjectItemCaseSensitive(page, "nextToken");
+	cJSON	   *meter;
+
+	cJSON_ArrayForEach(meter, data)
+	{
+		Datum		value = m3ter_cjson_to_jsonb(meter);
+		bool		isnull = false;
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &value, &isnull);
+	}
+	if (cJSON_IsString(token) && token->valuestring[0] != '\0')
+		return pstrdup(token->valuestring);
+	return NULL;
+}
+
+/* put_page(), then free the page whatever happens */
+static char *
+put_meters(ReturnSetInfo *rsinfo, cJSON *page)
+{
+	char	   *next = NULL;
+
+	PG_TRY();
+	{
+		next = put_page(rsinfo, page);
+	}
+	PG_CATCH();
+	{
+		cJSON_Delete(page);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	cJSON_Delete(page);
+	return next;
+}
+
 /* m3ter_list_meters() RETURNS SETOF jsonb: every meter, following nextToken */
 Datum
 m3ter_list_meters(PG_FUNCTION_ARGS)
@@ -289,26 +375,14 @@ m3ter_list_meters(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *next = NULL;
 
+	m3ter_require_installed_version();
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	do
 	{
 		char	   *path = next == NULL ? m3ter_org_path("/meters?pageSize=200") :
 			m3ter_org_path(psprintf("/meters?pageSize=200&nextToken=%s", url_encode(next)));
-		cJSON	   *page = config_call("GET", path, NULL, "listing m3ter meters");
-		cJSON	   *data = cJSON_GetObjectItemCaseSensitive(page, "data");
-		cJSON	   *token = cJSON_GetObjectItemCaseSensitive(page, "nextToken");
-		cJSON	   *meter;
 
-		cJSON_ArrayForEach(meter, data)
-		{
-			Datum		value = m3ter_cjson_to_jsonb(meter);
-			bool		isnull = false;
-
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &value, &isnull);
-		}
-		next = (cJSON_IsString(token) && token->valuestring[0] != '\0') ?
-			pstrdup(token->valuestring) : NULL;
-		cJSON_Delete(page);
+		next = put_meters(rsinfo, config_call("GET", path, NULL, "listing m3ter meters"));
 	} while (next != NULL);
 
 	return (Datum) 0;
@@ -318,10 +392,20 @@ m3ter_list_meters(PG_FUNCTION_ARGS)
 Datum
 m3ter_organization_config(PG_FUNCTION_ARGS)
 {
-	cJSON	   *answer = config_call("GET", m3ter_org_path("/organizationconfig"), NULL,
-									 "reading the m3ter organization config");
-	Datum		result = m3ter_cjson_to_jsonb(answer);
+	cJSON	   *volatile answer;
+	volatile Datum result = (Datum) 0;
 
-	cJSON_Delete(answer);
+	m3ter_require_installed_version();
+	answer = config_call("GET", m3ter_org_path("/organizationconfig"), NULL,
+						 "reading the m3ter organization config");
+	PG_TRY();
+	{
+		result = m3ter_cjson_to_jsonb(answer);
+	}
+	PG_FINALLY();
+	{
+		cJSON_Delete(answer);
+	}
+	PG_END_TRY();
 	PG_RETURN_DATUM(result);
 }

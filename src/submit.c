@@ -232,6 +232,7 @@ m3ter_submit(PG_FUNCTION_ARGS)
 	StringInfoData buf;
 	StringInfoData out;
 
+	m3ter_require_installed_version();
 	memset(&st, 0, sizeof(st));
 	m3ter_group_init(&st.group, CurrentMemoryContext, 16);
 	initStringInfo(&buf);

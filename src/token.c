@@ -125,18 +125,25 @@ fetch_token(M3terCallResult *result, int *expires_in_s)
 	}
 
 	root = cJSON_Parse(result->body);
-	token = root ? cJSON_GetObjectItemCaseSensitive(root, "access_token") : NULL;
-	expires = root ? cJSON_GetObjectItemCaseSensitive(root, "expires_in") : NULL;
-	if (cJSON_IsString(token) && token->valuestring[0] != '\0')
+	PG_TRY();
 	{
-		double		life = cJSON_IsNumber(expires) ? expires->valuedouble : 3600;
+		token = root ? cJSON_GetObjectItemCaseSensitive(root, "access_token") : NULL;
+		expires = root ? cJSON_GetObjectItemCaseSensitive(root, "expires_in") : NULL;
+		if (cJSON_IsString(token) && token->valuestring[0] != '\0')
+		{
+			double		life = cJSON_IsNumber(expires) ? expires->valuedouble : 3600;
 
-		/* clamped: a huge or negative lifetime must not overflow */
-		*expires_in_s = (int) Max(1.0, Min(life, (double) M3TER_TOKEN_MAX_LIFE_S));
-		copy = pstrdup(token->valuestring);
-		explicit_bzero(token->valuestring, strlen(token->valuestring));
+			/* clamped: a huge or negative lifetime must not overflow */
+			*expires_in_s = (int) Max(1.0, Min(life, (double) M3TER_TOKEN_MAX_LIFE_S));
+			copy = pstrdup(token->valuestring);
+			explicit_bzero(token->valuestring, strlen(token->valuestring));
+		}
 	}
-	cJSON_Delete(root);
+	PG_FINALLY();
+	{
+		cJSON_Delete(root);		/* cJSON allocates with malloc */
+	}
+	PG_END_TRY();
 	explicit_bzero(result->body, strlen(result->body));
 	if (copy == NULL)
 	{

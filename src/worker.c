@@ -120,9 +120,10 @@ report(const M3terFlushStats *now, M3terFlushStats *reported)
  * extension is not installed.
  */
 static bool
-upkeep(TimestampTz *next_due, TimestampTz *last_retention)
+upkeep(TimestampTz *next_due, TimestampTz *last_retention, char **last_logged)
 {
 	bool		installed;
+	char	   *why = NULL;
 	TimestampTz now = GetCurrentTimestamp();
 
 	SetCurrentStatementStartTimestamp();
@@ -133,7 +134,13 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention)
 
 	installed = extension_installed();
 	*next_due = 0;
-	if (installed)
+	if (installed && !m3ter_installed_version_ok(&why))
+	{
+		/* an older SQL version: ALTER EXTENSION m3ter UPDATE fixes it, no restart */
+		log_once(why, last_logged);
+		installed = false;
+	}
+	else if (installed)
 	{
 		if (m3ter_retention_s >= 0 &&
 			TimestampDifferenceExceeds(*last_retention, now,
@@ -240,7 +247,7 @@ m3ter_worker_main(Datum main_arg)
 			{
 				TimestampTz next_due;
 
-				if (!upkeep(&next_due, &last_retention))
+				if (!upkeep(&next_due, &last_retention, &last_logged))
 				{
 					m3ter_worker_note("waiting for CREATE EXTENSION m3ter", false);
 					sleep_ms = m3ter_worker_idle_naptime_ms;

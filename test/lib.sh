@@ -61,8 +61,8 @@ m3ter_build() {
     log "building and installing the extension"
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo=sudo
-    make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" >/dev/null
-    $sudo make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" install >/dev/null
+    make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" COPT=-Werror >/dev/null
+    $sudo make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" COPT=-Werror install >/dev/null
 }
 
 # Run a command as the cluster's OS user (PostgreSQL refuses to run as root)
@@ -76,8 +76,10 @@ free_port() {
 
 m3ter_cleanup() {
     set +e
-    if [ -n "${M3TER_TMP:-}" ] && [ -d "$M3TER_TMP/data" ]; then
-        as_pg "$(m3ter_pg_bindir)/pg_ctl" -D "$M3TER_TMP/data" -m immediate stop >/dev/null 2>&1
+    if [ -n "${M3TER_TMP:-}" ]; then
+        for d in "$M3TER_TMP"/*/PG_VERSION; do
+            [ -f "$d" ] && as_pg "$(m3ter_pg_bindir)/pg_ctl" -D "$(dirname "$d")" -m immediate stop >/dev/null 2>&1
+        done
     fi
     # the stand-in, also when a test restarted it under another pid
     [ -n "${M3TER_TMP:-}" ] && pkill -f "m3ter_standin.py --port-file $M3TER_TMP/" 2>/dev/null
@@ -103,20 +105,28 @@ m3ter_start_standin() {
     log "m3ter stand-in at $STANDIN_URL"
 }
 
-# Start a throwaway cluster; $1: extra lines for postgresql.conf
+# Start a throwaway cluster; $1: extra lines for postgresql.conf, $2: its
+# shared_preload_libraries (default m3ter,pg_cron), $3: its name (default data:
+# the directory $M3TER_TMP/<name>, the log $M3TER_TMP/postgres.log, or
+# $M3TER_TMP/postgres-<name>.log for another name)
 m3ter_start_cluster() {
-    local bindir extra
+    local bindir extra preload name datadir logfile
     bindir=$(m3ter_pg_bindir)
     extra=${1:-}
+    preload=${2-m3ter,pg_cron}
+    name=${3:-data}
+    datadir="$M3TER_TMP/$name"
+    logfile="$M3TER_TMP/postgres.log"
+    [ "$name" = data ] || logfile="$M3TER_TMP/postgres-$name.log"
     PGPORT=$(free_port)
-    mkdir -p "$M3TER_TMP/data"
+    mkdir -p "$datadir"
     [ "$(id -u)" -eq 0 ] && chown -R postgres: "$M3TER_TMP"
-    as_pg "$bindir/initdb" -D "$M3TER_TMP/data" -U postgres -A trust --no-sync >/dev/null
-    as_pg tee -a "$M3TER_TMP/data/postgresql.conf" >/dev/null <<EOF
+    as_pg "$bindir/initdb" -D "$datadir" -U postgres -A trust --no-sync >/dev/null
+    as_pg tee -a "$datadir/postgresql.conf" >/dev/null <<EOF
 port = $PGPORT
 listen_addresses = ''
 unix_socket_directories = '$M3TER_TMP'
-shared_preload_libraries = 'm3ter,pg_cron'
+shared_preload_libraries = '$preload'
 cron.database_name = 'postgres'
 cron.host = '$M3TER_TMP'
 max_connections = 60
@@ -127,21 +137,24 @@ m3ter.access_key_id = '$M3TER_ACCESS_KEY_ID'
 m3ter.api_secret = '$M3TER_API_SECRET'
 m3ter.api_url = '$STANDIN_URL'
 m3ter.ingest_url = '$STANDIN_URL'
-m3ter.database = 'postgres'
 $extra
 EOF
+    # a postmaster setting, known only when the library is preloaded
+    if [[ ",$preload," == *",m3ter,"* ]]; then
+        echo "m3ter.database = 'postgres'" | as_pg tee -a "$datadir/postgresql.conf" >/dev/null
+    fi
     if [ -n "${M3TER_VALGRIND:-}" ]; then
         # every server process under memcheck, one log per process in $M3TER_TMP/valgrind.*
         log "starting the server under valgrind"
         as_pg valgrind --quiet --trace-children=yes --leak-check=no --num-callers=20 \
-            --log-file="$M3TER_TMP/valgrind.%p" "$bindir/postgres" -D "$M3TER_TMP/data" \
-            >"$M3TER_TMP/postgres.log" 2>&1 &
+            --log-file="$M3TER_TMP/valgrind.%p" "$bindir/postgres" -D "$datadir" \
+            >"$logfile" 2>&1 &
         for _ in $(seq 120); do
             "$bindir/pg_isready" -q -h "$M3TER_TMP" -p "$PGPORT" && break
             sleep 0.5
         done
     else
-        as_pg "$bindir/pg_ctl" -D "$M3TER_TMP/data" -l "$M3TER_TMP/postgres.log" -w start >/dev/null
+        as_pg "$bindir/pg_ctl" -D "$datadir" -l "$logfile" -w start >/dev/null
     fi
     export PGHOST="$M3TER_TMP" PGPORT PGUSER=postgres PGDATABASE=postgres
     log "PostgreSQL $M3TER_PG_VERSION on socket $PGHOST port $PGPORT"

@@ -14,8 +14,8 @@ import urllib.request
 
 BINDIR = "%s/usr/lib/postgresql/%s/bin" % (os.environ.get("M3TER_PG_ROOT", ""), os.environ.get("M3TER_PG_VERSION", "15"))
 STANDIN_URL = os.environ["STANDIN_URL"]
-DATA_DIR = os.path.join(os.environ["M3TER_TMP"], "data")
-LOG_FILE = os.path.join(os.environ["M3TER_TMP"], "postgres.log")
+DATA_DIR = os.environ.get("M3TER_DATA_DIR") or os.path.join(os.environ["M3TER_TMP"], "data")
+LOG_FILE = os.environ.get("M3TER_LOG_FILE") or os.path.join(os.environ["M3TER_TMP"], "postgres.log")
 
 _count = 0
 _failed = 0

@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # The whole test suite, from nothing: installs what is missing, builds and
 # installs the extension, starts the m3ter stand-in and a throwaway cluster,
-# then runs pg_regress (sql/), pgTAP (test/pgtap/), the end-to-end outbox tests
+# then runs pg_regress (sql/), pgTAP (test/pgtap/), both again with pg_cron on a
+# second cluster that does not preload m3ter (nopreload), the end-to-end outbox tests
 # (test/e2e/) and the reliability suite (test/reliability/: faults, crashes,
 # hostile input, secrets, load), and prints the reliability summary; last, the
 # package suite (test/package.sh: builds, installs, runs and purges the Debian
 # package in the system's PostgreSQL directories).
 #
 #   test/run.sh                    everything
-#   test/run.sh reliability        only the named suites (regress pgtap e2e reliability package)
+#   test/run.sh reliability        only the named suites (regress pgtap nopreload e2e reliability package)
 #
 # Exits non-zero if any test fails.  test/valgrind.sh runs suites with the server under valgrind.
 source "$(dirname "$0")/lib.sh"
 
 # package last: it installs into and removes from the system's PostgreSQL directories
-suites=${*:-regress pgtap e2e reliability package}
+suites=${*:-regress pgtap nopreload e2e reliability package}
 m3ter_start
 
 passed=0
@@ -38,28 +39,54 @@ tap_suite() {
     fi
 }
 
-cd "$M3TER_ROOT"
-if wants regress; then
-    log "pg_regress: the SQL surface and its errors"
-    # every suite, those that need the stand-in included (see REGRESS_STANDIN in the Makefile)
-    if make -s PG_CONFIG="$(m3ter_pg_config)" installcheck REGRESS='$(REGRESS_ALL)' \
-        >"$M3TER_TMP/regress.out" 2>&1; then
-        cat "$M3TER_TMP/regress.out"
-        count "$(grep -cE '^(ok|test) ' "$M3TER_TMP/regress.out" || true)" 0
+# pg_regress on the current cluster, every suite, those that need the stand-in
+# included (see REGRESS_STANDIN in the Makefile); $1 names the output file
+regress_suite() {
+    local out="$M3TER_TMP/$1.out" n
+    if make -s PG_CONFIG="$(m3ter_pg_config)" installcheck REGRESS='$(REGRESS_ALL)' >"$out" 2>&1; then
+        cat "$out"
+        count "$(grep -cE '^(ok|test) ' "$out" || true)" 0
     else
-        cat "$M3TER_TMP/regress.out"
+        cat "$out"
         [ -f regression.diffs ] && cat regression.diffs
-        n=$(grep -cE 'FAILED' "$M3TER_TMP/regress.out" || true)
+        n=$(grep -cE 'FAILED' "$out" || true)
         [ "${n:-0}" -gt 0 ] || n=1
         count 0 "$n"
     fi
+}
+
+# pgTAP on the current cluster, in a new database m3ter_test; $1 names the output
+pgtap_suite() {
+    q -c "CREATE DATABASE m3ter_test"
+    q -d m3ter_test -c "CREATE EXTENSION pgtap" -c "CREATE EXTENSION m3ter" -f test/helpers.sql
+    tap_suite "$1" pg_prove -d m3ter_test --ext .sql -r test/pgtap
+}
+
+cd "$M3TER_ROOT"
+if wants regress; then
+    log "pg_regress: the SQL surface and its errors"
+    regress_suite regress
 fi
 
 if wants pgtap; then
     log "pgTAP: calls against the stand-in"
-    q -c "CREATE DATABASE m3ter_test"
-    q -d m3ter_test -c "CREATE EXTENSION pgtap" -c "CREATE EXTENSION m3ter" -f test/helpers.sql
-    tap_suite pgtap pg_prove -d m3ter_test --ext .sql -r test/pgtap
+    pgtap_suite pgtap
+fi
+
+# The SQL-level suites again on a second cluster that preloads only pg_cron:
+# CREATE EXTENSION, every function, the outbox and m3ter_flush() from pg_cron
+if wants nopreload; then
+    log "without shared_preload_libraries: pg_regress, pgTAP, pg_cron"
+    main_port=$PGPORT
+    m3ter_start_cluster "" pg_cron nopreload
+    regress_suite regress-nopreload
+    pgtap_suite pgtap-nopreload
+    q -c "CREATE EXTENSION m3ter" -c "CREATE EXTENSION pg_cron"
+    M3TER_DATA_DIR="$M3TER_TMP/nopreload" M3TER_LOG_FILE="$M3TER_TMP/postgres-nopreload.log" \
+        tap_suite nopreload-cron prove --comments -e python3 test/nopreload/*.py
+    as_pg "$(m3ter_pg_bindir)/pg_ctl" -D "$M3TER_TMP/nopreload" -m fast stop >/dev/null
+    PGPORT=$main_port
+    export PGPORT
 fi
 
 if wants e2e || wants reliability; then
@@ -75,15 +102,15 @@ if wants reliability; then
     python3 test/reliability_summary.py "$M3TER_TMP/reliability.jsonl"
 fi
 
+if wants package; then
+    log "package: the Debian package built, installed, run and purged; META.json"
+    tap_suite package prove --comments -e bash test/package.sh
+fi
+
 if [ -n "${M3TER_VALGRIND:-}" ]; then
     log "valgrind: reports raised in or just under the extension's code"
     n=$(python3 test/valgrind_reports.py "$M3TER_TMP"/valgrind.*)
     count 0 "$n"
-fi
-
-if wants package; then
-    log "package: the Debian package built, installed, run and purged; META.json"
-    tap_suite package prove --comments -e bash test/package.sh
 fi
 
 [ "$passed" -gt 0 ] || count 0 1

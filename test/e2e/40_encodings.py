@@ -1,0 +1,126 @@
+"""Text in every server encoding: what m3ter receives is the right Unicode text, what
+comes back (m3ter's messages, meters) is stored in the database's encoding or escaped,
+and messages are clipped on character boundaries.  Databases in LATIN1, WIN1252 and
+SQL_ASCII (whose text m3ter takes to be UTF-8)."""
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from m3ter_tap import *  # noqa: E402,F401,F403
+
+ENV = dict(os.environ, PGCLIENTENCODING="UTF8")
+
+
+def q(sql, db, check=True, client_encoding="UTF8"):
+    """psql with UTF-8 on the wire, decoded strictly: a character cut in two fails here."""
+    r = subprocess.run([BINDIR + "/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-f", "-"],
+                       input=sql.encode("utf-8"), capture_output=True, timeout=120,
+                       env=dict(ENV, PGCLIENTENCODING=client_encoding))
+    out, err = r.stdout.decode("utf-8"), r.stderr.decode("utf-8", "replace")
+    if check and r.returncode != 0:
+        raise RuntimeError("psql failed: %s\n%s" % (sql[:200], err))
+    return (out.strip(), err, r.returncode)
+
+
+def make_db(name, encoding):
+    psql("DROP DATABASE IF EXISTS %s" % name)
+    psql("CREATE DATABASE %s ENCODING '%s' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0" % (name, encoding))
+    psql("CREATE EXTENSION m3ter", name)
+
+
+def received(uid):
+    return [m for m in standin("GET", "/_control/measurements") if m["uid"] == uid]
+
+
+def flush(db):
+    return json.loads(q("SET m3ter.max_retries = 0; SELECT m3ter_flush()", db)[0])
+
+
+reset()
+set_and_reload(worker_enabled="off")
+
+MESSAGE = "Zählerstand ungültig: € 😀"        # ä, ü in LATIN1; € in WIN1252 only; 😀 in neither
+LONG = "x" + "é" * 600                         # a message longer than the 500 bytes kept
+
+for db, enc in (("m3ter_latin1", "LATIN1"), ("m3ter_win1252", "WIN1252"), ("m3ter_sqlascii", "SQL_ASCII")):
+    make_db(db, enc)
+    note("database %s (%s)" % (db, enc))
+    standin("POST", "/_control/reset")
+
+    # outgoing: codes, map keys and values reach m3ter as the same Unicode text
+    q("""INSERT INTO m3ter.outbox (uid, meter, account, measure, who, metadata)
+         VALUES ('%s-1', 'zähler', 'café Müller', '{"größe": 3}', '{"benutzer": "Jürgen"}',
+                 '{"straße": "Ölweg ½"}')""" % db, db)
+    res = flush(db)
+    got = received("%s-1" % db)
+    ok(res["accepted"] == 1 and len(got) == 1, "%s: a row with non-ASCII text is accepted" % enc, (res, got))
+    if got:
+        m = got[0]
+        is_((m["meter"], m["account"], m["measure"], m["who"], m["metadata"]),
+            ("zähler", "café Müller", {"größe": 3}, {"benutzer": "Jürgen"}, {"straße": "Ölweg ½"}),
+            "%s: m3ter received the same Unicode text" % enc)
+
+    # incoming: m3ter's message stored in the database encoding, or escaped
+    standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 400,
+                                                     "body": json.dumps({"message": MESSAGE}, ensure_ascii=False)}]})
+    q("INSERT INTO m3ter.outbox (uid, meter, account) VALUES ('%s-2', 'api', 'acme')" % db, db)
+    flush(db)
+    stored = q("SELECT status || '|' || error FROM m3ter.outbox WHERE uid = '%s-2'" % db, db)[0]
+    want = {"LATIN1": "Zählerstand ungültig: \\u20AC \\U0001F600",
+            "WIN1252": "Zählerstand ungültig: € \\U0001F600",
+            "SQL_ASCII": MESSAGE}[enc]
+    is_(stored, "failed|%s" % want, "%s: m3ter's message is stored in the database's encoding" % enc)
+
+    # a long message (not JSON) is clipped to 500 bytes on a character boundary
+    standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 400, "body": LONG}]})
+    q("INSERT INTO m3ter.outbox (uid, meter, account) VALUES ('%s-3', 'api', 'acme')" % db, db)
+    flush(db)
+    err = q("SELECT error FROM m3ter.outbox WHERE uid = '%s-3'" % db, db)[0]
+    msg = err
+    nbytes = int(q("SELECT octet_length(error) FROM m3ter.outbox WHERE uid = '%s-3'" % db, db)[0])
+    want_chars = {"LATIN1": 500, "WIN1252": 500, "SQL_ASCII": 250}[enc]
+    is_((msg, nbytes <= 500), (LONG[:want_chars], True),
+        "%s: a long message is clipped to %d characters (%d bytes)" % (enc, want_chars, nbytes))
+
+    # meters from the Config API: created with non-ASCII text, listed back
+    name = "Größe %s" % enc
+    q("SELECT m3ter_create_meter('%s', 'größe_%s', "
+      "'[{\"category\":\"MEASURE\",\"code\":\"menge\",\"name\":\"Menge ½\"}]')" % (name, enc.lower()), db)
+    meters = standin("GET", "/_control/meters")
+    is_([m["name"] for m in meters if m["code"] == "größe_%s" % enc.lower()], [name],
+        "%s: m3ter received the meter's name as Unicode" % enc)
+
+# a meter named with characters LATIN1 cannot hold, listed in the LATIN1 database
+q("SELECT m3ter_create_meter('Preis € 😀', 'preis', '[{\"category\":\"COST\",\"code\":\"eur\",\"name\":\"Euro €\"}]')",
+  "postgres")
+listed = q("SELECT m->>'name' || '|' || (m->'dataFields'->0->>'name') FROM m3ter_list_meters() m "
+           "WHERE m->>'code' = 'preis'", "m3ter_latin1")[0]
+is_(listed, "Preis \\u20AC \\U0001F600|Euro \\u20AC", "LATIN1: listed meters hold escapes for what LATIN1 cannot hold")
+listed = q("SELECT m->>'name' FROM m3ter_list_meters() m WHERE m->>'code' = 'preis'", "m3ter_win1252")[0]
+is_(listed, "Preis € \\U0001F600", "WIN1252: the euro sign converts, the emoji is escaped")
+
+# code rules decoded as Unicode in every encoding
+_, err, rc = q("INSERT INTO m3ter.outbox (meter, account) VALUES ('api', E'ac\\u00a0me')", "m3ter_latin1", check=False)
+ok(rc != 0 and "non-printable or whitespace" in err, "LATIN1: a no-break space in a code is refused", err)
+out, err, rc = q("INSERT INTO m3ter.outbox (uid, meter, account) VALUES ('w-1', 'a…b', 'acme') RETURNING uid",
+                 "m3ter_win1252", check=False)
+ok(rc == 0, "WIN1252: an ellipsis (byte 0x85 there) is a printable character", err)
+_, err, rc = q("INSERT INTO m3ter.outbox (meter, account) VALUES ('api', 'acme\ufeff')", "m3ter_sqlascii", check=False)
+ok(rc != 0 and "non-printable or whitespace" in err, "SQL_ASCII: a zero-width no-break space (UTF-8) is refused", err)
+out, err, rc = q("INSERT INTO m3ter.outbox (uid, meter, account) VALUES ('s-1', repeat('é', 80), 'acme') RETURNING uid",
+                 "m3ter_sqlascii", check=False)
+ok(rc == 0, "SQL_ASCII: an 80-character meter code of 160 bytes is taken", err)
+# (client_encoding SQL_ASCII: the error names the value, whose bytes are not UTF-8)
+_, err, rc = q("INSERT INTO m3ter.outbox (meter, account) VALUES ('api', 'caf' || chr(233))", "m3ter_sqlascii",
+               check=False, client_encoding="SQL_ASCII")
+ok(rc != 0 and "must be UTF-8" in err, "SQL_ASCII: bytes that are not UTF-8 are refused at INSERT", err)
+_, err, rc = q("INSERT INTO m3ter.outbox (meter, account, who) VALUES ('api', 'acme', jsonb_build_object('u', 'J' || chr(252) || 'rgen'))",
+               "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
+ok(rc != 0 and "must be UTF-8" in err, "SQL_ASCII: and in map values", err)
+
+for db in ("m3ter_latin1", "m3ter_win1252", "m3ter_sqlascii"):
+    psql("DROP DATABASE %s" % db)
+set_and_reload(worker_enabled=None)
+done()
