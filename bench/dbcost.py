@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""The database side of a drain, at several table sizes in one run: where the time
+per row goes.  Runs on the cluster and stand-in that bench/run.sh starts (pacing
+off, no latency, the stand-in in fast mode).  Figures only: nothing here asserts.
+
+For each size (BENCH_DB_SIZES, default "200000,1000000") it fills the outbox, then
+  - EXPLAIN (ANALYZE, BUFFERS) of the worker's claim and its 'accepted' update for
+    1000 rows, at the start and at the middle of the table (rolled back);
+  - the update's cost a row as is and without each of the things it maintains
+    (the CHECK, the uid index, the pending index; and as a HOT update);
+  - drains it with the worker, sampling the rate every BENCH_DB_SAMPLE seconds;
+  - drains it again with the database floor (bench.py's floor_sql);
+and for each drain reports rows/s, WAL bytes and full-page images, buffers written
+by backends and checkpoints, heap and index blocks read from outside shared_buffers,
+and the table's and indexes' sizes before and after.  JSON goes to
+bench/results/dbcost.json.
+"""
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import bench  # noqa: E402
+from bench import accepted_counter, fresh_outbox, log, psql, settings, standin_fresh  # noqa: E402
+
+SIZES = [int(x) for x in os.environ.get("BENCH_DB_SIZES", "200000,1000000").split(",")]
+SAMPLE = float(os.environ.get("BENCH_DB_SAMPLE", 1.0))
+FORMER_FLOOR = os.environ.get("BENCH_DB_FORMER_FLOOR") == "1"
+
+CLAIM = ("SELECT id, uid, meter, account, ts, ets, measure, cost, income, who, \"where\", what, other, metadata "
+         "FROM m3ter.outbox WHERE status = 'pending' AND next_attempt_at <= now() AND id > {after} "
+         "ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED")
+ACCEPTED = ("UPDATE m3ter.outbox SET status = 'accepted', attempts = attempts + 1, "
+            "http_status = 200, error = NULL, sent_at = clock_timestamp(), accepted_at = clock_timestamp() "
+            "WHERE id = ANY(ARRAY(SELECT generate_series({lo}, {lo} + 999)::bigint))")
+
+
+def stats():
+    """Cumulative counters that a drain moves."""
+    row = psql("""
+SELECT json_build_object(
+  'wal_bytes', (SELECT wal_bytes FROM pg_stat_wal),
+  'wal_fpi', (SELECT wal_fpi FROM pg_stat_wal),
+  'wal_records', (SELECT wal_records FROM pg_stat_wal),
+  'wal_buffers_full', (SELECT wal_buffers_full FROM pg_stat_wal),
+  'checkpoints', (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter),
+  'buffers_checkpoint', (SELECT buffers_checkpoint FROM pg_stat_bgwriter),
+  'buffers_clean', (SELECT buffers_clean FROM pg_stat_bgwriter),
+  'buffers_backend', (SELECT buffers_backend FROM pg_stat_bgwriter),
+  'buffers_alloc', (SELECT buffers_alloc FROM pg_stat_bgwriter),
+  'heap_blks_read', (SELECT heap_blks_read FROM pg_statio_user_tables WHERE relid = 'm3ter.outbox'::regclass),
+  'heap_blks_hit', (SELECT heap_blks_hit FROM pg_statio_user_tables WHERE relid = 'm3ter.outbox'::regclass),
+  'idx_blks_read', (SELECT idx_blks_read FROM pg_statio_user_tables WHERE relid = 'm3ter.outbox'::regclass),
+  'idx_blks_hit', (SELECT idx_blks_hit FROM pg_statio_user_tables WHERE relid = 'm3ter.outbox'::regclass),
+  'n_tup_hot_upd', (SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = 'm3ter.outbox'::regclass),
+  'n_tup_upd', (SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = 'm3ter.outbox'::regclass))""")
+    return json.loads(row)
+
+
+def sizes():
+    """Sizes in MB of the table and each index, and the dead tuples."""
+    rows = psql("""SELECT c.relname, pg_relation_size(c.oid) / 1048576.0 FROM pg_class c
+                    WHERE c.oid = 'm3ter.outbox'::regclass
+                       OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'm3ter.outbox'::regclass)""")
+    out = {name: round(float(mb), 1) for name, mb in (line.split("|") for line in rows.splitlines())}
+    out["n_dead_tup"] = int(psql("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'm3ter.outbox'::regclass"))
+    return out
+
+
+def delta(before, after, rows):
+    d = {k: after[k] - before[k] for k in before}
+    d["wal_bytes_per_row"] = round(d["wal_bytes"] / rows)
+    d["fpi_per_1000_rows"] = round(d["wal_fpi"] * 1000 / rows, 1)
+    return d
+
+
+def explain(sql):
+    """EXPLAIN (ANALYZE, BUFFERS) in a transaction that is rolled back; the plan's text."""
+    out = psql("BEGIN;\nEXPLAIN (ANALYZE, BUFFERS, TIMING OFF, SUMMARY ON) " + sql + ";\nROLLBACK;")
+    return out.splitlines()
+
+
+def explains(n):
+    lo = int(psql("SELECT min(id) FROM m3ter.outbox"))
+    out = {}
+    for where, first in (("start", lo), ("middle", lo + n // 2)):
+        out["claim_" + where] = explain(CLAIM.format(after=first - 1))
+        out["update_" + where] = explain(ACCEPTED.format(lo=first))
+    psql("VACUUM m3ter.outbox")  # the rolled-back updates leave dead tuples
+    return out
+
+
+# What one 'accepted' update costs, part by part: each variant runs in a transaction
+# that is rolled back, on BATCHES requests of 1000 rows from the middle of the table
+BATCHES = 5
+VARIANTS = [
+    ("as the worker does it", ""),
+    ("without the CHECK (m3ter.check_usage)", "ALTER TABLE m3ter.outbox DROP CONSTRAINT outbox_usage_check;"),
+    ("without the CHECK and the uid index",
+     "ALTER TABLE m3ter.outbox DROP CONSTRAINT outbox_usage_check, DROP CONSTRAINT outbox_uid_key;"),
+    ("without the CHECK, the uid and the pending index",
+     "ALTER TABLE m3ter.outbox DROP CONSTRAINT outbox_usage_check, DROP CONSTRAINT outbox_uid_key; "
+     "DROP INDEX m3ter.outbox_pending_idx;"),
+]
+
+
+def update_costs(n):
+    """Microseconds a row for the 'accepted' update, as is and without each of its extra costs."""
+    lo = int(psql("SELECT min(id) FROM m3ter.outbox")) + n // 3
+    out = {}
+    for name, ddl in VARIANTS:
+        script = "BEGIN;\n" + ddl + "\n" + "".join(
+            "EXPLAIN (ANALYZE, TIMING OFF, BUFFERS, FORMAT JSON) " + ACCEPTED.format(lo=lo + k * 1000) + ";\n"
+            for k in range(BATCHES)) + "ROLLBACK;"
+        plans = [json.loads(line)[0] for line in _json_docs(psql(script))]
+        ms = sum(p["Execution Time"] for p in plans)
+        hits = sum(p["Plan"]["Shared Hit Blocks"] for p in plans)
+        out[name] = {"us_per_row": round(ms * 1000 / (BATCHES * 1000), 1),
+                     "buffers_per_row": round(hits / (BATCHES * 1000), 1)}
+    # HOT: the same table and update where the new version can stay on its page:
+    # fillfactor 50 and no index on a column the update changes (the pending index's
+    # predicate is on status); the primary key, the uid index and the CHECK stay
+    for name, ddl in (("HOT: fillfactor 50, no pending index", ""),
+                      ("HOT, and without the CHECK", "ALTER TABLE hot_probe DROP CONSTRAINT outbox_usage_check;")):
+        script = """BEGIN;
+CREATE TABLE hot_probe (LIKE m3ter.outbox INCLUDING DEFAULTS INCLUDING CONSTRAINTS) WITH (fillfactor = 50);
+INSERT INTO hot_probe SELECT * FROM m3ter.outbox WHERE id BETWEEN {lo} AND {lo} + {m};
+ALTER TABLE hot_probe ADD PRIMARY KEY (id), ADD UNIQUE (uid);
+ANALYZE hot_probe;
+CHECKPOINT;
+{ddl}
+""".format(lo=lo, m=BATCHES * 1000, ddl=ddl) + "".join(
+            "EXPLAIN (ANALYZE, TIMING OFF, BUFFERS, FORMAT JSON) " +
+            ACCEPTED.format(lo=lo + k * 1000).replace("m3ter.outbox", "hot_probe") + ";\n"
+            for k in range(BATCHES)) + \
+            "SELECT '[{\"hot\": ' || n_tup_hot_upd || '}]' FROM pg_stat_xact_user_tables WHERE relname = 'hot_probe';\n" \
+            "ROLLBACK;"
+        docs = [json.loads(line)[0] for line in _json_docs(psql(script))]
+        plans, hot = docs[:-1], docs[-1]["hot"]
+        ms = sum(p["Execution Time"] for p in plans)
+        out[name] = {"us_per_row": round(ms * 1000 / (BATCHES * 1000), 1),
+                     "buffers_per_row": round(sum(p["Plan"]["Shared Hit Blocks"] for p in plans) / (BATCHES * 1000), 1),
+                     "hot_updates": hot}
+    psql("VACUUM m3ter.outbox")
+    return out
+
+
+def _json_docs(text):
+    """The JSON documents in psql's unaligned output, one per EXPLAIN."""
+    docs, cur = [], []
+    for line in text.splitlines():
+        if line.startswith("[") and cur:
+            docs.append("".join(cur))
+            cur = []
+        if line.startswith("[") or cur:
+            cur.append(line)
+    if cur:
+        docs.append("".join(cur))
+    return docs
+
+
+def drain(n, how):
+    """Drain n pending rows with the worker or the floor; figures and counters."""
+    psql("CHECKPOINT")
+    before, size_before = stats(), sizes()
+    samples = []
+    t0 = time.time()
+    if how == "worker":
+        base = accepted_counter()
+        settings(worker_enabled=None)
+        while True:
+            done = accepted_counter() - base
+            samples.append((round(time.time() - t0, 2), done))
+            if done >= n:
+                break
+            time.sleep(SAMPLE)
+        settings(worker_enabled="off")
+    else:
+        psql(bench.FORMER_FLOOR_SQL if how == "former floor" else bench.FLOOR_SQL, timeout=3600)
+    dt = time.time() - t0
+    # the worker sends its statistics when it goes idle, at most once a second
+    time.sleep(2.5)
+    after = stats()
+    out = {"rows": n, "seconds": round(dt, 2), "rows_per_s": round(n / dt),
+           "counters": delta(before, after, n), "sizes_before": size_before, "sizes_after": sizes()}
+    if samples:
+        # rows/s in each tenth of the drain, to show whether the rate falls as it goes
+        tenth = []
+        for k in range(1, 11):
+            target = n * k // 10
+            t_k = next(t for t, d in samples if d >= target)
+            tenth.append(t_k)
+        out["rows_per_s_by_tenth"] = [round(n / 10 / max(b - a, 1e-3)) for a, b in zip([0] + tenth, tenth)]
+    return out
+
+
+def main():
+    settings(max_requests_per_second="0")
+    standin_fresh()
+    results = {"shared_buffers": psql("SHOW shared_buffers"), "max_wal_size": psql("SHOW max_wal_size"),
+               "batch_rows": psql("SHOW m3ter.batch_rows"), "sizes": {}}
+    for n in SIZES:
+        r = results["sizes"][str(n)] = {}
+        log("database side: %d rows, EXPLAIN of claim and update" % n)
+        fresh_outbox(n)
+        r["explain"] = explains(n)
+        r["update_costs"] = update_costs(n)
+        log("database side: %d rows, the worker" % n)
+        standin_fresh()
+        r["worker"] = drain(n, "worker")
+        log("database side: %d rows, the database floor" % n)
+        fresh_outbox(n)
+        r["floor"] = drain(n, "floor")
+        if FORMER_FLOOR:
+            log("database side: %d rows, the former floor" % n)
+            fresh_outbox(n)
+            r["former floor"] = drain(n, "former floor")
+    settings(worker_enabled=None, max_requests_per_second=None)
+
+    print()
+    print("%-10s %-12s %9s %8s %9s %8s %9s %9s %9s  %s" % (
+        "rows", "drain", "rows/s", "WAL B/r", "FPI/1000", "ckpts", "bk writes", "heap rd", "idx rd", "rows/s by tenth"))
+    for n, r in results["sizes"].items():
+        for how in ("worker", "floor", "former floor"):
+            if how not in r:
+                continue
+            d = r[how]
+            c = d["counters"]
+            print("%-10s %-12s %9d %8d %9.1f %8d %9d %9d %9d  %s" % (
+                n, how, d["rows_per_s"], c["wal_bytes_per_row"], c["fpi_per_1000_rows"], c["checkpoints"],
+                c["buffers_backend"], c["heap_blks_read"], c["idx_blks_read"], d.get("rows_per_s_by_tenth", "")))
+        print("%-10s sizes before %s, after %s" % ("", r["worker"]["sizes_before"], r["worker"]["sizes_after"]))
+    print()
+    print("the 'accepted' update, microseconds and shared buffers a row (%d x 1000 rows, rolled back)" % BATCHES)
+    for n, r in results["sizes"].items():
+        for name, v in r["update_costs"].items():
+            print("%-10s %-56s %7.1f us %6.1f buffers" % (n, name, v["us_per_row"], v["buffers_per_row"]))
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "dbcost.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
