@@ -272,10 +272,13 @@ class Handler(BaseHTTPRequestHandler):
     def state(self):
         return self.server.state
 
-    # the network model applies to m3ter's paths only, set per request in handle_any()
+    # per request, set in handle_any(): the network model applies to m3ter's paths
+    # only; arrival is when the first half of the latency has passed
     modelled = False
     answer_delayed = False
     entry = None
+    arrival = None
+    arrived_in_flight = None
 
     @property
     def source(self):
@@ -324,9 +327,6 @@ class Handler(BaseHTTPRequestHandler):
         with self.state.lock:
             self.state.requests.append(entry)
         self.entry = entry
-
-    arrival = None
-    arrived_in_flight = None
 
     def take_fault(self, path):
         with self.state.lock:
