@@ -48,7 +48,7 @@ results = {}
 FLOOR_SQL = """
 DO $$
 DECLARE
-    batch int := current_setting('m3ter.batch_rows')::int;
+    batch int := coalesce(current_setting('m3ter.batch_rows', true)::int, 5000);
     ids bigint[];
     after bigint := 0;
     n int;
