@@ -269,39 +269,40 @@ def main():
 
 
 def verdicts(r):
-    """The issue's targets: (figure, value, target, ratio to target, met)."""
+    """The issue's targets: each figure, its ratio (to the ceiling, or worker to relay),
+    the target and whether it is met."""
     out = []
 
-    def add(figure, value, target, ratio, met):
-        out.append({"figure": figure, "value": value, "target": target,
-                    "ratio": None if ratio is None else round(ratio, 2), "met": bool(met)})
+    def add(figure, value, ratio, target, met):
+        out.append({"figure": figure, "value": value, "ratio": None if ratio is None else round(ratio, 2),
+                    "target": target, "met": bool(met)})
 
     for lat, d in r["drain"].items():
-        add("drain %s rows at %s ms: rows/s (ceiling %s)" % (format(d["rows"], ","), lat, format(d["ceiling_rows_per_s"], ",")),
-            d["rows_per_s"], ">= 0.9 x ceiling", d["ratio"], d["ratio"] >= 0.9)
-        add("drain %s rows at %s ms: 429 answers" % (format(d["rows"], ","), lat), d["status_429"], "0", None,
+        add("drain %s rows at %s ms: rows/s (ceiling %s)" % (format(d["rows"], ","), lat,
+                                                              format(d["ceiling_rows_per_s"], ",")),
+            d["rows_per_s"], d["ratio"], "ratio >= 0.9", d["ratio"] >= 0.9)
+        add("drain %s rows at %s ms: 429 answers" % (format(d["rows"], ","), lat), d["status_429"], None, "0",
             d["status_429"] == 0)
     for lat, b in r["burst"].items():
-        # 3 s for 100,000 rows at 150 ms (ceiling 2.15 s): 1.4 x the ceiling at any size and latency
-        target = b["ceiling_seconds"] * 3.0 / 2.15
+        # 3 s for 100,000 rows at 150 ms, where the ceiling is 2.15 s: a ratio of 0.72
         add("burst %s rows at %s ms: seconds to all accepted (ceiling %.2f)" % (format(b["rows"], ","), lat,
                                                                                 b["ceiling_seconds"]),
-            b["seconds"], "<= %.2f" % target, target / b["seconds"], b["seconds"] <= target)
+            b["seconds"], b["ratio"], "ratio >= 0.72 (3 s at 150 ms)", b["ratio"] >= 2.15 / 3)
     for lat, rl in r["relay"].items():
         if lat in r["drain"]:
             ratio = r["drain"][lat]["rows_per_s"] / rl["rows_per_s"]
             add("worker drain / Python relay at %s ms (relay %s rows/s)" % (lat, format(rl["rows_per_s"], ",")),
-                round(ratio, 2), ">= 5", ratio / 5, ratio >= 5)
+                r["drain"][lat]["rows_per_s"], ratio, "ratio >= 5", ratio >= 5)
     t = r.get("two_clusters")
     if t:
         add("two clusters, one organization, %g ms: rows/s together (ceiling %s)" % (
-            t["latency_ms"], format(t["ceiling_rows_per_s"], ",")), t["rows_per_s"], ">= 0.8 x ceiling",
-            t["ratio"] / 0.8, t["ratio"] >= 0.8)
-        add("two clusters: 429s as % of requests", t["pct_429"], "< 2", None, t["pct_429"] < 2)
-        add("two clusters: rows failed", t["failed"], "0", None, t["failed"] == 0)
+            t["latency_ms"], format(t["ceiling_rows_per_s"], ",")), t["rows_per_s"], t["ratio"], "ratio >= 0.8",
+            t["ratio"] >= 0.8)
+        add("two clusters: 429s as % of requests", t["pct_429"], None, "< 2", t["pct_429"] < 2)
+        add("two clusters: rows failed", t["failed"], None, "0", t["failed"] == 0)
     k = r["tokens"]
     add("token requests: %d sessions + %d flushes in new sessions" % (k["sessions"], k["flushes"]),
-        k["token_requests"], "<= 1", None, k["token_requests"] <= 1)
+        k["token_requests"], None, "<= 1", k["token_requests"] <= 1)
     return out
 
 
@@ -327,11 +328,11 @@ def report(r):
           "(a 10-second pg_cron flush: %s a day)" % (k["sessions"], k["token_requests_sessions"], k["flushes"],
                                                     k["token_requests_flushes"], format(k["per_day_at_10s_cron"], ",")))
     print()
-    print("| Figure | Value | Target | Ratio | Met |")
-    print("|---|---:|---|---:|---|")
+    print("| Figure | Value | Ratio | Target | Met |")
+    print("|---|---:|---:|---|---|")
     for v in r["verdicts"]:
-        print("| %s | %s | %s | %s | %s |" % (v["figure"], v["value"], v["target"],
-                                              "" if v["ratio"] is None else v["ratio"], "yes" if v["met"] else "no"))
+        print("| %s | %s | %s | %s | %s |" % (v["figure"], v["value"], "" if v["ratio"] is None else v["ratio"],
+                                              v["target"], "yes" if v["met"] else "no"))
     print()
     print(json.dumps(r))
 
