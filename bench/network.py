@@ -29,6 +29,10 @@ The ceiling is what m3ter's limits allow: requests = ceil(rows / 1000), sent at
 per 5 minutes from one source, plus one latency for the last answer; 1,000
 requests take 20 s, 100 take 2 s + one latency.  Ratio = ceiling seconds /
 measured seconds.  Prints a table and writes bench/results/network.json.
+
+Time: with BENCH_NET_BURST_ROWS=20000 BENCH_NET_DRAIN_ROWS=50000 BENCH_NET_TWO_ROWS=25000
+about 2 minutes on 2 cores; at the default sizes, with a worker that sends one request
+at a time, most of half an hour (the 1,000,000-row drain at 400 ms alone takes minutes).
 """
 import json
 import math
