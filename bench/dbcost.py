@@ -9,7 +9,11 @@ For each size (BENCH_DB_SIZES, default "200000,1000000") it fills the outbox, th
   - the update's cost a row as is and without each of the things it maintains
     (the CHECK, the uid index, the pending index; and as a HOT update);
   - drains it with the worker, sampling the rate every BENCH_DB_SAMPLE seconds;
-  - drains it again with the database floor (bench.py's floor_sql);
+  - drains it again with the database floor (bench.py's FLOOR_SQL), and with
+    BENCH_DB_FORMER_FLOOR=1 with the floor as it was (FORMER_FLOOR_SQL);
+  - unless BENCH_DB_HOT=0, drains it with the worker and the floor once more with
+    the table altered so that the 'accepted' update can be HOT (fillfactor 50, the
+    pending index dropped; both restored at the end);
 and for each drain reports rows/s, the CPU time a row of the draining process (the
 worker, or the floor's session) and of the whole cluster (autovacuum included),
 WAL bytes and full-page images, buffers written
@@ -31,6 +35,7 @@ from bench import accepted_counter, fresh_outbox, log, psql, settings, standin_f
 SIZES = [int(x) for x in os.environ.get("BENCH_DB_SIZES", "200000,1000000").split(",")]
 SAMPLE = float(os.environ.get("BENCH_DB_SAMPLE", 1.0))
 FORMER_FLOOR = os.environ.get("BENCH_DB_FORMER_FLOOR") == "1"
+HOT = os.environ.get("BENCH_DB_HOT", "1") == "1"
 
 CLAIM = ("SELECT id, uid, meter, account, ts, ets, measure, cost, income, who, \"where\", what, other, metadata "
          "FROM m3ter.outbox WHERE status = 'pending' AND next_attempt_at <= now() AND id > {after} "
@@ -337,6 +342,21 @@ def main():
             log("database side: %d rows, the former floor" % n)
             fresh_outbox(n)
             r["former floor"] = drain(n, "former floor")
+    if HOT:
+        # the same drains where the 'accepted' update can be HOT: room on every page
+        # and no index on status (the claim then walks the primary key)
+        psql("ALTER TABLE m3ter.outbox SET (fillfactor = 50); DROP INDEX m3ter.outbox_pending_idx")
+        for n in SIZES:
+            r = results["sizes"][str(n)]
+            log("database side: %d rows, the worker, HOT updates" % n)
+            fresh_outbox(n)
+            standin_fresh()
+            r["worker, HOT"] = drain(n, "worker")
+            log("database side: %d rows, the database floor, HOT updates" % n)
+            fresh_outbox(n)
+            r["floor, HOT"] = drain(n, "floor")
+        psql("ALTER TABLE m3ter.outbox RESET (fillfactor); "
+             "CREATE INDEX outbox_pending_idx ON m3ter.outbox (id) WHERE status = 'pending'")
     settings(worker_enabled=None, max_requests_per_second=None)
 
     print()
@@ -344,7 +364,7 @@ def main():
         "rows", "drain", "rows/s", "CPU us/r", "all us/r", "WAL B/r", "FPI/1000", "ckpts", "bk writes", "heap rd",
         "idx rd", "rows/s by tenth"))
     for n, r in results["sizes"].items():
-        for how in ("worker", "floor", "former floor"):
+        for how in ("worker", "floor", "former floor", "worker, HOT", "floor, HOT"):
             if how not in r:
                 continue
             d = r[how]
