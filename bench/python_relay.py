@@ -1,30 +1,45 @@
 #!/usr/bin/python3
-"""The relay a team writes today, for comparison: select 1000 pending rows, post
-them, mark them, in a loop.  psycopg2 (Debian's python3-psycopg2) and the stdlib.
+"""The relay a team writes today with the official SDK's submit_all shape, for
+comparison: select 1000 pending rows, post them, mark them, one after another.
+Like the SDK's generated client it retries 429 and 5xx, honouring Retry-After.
+psycopg2 (Debian's python3-psycopg2) and the stdlib.
 
 Usage: python_relay.py  (PG* environment for the database; STANDIN_URL, M3TER_ORG_ID,
-M3TER_ACCESS_KEY_ID, M3TER_API_SECRET for m3ter).  Prints the rows it sent.
+M3TER_ACCESS_KEY_ID, M3TER_API_SECRET for m3ter).  Prints JSON: {"sent": rows,
+"requests": n, "retried": n}.
 """
 import base64
 import http.client
 import json
 import os
+import time
 import urllib.parse
 
 import psycopg2
 
 url = urllib.parse.urlsplit(os.environ["STANDIN_URL"])
 org = os.environ["M3TER_ORG_ID"]
-conn_http = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+conn_http = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+requests = 0
+retried = 0
 
 
 def post(path, body, headers):
-    conn_http.request("POST", path, body=body, headers=headers)
-    resp = conn_http.getresponse()
-    data = resp.read()
-    if resp.status != 200:
-        raise RuntimeError("HTTP %d: %s" % (resp.status, data[:200]))
-    return json.loads(data)
+    """POST until m3ter answers 2xx; 429 and 5xx wait Retry-After (or 0.5 s doubling)."""
+    global requests, retried
+    delay = 0.5
+    while True:
+        conn_http.request("POST", path, body=body, headers=headers)
+        resp = conn_http.getresponse()
+        data = resp.read()
+        requests += 1
+        if resp.status == 200:
+            return json.loads(data)
+        if resp.status != 429 and resp.status < 500:
+            raise RuntimeError("HTTP %d: %s" % (resp.status, data[:200]))
+        retried += 1
+        time.sleep(float(resp.getheader("Retry-After") or delay))
+        delay = min(delay * 2, 8)
 
 
 basic = base64.b64encode(("%s:%s" % (os.environ["M3TER_ACCESS_KEY_ID"], os.environ["M3TER_API_SECRET"])).encode()).decode()
@@ -59,4 +74,4 @@ while True:
         cur.execute("UPDATE m3ter.outbox SET status = 'accepted', accepted_at = now() WHERE id = ANY(%s)",
                     ([r[0] for r in rows],))
         sent += len(rows)
-print(sent)
+print(json.dumps({"sent": sent, "requests": requests, "retried": retried}))

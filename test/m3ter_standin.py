@@ -21,19 +21,48 @@ Tests steer it through /_control (no auth):
         after storing the measurements), "trickle" (seconds
         spent sending the body), "empty_body", "malformed_body" (with a 200)
   POST /_control/config   {"token_ttl": s, "reject_meters": [...], "expire_tokens":
-        true, "rate_limit": {"per_second": n, "window": s, "window_max": n},
+        true, "rate_limit": ..., "latency_ms": n, "bandwidth_bytes_per_s": n,
         "fast": true, "random_5xx": 0.05}   (fast: accept and count measurements
         without parsing or storing them, for benchmarks; random_5xx: answer that
         share of ingest requests with a random 500, 502, 503 or 504)
-  GET  /_control/summary                    counts: accepted, duplicates, requests...
+  POST /_control/listen   {}                open one more listening port, a separate
+        source for the per-source limit; answers {"port": n, "source": name}
+  GET  /_control/summary                    counts: accepted, duplicates, requests,
+        token_requests, ingest_requests, status_counts, limited (429s by limit),
+        max_in_flight, in_flight, by_source (ingest requests per source)...
   GET  /_control/measurements               every stored measurement
-  GET  /_control/requests                   the request log (time, path, status, n)
+  GET  /_control/requests                   the request log: t (arrival), answered,
+        in_flight (at arrival), source, path, status, measurements, bytes, note
   GET  /_control/meters                     every stored meter
   GET  /_control/tokens                     every bearer token it issued
 
-Run: m3ter_standin.py --port-file FILE [--port N] [--state-file FILE]; it prints its
-port and serves until killed (with --state-file, SIGTERM saves what it accepted and
-the next start loads it).  Python standard library only.
+The network and m3ter's limits (off by default, so loopback tests stay fast):
+  latency_ms            each request to m3ter's paths (not /_control) waits half of
+                        it after it is read and before it is handled (the arrival time
+                        the limits and the log see), and the other half before the
+                        answer is written
+  bandwidth_bytes_per_s per connection: reading a request body and writing an answer
+                        go no faster (0: unlimited)
+  rate_limit            m3ter's Ingest API limits, answered with 429, Retry-After: 1
+                        and {"message": ...}: true (or {}) for m3ter's published
+                        figures, null/false for none, or an object overriding them:
+                        {"per_second": 50, "window": 300, "window_max": 5000}.
+                        per_second is per organization, counted per wall-clock
+                        second: once it is spent, ingest requests for that organization
+                        get 429 until the second ends.  window_max is per source
+                        over a rolling window of that many seconds.  Only admitted
+                        requests count against either.
+A source is a client address as seen on one listening port.  On loopback every
+client is 127.0.0.1, so each extra port (--source-ports, POST /_control/listen) is a
+source of its own: two clusters pointed at two ports are two sources sharing one
+organization's per-second limit.
+
+Run: m3ter_standin.py --port-file FILE [--port N] [--state-file FILE]
+     [--latency-ms N] [--bandwidth-bytes-per-s N] [--rate-limit] [--source-ports N]
+It prints its port and serves until killed (extra source ports go to FILE.sources,
+one a line; with --state-file, SIGTERM saves what it accepted and the next start
+loads it).  It takes load as a server does: a thread per connection, keep-alive, a
+listen backlog of 1024.  Python standard library only.
 """
 
 import argparse
@@ -71,6 +100,11 @@ class ApiError(Exception):
         self.message = message
 
 
+# m3ter's published Ingest API limits (what "rate_limit": true means)
+RATE_LIMIT_DEFAULTS = {"per_second": 50, "window": 300, "window_max": 5000}
+LISTEN_BACKLOG = 1024
+
+
 def now_iso():
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -84,14 +118,101 @@ def check_code(what, value, maxlen=80):
         raise ApiError(400, f"{what} must not contain non-printable or whitespace characters except space, nor start or end with whitespace")
 
 
+# ---- the network: latency and bandwidth ----
+
+def pause(seconds):
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def throttled_read(rfile, length, rate):
+    """Read length bytes, no faster than rate bytes a second (0: at once)."""
+    if not rate:
+        return rfile.read(length)
+    chunks, got, t0 = [], 0, time.monotonic()
+    step = max(1024, min(65536, int(rate) // 50))
+    while got < length:
+        chunk = rfile.read(min(step, length - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+        pause(t0 + got / rate - time.monotonic())
+    return b"".join(chunks)
+
+
+def throttled_write(wfile, data, rate):
+    """Write data, no faster than rate bytes a second (0: at once)."""
+    if not rate:
+        wfile.write(data)
+        return
+    t0 = time.monotonic()
+    step = max(256, min(65536, int(rate) // 50))
+    for off in range(0, len(data), step):
+        wfile.write(data[off:off + step])
+        wfile.flush()
+        pause(t0 + (off + step) / rate - time.monotonic())
+
+
+# ---- m3ter's limits ----
+
+class RateLimits:
+    """The per-organization per-second limit and the per-source rolling budget.
+
+    Not locked itself: the caller holds State.lock."""
+
+    def __init__(self, config):
+        self.per_second = int(config.get("per_second", RATE_LIMIT_DEFAULTS["per_second"]))
+        self.window = float(config.get("window", RATE_LIMIT_DEFAULTS["window"]))
+        self.window_max = int(config.get("window_max", RATE_LIMIT_DEFAULTS["window_max"]))
+        self.org_second = {}    # org -> [wall-clock second, requests admitted in it]
+        self.source_times = {}  # source -> deque of admission times within the window
+
+    @staticmethod
+    def parse(value):
+        """The rate_limit config value: true/{} for the defaults, a dict to override, null/false for none."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return RateLimits({})
+        if isinstance(value, dict):
+            return RateLimits(value)
+        raise ApiError(400, "rate_limit must be true, false, null or an object")
+
+    def describe(self):
+        return {"per_second": self.per_second, "window": self.window, "window_max": self.window_max}
+
+    def admit(self, org, source, t):
+        """None when the request may pass (and counts it), else which limit refused it."""
+        sec = int(t)
+        slot = self.org_second.get(org)
+        if slot is None or slot[0] != sec:
+            slot = self.org_second[org] = [sec, 0]
+        times = self.source_times.setdefault(source, deque())
+        while times and times[0] <= t - self.window:
+            times.popleft()
+        if slot[1] >= self.per_second:
+            return "organization"
+        if len(times) >= self.window_max:
+            return "source"
+        slot[1] += 1
+        times.append(t)
+        return None
+
+
+# ---- what the stand-in remembers ----
+
 class State:
     """Everything the stand-in remembers; guarded by one lock."""
 
-    def __init__(self, org_id, access_key_id, api_secret):
+    def __init__(self, org_id, access_key_id, api_secret, defaults=None):
         self.org_id = org_id
         self.access_key_id = access_key_id
         self.api_secret = api_secret
+        # network and limit settings from the command line; reset returns to them
+        self.defaults = dict(defaults or {})
         self.lock = threading.Lock()
+        self.listeners = []
         self.reset()
 
     def reset(self):
@@ -104,8 +225,11 @@ class State:
         self.requests = []
         self.faults = []
         self.reject_meters = set()
-        self.rate_limit = None
-        self.recent = deque()
+        self.rate_limit = RateLimits.parse(self.defaults.get("rate_limit"))
+        self.latency_ms = float(self.defaults.get("latency_ms", 0))
+        self.bandwidth = float(self.defaults.get("bandwidth_bytes_per_s", 0))
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.fast = False
         self.accepted_total = 0
         self.random_5xx = 0.0
@@ -148,12 +272,34 @@ class Handler(BaseHTTPRequestHandler):
     def state(self):
         return self.server.state
 
+    # per request, set in handle_any(): the network model applies to m3ter's paths
+    # only; arrival is when the first half of the latency has passed
+    modelled = False
+    answer_delayed = False
+    entry = None
+    arrival = None
+    arrived_in_flight = None
+
+    @property
+    def source(self):
+        """Who the per-source limit counts: the client address, per listening port."""
+        return "%s@%d" % (self.client_address[0], self.server.server_address[1])
+
     def read_body(self):
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        if not length:
+            return b""
+        return throttled_read(self.rfile, length, self.state.bandwidth if self.modelled else 0)
+
+    def before_answer(self):
+        """The second half of the latency, once per modelled request."""
+        if self.modelled and not self.answer_delayed:
+            self.answer_delayed = True
+            pause(self.state.latency_ms / 2000.0)
 
     def send_json(self, status, obj, extra_headers=None):
         body = json.dumps(obj).encode() if not isinstance(obj, bytes) else obj
+        self.before_answer()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -161,13 +307,26 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self._headers_buffer.append(b"\r\n")
         self._headers_buffer.append(body)
-        self.flush_headers()
+        if self.modelled and self.state.bandwidth:
+            data = b"".join(self._headers_buffer)
+            self._headers_buffer = []
+            throttled_write(self.wfile, data, self.state.bandwidth)
+        else:
+            self.flush_headers()
+        self.answered()
+
+    def answered(self):
+        """Note in the log when the answer was written."""
+        if self.entry is not None:
+            self.entry["answered"] = time.time()
 
     def record(self, status, n=0, nbytes=0, note=None):
+        entry = {"t": self.arrival or time.time(), "method": self.command, "path": urlsplit(self.path).path,
+                 "status": status, "measurements": n, "bytes": nbytes, "note": note,
+                 "source": self.source, "in_flight": self.arrived_in_flight, "answered": None}
         with self.state.lock:
-            self.state.requests.append({
-                "t": time.time(), "method": self.command, "path": urlsplit(self.path).path,
-                "status": status, "measurements": n, "bytes": nbytes, "note": note})
+            self.state.requests.append(entry)
+        self.entry = entry
 
     def take_fault(self, path):
         with self.state.lock:
@@ -182,6 +341,7 @@ class Handler(BaseHTTPRequestHandler):
     def reset_mid_body(self, nbytes):
         """Start a 200 answer, then reset the connection halfway through its body."""
         self.record(0, nbytes=nbytes, note="reset mid-body")
+        self.before_answer()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", "100")
@@ -191,6 +351,7 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         self.connection.close()
+        self.answered()
 
     def apply_fault(self, fault, nbytes):
         """Act out a fault; returns True when the request was answered (or dropped)."""
@@ -204,6 +365,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            self.answered()
             return True
         if fault.get("reset_mid_body") and not fault.get("after_accept"):
             self.reset_mid_body(nbytes)
@@ -253,27 +415,24 @@ class Handler(BaseHTTPRequestHandler):
         return {"access_token": tok, "token_type": "bearer", "expires_in": ttl}
 
     # ---- ingest ----
-    def check_rate(self):
-        rl = self.state.rate_limit
-        if not rl:
-            return
+    def check_rate(self, org):
+        """m3ter's limits, counted at the request's arrival time."""
         with self.state.lock:
-            t = time.time()
-            recent = self.state.recent
-            window = float(rl.get("window", 300))
-            while recent and recent[0] < t - window:
-                recent.popleft()
-            per_second = sum(1 for x in recent if x >= t - 1.0)
-            if per_second >= rl.get("per_second", 50) or len(recent) >= rl.get("window_max", 5000):
-                raise ApiError(429, "Too Many Requests")
-            recent.append(t)
+            limits = self.state.rate_limit
+            refused = limits.admit(org, self.source, self.arrival) if limits else None
+        if refused == "organization":
+            raise ApiError(429, "Too Many Requests: over the organization's limit of %d requests a second"
+                           % limits.per_second)
+        if refused == "source":
+            raise ApiError(429, "Too Many Requests: over the limit of %d requests in %g seconds from this source"
+                           % (limits.window_max, limits.window))
 
-    def measurements(self, body):
+    def measurements(self, path, body):
         if self.state.random_5xx and random.random() < self.state.random_5xx:
             raise ApiError(random.choice((500, 502, 503, 504)), "Injected random server error")
         if len(body) >= MAX_PAYLOAD:
             raise ApiError(403, f"Request payload of {len(body)} bytes exceeds the limit of {MAX_PAYLOAD} bytes")
-        self.check_rate()
+        self.check_rate(path.split("/")[2])
         try:
             doc = json.loads(body)
         except ValueError:
@@ -380,7 +539,9 @@ class Handler(BaseHTTPRequestHandler):
         doc = json.loads(body) if body else {}
         with st.lock:
             if path == "/_control/reset":
+                in_flight = st.in_flight
                 st.reset()
+                st.in_flight = st.max_in_flight = in_flight
                 return {"ok": True}
             if path == "/_control/faults":
                 if doc.get("clear"):
@@ -395,7 +556,11 @@ class Handler(BaseHTTPRequestHandler):
                 if doc.get("expire_tokens"):
                     st.tokens = {k: 0 for k in st.tokens}
                 if "rate_limit" in doc:
-                    st.rate_limit = doc["rate_limit"]
+                    st.rate_limit = RateLimits.parse(doc["rate_limit"])
+                if "latency_ms" in doc:
+                    st.latency_ms = max(0.0, float(doc["latency_ms"]))
+                if "bandwidth_bytes_per_s" in doc:
+                    st.bandwidth = max(0.0, float(doc["bandwidth_bytes_per_s"] or 0))
                 if "fast" in doc:
                     st.fast = bool(doc["fast"])
                 if "random_5xx" in doc:
@@ -411,6 +576,13 @@ class Handler(BaseHTTPRequestHandler):
                     "ingest_requests": sum(1 for r in reqs if r["path"].endswith("/measurements")),
                     "status_counts": _count(r["status"] for r in reqs),
                     "faults_queued": len(st.faults),
+                    "limited": _count(("organization" if "organization" in (r["note"] or "") else "source")
+                                      for r in reqs if r["status"] == 429 and r["note"]
+                                      and r["note"].startswith("Too Many Requests")),
+                    "by_source": _count(r["source"] for r in reqs if r["path"].endswith("/measurements")),
+                    "in_flight": st.in_flight, "max_in_flight": st.max_in_flight,
+                    "latency_ms": st.latency_ms, "bandwidth_bytes_per_s": st.bandwidth,
+                    "rate_limit": st.rate_limit.describe() if st.rate_limit else None,
                 }
             if path == "/_control/measurements":
                 return list(st.measurements.values())
@@ -420,20 +592,41 @@ class Handler(BaseHTTPRequestHandler):
                 return list(st.meters)
             if path == "/_control/tokens":
                 return list(st.tokens)
+        if path == "/_control/listen":
+            server = listen(self.server, 0)
+            return {"port": server.server_address[1], "source": "127.0.0.1@%d" % server.server_address[1]}
         raise ApiError(404, "no such control endpoint")
 
     # ---- dispatch ----
     def handle_any(self):
-        body = self.read_body() if self.command in ("POST", "PUT") else b""
         parts = urlsplit(self.path)
         path = parts.path
-        if path.startswith("/_control/"):
+        self.entry = self.arrival = self.arrived_in_flight = None
+        self.answer_delayed = False
+        self.modelled = not path.startswith("/_control/")
+        if not self.modelled:
+            body = self.read_body() if self.command in ("POST", "PUT") else b""
             try:
                 self.send_json(200, self.control(path, body))
             except ApiError as e:
                 self.send_json(e.status, {"message": e.message})
             return
+        with self.state.lock:
+            self.state.in_flight += 1
+            self.state.max_in_flight = max(self.state.max_in_flight, self.state.in_flight)
+        try:
+            body = self.read_body() if self.command in ("POST", "PUT") else b""
+            pause(self.state.latency_ms / 2000.0)
+            with self.state.lock:
+                self.arrival = time.time()
+                self.arrived_in_flight = self.state.in_flight
+            self.handle_m3ter(parts, path, body)
+        finally:
+            with self.state.lock:
+                self.state.in_flight -= 1
 
+    def handle_m3ter(self, parts, path, body):
+        """Answer one request to m3ter's API (faults first)."""
         fault = self.take_fault(path)
         if fault and self.apply_fault(fault, len(body)):
             return
@@ -444,7 +637,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self.check_bearer(path)
                 if path.endswith("/measurements") and self.command == "POST":
-                    n = self.measurements(body)
+                    n = self.measurements(path, body)
                     result = {"result": "accepted"}
                 elif path.endswith("/meters") and self.command == "POST":
                     result = self.create_meter(body)
@@ -480,10 +673,30 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(bytes([b]))
                 self.wfile.flush()
                 time.sleep(step)
+            self.answered()
         else:
             self.send_json(200, result)
 
     do_GET = do_POST = do_PUT = handle_any
+
+
+class Server(ThreadingHTTPServer):
+    """A thread per connection, with a listen backlog that takes a burst of connections."""
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
+
+
+def listen(first, port):
+    """One more listening port sharing first's state (a separate source), served in a thread."""
+    server = Server(("127.0.0.1", port), Handler)
+    server.state = first.state
+    server.ssl_context = first.ssl_context
+    if server.ssl_context:
+        server.socket = server.ssl_context.wrap_socket(server.socket, server_side=True)
+    with first.state.lock:
+        first.state.listeners.append(server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def _count(values):
@@ -503,11 +716,18 @@ def main():
     ap.add_argument("--state-file", help="load accepted measurements from it at start, save them on SIGTERM")
     ap.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM) ...")
     ap.add_argument("--tls-key", help="... and this key")
+    ap.add_argument("--latency-ms", type=float, default=0, help="per-request latency (see the header)")
+    ap.add_argument("--bandwidth-bytes-per-s", type=float, default=0, help="per-connection bandwidth, 0: unlimited")
+    ap.add_argument("--rate-limit", action="store_true", help="enforce m3ter's published Ingest API limits")
+    ap.add_argument("--source-ports", type=int, default=0,
+                    help="listen on this many more ports, each a separate source (written to PORT_FILE.sources)")
     args = ap.parse_args()
 
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    server.daemon_threads = True
-    server.state = State(args.org_id, args.access_key_id, args.api_secret)
+    defaults = {"latency_ms": args.latency_ms, "bandwidth_bytes_per_s": args.bandwidth_bytes_per_s,
+                "rate_limit": True if args.rate_limit else None}
+    server = Server(("127.0.0.1", args.port), Handler)
+    server.state = State(args.org_id, args.access_key_id, args.api_secret, defaults)
+    server.ssl_context = None
     if args.state_file and os.path.exists(args.state_file):
         server.state.load(args.state_file)
 
@@ -522,12 +742,18 @@ def main():
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(args.tls_cert, args.tls_key)
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        server.ssl_context = ctx
     port = server.server_address[1]
+    extra = [listen(server, 0).server_address[1] for _ in range(args.source_ports)]
     if args.port_file:
+        if extra:
+            with open(args.port_file + ".sources.tmp", "w") as f:
+                f.write("\n".join(str(p) for p in extra) + "\n")
+            os.replace(args.port_file + ".sources.tmp", args.port_file + ".sources")
         with open(args.port_file + ".tmp", "w") as f:
             f.write(str(port))
         os.replace(args.port_file + ".tmp", args.port_file)
-    print(f"m3ter stand-in listening on 127.0.0.1:{port}", flush=True)
+    print("m3ter stand-in listening on 127.0.0.1:%s" % ", ".join(str(p) for p in [port] + extra), flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

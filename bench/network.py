@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""Delivery over a modelled network, under m3ter's limits: the benchmark matrix.
+
+Runs on the clusters and stand-in that `bench/run.sh network` starts: the main
+cluster, and a second one whose m3ter.ingest_url is another port of the same
+stand-in (a second source address sharing the organization).  The stand-in runs in
+fast mode with m3ter's published limits (50 requests a second per organization,
+5,000 per rolling 5 minutes per source) and the latency of each case.  The
+extension runs with its default settings.  Figures only: nothing here asserts.
+
+Cases, for each latency in BENCH_NET_LATENCIES (ms, default "0,50,150,400"):
+  burst   BENCH_NET_BURST_ROWS (100,000) rows committed at once, the worker on:
+          seconds from the commit until the last row is 'accepted'
+  drain   BENCH_NET_DRAIN_ROWS (1,000,000) rows inserted with the worker off, then
+          the worker on: seconds until all are 'accepted'
+  relay   the Python relay (bench/python_relay.py, the SDK's submit_all shape)
+          draining BENCH_NET_RELAY_ROWS (the burst size) rows
+and once:
+  two clusters  BENCH_NET_TWO_ROWS (the drain size) rows in each cluster, both
+          workers switched on together, at BENCH_NET_TWO_LATENCY ms (150)
+  tokens  BENCH_NET_SESSIONS (20) sessions calling m3ter_submit at once, then
+          BENCH_NET_CRON_RUNS (6) flushes each in a new session BENCH_NET_CRON_INTERVAL
+          (1) seconds apart, as pg_cron runs a job (pg_cron 1.4 has no
+          sub-minute schedules): token requests at the stand-in
+BENCH_NET_BANDWIDTH (bytes/s per connection, default 0: unlimited) applies to all.
+
+The ceiling is what m3ter's limits allow: requests = ceil(rows / 1000), sent at
+50 a second for the organization (shared by all sources) and no more than 5,000
+per 5 minutes from one source, plus one latency for the last answer; 1,000
+requests take 20 s, 100 take 2 s + one latency.  Ratio = ceiling seconds /
+measured seconds.  Prints a table and writes bench/results/network.json.
+
+Time: with BENCH_NET_BURST_ROWS=20000 BENCH_NET_DRAIN_ROWS=50000 BENCH_NET_TWO_ROWS=25000
+about 2 minutes on 2 cores; at the default sizes, with a worker that sends one request
+at a time, most of half an hour (the 1,000,000-row drain at 400 ms alone takes minutes).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "test"))
+from bench import ROW_SQL, log  # noqa: E402
+from m3ter_tap import BINDIR, standin  # noqa: E402
+
+
+def env_list(name, default):
+    return [float(x) for x in os.environ.get(name, default).split(",") if x.strip()]
+
+
+LATENCIES = env_list("BENCH_NET_LATENCIES", "0,50,150,400")
+BURST = int(os.environ.get("BENCH_NET_BURST_ROWS", 100000))
+DRAIN = int(os.environ.get("BENCH_NET_DRAIN_ROWS", 1000000))
+RELAY = int(os.environ.get("BENCH_NET_RELAY_ROWS", BURST))
+TWO_ROWS = int(os.environ.get("BENCH_NET_TWO_ROWS", DRAIN))
+TWO_LATENCY = float(os.environ.get("BENCH_NET_TWO_LATENCY", 150))
+SESSIONS = int(os.environ.get("BENCH_NET_SESSIONS", 20))
+CRON_RUNS = int(os.environ.get("BENCH_NET_CRON_RUNS", 6))
+CRON_INTERVAL = float(os.environ.get("BENCH_NET_CRON_INTERVAL", 1))
+BANDWIDTH = float(os.environ.get("BENCH_NET_BANDWIDTH", 0))
+
+# m3ter's published Ingest API limits
+PER_SECOND = 50
+WINDOW = 300
+WINDOW_MAX = 5000
+ROWS_PER_REQUEST = 1000
+
+
+class Cluster:
+    """One throwaway cluster, reached through its own PGHOST/PGPORT."""
+
+    def __init__(self, name, host, port):
+        self.name = name
+        self.env = dict(os.environ, PGHOST=host, PGPORT=str(port), PGUSER="postgres", PGDATABASE="postgres")
+
+    def psql(self, sql, timeout=3600):
+        r = subprocess.run([BINDIR + "/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-f", "-"],
+                           input=sql, capture_output=True, text=True, timeout=timeout, env=self.env)
+        if r.returncode != 0:
+            raise RuntimeError("psql on %s failed: %s\n%s" % (self.name, sql[:200], r.stderr))
+        return r.stdout.strip()
+
+    def settings(self, **kw):
+        """ALTER SYSTEM the given m3ter settings (None resets them) and reload; the
+        server's clock at the reload, in epoch seconds."""
+        for k, v in kw.items():
+            self.psql("ALTER SYSTEM RESET m3ter.%s" % k if v is None else "ALTER SYSTEM SET m3ter.%s = '%s'" % (k, v))
+        return float(self.psql("SELECT pg_reload_conf();\nSELECT extract(epoch FROM clock_timestamp())")
+                     .splitlines()[-1])
+
+    def fill(self, n):
+        """n pending rows, vacuumed and analysed, the worker off."""
+        self.settings(worker_enabled="off")
+        time.sleep(0.3)
+        self.psql("TRUNCATE m3ter.outbox")
+        for lo in range(1, n + 1, 200000):
+            self.psql(ROW_SQL.format(table="m3ter.outbox", lo=lo, hi=min(n, lo + 199999)))
+        self.psql("VACUUM ANALYZE m3ter.outbox")
+
+    def pending(self):
+        return int(self.psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'pending'"))
+
+    def wait_drained(self, timeout=3600):
+        """Wait until no row is pending; then the outcome from the table."""
+        deadline = time.time() + timeout
+        while self.pending() and time.time() < deadline:
+            time.sleep(0.1)
+        row = self.psql("SELECT extract(epoch FROM max(accepted_at)), count(*) FILTER (WHERE status = 'accepted'), "
+                        "count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status = 'pending') "
+                        "FROM m3ter.outbox")
+        last, accepted, failed, pending = row.split("|")
+        return {"last_accepted": float(last or 0), "accepted": int(accepted), "failed": int(failed),
+                "pending": int(pending)}
+
+
+def ceiling_seconds(requests_per_source, latency_ms):
+    """Seconds m3ter's limits need for these requests (one count per source)."""
+    t = sum(requests_per_source) / PER_SECOND
+    for r in requests_per_source:
+        if r > WINDOW_MAX:
+            # the budget refills as the window rolls on
+            t = max(t, WINDOW * ((r - 1) // WINDOW_MAX) + ((r - 1) % WINDOW_MAX + 1) / PER_SECOND)
+    return t + latency_ms / 1000.0
+
+
+def requests_for(rows):
+    return math.ceil(rows / ROWS_PER_REQUEST)
+
+
+def standin_config(latency):
+    standin("POST", "/_control/reset")
+    standin("POST", "/_control/config", {"fast": True, "rate_limit": True, "latency_ms": latency,
+                                         "bandwidth_bytes_per_s": BANDWIDTH})
+
+
+def standin_figures():
+    s = standin("GET", "/_control/summary")
+    ingest = s["ingest_requests"]
+    n429 = s["status_counts"].get("429", 0)
+    return {"ingest_requests": ingest, "status_429": n429,
+            "pct_429": round(100.0 * n429 / ingest, 2) if ingest else 0.0,
+            "max_in_flight": s["max_in_flight"], "token_requests": s["token_requests"]}
+
+
+def figures(rows, seconds, ceiling, outcome=None):
+    out = {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds) if seconds > 0 else None,
+           "ceiling_seconds": round(ceiling, 2), "ceiling_rows_per_s": round(rows / ceiling),
+           "ratio": round(ceiling / seconds, 3) if seconds > 0 else None}
+    out.update(standin_figures())
+    if outcome:
+        out.update(failed=outcome["failed"], left_pending=outcome["pending"])
+    return out
+
+
+def case_burst(c, latency):
+    log("burst: %d rows committed at once, %g ms latency" % (BURST, latency))
+    c.settings(worker_enabled="off")
+    c.psql("TRUNCATE m3ter.outbox")
+    standin_config(latency)
+    c.settings(worker_enabled=None)
+    time.sleep(0.5)
+    committed = float(c.psql(ROW_SQL.format(table="m3ter.outbox", lo=1, hi=BURST) +
+                             ";\nSELECT extract(epoch FROM clock_timestamp())").splitlines()[-1])
+    outcome = c.wait_drained()
+    return figures(BURST, outcome["last_accepted"] - committed, ceiling_seconds([requests_for(BURST)], latency),
+                   outcome)
+
+
+def case_drain(c, latency):
+    log("drain: %d rows, then the worker on, %g ms latency" % (DRAIN, latency))
+    c.fill(DRAIN)
+    standin_config(latency)
+    t0 = c.settings(worker_enabled=None)
+    outcome = c.wait_drained()
+    return figures(DRAIN, outcome["last_accepted"] - t0, ceiling_seconds([requests_for(DRAIN)], latency), outcome)
+
+
+def case_relay(c, latency):
+    log("relay: the Python relay, %d rows, %g ms latency" % (RELAY, latency))
+    c.fill(RELAY)
+    standin_config(latency)
+    t0 = time.time()
+    r = subprocess.run(["/usr/bin/python3", os.path.join(HERE, "python_relay.py")], env=c.env,
+                       capture_output=True, text=True)
+    dt = time.time() - t0
+    if r.returncode != 0:
+        raise RuntimeError("python_relay.py failed: " + r.stderr[-2000:])
+    out = figures(RELAY, dt, ceiling_seconds([requests_for(RELAY)], latency))
+    out["relay"] = json.loads(r.stdout)
+    return out
+
+
+def case_two_clusters(clusters, latency):
+    log("two clusters, one organization: %d rows each, %g ms latency" % (TWO_ROWS, latency))
+    for c in clusters:
+        c.fill(TWO_ROWS)
+    standin_config(latency)
+    starts = [None] * len(clusters)
+
+    def start(i):
+        starts[i] = clusters[i].settings(worker_enabled=None)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(len(clusters))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    outcomes = [c.wait_drained() for c in clusters]
+    seconds = max(o["last_accepted"] for o in outcomes) - min(starts)
+    rows = TWO_ROWS * len(clusters)
+    out = figures(rows, seconds, ceiling_seconds([requests_for(TWO_ROWS)] * len(clusters), latency))
+    out.update(failed=sum(o["failed"] for o in outcomes), left_pending=sum(o["pending"] for o in outcomes),
+               by_source=standin("GET", "/_control/summary")["by_source"])
+    return out
+
+
+def case_tokens(c):
+    log("tokens: %d sessions calling m3ter_submit, then %d flushes in new sessions" % (SESSIONS, CRON_RUNS))
+    c.settings(worker_enabled="off")
+    c.psql("TRUNCATE m3ter.outbox")
+    standin_config(0)
+    submit = ("SELECT m3ter_submit(jsonb_build_object('uid', gen_random_uuid()::text, 'meter', 'api_requests', "
+              "'account', 'acme', 'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), "
+              "'measure', jsonb_build_object('requests', 1)))")
+    procs = [subprocess.Popen([BINDIR + "/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", submit],
+                              env=c.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(SESSIONS)]
+    errors = [p.communicate()[1] for p in procs if p.wait() != 0]
+    after_sessions = standin_figures()["token_requests"]
+    for _ in range(CRON_RUNS):
+        c.psql(ROW_SQL.format(table="m3ter.outbox", lo=1, hi=10))
+        c.psql("SELECT m3ter_flush()")
+        time.sleep(CRON_INTERVAL)
+    total = standin_figures()["token_requests"]
+    c.settings(worker_enabled=None)
+    return {"sessions": SESSIONS, "session_errors": len(errors), "flushes": CRON_RUNS,
+            "token_requests_sessions": after_sessions, "token_requests_flushes": total - after_sessions,
+            "token_requests": total, "left_pending": c.pending(),
+            "per_day_at_10s_cron": round((total - after_sessions) / CRON_RUNS * 8640)}
+
+
+def main():
+    main_cluster = Cluster("main", os.environ["PGHOST"], os.environ["PGPORT"])
+    clusters = [main_cluster]
+    if os.environ.get("BENCH_SECOND_PGPORT"):
+        clusters.append(Cluster("second", os.environ["BENCH_SECOND_PGHOST"], os.environ["BENCH_SECOND_PGPORT"]))
+        clusters[1].settings(worker_enabled="off")
+    for c in clusters:
+        c.settings(max_requests_per_second=None)
+    results = {"latencies_ms": LATENCIES, "burst": {}, "drain": {}, "relay": {}}
+    t_start = time.time()
+    for lat in LATENCIES:
+        key = "%g" % lat
+        results["burst"][key] = case_burst(main_cluster, lat)
+        results["drain"][key] = case_drain(main_cluster, lat)
+        results["relay"][key] = case_relay(main_cluster, lat)
+    if len(clusters) == 2:
+        results["two_clusters"] = case_two_clusters(clusters, TWO_LATENCY)
+        results["two_clusters"]["latency_ms"] = TWO_LATENCY
+    results["tokens"] = case_tokens(main_cluster)
+    main_cluster.settings(worker_enabled=None)
+    results["verdicts"] = verdicts(results)
+    results["total_seconds"] = round(time.time() - t_start)
+    report(results)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "network.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+
+def verdicts(r):
+    """The issue's targets: each figure, its ratio (to the ceiling, or worker to relay),
+    the target and whether it is met."""
+    out = []
+
+    def add(figure, value, ratio, target, met):
+        out.append({"figure": figure, "value": value, "ratio": None if ratio is None else round(ratio, 2),
+                    "target": target, "met": bool(met)})
+
+    for lat, d in r["drain"].items():
+        add("drain %s rows at %s ms: rows/s (ceiling %s)" % (format(d["rows"], ","), lat,
+                                                              format(d["ceiling_rows_per_s"], ",")),
+            d["rows_per_s"], d["ratio"], "ratio >= 0.9", d["ratio"] >= 0.9)
+        add("drain %s rows at %s ms: 429 answers" % (format(d["rows"], ","), lat), d["status_429"], None, "0",
+            d["status_429"] == 0)
+    for lat, b in r["burst"].items():
+        # 3 s for 100,000 rows at 150 ms, where the ceiling is 2.15 s: a ratio of 0.72
+        add("burst %s rows at %s ms: seconds to all accepted (ceiling %.2f)" % (format(b["rows"], ","), lat,
+                                                                                b["ceiling_seconds"]),
+            b["seconds"], b["ratio"], "ratio >= 0.72 (3 s at 150 ms)", b["ratio"] >= 2.15 / 3)
+    for lat, rl in r["relay"].items():
+        if lat in r["drain"]:
+            ratio = r["drain"][lat]["rows_per_s"] / rl["rows_per_s"]
+            add("worker drain / Python relay at %s ms (relay %s rows/s)" % (lat, format(rl["rows_per_s"], ",")),
+                r["drain"][lat]["rows_per_s"], ratio, "ratio >= 5", ratio >= 5)
+    t = r.get("two_clusters")
+    if t:
+        add("two clusters, one organization, %g ms: rows/s together (ceiling %s)" % (
+            t["latency_ms"], format(t["ceiling_rows_per_s"], ",")), t["rows_per_s"], t["ratio"], "ratio >= 0.8",
+            t["ratio"] >= 0.8)
+        add("two clusters: 429s as % of requests", t["pct_429"], None, "< 2", t["pct_429"] < 2)
+        add("two clusters: rows failed", t["failed"], None, "0", t["failed"] == 0)
+    k = r["tokens"]
+    add("token requests: %d sessions + %d flushes in new sessions" % (k["sessions"], k["flushes"]),
+        k["token_requests"], None, "<= 1", k["token_requests"] <= 1)
+    return out
+
+
+def report(r):
+    print()
+    print("Delivery under m3ter's limits (50 requests/s per organization, 5,000 per 5 min per source)")
+    print()
+    print("| Case | Latency ms | Rows | Seconds | Rows/s | Ceiling rows/s | Ratio | 429s | Max in flight | Tokens |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = [("burst, committed at once", lat, d) for lat, d in r["burst"].items()] + \
+           [("drain, worker switched on", lat, d) for lat, d in r["drain"].items()] + \
+           [("Python relay (SDK submit_all shape)", lat, d) for lat, d in r["relay"].items()]
+    if "two_clusters" in r:
+        rows.append(("two clusters, one organization", "%g" % r["two_clusters"]["latency_ms"], r["two_clusters"]))
+    for name, lat, d in rows:
+        print("| %s | %s | %s | %.2f | %s | %s | %.2f | %d | %d | %d |" % (
+            name, lat, format(d["rows"], ","), d["seconds"], format(d["rows_per_s"], ","),
+            format(d["ceiling_rows_per_s"], ","), d["ratio"], d["status_429"], d["max_in_flight"],
+            d["token_requests"]))
+    k = r["tokens"]
+    print()
+    print("Token requests: %d sessions calling m3ter_submit made %d; %d flushes in new sessions made %d "
+          "(a 10-second pg_cron flush: %s a day)" % (k["sessions"], k["token_requests_sessions"], k["flushes"],
+                                                    k["token_requests_flushes"], format(k["per_day_at_10s_cron"], ",")))
+    print()
+    print("| Figure | Value | Ratio | Target | Met |")
+    print("|---|---:|---:|---|---|")
+    for v in r["verdicts"]:
+        print("| %s | %s | %s | %s | %s |" % (v["figure"], v["value"], "" if v["ratio"] is None else v["ratio"],
+                                              v["target"], "yes" if v["met"] else "no"))
+    print()
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
