@@ -37,7 +37,7 @@ SHLIB_LINK = -lcurl -lcjson
 # library preloaded and m3ter.* pointed at the local stand-in: test/run.sh runs
 # every suite with REGRESS='$(REGRESS_ALL)' against the cluster it starts.
 REGRESS_ALL = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
-REGRESS_STANDIN = settings surface
+REGRESS_STANDIN = settings surface secrets
 REGRESS = $(filter-out $(REGRESS_STANDIN),$(REGRESS_ALL))
 REGRESS_OPTS = --load-extension=m3ter
 

@@ -32,6 +32,12 @@
  *	M3TER_AUTH_FAILED,	stay 'pending' with the reason noted, no attempt
  *	M3TER_UNEXPECTED	spent, and delivery stops until the next pass
  *
+ * A claim that comes up short (a part-full request: rows trickle in) makes
+ * the next one wait as long as m3ter's 5-minute budget allows per request
+ * on average, 60 ms by default: a steady stream of rows then goes out in
+ * fuller requests and never spends the budget early; a lone row after an
+ * idle spell still goes at once.
+ *
  * Guaranteed progress: when a claim raises (say a row whose JSON cannot
  * be written), the next claims at the same place take half as many rows,
  * down to one; a row that raises alone, or twice as the row being read,
@@ -515,7 +521,16 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 	write_outcomes(d);
 
 	free_requests = d->sender.max_in_flight - m3ter_sender_busy(&d->sender);
+	if (d->next_claim_at > GetCurrentTimestamp() && m3ter_sender_busy(&d->sender) == 0 &&
+		d->n_claims == 0)
+	{
+		/* lingering after a part-full request: let rows gather, sleep meanwhile */
+		long		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), d->next_claim_at);
+
+		m3ter_sleep_ms((int) Min(ms, (long) Max(wait_ms, 1)));
+	}
 	if (!d->sender.stopped && !d->stats.stopped && free_requests > 0 &&
+		d->next_claim_at <= GetCurrentTimestamp() &&
 		(d->max_rows <= 0 || d->stats.claimed < d->max_rows) &&
 		!(d->wrap_wanted && d->n_claims > 0))
 	{
@@ -541,6 +556,17 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 		{
 			d->wrap_wanted = true;
 			d->wrapped = false;
+		}
+		if (short_claim && got > 0 && m3ter_max_requests_per_5min > 0)
+		{
+			/*
+			 * A part-full request: the next claim waits as long as the 5-minute
+			 * budget allows per request on average (60 ms by default), so a
+			 * steady trickle of rows goes out in fuller requests instead of
+			 * spending the budget in minutes.
+			 */
+			d->next_claim_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														   300000 / m3ter_max_requests_per_5min);
 		}
 		if (got > 0)
 			d->exhausted = false;

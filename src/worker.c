@@ -142,6 +142,8 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, char **last_logged)
 	}
 	else if (installed)
 	{
+		/* nothing of ours is in flight now: records left by an error are stale */
+		(void) m3ter_outbox_clean_inflight(NULL, 0);
 		if (m3ter_retention_s >= 0 &&
 			TimestampDifferenceExceeds(*last_retention, now,
 									   (int) Min((int64) m3ter_retention_s * 1000, (int64) 60000)))

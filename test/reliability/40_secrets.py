@@ -32,7 +32,7 @@ ok(r.returncode == 0 and SECRET not in r.stdout and KEY_ID not in r.stdout, "SHO
 r = snoop("SELECT coalesce(query, '') FROM pg_stat_activity WHERE backend_type = 'm3ter outbox worker'")
 ok(r.returncode == 0 and SECRET not in r.stdout, "the worker's pg_stat_activity row shows nothing to another role")
 is_(scalar("SELECT query FROM pg_stat_activity WHERE backend_type = 'm3ter outbox worker'") in
-    ("", "m3ter: delivering the outbox"), True, "and to a superuser only the worker's activity, no credentials")
+    ("", "m3ter: delivering the outbox", "m3ter: outbox upkeep"), True, "and to a superuser only the worker's activity, no credentials")
 r = snoop("SELECT m3ter_submit('{\"meter\":\"m\",\"account\":\"a\",\"ts\":\"2024-01-02T03:04:05Z\"}')")
 ok("permission denied for function m3ter_submit" in r.stderr, "calling m3ter needs a grant")
 
