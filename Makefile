@@ -43,6 +43,9 @@ REGRESS_OPTS = --load-extension=m3ter
 
 EXTRA_CLEAN = results regression.diffs regression.out
 
+# every object depends on the shared headers (PGXS tracks no header dependencies)
+$(OBJS): $(wildcard src/*.h)
+
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
