@@ -5,7 +5,8 @@
  *
  * _PG_init only delegates: it defines the settings, and when the library
  * is loaded through shared_preload_libraries it also reserves shared
- * memory and registers the background worker (worker.c).
+ * memory and registers the launcher (launcher.c), which starts a worker
+ * (worker.c) in every database that has the extension.
  *
  * The credentials (m3ter.org_id is not secret, but m3ter.access_key_id and
  * m3ter.api_secret are) are PGC_SUSET with GUC_SUPERUSER_ONLY and
@@ -58,7 +59,7 @@ _PG_init(void)
 	if (process_shared_preload_libraries_in_progress)
 	{
 		m3ter_shmem_install();
-		m3ter_register_worker();
+		m3ter_launcher_install();
 	}
 }
 
@@ -198,13 +199,13 @@ m3ter_define_settings(void)
 							NULL, NULL, NULL);
 
 	DefineCustomStringVariable("m3ter.database",
-							   "Sets the database whose m3ter.outbox the background worker drains.",
-							   NULL,
+							   "Sets the databases whose m3ter.outbox a background worker drains.",
+							   "A comma-separated list of database names; empty means every database that has the extension.",
 							   &m3ter_database,
-							   "postgres",
-							   PGC_POSTMASTER,
-							   0,
-							   NULL, NULL, NULL);
+							   "",
+							   PGC_SIGHUP,
+							   GUC_LIST_INPUT,
+							   m3ter_check_database_list, NULL, NULL);
 
 	DefineCustomBoolVariable("m3ter.worker_enabled",
 							 "Sets whether the background worker delivers the outbox.",

@@ -14,7 +14,9 @@
  *	submit.c		m3ter_submit()
  *	outbox.c		draining m3ter.outbox (m3ter_flush() and the worker)
  *	outbox_check.c	the CHECK constraint of m3ter.outbox
- *	shmem.c			shared state: pacing, worker latch and figures
+ *	shmem.c			shared state: pacing, per-database worker slots and figures
+ *	launcher.c		the launcher: one worker per database with the extension
+ *	standby.c		refusing writes on a standby, clearly
  *	worker.c		the background worker loop
  *
  * Everything here runs inside one backend (or the background worker)
@@ -28,6 +30,7 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
@@ -44,6 +47,8 @@
 #define ERRCODE_M3TER_TOO_LARGE		MAKE_SQLSTATE('M','3','4','1','3')
 #define ERRCODE_M3TER_RATE_LIMITED	MAKE_SQLSTATE('M','3','4','2','9')
 #define ERRCODE_M3TER_SERVER		MAKE_SQLSTATE('M','3','5','0','0')
+/* A function that writes was called on a standby (server in recovery) */
+#define ERRCODE_M3TER_STANDBY		MAKE_SQLSTATE('M','3','R','0','1')
 
 /* ---- m3ter.c: settings ---- */
 extern char *m3ter_org_id;
@@ -171,6 +176,7 @@ typedef struct M3terFlushStats
 	int64		retried;		/* rows left pending for a later attempt */
 	int64		requests;		/* HTTP requests made */
 	int64		sent;			/* measurements sent, re-sends included */
+	int64		resent;			/* measurements sent again after an earlier send of the row */
 	bool		stopped;		/* m3ter refused the credentials or the org */
 	char	   *error;			/* the last error seen, or NULL */
 } M3terFlushStats;
@@ -185,7 +191,11 @@ extern void m3ter_wake_worker_at_commit(void);
 extern void m3ter_pace(M3terApi api);
 extern void m3ter_note_delivery(const M3terFlushStats *stats);
 
-/* ---- worker.c ---- */
-extern void m3ter_register_worker(void);
+/* ---- launcher.c ---- */
+extern void m3ter_launcher_install(void);
+extern bool m3ter_check_database_list(char **newval, void **extra, GucSource source);
+
+/* ---- standby.c ---- */
+extern void m3ter_require_primary(const char *what);
 
 #endif							/* M3TER_H */

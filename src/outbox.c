@@ -398,6 +398,7 @@ m3ter_flush(PG_FUNCTION_ARGS)
 	MemoryContext caller = CurrentMemoryContext;
 	int64		after = 0;
 
+	m3ter_require_primary("m3ter_flush()");
 	if (max_rows < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
