@@ -107,6 +107,8 @@ typedef struct LauncherDb
 	TimestampTz next_try;		/* 0: as soon as wanted */
 	int			backoff_ms;
 	bool		logged;			/* the current trouble was logged */
+	bool		paused;			/* waiting for slot->paused_until */
+	bool		no_slot;		/* waiting for a background worker slot */
 } LauncherDb;
 
 static LauncherDb *dbs = NULL;
@@ -453,6 +455,8 @@ start_worker(LauncherDb *db, TimestampTz now)
 	BackgroundWorker worker;
 	M3terDbSlot *slot;
 	TimestampTz paused_until = 0;
+	MemoryContext oldcxt;
+	bool		registered;
 
 	SpinLockAcquire(&m3ter_shared->mutex);
 	slot = m3ter_slot_acquire(db->dboid, db->name);
@@ -486,9 +490,11 @@ start_worker(LauncherDb *db, TimestampTz now)
 	if (paused_until > now)
 	{
 		db->next_try = paused_until;
+		db->paused = true;
 		publish_state(db, M3TER_DB_PAUSED);
 		return;
 	}
+	db->paused = false;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -502,7 +508,11 @@ start_worker(LauncherDb *db, TimestampTz now)
 	worker.bgw_notify_pid = MyProcPid;
 	strlcpy(worker.bgw_extra, db->name, Min(BGW_EXTRALEN, NAMEDATALEN));
 
-	if (!RegisterDynamicBackgroundWorker(&worker, &db->handle))
+	/* the handle outlives the loop's memory context */
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	registered = RegisterDynamicBackgroundWorker(&worker, &db->handle);
+	MemoryContextSwitchTo(oldcxt);
+	if (!registered)
 	{
 		db->handle = NULL;
 		if (!db->logged)
@@ -514,12 +524,14 @@ start_worker(LauncherDb *db, TimestampTz now)
 							   max_worker_processes),
 					 errhint("Raise max_worker_processes (a restart is needed). m3ter retries meanwhile.")));
 		db->logged = true;
+		db->no_slot = true;
 		db->next_try = TimestampTzPlusMilliseconds(now, next_backoff(db, 5000, M3TER_NO_SLOT_MAX_MS));
 		publish_state(db, M3TER_DB_NO_WORKER_SLOT);
 		return;
 	}
 	db->started_at = now;
 	db->adopted = false;
+	db->no_slot = false;
 	db->next_try = 0;
 }
 
@@ -560,6 +572,7 @@ worker_ended(LauncherDb *db, TimestampTz now)
 	if (paused_until > now)
 	{
 		db->next_try = paused_until;
+		db->paused = true;
 		publish_state(db, M3TER_DB_PAUSED);
 		return;
 	}
@@ -597,6 +610,7 @@ tend_workers(void)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	long		sleep_ms = M3TER_SCAN_MS;
+	bool		freed = false;
 	int			i;
 
 	for (i = 0; i < ndbs; i++)
@@ -604,7 +618,20 @@ tend_workers(void)
 		LauncherDb *db = &dbs[i];
 
 		if ((db->handle != NULL || db->adopted) && !worker_alive(db))
+		{
 			worker_ended(db, now);
+			freed = true;
+		}
+	}
+	/* a worker that ended freed a background worker slot: try the waiting at once */
+	for (i = 0; freed && i < ndbs; i++)
+		if (dbs[i].no_slot)
+			dbs[i].next_try = now;
+
+	for (i = 0; i < ndbs; i++)
+	{
+		LauncherDb *db = &dbs[i];
+
 		if (db->handle != NULL || db->adopted)
 		{
 			/* a worker that connected once is no longer in trouble */
@@ -631,6 +658,17 @@ tend_workers(void)
 		}
 		if (!db->wanted || !db->seen)
 			continue;
+		if (db->paused)
+		{
+			/* the command that paused it may have ended early */
+			M3terDbSlot *slot;
+
+			SpinLockAcquire(&m3ter_shared->mutex);
+			slot = m3ter_slot_lookup(db->dboid);
+			if (slot != NULL)
+				db->next_try = slot->paused_until;
+			SpinLockRelease(&m3ter_shared->mutex);
+		}
 		if (db->next_try <= now)
 			start_worker(db, now);
 		if (db->handle == NULL && db->next_try > now)
