@@ -68,7 +68,7 @@ SELECT count(*) FILTER (WHERE o.status = 'pending')  AS pending,
        w.running      AS worker_running,
        w.resent       AS measurements_resent,
        w.state        AS worker_state
-  FROM m3ter.outbox o, m3ter_worker_status() w
+  FROM m3ter_worker_status() w LEFT JOIN m3ter.outbox o ON true  -- one row, also when the outbox is empty
  GROUP BY w.requests, w.measurements, w.running, w.resent, w.state;
 
 CREATE FUNCTION m3ter.launcher_wake()

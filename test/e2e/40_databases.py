@@ -123,6 +123,20 @@ for d in (THREE, FOUR):
 ok(wait_until(lambda: not {THREE, FOUR} & set(cluster_view()), timeout=20),
    "the dropped databases leave m3ter.databases", cluster_view())
 
+# upgrade from 1.0: ALTER EXTENSION m3ter UPDATE brings the per-database figures and a worker
+OLD = "m3ter_db_old"
+psql("DROP DATABASE IF EXISTS %s" % OLD)
+psql("CREATE DATABASE %s" % OLD)
+psql("CREATE EXTENSION m3ter VERSION '1.0'", OLD)
+t0 = time.time()
+psql("ALTER EXTENSION m3ter UPDATE", OLD)
+ok(wait_until(lambda: worker_pid(OLD) is not None, timeout=10, interval=0.05) and time.time() - t0 < 3,
+   "CREATE EXTENSION m3ter VERSION '1.0'; ALTER EXTENSION m3ter UPDATE: a worker within seconds")
+is_(psql("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'", OLD), "1.1", "the extension is at 1.1")
+is_(psql("SELECT pending || '|' || measurements_resent || '|' || worker_running FROM m3ter.outbox_stats", OLD),
+    "0|0|true", "m3ter.outbox_stats: one row on an empty outbox, with measurements_resent")
+psql("DROP DATABASE %s" % OLD)
+
 # back to test/lib.sh's filter: the workers of other databases stop
 psql("DROP DATABASE %s" % TWO)
 set_and_reload(database=None)
