@@ -480,13 +480,15 @@ start_worker(LauncherDb *db, TimestampTz now)
 		if (!slots_full_logged)
 			ereport(WARNING,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("m3ter cannot deliver the outbox of database \"%s\": all %d database slots are taken",
-							db->name, m3ter_max_databases),
+					 errmsg("m3ter has no database slot left for database \"%s\"", db->name),
+					 errdetail("All %d slots (m3ter.max_databases) are taken by databases whose outbox m3ter delivers or counts.",
+							   m3ter_max_databases),
 					 errhint("Raise m3ter.max_databases (a restart is needed).")));
 		slots_full_logged = true;
 		db->next_try = TimestampTzPlusMilliseconds(now, M3TER_SCAN_MS);
 		return;
 	}
+	slots_full_logged = false;
 	if (paused_until > now)
 	{
 		db->next_try = paused_until;
@@ -518,7 +520,7 @@ start_worker(LauncherDb *db, TimestampTz now)
 		if (!db->logged)
 			ereport(WARNING,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("m3ter cannot start the outbox worker of database \"%s\": no background worker slot is free",
+					 errmsg("m3ter cannot start a worker for database \"%s\": no background worker slot is free",
 							db->name),
 					 errdetail("max_worker_processes (%d) is shared with parallel queries, logical replication and other extensions such as pg_cron; m3ter needs one for its launcher and one per database that has the extension.",
 							   max_worker_processes),
