@@ -81,6 +81,16 @@ ok(all(d in view and view[d][0] == "t" and int(view[d][2]) == pids[d] for d in A
 is_(psql("SELECT pending IS NOT NULL AND pending_counted_at IS NOT NULL FROM m3ter.databases "
          "WHERE datname = '%s'" % THREE, TWO), "t", "with a backlog figure (as last counted by the worker)")
 
+# the cluster-wide view is for pg_monitor, not for every role
+psql("DROP ROLE IF EXISTS m3ter_monitor; DROP ROLE IF EXISTS m3ter_nobody; "
+     "CREATE ROLE m3ter_monitor IN ROLE pg_monitor; CREATE ROLE m3ter_nobody")
+is_(psql("SET ROLE m3ter_monitor; SELECT count(*) FROM m3ter.databases WHERE running AND datname IN (%s)"
+         % ", ".join("'%s'" % d for d in ALL), TWO), "3",
+    "a member of pg_monitor reads m3ter.databases")
+r = psql("SET ROLE m3ter_nobody; SELECT count(*) FROM m3ter.databases", TWO, check=False)
+ok(r.returncode != 0 and "permission denied" in r.stderr, "another role may not", r.stderr)
+psql("DROP ROLE m3ter_monitor; DROP ROLE m3ter_nobody")
+
 # CREATE DATABASE ... TEMPLATE a database whose worker is connected: the worker
 # steps aside, the copy gets a worker without CREATE EXTENSION (found by a scan)
 t0 = time.time()
