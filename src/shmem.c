@@ -471,6 +471,7 @@ m3ter_worker_attach(void)
 	CommitTransactionCommand();
 	if (!installed)
 		worker_exit_not_installed(false);
+	m3ter_wake_launcher();		/* it notes that the database is served */
 }
 
 /*

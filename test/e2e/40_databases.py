@@ -173,5 +173,36 @@ small.psql("DROP DATABASE busy_b")
 small.psql("DROP EXTENSION m3ter")
 ok(wait_until(lambda: small.psql("SELECT running FROM m3ter_worker_status()", "busy_a") == "t", timeout=15),
    "a worker slot freed (an extension dropped), the waiting database gets its worker at once")
+
+# a database its worker cannot connect to (here: its directory moved away) is
+# logged once and retried with back-off, not in a loop; it is delivered once back
+small.psql("DROP DATABASE busy_a")
+small.psql("CREATE DATABASE lost")
+small.psql("CREATE EXTENSION m3ter", "lost")
+ok(wait_until(lambda: small.psql("SELECT running FROM m3ter_worker_status()", "lost") == "t", timeout=15),
+   "database lost has a worker")
+small.psql("ALTER SYSTEM SET m3ter.database = 'elsewhere'; SELECT pg_reload_conf()")
+ok(wait_until(lambda: small.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'lost'") == "0", timeout=15),
+   "filtered out, it stops")
+small.psql("CREATE EXTENSION m3ter")  # for the view; no worker there (m3ter.database below)
+small.psql("CHECKPOINT")
+base = os.path.join(small.dir, "base", small.psql("SELECT oid FROM pg_database WHERE datname = 'lost'"))
+os.rename(base, base + ".away")
+offset = os.path.getsize(small.log)
+small.psql("ALTER SYSTEM SET m3ter.database = 'lost'; SELECT pg_reload_conf()")
+time.sleep(8)
+with open(small.log) as f:
+    f.seek(offset)
+    text = f.read()
+is_(text.count('m3ter cannot reach database "lost"'), 1, "an unreachable database is logged once")
+attempts = text.count("The database subdirectory")
+ok(2 <= attempts <= 6, "and retried with back-off (1 s, 2 s, 4 s, ...), not in a loop", "attempts in 8 s: %d" % attempts)
+is_(small.psql("SELECT state FROM m3ter.databases WHERE datname = 'lost'"), "database unreachable; retrying",
+    "m3ter.databases says so")
+os.rename(base + ".away", base)
+ok(wait_until(lambda: small.psql("SELECT running FROM m3ter_worker_status()", "lost") == "t", timeout=20),
+   "back, it gets its worker")
+ok(wait_until(lambda: 'm3ter outbox worker of database "lost" is running' in small.log_text(), timeout=5),
+   "and the log says so")
 small.remove()
 done()
