@@ -23,6 +23,8 @@ OBJS = \
 	src/flush.o \
 	src/outbox_check.o \
 	src/shmem.o \
+	src/launcher.o \
+	src/standby.o \
 	src/worker.o
 
 DATA = m3ter--1.0.sql m3ter--1.1.sql m3ter--1.0--1.1.sql

@@ -179,10 +179,21 @@ CREATE FUNCTION m3ter_worker_status(
     OUT failed bigint,
     OUT retried bigint,
     OUT last_error text,
-    OUT last_error_at timestamptz)
+    OUT last_error_at timestamptz,
+    OUT resent bigint)
 RETURNS record
 AS 'MODULE_PATHNAME', 'm3ter_worker_status'
 LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION m3ter_worker_status() IS
+    'This database''s outbox worker and the figures of deliveries made in this database since start.';
+
+-- Refuse, clearly, to write on a standby (SQLSTATE M3R01); SQL-language
+-- functions that write call it first
+CREATE FUNCTION m3ter.require_primary(what text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'm3ter_require_primary_sql'
+LANGUAGE C VOLATILE STRICT;
 
 -- Put failed rows back in the queue, for example after fixing a meter
 CREATE FUNCTION m3ter_retry_failed(only_uids text[] DEFAULT NULL)
@@ -190,6 +201,7 @@ RETURNS bigint
 LANGUAGE sql VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+    SELECT m3ter.require_primary('m3ter_retry_failed()');
     WITH r AS (
         UPDATE m3ter.outbox
            SET status = 'pending', attempts = 0, next_attempt_at = now()
@@ -209,9 +221,65 @@ SELECT count(*) FILTER (WHERE o.status = 'pending')  AS pending,
          ORDER BY e.sent_at DESC NULLS LAST, e.id DESC LIMIT 1) AS last_error,
        w.requests     AS requests_sent,
        w.measurements AS measurements_sent,
-       w.running      AS worker_running
-  FROM m3ter.outbox o, m3ter_worker_status() w
- GROUP BY w.requests, w.measurements, w.running;
+       w.running      AS worker_running,
+       w.resent       AS measurements_resent,
+       w.state        AS worker_state
+  FROM m3ter_worker_status() w LEFT JOIN m3ter.outbox o ON true  -- one row, also when the outbox is empty
+ GROUP BY w.requests, w.measurements, w.running, w.resent, w.state;
+
+--
+-- Every database, every node: the launcher starts a worker in every
+-- database that has the extension; it learns of this one at commit.
+-- m3ter.databases shows every database's worker and figures, cluster-wide,
+-- for pg_monitor.
+--
+CREATE FUNCTION m3ter.launcher_wake()
+RETURNS void
+AS 'MODULE_PATHNAME', 'm3ter_launcher_wake'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION m3ter_databases(
+    OUT datid oid,
+    OUT datname text,
+    OUT state text,
+    OUT running boolean,
+    OUT pid int,
+    OUT started_at timestamptz,
+    OUT last_drain_at timestamptz,
+    OUT last_accepted_at timestamptz,
+    OUT requests bigint,
+    OUT measurements bigint,
+    OUT accepted bigint,
+    OUT failed bigint,
+    OUT retried bigint,
+    OUT resent bigint,
+    OUT pending bigint,
+    OUT oldest_pending_at timestamptz,
+    OUT pending_counted_at timestamptz,
+    OUT last_error text,
+    OUT last_error_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'm3ter_databases'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION m3ter_databases() IS
+    'Every database''s outbox worker and delivery figures, cluster-wide; pending as last counted by its worker.';
+
+CREATE VIEW m3ter.databases AS
+SELECT datid, datname, state, running, pid, started_at, last_drain_at, last_accepted_at,
+       requests, measurements, accepted, failed, retried, resent,
+       pending, now() - oldest_pending_at AS oldest_pending_age, pending_counted_at,
+       last_error, last_error_at
+  FROM m3ter_databases();
+
+REVOKE EXECUTE ON FUNCTION m3ter.launcher_wake() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION m3ter.require_primary(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION m3ter_databases() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION m3ter_databases() TO pg_monitor;
+GRANT USAGE ON SCHEMA m3ter TO pg_monitor;
+GRANT SELECT ON m3ter.databases TO pg_monitor;
+
+SELECT m3ter.launcher_wake();
 
 --
 -- Privileges: calling m3ter is not for every role.  GRANT EXECUTE to the

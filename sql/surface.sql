@@ -12,7 +12,7 @@ SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args, n.nspname
 -- Settings and their contexts (m3ter.database, a postmaster setting, exists only
 -- when the library is preloaded)
 SELECT name, setting, context, unit FROM pg_settings WHERE name LIKE 'm3ter.%'
-   AND name NOT IN ('m3ter.api_url', 'm3ter.ingest_url', 'm3ter.org_id', 'm3ter.database') ORDER BY name;
+   AND name NOT IN ('m3ter.api_url', 'm3ter.ingest_url', 'm3ter.org_id', 'm3ter.database', 'm3ter.max_databases') ORDER BY name;
 
 -- A role that is not a superuser
 CREATE ROLE m3ter_regress_app LOGIN;

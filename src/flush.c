@@ -92,6 +92,7 @@ run(M3terTxnMode mode, int64 max_rows, M3terFlushStats *stats)
 	M3terDelivery d;
 
 	m3ter_require_installed_version();
+	m3ter_require_primary(mode == M3TER_TXN_CALLER ? "m3ter_flush()" : "m3ter.flush()");
 	(void) m3ter_require_org_id();
 	m3ter_require_credentials();
 

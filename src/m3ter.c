@@ -5,7 +5,8 @@
  *
  * _PG_init only delegates: it defines the settings, and when the library
  * is loaded through shared_preload_libraries it also reserves shared
- * memory and registers the background worker (worker.c).
+ * memory and registers the launcher (launcher.c), which starts a worker
+ * (worker.c) in every database that has the extension.
  *
  * The library works with and without shared_preload_libraries: settings
  * that only the postmaster can take (m3ter.database) are defined only while
@@ -73,7 +74,7 @@ _PG_init(void)
 	if (process_shared_preload_libraries_in_progress)
 	{
 		m3ter_shmem_install();
-		m3ter_register_worker();
+		m3ter_launcher_install();
 	}
 }
 
@@ -330,16 +331,15 @@ m3ter_define_settings(void)
 							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
 							   NULL, NULL, NULL);
 
-	/* postmaster settings may only be defined while preloading */
-	if (process_shared_preload_libraries_in_progress)
-		DefineCustomStringVariable("m3ter.database",
-								   "Sets the database whose m3ter.outbox the background worker drains.",
-								   "Only read when m3ter is in shared_preload_libraries.",
-								   &m3ter_database,
-								   "postgres",
-								   PGC_POSTMASTER,
-								   0,
-								   NULL, NULL, NULL);
+	DefineCustomStringVariable("m3ter.database",
+							   "Sets the databases whose m3ter.outbox a background worker drains.",
+							   "A comma-separated list of database names; empty means every database that has the extension.",
+							   &m3ter_database,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_LIST_INPUT,
+							   m3ter_check_database_list, NULL, NULL);
+
 
 	DefineCustomBoolVariable("m3ter.worker_enabled",
 							 "Sets whether the background worker delivers the outbox.",

@@ -10,6 +10,8 @@
  *	meter.c			Config API functions (meters, organization config)
  *	flush.c			m3ter_flush() and CALL m3ter.flush()
  *	status.c		m3ter_worker_status() and the statistics
+ *	launcher.c		the launcher: one worker per database with the extension
+ *	standby.c		refusing writes on a standby, clearly
  *	worker.c		the background worker loop
  *	outbox_check.c	the CHECK constraint of m3ter.outbox
  *	delivery.c		the outbox delivery loop: claims, sender, outcomes
@@ -40,6 +42,7 @@
 
 #include "lib/ilist.h"
 #include "lib/stringinfo.h"
+#include "utils/guc.h"
 #include "utils/portal.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
@@ -60,6 +63,8 @@
 #define ERRCODE_M3TER_RATE_LIMITED	MAKE_SQLSTATE('M','3','4','2','9')
 #define ERRCODE_M3TER_SERVER		MAKE_SQLSTATE('M','3','5','0','0')
 #define ERRCODE_M3TER_UNEXPECTED	MAKE_SQLSTATE('M','3','3','0','0')
+/* A function that writes was called on a standby (server in recovery) */
+#define ERRCODE_M3TER_STANDBY		MAKE_SQLSTATE('M','3','R','0','1')
 
 /* ---- m3ter.c: settings ---- */
 extern char *m3ter_org_id;
@@ -373,7 +378,11 @@ extern void m3ter_shmem_install(void);
 extern void m3ter_wake_worker_at_commit(void);
 extern void m3ter_note_delivery(const M3terFlushStats *stats);
 
-/* ---- worker.c ---- */
-extern void m3ter_register_worker(void);
+/* ---- launcher.c ---- */
+extern void m3ter_launcher_install(void);
+extern bool m3ter_check_database_list(char **newval, void **extra, GucSource source);
+
+/* ---- standby.c ---- */
+extern void m3ter_require_primary(const char *what);
 
 #endif							/* M3TER_H */

@@ -3,12 +3,13 @@
  * worker.c
  *		The background worker that delivers m3ter.outbox continuously.
  *
- * Registered from _PG_init when m3ter is in shared_preload_libraries, it
- * connects to m3ter.database and loops as worker_spi does: wait on its
- * latch, reload settings on SIGHUP, then deliver (delivery.c) until
- * nothing is in flight and nothing more is due.  While requests are in
- * flight it does not sleep on its latch but waits on their sockets in
- * slices of 10 ms, checking the latch and interrupts between them.
+ * Started by the launcher (launcher.c) in each database that has the
+ * extension, with the database's OID as main_arg, it connects there and
+ * loops as worker_spi does: wait on its latch, reload settings on SIGHUP,
+ * then deliver (delivery.c) until nothing is in flight and nothing more
+ * is due.  While requests are in flight it does not sleep on its latch
+ * but waits on their sockets in slices of 10 ms, checking the latch and
+ * interrupts between them.
  *
  * When to wake:
  *	- at once when a transaction that inserted into m3ter.outbox commits
@@ -24,7 +25,9 @@
  * and the worker goes on; when the error came from reading a claim,
  * delivery narrows down to the row that raised and marks it failed
  * (delivery.c), so one bad row never stalls the outbox.  If the worker
- * dies anyway, the postmaster restarts it after a second.
+ * dies anyway, the launcher restarts it after a second.  It ends (exit
+ * code 0, not restarted) when the extension is not installed in its
+ * database or is dropped (m3ter_worker_attach/listen, shmem.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -50,23 +53,6 @@
 #include "m3ter_shmem.h"
 
 PGDLLEXPORT void m3ter_worker_main(Datum main_arg);
-
-/* Register the worker with the postmaster */
-void
-m3ter_register_worker(void)
-{
-	BackgroundWorker worker;
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 1;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "m3ter");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "m3ter_worker_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "m3ter outbox worker");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "m3ter outbox worker");
-	RegisterBackgroundWorker(&worker);
-}
 
 /* Is the extension installed in this database? (inside a transaction) */
 static bool
@@ -200,10 +186,10 @@ m3ter_worker_main(Datum main_arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
-	BackgroundWorkerInitializeConnection(m3ter_database, NULL, 0);
-	m3ter_worker_attach();
+	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), InvalidOid, 0);
+	m3ter_worker_attach();		/* ends the worker if the extension is not installed */
 	m3ter_worker_note("starting", false);
-	ereport(LOG, (errmsg("m3ter outbox worker started for database \"%s\"", m3ter_database)));
+	ereport(LOG, (errmsg("m3ter outbox worker started for database \"%s\"", MyBgworkerEntry->bgw_extra)));
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "m3ter worker loop",
 									 ALLOCSET_DEFAULT_SIZES);
