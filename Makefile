@@ -16,7 +16,9 @@ OBJS = \
 	src/outbox.o \
 	src/outbox_check.o \
 	src/shmem.o \
-	src/worker.o
+	src/worker.o \
+	src/catalog.o \
+	src/events.o
 
 DATA = m3ter--1.0.sql m3ter--1.1.sql m3ter--1.0--1.1.sql
 PGFILEDESC = "m3ter - usage metering for the m3ter billing platform"

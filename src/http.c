@@ -143,8 +143,9 @@ m3ter_http_exchange(const char *method, const char *url,
 	bool		interrupted;
 
 	errbuf[0] = '\0';
-	auth_header = psprintf("Authorization: %s", authorization);
-	headers = curl_slist_append(headers, auth_header);
+	auth_header = psprintf("Authorization: %s", authorization ? authorization : "");
+	if (authorization != NULL)
+		headers = curl_slist_append(headers, auth_header);
 	headers = curl_slist_append(headers, "Accept: application/json");
 	headers = curl_slist_append(headers, "Expect:");
 	if (body != NULL)

@@ -16,6 +16,8 @@
  *	outbox_check.c	the CHECK constraint of m3ter.outbox
  *	shmem.c			shared state: pacing, worker latch and figures
  *	worker.c		the background worker loop
+ *	catalog.c		the catalog synced from m3ter, checks before sending
+ *	events.c		ingest failure events written back to the outbox
  *
  * Everything here runs inside one backend (or the background worker)
  * and is single-threaded; libcurl is used through a per-process handle.
@@ -187,5 +189,29 @@ extern void m3ter_note_delivery(const M3terFlushStats *stats);
 
 /* ---- worker.c ---- */
 extern void m3ter_register_worker(void);
+
+/* ---- catalog.c, events.c: what m3ter really ingested ---- */
+typedef enum M3terUnknownAccounts
+{
+	M3TER_ACCOUNTS_SEND,		/* send: m3ter auto-creates "<code>-autocreated" */
+	M3TER_ACCOUNTS_HOLD,		/* keep the row pending with a reason */
+	M3TER_ACCOUNTS_FAIL			/* mark the row failed */
+} M3terUnknownAccounts;
+
+extern bool m3ter_catalog_checks;
+extern int	m3ter_unknown_accounts;
+extern int	m3ter_catalog_max_age_s;
+extern int	m3ter_catalog_refresh_interval_s;
+extern int	m3ter_events_poll_interval_s;
+
+extern void m3ter_define_ingest_settings(void);
+extern void m3ter_catalog_shmem_install(void);
+extern void m3ter_catalog_prepare(void);
+extern const char *m3ter_catalog_verdict(const M3terMeasurement *m, bool *hold);
+extern void m3ter_catalog_sync(bool accounts, int max_retries, StringInfo out);
+extern void m3ter_catalog_note_error(const char *message);
+extern void m3ter_events_poll_if_due(void);
+extern char *m3ter_url_encode(const char *s);
+extern bool m3ter_has_relation(const char *relname);
 
 #endif							/* M3TER_H */

@@ -91,13 +91,18 @@ static const char retry_sql[] =
 static const char held_sql[] =
 "UPDATE m3ter.outbox SET http_status = $2, error = $3 WHERE id = ANY($1)";
 
+static const char check_held_sql[] =
+"UPDATE m3ter.outbox SET error = $3, next_attempt_at = clock_timestamp() + make_interval(secs => $4) "
+"WHERE id = ANY($1)";
+
 /* The status updates of update_rows(), in the order of its statements */
 typedef enum RowUpdate
 {
 	ROWS_ACCEPTED,				/* m3ter accepted them */
 	ROWS_FAILED,				/* never to be sent again */
 	ROWS_RETRY,					/* a transient fault: try later, or fail at max_attempts */
-	ROWS_HELD					/* a configuration fault: note it, keep them pending */
+	ROWS_HELD,					/* a configuration fault: note it, keep them pending */
+	ROWS_CHECK_HELD				/* held by a check before sending: pending, later ($4 s) */
 } RowUpdate;
 
 /* One drain's rows, written as JSON */
@@ -134,9 +139,9 @@ static int64
 update_rows(Drain *d, RowUpdate which, int start, int end, long http_status,
 			const char *error, int sent, int retry_after_ms)
 {
-	static SPIPlanPtr plans[4];
-	static const char *const sqls[4] = {accepted_sql, failed_sql, retry_sql, held_sql};
-	static const int nargs[4] = {2, 4, 5, 3};
+	static SPIPlanPtr plans[5];
+	static const char *const sqls[5] = {accepted_sql, failed_sql, retry_sql, held_sql, check_held_sql};
+	static const int nargs[5] = {2, 4, 5, 3, 4};
 	Oid			types[5] = {INT8ARRAYOID, INT4OID, TEXTOID, INT4OID, INT4OID};
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
@@ -156,7 +161,7 @@ update_rows(Drain *d, RowUpdate which, int start, int end, long http_status,
 	values[2] = error ? CStringGetTextDatum(error) : (Datum) 0;
 	if (error == NULL)
 		nulls[2] = 'n';
-	values[3] = Int32GetDatum(which == ROWS_FAILED ? sent : m3ter_max_attempts);
+	values[3] = Int32GetDatum(which == ROWS_FAILED || which == ROWS_CHECK_HELD ? sent : m3ter_max_attempts);
 	values[4] = Int32GetDatum(retry_after_ms);
 
 	rc = SPI_execute_plan(keep_plan(&plans[which], sqls[which], nargs[which], types),
@@ -261,10 +266,14 @@ m3ter_drain_once(int limit, int64 *after, M3terFlushStats *stats)
 	int			rc;
 	int			i;
 	int			start;
+	int			claimed;
+	int64		last_id = 0;
+	int			hold_s = m3ter_catalog_refresh_interval_s > 0 ? m3ter_catalog_refresh_interval_s : 600;
 
 	/* settings first: a missing one raises before anything is claimed */
 	(void) m3ter_require_org_id();
 	m3ter_require_credentials();
+	m3ter_catalog_prepare();
 
 	drain_cxt = AllocSetContextCreate(CurrentMemoryContext, "m3ter drain",
 									  ALLOCSET_DEFAULT_SIZES);
@@ -290,17 +299,21 @@ m3ter_drain_once(int limit, int64 *after, M3terFlushStats *stats)
 	initStringInfo(&buf);
 	stats->claimed += d.n;
 
-	for (i = 0; i < d.n; i++)
+	claimed = d.n;
+	d.n = 0;
+	for (i = 0; i < claimed; i++)
 	{
 		HeapTuple	tup = tuptable->vals[i];
 		M3terMeasurement m;
 		bool		isnull;
+		bool		hold;
+		const char *why;
 		char		ts[40];
 		char		ets[40];
 		Datum		value;
 		int			k;
 
-		d.ids[i] = DatumGetInt64(SPI_getbinval(tup, desc, COL_ID, &isnull));
+		d.ids[d.n] = last_id = DatumGetInt64(SPI_getbinval(tup, desc, COL_ID, &isnull));
 		m.uid = TextDatumGetCString(SPI_getbinval(tup, desc, COL_UID, &isnull));
 		m.meter = TextDatumGetCString(SPI_getbinval(tup, desc, COL_METER, &isnull));
 		m.account = TextDatumGetCString(SPI_getbinval(tup, desc, COL_ACCOUNT, &isnull));
@@ -319,13 +332,27 @@ m3ter_drain_once(int limit, int64 *after, M3terFlushStats *stats)
 			value = SPI_getbinval(tup, desc, COL_FIRST_MAP + k, &isnull);
 			m.maps[k] = isnull ? NULL : DatumGetJsonbP(value);
 		}
+		/* checks against the synced catalog (catalog.c): fail or hold, not send */
+		why = m3ter_catalog_verdict(&m, &hold);
+		if (why != NULL)
+		{
+			update_rows(&d, hold ? ROWS_CHECK_HELD : ROWS_FAILED, d.n, d.n + 1, 0, why,
+						hold ? hold_s : 0, 0);
+			if (!hold)
+			{
+				stats->failed++;
+				stats->error = pstrdup(why);
+			}
+			continue;
+		}
 		resetStringInfo(&buf);
 		m3ter_append_measurement(&buf, &m);
-		d.items[i] = pnstrdup(buf.data, buf.len);
-		d.lengths[i] = buf.len;
+		d.items[d.n] = pnstrdup(buf.data, buf.len);
+		d.lengths[d.n] = buf.len;
+		d.n++;
 	}
 	SPI_freetuptable(tuptable);
-	*after = (d.n == limit) ? d.ids[d.n - 1] : 0;
+	*after = (claimed == limit) ? last_id : 0;
 
 	/* send them in requests as full as m3ter's limits allow */
 	for (start = 0; start < d.n && !stats->stopped;)

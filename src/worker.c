@@ -112,6 +112,7 @@ worker_pass(MemoryContext pass_cxt, char **last_logged, long *idle_ms)
 	if (installed)
 	{
 		m3ter_drain_once(m3ter_batch_rows, &after, &stats);
+		m3ter_events_poll_if_due();
 		if (m3ter_retention_s >= 0)
 			(void) m3ter_delete_expired(m3ter_retention_s);
 		if (stats.claimed == 0 && from_start)

@@ -119,8 +119,9 @@ class Enrichment:
                 if wait > 0:
                     self.cond.wait(min(wait, 0.5))
                     continue
-                batch = [e for e in self.queue if e[0] <= time.time()]
-                self.queue = [e for e in self.queue if e[0] > time.time()]
+                now = time.time()
+                batch = [e for e in self.queue if e[0] <= now]
+                self.queue = [e for e in self.queue if e[0] > now]
                 generation = self.generation
             for _, gen, m, duplicate in batch:
                 if gen == generation:
