@@ -7,6 +7,7 @@ It behaves like m3ter for what the extension uses:
   POST /organizations/{org}/meters          validated like Create Meter, recorded
   GET  /organizations/{org}/meters          paginated with pageSize / nextToken
   GET  /organizations/{org}/organizationconfig
+  + enrichment after "accepted", Events, failed-ingest downloads, accounts: standin_enrichment.py
 Errors are m3ter's statuses with a JSON body {"message": ...}: 400 for bodies that
 break the API's rules, 403 for an unknown org, a bad or expired token, or an ingest
 payload of 512,000 bytes or more.
