@@ -153,7 +153,7 @@ m3ter_define_ingest_settings(void)
 							&m3ter_catalog_refresh_interval_s,
 							3600,
 							0,
-							INT_MAX,
+							INT_MAX / 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
@@ -164,7 +164,7 @@ m3ter_define_ingest_settings(void)
 							&m3ter_events_poll_interval_s,
 							60,
 							0,
-							INT_MAX,
+							INT_MAX / 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);

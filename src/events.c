@@ -11,8 +11,10 @@
  * error and the original measurement, so its uid.  A poll:
  *
  *	- reads the events from the stored position (m3ter.event_cursor),
- *	  at most MAX_PAGES pages and MAX_EVENTS new events per poll, paced
- *	  like every Config API call;
+ *	  then from the first page until a page holds nothing new (m3ter does
+ *	  not say whether it lists oldest or newest first), at most MAX_PAGES
+ *	  pages and MAX_EVENTS new events per poll, paced like every Config
+ *	  API call;
  *	- skips an event already in m3ter.ingest_events (handled before);
  *	- marks the rows its log names 'rejected' with the failure type and
  *	  message; DuplicateUid (a re-send of a stored uid) is counted and
@@ -339,7 +341,7 @@ record_event(const char *id, const cJSON *event, const char *type, const char *m
 	int			n = 0;
 	int			i;
 	const char *texts[5] = {id,
-		cJSON_IsString(time) ? time->valuestring : NULL,
+		(cJSON_IsString(time) && m3ter_valid_iso8601(time->valuestring)) ? time->valuestring : NULL,
 	type, message, file};
 
 	for (i = 0; i < 5; i++)
@@ -436,8 +438,11 @@ fetch_log(const char *file, int max_retries, bool *transient, char **note, PollS
 	return NULL;
 }
 
-/* Handle one event; returns false to stop the poll before it (retry later) */
-static bool
+/*
+ * Handle one event.  Returns 1 when it was new and is now handled, 0 when
+ * it was handled before (or cannot be), -1 to stop the poll before it.
+ */
+static int
 handle_event(const cJSON *event, int max_retries, PollStats *stats)
 {
 	const cJSON *id = cJSON_GetObjectItem(event, "id");
@@ -455,13 +460,13 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 	int64		duplicates_before = stats->duplicates;
 
 	if (!cJSON_IsString(id) || id->valuestring[0] == '\0')
-		return true;			/* nothing to remember it by */
+		return 0;				/* nothing to remember it by */
 	if (cJSON_IsString(name) && strcmp(name->valuestring, EVENT_NAME) != 0)
-		return true;
+		return 0;
 	args[0] = id->valuestring;
 	run_sql("SELECT count(*) FROM m3ter.ingest_events WHERE event_id = $1", 1, args, SPI_OK_SELECT);
 	if (first_int() > 0)
-		return true;			/* handled before */
+		return 0;				/* handled before */
 
 	if (body == NULL)
 		body = event;
@@ -474,7 +479,7 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 		char	   *log = fetch_log(file, max_retries, &transient, &note, stats);
 
 		if (transient)
-			return false;
+			return -1;
 		if (log != NULL)
 		{
 			failures = log_failures(log, type, message);
@@ -502,7 +507,7 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 	record_event(id->valuestring, event, type, message, file, failures, matched, note,
 				 stats->rejected - rejected_before, stats->duplicates - duplicates_before);
 	stats->events++;
-	return true;
+	return 1;
 }
 
 /* Save the polling position and what the poll did */
@@ -525,13 +530,89 @@ save_cursor(const char *token, PollStats *stats)
 		elog(ERROR, "m3ter event cursor update failed");
 }
 
-/* One poll (SPI connected, in the caller's transaction) */
+/*
+ * Read pages of events from token on and handle the new ones.  Forward
+ * (head = false): follow nextToken to the end; *resume becomes the token of
+ * the last page that held events.  Head (head = true): from the first page,
+ * stop at the first page with nothing new.  Returns false when the poll
+ * must stop (budget spent, or a transient failure).
+ */
+static bool
+read_pages(char *token, bool head, int max_retries, PollStats *stats, char **resume)
+{
+	bool		restarted = false;
+
+	while (stats->pages < MAX_PAGES && stats->events < MAX_EVENTS)
+	{
+		M3terCallResult res;
+		cJSON	   *page;
+		cJSON	   *data;
+		cJSON	   *next;
+		cJSON	   *event;
+		char	   *path = psprintf("/events?eventName=%s&pageSize=%d%s%s", EVENT_NAME, PAGE_SIZE,
+									token ? "&nextToken=" : "",
+									token ? m3ter_url_encode(token) : "");
+		int			fresh = 0;
+
+		m3ter_call(M3TER_CONFIG_API, "GET", m3ter_org_path(path), NULL, 0, max_retries, &res);
+		if (res.outcome == M3TER_REJECTED && token != NULL && !head && !restarted)
+		{
+			/* the stored position is no longer valid: start over (handled events are skipped) */
+			token = NULL;
+			*resume = NULL;
+			restarted = true;
+			continue;
+		}
+		if (res.outcome != M3TER_OK)
+		{
+			if (stats->pages == 0 && max_retries > 0)
+				m3ter_raise_call_error(&res, "listing m3ter events");
+			stats->error = psprintf("listing events: %s (HTTP %ld)",
+									res.message ? res.message : "failed", res.status);
+			return false;
+		}
+		stats->pages++;
+		page = m3ter_parse_answer(res.body, "listing m3ter events");
+		data = cJSON_GetObjectItemCaseSensitive(page, "data");
+		cJSON_ArrayForEach(event, data)
+		{
+			int			handled = stats->events < MAX_EVENTS ?
+				handle_event(event, max_retries, stats) : -1;
+
+			if (handled < 0)
+			{
+				cJSON_Delete(page);
+				if (!head && cJSON_GetArraySize(data) > 0)
+					*resume = token;
+				return false;
+			}
+			fresh += handled;
+		}
+		if (!head && cJSON_GetArraySize(data) > 0)
+			*resume = token;
+		next = cJSON_GetObjectItemCaseSensitive(page, "nextToken");
+		if ((head && fresh == 0) || !cJSON_IsString(next) || next->valuestring[0] == '\0')
+		{
+			cJSON_Delete(page);
+			return true;
+		}
+		token = pstrdup(next->valuestring);
+		cJSON_Delete(page);
+	}
+	return false;
+}
+
+/*
+ * One poll (SPI connected, in the caller's transaction).  m3ter does not
+ * say in which order it lists events: the poll reads forward from the
+ * stored position (oldest first), then from the first page until a page
+ * holds nothing new (newest first).  Either way each new event is read.
+ */
 static void
 poll_events(int max_retries, PollStats *stats)
 {
-	char	   *token = NULL;
-	char	   *resume = NULL;
-	bool		restarted = false;
+	char	   *stored;
+	char	   *resume;
 
 	if (!m3ter_has_relation("event_cursor"))
 		ereport(ERROR,
@@ -549,61 +630,11 @@ poll_events(int max_retries, PollStats *stats)
 		stats->busy = true;
 		return;
 	}
-	token = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	resume = token;
+	stored = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	resume = stored;
 
-	while (stats->pages < MAX_PAGES && stats->events < MAX_EVENTS)
-	{
-		M3terCallResult res;
-		cJSON	   *page;
-		cJSON	   *data;
-		cJSON	   *next;
-		cJSON	   *event;
-		char	   *path = psprintf("/events?eventName=%s&pageSize=%d%s%s", EVENT_NAME, PAGE_SIZE,
-									token ? "&nextToken=" : "",
-									token ? m3ter_url_encode(token) : "");
-		bool		stopped = false;
-
-		m3ter_call(M3TER_CONFIG_API, "GET", m3ter_org_path(path), NULL, 0, max_retries, &res);
-		if (res.outcome == M3TER_REJECTED && token != NULL && !restarted)
-		{
-			/* the stored position is no longer valid: start over (handled events are skipped) */
-			token = NULL;
-			resume = NULL;
-			restarted = true;
-			continue;
-		}
-		if (res.outcome != M3TER_OK)
-		{
-			if (stats->pages == 0 && max_retries > 0)
-				m3ter_raise_call_error(&res, "listing m3ter events");
-			stats->error = psprintf("listing events: %s (HTTP %ld)",
-									res.message ? res.message : "failed", res.status);
-			break;
-		}
-		stats->pages++;
-		page = m3ter_parse_answer(res.body, "listing m3ter events");
-		data = cJSON_GetObjectItemCaseSensitive(page, "data");
-		cJSON_ArrayForEach(event, data)
-		{
-			if (stats->events >= MAX_EVENTS || !handle_event(event, max_retries, stats))
-			{
-				stopped = true;
-				break;
-			}
-		}
-		/* the next poll starts at the last page that held events */
-		if (cJSON_GetArraySize(data) > 0)
-			resume = token;
-		next = cJSON_GetObjectItemCaseSensitive(page, "nextToken");
-		if (stopped || !cJSON_IsString(next) || next->valuestring[0] == '\0')
-		{
-			cJSON_Delete(page);
-			break;
-		}
-		token = pstrdup(next->valuestring);
-		cJSON_Delete(page);
-	}
+	if (read_pages(stored, false, max_retries, stats, &resume) && stored != NULL)
+		(void) read_pages(NULL, true, max_retries, stats, &resume);
 	save_cursor(resume, stats);
 }
 

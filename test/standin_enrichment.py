@@ -11,7 +11,8 @@ m3ter_standin.py imports this module.  It adds:
         drops nothing (the original stands).  Every one raises an
         ingest.validation.failure event with its own log file.
   GET  /organizations/{org}/events          eventName filter, pageSize, nextToken;
-        oldest first; nextToken is an opaque position that stays valid
+        oldest first (or newest first when so configured); nextToken is an opaque
+        position that stays valid
   GET  /organizations/{org}/measurements/failedIngest/getDownloadUrl?file=...
         -> {"url": ...}: a URL on the stand-in, valid for 5 minutes, that refuses a
         request carrying an Authorization header (as presigned S3 URLs do)
@@ -21,7 +22,7 @@ m3ter_standin.py imports this module.  It adds:
 Control (no auth):
   POST /_control/enrichment  {"enabled": bool, "delay": s, "meters": [code or
         {"code", "dataFields"}], "account_rule": "autocreate" | "reject" | "accept",
-        "url_ttl": s}
+        "url_ttl": s, "newest_first": bool}
   POST /_control/accounts    {"accounts": [code, ...]}   create accounts
   GET  /_control/accounts    every account
   GET  /_control/events      every event, with its log
@@ -89,6 +90,7 @@ class Enrichment:
             self.extra_meters = {}
             self.account_rule = "autocreate"
             self.url_ttl = URL_TTL
+            self.newest_first = False
             self.queue = []             # (due, generation, measurement, duplicate)
             self.events = []
             self.files = {}
@@ -212,6 +214,8 @@ class Enrichment:
         start = _token_index(query.get("nextToken", [""])[0])
         with self.lock:
             events = [e for e in self.events if name is None or e["eventName"] == name]
+            if self.newest_first:
+                events.reverse()
         page = events[start:start + size]
         out = {"data": page}
         if start + size < len(events):
@@ -279,6 +283,8 @@ class Enrichment:
                     self.account_rule = doc["account_rule"]
                 if "url_ttl" in doc:
                     self.url_ttl = float(doc["url_ttl"])
+                if "newest_first" in doc:
+                    self.newest_first = bool(doc["newest_first"])
                 for mt in doc.get("meters", []):
                     mt = {"code": mt} if isinstance(mt, str) else mt
                     self.extra_meters[mt["code"]] = mt
