@@ -448,6 +448,7 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 	const cJSON *id = cJSON_GetObjectItem(event, "id");
 	const cJSON *name = cJSON_GetObjectItem(event, "eventName");
 	const cJSON *body = cJSON_GetObjectItem(event, "m3terEvent");
+	cJSON	   *parsed = NULL;
 	const char *args[1];
 	const char *type;
 	const char *message;
@@ -468,6 +469,12 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 	if (first_int() > 0)
 		return 0;				/* handled before */
 
+	if (cJSON_IsString(body))
+	{
+		/* an object serialized into a string */
+		parsed = cJSON_Parse(body->valuestring);
+		body = parsed;
+	}
 	if (body == NULL)
 		body = event;
 	type = find_string(body, type_names, 4);
@@ -479,7 +486,11 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 		char	   *log = fetch_log(file, max_retries, &transient, &note, stats);
 
 		if (transient)
+		{
+			if (parsed)
+				cJSON_Delete(parsed);
 			return -1;
+		}
 		if (log != NULL)
 		{
 			failures = log_failures(log, type, message);
@@ -507,6 +518,8 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 	record_event(id->valuestring, event, type, message, file, failures, matched, note,
 				 stats->rejected - rejected_before, stats->duplicates - duplicates_before);
 	stats->events++;
+	if (parsed)
+		cJSON_Delete(parsed);
 	return 1;
 }
 

@@ -22,7 +22,8 @@ m3ter_standin.py imports this module.  It adds:
 Control (no auth):
   POST /_control/enrichment  {"enabled": bool, "delay": s, "meters": [code or
         {"code", "dataFields"}], "account_rule": "autocreate" | "reject" | "accept",
-        "url_ttl": s, "newest_first": bool}
+        "url_ttl": s, "newest_first": bool, "event_as_string": bool (m3terEvent
+        serialized into a JSON string)}
   POST /_control/accounts    {"accounts": [code, ...]}   create accounts
   GET  /_control/accounts    every account
   GET  /_control/events      every event, with its log
@@ -91,6 +92,7 @@ class Enrichment:
             self.account_rule = "autocreate"
             self.url_ttl = URL_TTL
             self.newest_first = False
+            self.event_as_string = False
             self.queue = []             # (due, generation, measurement, duplicate)
             self.events = []
             self.files = {}
@@ -217,6 +219,8 @@ class Enrichment:
             if self.newest_first:
                 events.reverse()
         page = events[start:start + size]
+        if self.event_as_string:
+            page = [dict(e, m3terEvent=json.dumps(e["m3terEvent"])) for e in page]
         out = {"data": page}
         if start + size < len(events):
             out["nextToken"] = _token(start + size)
@@ -285,6 +289,8 @@ class Enrichment:
                     self.url_ttl = float(doc["url_ttl"])
                 if "newest_first" in doc:
                     self.newest_first = bool(doc["newest_first"])
+                if "event_as_string" in doc:
+                    self.event_as_string = bool(doc["event_as_string"])
                 for mt in doc.get("meters", []):
                     mt = {"code": mt} if isinstance(mt, str) else mt
                     self.extra_meters[mt["code"]] = mt

@@ -192,6 +192,11 @@ ok(wait_until(lambda: len(uids("uid LIKE 'newest-%' AND status = 'rejected'")) =
    "newest first: the new events on the first page are read too")
 is_(psql("SELECT count(*) || '/' || count(DISTINCT event_id) FROM m3ter.ingest_events") + "/" +
     psql("SELECT events_handled FROM m3ter.event_cursor"), "108/108/108", "each of the 108 events once")
+standin("POST", "/_control/enrichment", {"event_as_string": True})
+psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) "
+     "SELECT 'str-' || i, 'gone_meter', 'acct-1', '{\"requests\": 1}' FROM generate_series(1, 2) i")
+ok(wait_until(lambda: len(uids("uid LIKE 'str-%' AND status = 'rejected' AND rejection_type = 'UndefinedMeter'")) == 2,
+              timeout=60), "an m3terEvent serialized into a string is read as well")
 
 # ---- corrections ----
 targets = ["ok-%d" % i for i in range(101, 201)]
