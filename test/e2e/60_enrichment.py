@@ -108,6 +108,22 @@ ok(wait_until(lambda: len(uids("uid LIKE 'stale-%' AND status = 'accepted'")) ==
 ok(int(psql("SELECT rows_unchecked FROM m3ter_catalog_status()")) >= before + 3, "and counted as unchecked")
 is_(psql("SELECT stale FROM m3ter_catalog_status()"), "t", "m3ter_catalog_status() says the catalog is stale")
 
+# an unreachable m3ter during the worker's catalog refresh does not stop delivery
+standin("POST", "/_control/faults", {"faults": [{"match": "/meters", "status": 503, "count": 10000}]})
+offset = log_offset()
+set_and_reload(catalog_max_age=None, catalog_refresh_interval="1")
+psql("INSERT INTO m3ter.outbox (uid, meter, account, measure, \"where\") SELECT 'unreach-' || i, 'api_requests', "
+     "'acct-1', '{\"requests\": 1}', '{\"region\": \"eu\"}' FROM generate_series(1, 3) i")
+ok(wait_until(lambda: len(uids("uid LIKE 'unreach-%' AND status = 'accepted'")) == 3, timeout=20),
+   "while the catalog refresh fails, rows are delivered")
+ok(wait_until(lambda: "503" in psql("SELECT coalesce(last_error, '') FROM m3ter_catalog_status()"), timeout=10),
+   "and the failed refresh is noted", psql("SELECT last_error FROM m3ter_catalog_status()"))
+with open(LOG_FILE) as f:
+    f.seek(offset)
+    failed_passes = [line for line in f.read().splitlines() if "m3ter outbox worker: " in line]
+ok(not failed_passes, "no worker pass failed: the refresh failure stayed in its subtransaction", failed_passes[:3])
+standin("POST", "/_control/faults", {"faults": [], "clear": True})
+
 # ---- checks off: m3ter accepts all, its enrichment drops 49, the events mark them ----
 clean()
 standin("POST", "/_control/enrichment", {"enabled": True, "delay": 0.3})
