@@ -25,7 +25,8 @@ OBJS = \
 	src/shmem.o \
 	src/launcher.o \
 	src/standby.o \
-	src/worker.o
+	src/worker.o \
+	src/events.o
 
 DATA = m3ter--1.0.sql m3ter--1.1.sql m3ter--1.0--1.1.sql
 PGFILEDESC = "m3ter - usage metering for the m3ter billing platform"

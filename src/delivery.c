@@ -414,7 +414,9 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 			if (among(others, n_others, row.id))
 				;				/* another sender has it in flight */
 			else if (verdict != NULL && hold)
-				m3ter_outbox_write(M3TER_ROWS_HELD, &row.id, 1, 0, verdict, 0, 0, false);
+				m3ter_outbox_write(M3TER_ROWS_CHECK_HELD, &row.id, 1, 0, verdict,
+								   m3ter_catalog_refresh_interval_s > 0 ? m3ter_catalog_refresh_interval_s : 600,
+								   0, false);
 			else if (verdict != NULL)
 			{
 				m3ter_outbox_write(M3TER_ROWS_FAILED, &row.id, 1, 0, verdict, 0, 0, false);

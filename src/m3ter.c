@@ -74,6 +74,7 @@ _PG_init(void)
 	if (process_shared_preload_libraries_in_progress)
 	{
 		m3ter_shmem_install();
+		m3ter_catalog_shmem_install();
 		m3ter_launcher_install();
 	}
 }
@@ -383,6 +384,7 @@ m3ter_define_settings(void)
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
+	m3ter_define_ingest_settings();
 	MarkGUCPrefixReserved("m3ter");
 }
 

@@ -16,7 +16,8 @@
  *	outbox_check.c	the CHECK constraint of m3ter.outbox
  *	delivery.c		the outbox delivery loop: claims, sender, outcomes
  *	outbox.c		the outbox's SQL: claims, in-flight records, status writes
- *	catalog.c		checks before sending, against the synced catalog
+ *	events.c		ingest failure events written back to the outbox
+ *	catalog.c		the catalog synced from m3ter, checks before sending
  *	sender.c		the one delivery path: requests in flight, splits
  *	client.c		answers classified, the synchronous Config API call
  *	token.c			the cluster's bearer token
@@ -297,7 +298,8 @@ typedef enum M3terRowUpdate
 	M3TER_ROWS_ACCEPTED,		/* m3ter accepted them */
 	M3TER_ROWS_FAILED,			/* never to be sent again */
 	M3TER_ROWS_RETRY,			/* a transient fault: try later, or give up */
-	M3TER_ROWS_HELD				/* not their fault: note it, keep them pending */
+	M3TER_ROWS_HELD,			/* not their fault: note it, keep them pending */
+	M3TER_ROWS_CHECK_HELD		/* held by a check before sending: pending, later */
 } M3terRowUpdate;
 
 /* One claimed row */
@@ -384,5 +386,29 @@ extern bool m3ter_check_database_list(char **newval, void **extra, GucSource sou
 
 /* ---- standby.c ---- */
 extern void m3ter_require_primary(const char *what);
+
+/* ---- catalog.c, events.c: what m3ter really ingested ---- */
+typedef enum M3terUnknownAccounts
+{
+	M3TER_ACCOUNTS_SEND,		/* send: m3ter auto-creates "<code>-autocreated" */
+	M3TER_ACCOUNTS_HOLD,		/* keep the row pending with a reason */
+	M3TER_ACCOUNTS_FAIL			/* mark the row failed */
+} M3terUnknownAccounts;
+
+extern bool m3ter_catalog_checks;
+extern int	m3ter_unknown_accounts;
+extern int	m3ter_catalog_max_age_s;
+extern int	m3ter_catalog_refresh_interval_s;
+extern int	m3ter_events_poll_interval_s;
+
+extern void m3ter_define_ingest_settings(void);
+extern void m3ter_catalog_shmem_install(void);
+extern void m3ter_catalog_prepare(void);
+extern const char *m3ter_catalog_verdict(const M3terMeasurement *m, bool *hold);
+extern void m3ter_catalog_sync(bool accounts, int max_retries, StringInfo out);
+extern void m3ter_catalog_note_error(const char *message);
+extern void m3ter_events_poll_if_due(void);
+extern char *m3ter_url_encode(const char *s);
+extern bool m3ter_has_relation(const char *relname);
 
 #endif							/* M3TER_H */

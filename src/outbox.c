@@ -127,6 +127,12 @@ static const char retry_sql[] =
 static const char held_sql[] =
 "UPDATE m3ter.outbox SET http_status = $2, error = $3 WHERE id = ANY($1) AND status = 'pending'";
 
+/* Held by a check before sending (catalog.c): pending, tried again in $4 seconds */
+static const char check_held_sql[] =
+"UPDATE m3ter.outbox SET error = $3, "
+"next_attempt_at = clock_timestamp() + pg_catalog.make_interval(secs => $4) "
+"WHERE id = ANY($1) AND status = 'pending'";
+
 static const char fail_one_sql[] =
 "UPDATE m3ter.outbox SET status = 'failed', http_status = NULL, error = $2 "
 "WHERE id = $1 AND status = 'pending'";
@@ -315,15 +321,16 @@ m3ter_outbox_release(int64 record_id)
 
 /*
  * Write an outcome for rows ids[0..n).  For M3TER_ROWS_RETRY returns how
- * many rows gave up and became 'failed'.
+ * many rows gave up and became 'failed'.  sent: 1 when the rows were sent
+ * (failed rows), the seconds to hold them (M3TER_ROWS_CHECK_HELD).
  */
 int64
 m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n, long http_status,
 				   const char *error, int sent, int retry_after_ms, bool throttled)
 {
-	static SPIPlanPtr plans[4];
-	static const char *const sqls[4] = {accepted_sql, failed_sql, retry_sql, held_sql};
-	static const int nargs[4] = {2, 4, 8, 3};
+	static SPIPlanPtr plans[5];
+	static const char *const sqls[5] = {accepted_sql, failed_sql, retry_sql, held_sql, check_held_sql};
+	static const int nargs[5] = {2, 4, 8, 3, 4};
 	Oid			types[8] = {INT8ARRAYOID, INT4OID, TEXTOID, FLOAT8OID, INT4OID, FLOAT8OID, FLOAT8OID, BOOLOID};
 	Datum		values[8];
 	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
@@ -339,6 +346,8 @@ m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n, long http_stat
 	nulls[2] = error ? ' ' : 'n';
 	if (which == M3TER_ROWS_FAILED)
 		values[3] = Int32GetDatum(sent);
+	else if (which == M3TER_ROWS_CHECK_HELD)
+		values[3] = Float8GetDatum((double) sent);	/* seconds to hold */
 	else
 		values[3] = Float8GetDatum(m3ter_give_up_after_s);
 	values[4] = Int32GetDatum(m3ter_max_attempts);

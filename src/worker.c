@@ -138,6 +138,7 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, char **last_logged)
 				CHECK_FOR_INTERRUPTS();
 			*last_retention = now;
 		}
+		m3ter_events_poll_if_due();
 		*next_due = m3ter_outbox_next_due();
 	}
 

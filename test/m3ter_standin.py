@@ -7,6 +7,7 @@ It behaves like m3ter for what the extension uses:
   POST /organizations/{org}/meters          validated like Create Meter, recorded
   GET  /organizations/{org}/meters          paginated with pageSize / nextToken
   GET  /organizations/{org}/organizationconfig
+  + enrichment after "accepted", Events, failed-ingest downloads, accounts: standin_enrichment.py
 Errors are m3ter's statuses with a JSON body {"message": ...}: 400 for bodies that
 break the API's rules, 403 for an unknown org, a bad or expired token, or an ingest
 payload of 512,000 bytes or more.
@@ -83,6 +84,8 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit, parse_qs
 
+import standin_enrichment
+
 MAX_PAYLOAD = 512000
 MAX_MEASUREMENTS = 1000
 NUMERIC_MAPS = ("measure", "cost", "income")
@@ -104,6 +107,7 @@ class ApiError(Exception):
 RATE_LIMIT_DEFAULTS = {"per_second": 50, "window": 300, "window_max": 5000}
 LISTEN_BACKLOG = 1024
 
+standin_enrichment.ApiError = ApiError  # enrichment, events, accounts (standin_enrichment.py)
 
 def now_iso():
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -234,6 +238,8 @@ class State:
         self.accepted_total = 0
         self.random_5xx = 0.0
         self.stopping = False
+        self.enrichment = getattr(self, "enrichment", None) or standin_enrichment.Enrichment()
+        self.enrichment.reset()
 
     def save(self, path):
         """Keep what was accepted across a restart (the 'down and back' test)."""
@@ -452,8 +458,10 @@ class Handler(BaseHTTPRequestHandler):
             for m in items:
                 if m["uid"] in self.state.measurements:
                     self.state.duplicates += 1
+                    self.state.enrichment.ingested(self.state, m, True)
                 else:
                     self.state.measurements[m["uid"]] = m
+                    self.state.enrichment.ingested(self.state, m, False)
             self.state.accepted_total += len(items)
         return len(items)
 
@@ -537,6 +545,9 @@ class Handler(BaseHTTPRequestHandler):
     def control(self, path, body):
         st = self.state
         doc = json.loads(body) if body else {}
+        out = st.enrichment.control(self.command, path, doc)
+        if out is not None:
+            return out
         with st.lock:
             if path == "/_control/reset":
                 in_flight = st.in_flight
@@ -634,6 +645,8 @@ class Handler(BaseHTTPRequestHandler):
             n = 0
             if path == "/oauth/token" and self.command == "POST":
                 result = self.token(body)
+            elif path.startswith("/_files/") and self.command == "GET":
+                result = self.state.enrichment.serve_file(self, path, parse_qs(parts.query))
             else:
                 self.check_bearer(path)
                 if path.endswith("/measurements") and self.command == "POST":
@@ -648,7 +661,9 @@ class Handler(BaseHTTPRequestHandler):
                               "organizationId": self.state.org_id, "currency": "USD",
                               "timezone": "UTC", "version": 1}
                 else:
-                    raise ApiError(404, f"Not Found: {self.command} {path}")
+                    result = self.state.enrichment.route(self, self.command, path, parse_qs(parts.query))
+                    if result is None:
+                        raise ApiError(404, f"Not Found: {self.command} {path}")
         except ApiError as e:
             self.record(e.status, nbytes=len(body), note=e.message)
             headers = {"Retry-After": "1"} if e.status == 429 else None
