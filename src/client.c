@@ -7,7 +7,7 @@
  * Every answer gets one outcome (m3ter_classify), used by the sender
  * (sender.c, for measurements) and by m3ter_call (Config API):
  *
- *	2xx					M3TER_OK
+ *	2xx					M3TER_OK (unless the body is an HTML page: see below)
  *	408, 429, 500,		M3TER_TRANSIENT: worth trying later, with growing
  *	502, 503, 504,		delays (1 s, 3 s, 9 s, ... capped by
  *	no answer			m3ter.retry_max_delay, never shorter than
@@ -20,7 +20,10 @@
  *						more; with a fresh token it is the configuration
  *	3xx, 404, 405,		M3TER_UNEXPECTED: not the rows' fault (a wrong URL,
  *	any other status,	a proxy's page): nothing is failed, delivery stops
- *	a non-JSON 4xx page	and says why
+ *	a non-JSON 4xx page, and says why
+ *	an HTML 2xx page,
+ *	a URL libcurl
+ *	cannot use
  *
  * The token endpoint refusing the credentials is M3TER_AUTH_FAILED.
  *
@@ -122,6 +125,15 @@ is_json_error(const char *body)
 	return yes;
 }
 
+/* Is body an HTML or XML page (a proxy's, a portal's), not m3ter's JSON? */
+static bool
+is_markup(const char *body)
+{
+	while (*body == ' ' || *body == '\t' || *body == '\r' || *body == '\n')
+		body++;
+	return *body == '<';
+}
+
 /* Does a message speak of the payload's size (m3ter's 403 for it)? */
 static bool
 names_payload_size(const char *message)
@@ -153,15 +165,18 @@ m3ter_classify(const M3terHttpResponse *resp, M3terCallResult *result)
 		result->retry_after_ms = resp->retry_after_ms;
 	result->message = NULL;
 
-	if (status >= 200 && status < 300)
+	if (status >= 200 && status < 300 && !is_markup(resp->body))
 	{
 		result->outcome = M3TER_OK;
 		return;
 	}
 	if (status == 0)
 	{
-		result->outcome = M3TER_TRANSIENT;
-		result->message = resp->transport_error;
+		/* a URL libcurl cannot use is a setting to fix, not an outage */
+		result->outcome = resp->bad_url ? M3TER_UNEXPECTED : M3TER_TRANSIENT;
+		result->message = resp->bad_url ?
+			psprintf("the URL cannot be used (%s); check m3ter.ingest_url and m3ter.api_url",
+					 resp->transport_error) : resp->transport_error;
 		return;
 	}
 

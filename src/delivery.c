@@ -51,6 +51,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -90,6 +91,12 @@ begin_work(M3terDelivery *d)
 		StartTransactionCommand();
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
+	}
+	if (d->mode == M3TER_TXN_PROCEDURE)
+	{
+		/* running with the owner's rights: the caller's search_path picks nothing */
+		(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
 	}
 	if (d->mode != M3TER_TXN_CALLER)
 		PushActiveSnapshot(GetTransactionSnapshot());

@@ -9,9 +9,10 @@
  * an error re-sends at most what was in flight, and no transaction stays
  * open across more than one claim's requests.  Called inside a
  * transaction block (where it cannot commit) it works like m3ter_flush().
- * It runs each unit of work as the extension's owner with a safe
- * search_path, as a SECURITY DEFINER function would (a procedure that is
- * SECURITY DEFINER may not commit).
+ * It runs each unit of work as the extension's owner with search_path set
+ * to pg_catalog, pg_temp, as a SECURITY DEFINER function would (a
+ * procedure that is SECURITY DEFINER may not commit), so the caller's
+ * search_path cannot pick what its queries call.
  *
  * m3ter_flush(max_rows) is a function, so it works in the caller's
  * transaction: it holds the claim lock to the end, and everything it
@@ -30,6 +31,7 @@
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
@@ -188,7 +190,18 @@ m3ter_flush_procedure(PG_FUNCTION_ARGS)
 	SetUserIdAndSecContext(owner, saved_sec | SECURITY_LOCAL_USERID_CHANGE);
 	PG_TRY();
 	{
-		run(atomic ? M3TER_TXN_CALLER : M3TER_TXN_PROCEDURE, max_rows, &stats);
+		if (atomic)
+		{
+			/* as a SECURITY DEFINER function would: a safe search_path to the end */
+			int			nest = NewGUCNestLevel();
+
+			(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+									 GUC_ACTION_SAVE, true, 0, false);
+			run(M3TER_TXN_CALLER, max_rows, &stats);
+			AtEOXact_GUC(true, nest);
+		}
+		else
+			run(M3TER_TXN_PROCEDURE, max_rows, &stats);	/* sets it per transaction */
 	}
 	PG_FINALLY();
 	{

@@ -373,6 +373,7 @@ m3ter_http_collect(M3terHttpResponse *response, void **tag)
 		memcpy(response->body, req->data, req->len);
 	response->body[req->len] = '\0';
 	response->transport_error = NULL;
+	response->bad_url = (req->rc == CURLE_URL_MALFORMAT || req->rc == CURLE_UNSUPPORTED_PROTOCOL);
 	if (req->rc != CURLE_OK)
 	{
 		if (req->overflow)

@@ -104,6 +104,7 @@ typedef struct M3terHttpResponse
 	size_t		body_len;
 	int			retry_after_ms; /* from Retry-After, -1 when absent */
 	char	   *transport_error;	/* why no response came, else NULL */
+	bool		bad_url;		/* ... because the URL cannot be used */
 } M3terHttpResponse;
 
 typedef struct M3terHttpRequest M3terHttpRequest;

@@ -67,7 +67,7 @@ static const char claim_sql[] =
 "SELECT id, uid, meter, account, ts, ets, measure, cost, income, who, \"where\", what, other, "
 "metadata, attempts, next_attempt_at "
 "FROM m3ter.outbox "
-"WHERE status = 'pending' AND next_attempt_at <= now() AND (next_attempt_at, id) > ($1, $2) "
+"WHERE status = 'pending' AND next_attempt_at <= pg_catalog.now() AND (next_attempt_at, id) > ($1, $2) "
 "ORDER BY next_attempt_at, id "
 "LIMIT $3";
 
@@ -114,12 +114,12 @@ static const char failed_sql[] =
  */
 static const char retry_sql[] =
 "WITH u AS (UPDATE m3ter.outbox SET attempts = attempts + 1, http_status = $2, sent_at = clock_timestamp(), "
-"status = CASE WHEN created_at < now() - pg_catalog.make_interval(secs => $4) "
+"status = CASE WHEN created_at < pg_catalog.now() - pg_catalog.make_interval(secs => $4) "
 "                OR ($5 > 0 AND attempts + 1 >= $5) THEN 'failed' ELSE 'pending' END, "
-"error = CASE WHEN created_at < now() - pg_catalog.make_interval(secs => $4) "
+"error = CASE WHEN created_at < pg_catalog.now() - pg_catalog.make_interval(secs => $4) "
 "               OR ($5 > 0 AND attempts + 1 >= $5) "
 "             THEN 'gave up after ' || (attempts + 1) || ' attempts: ' || $3 ELSE $3 END, "
-"next_attempt_at = clock_timestamp() + pg_catalog.make_interval(secs => "
+"next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => "
 "    GREATEST($6, LEAST($7, CASE WHEN $8 THEN 1 ELSE pg_catalog.power(3, LEAST(attempts, 40)) END))) "
 "WHERE id = ANY($1) AND status = 'pending' RETURNING status) "
 "SELECT count(*) FILTER (WHERE status = 'failed') FROM u";

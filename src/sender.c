@@ -344,6 +344,10 @@ answered(M3terSender *s, M3terSend *send, M3terHttpResponse *resp)
 {
 	MemoryContext old = MemoryContextSwitchTo(send->group->cxt);
 
+	/* the answer lives as long as the send: collect() allocated it in a passing context */
+	resp->body = pstrdup(resp->body);
+	if (resp->transport_error != NULL)
+		resp->transport_error = pstrdup(resp->transport_error);
 	s->n_in_flight--;
 	memset(&send->result, 0, sizeof(send->result));
 	send->result.retry_after_ms = -1;

@@ -146,7 +146,8 @@ submit_error_context(void *arg)
 
 	if (st->accepted > 0)
 		errcontext("m3ter had accepted %d of the %d measurements of this call before the failure; "
-				   "sending them again with the same uids is safe",
+				   "sending them again with the same uids is safe (give each measurement its own "
+				   "\"uid\" to be able to: generated ones are not kept)",
 				   st->accepted, st->group.n);
 }
 

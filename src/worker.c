@@ -188,6 +188,8 @@ m3ter_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), InvalidOid, 0);
+	/* our own queries only: a database's search_path must not pick what they call */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	m3ter_worker_attach();		/* ends the worker if the extension is not installed */
 	m3ter_worker_note("starting", false);
 	ereport(LOG, (errmsg("m3ter outbox worker started for database \"%s\"", MyBgworkerEntry->bgw_extra)));
@@ -262,6 +264,8 @@ m3ter_worker_main(Datum main_arg)
 				if (!m3ter_worker_enabled)
 					d.max_rows = Max(d.stats.claimed, 1);	/* finish what is in flight */
 				busy = m3ter_delivery_step(&d, 10);
+				if (d.claim_lock_busy)
+					m3ter_worker_note("waiting: a transaction that called m3ter_flush() holds the claim lock", false);
 				if (!busy || d.stats.requests - reported.requests >= 50)
 					report(&d.stats, &reported);
 				if (!busy)
