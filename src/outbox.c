@@ -119,7 +119,7 @@ static const char retry_sql[] =
 "error = CASE WHEN created_at < pg_catalog.now() - pg_catalog.make_interval(secs => $4) "
 "               OR ($5 > 0 AND attempts + 1 >= $5) "
 "             THEN 'gave up after ' || (attempts + 1) || ' attempts: ' || $3 ELSE $3 END, "
-"next_attempt_at = pg_catalog.now() + pg_catalog.make_interval(secs => "
+"next_attempt_at = $9 + pg_catalog.make_interval(secs => "
 "    GREATEST($6, LEAST($7, CASE WHEN $8 THEN 1 ELSE pg_catalog.power(3, LEAST(attempts, 40)) END))) "
 "WHERE id = ANY($1) AND status = 'pending' RETURNING status) "
 "SELECT count(*) FILTER (WHERE status = 'failed') FROM u";
@@ -330,10 +330,11 @@ m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n, long http_stat
 {
 	static SPIPlanPtr plans[5];
 	static const char *const sqls[5] = {accepted_sql, failed_sql, retry_sql, held_sql, check_held_sql};
-	static const int nargs[5] = {2, 4, 8, 3, 4};
-	Oid			types[8] = {INT8ARRAYOID, INT4OID, TEXTOID, FLOAT8OID, INT4OID, FLOAT8OID, FLOAT8OID, BOOLOID};
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	static const int nargs[5] = {2, 4, 9, 3, 4};
+	Oid			types[9] = {INT8ARRAYOID, INT4OID, TEXTOID, FLOAT8OID, INT4OID, FLOAT8OID, FLOAT8OID, BOOLOID,
+	TIMESTAMPTZOID};
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int64		result = 0;
 	int			rc;
 
@@ -354,6 +355,7 @@ m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n, long http_stat
 	values[5] = Float8GetDatum(Max(retry_after_ms, 0) / 1000.0);
 	values[6] = Float8GetDatum(m3ter_retry_max_delay_ms / 1000.0);
 	values[7] = BoolGetDatum(throttled);
+	values[8] = TimestampTzGetDatum(GetCurrentTimestamp());	/* one time for all the rows */
 
 	rc = SPI_execute_plan(keep_plan(&plans[which], sqls[which], nargs[which], types),
 						  values, nulls, false, 0);

@@ -12,9 +12,9 @@ is_(scalar("SHOW shared_preload_libraries"), "pg_cron", "this cluster does not p
 r = psql("LOAD 'm3ter'; SELECT 'alive'", check=False)
 ok(r.returncode == 0 and r.stdout.strip() == "alive", "loading the library in a session leaves it alive",
    r.stderr)
-r = psql("SHOW m3ter.database", check=False)
+r = psql("SHOW m3ter.max_databases", check=False)
 ok(r.returncode != 0 and "unrecognized configuration parameter" in r.stderr,
-   "m3ter.database (a postmaster setting) is only defined when preloaded", r.stderr)
+   "m3ter.max_databases (a postmaster setting) is only defined when preloaded", r.stderr)
 is_(scalar("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'"), "1.1", "CREATE EXTENSION m3ter worked")
 is_(scalar("SELECT running::text || '|' || state FROM m3ter_worker_status()"),
     "false|m3ter is not in shared_preload_libraries", "m3ter_worker_status() says why no worker runs")
