@@ -12,9 +12,8 @@ from m3ter_tap import *  # noqa: E402,F401,F403
 
 ROWS = 6000
 # The bound: re-sends at most 1,000 (a full request) x the requests in flight
-# when the process died.  Sequential delivery has one in flight.
-IN_FLIGHT = 1
-RESEND_TODO = "whole claims are re-sent until outcomes are committed per request"
+# when the process died; the clusters here keep at most IN_FLIGHT in flight.
+IN_FLIGHT = 2
 
 
 def counts(cluster):
@@ -60,13 +59,14 @@ def check_resends(cluster, prefix, what):
     resent = cluster.psql("SELECT resent FROM m3ter_worker_status()")
     note("%s: %d measurements re-sent (DuplicateUid at m3ter); the worker counted %s" % (what, dups, resent))
     ok(dups <= 1000 * IN_FLIGHT, "%s: re-sends at most 1000 x the %d request(s) in flight" % (what, IN_FLIGHT),
-       "duplicates: %d" % dups, todo=RESEND_TODO)
+       "duplicates: %d" % dups)
     # every DuplicateUid event m3ter raises is a re-send the worker counted
     ok(int(resent) >= dups, "%s: m3ter_worker_status().resent covers the %d re-sends m3ter saw" % (what, dups),
-       "resent: %s" % resent, todo="resent is counted by per-request delivery")
+       "resent: %s" % resent)
 
 
-primary = Cluster("ha_primary", "m3ter.database = ''\nm3ter.worker_idle_naptime = '1s'")
+primary = Cluster("ha_primary", "m3ter.database = ''\nm3ter.worker_idle_naptime = '1s'\n"
+                  "m3ter.max_in_flight = %d" % IN_FLIGHT)
 primary.pg_ctl("start")
 primary.psql("CREATE EXTENSION m3ter")
 replica = Cluster("ha_replica", "wal_retrieve_retry_interval = '100ms'", replica_of=primary)
