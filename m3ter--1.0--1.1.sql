@@ -310,6 +310,7 @@ RETURNS bigint
 LANGUAGE sql VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+    SELECT m3ter.require_primary('m3ter_release_held()');
     WITH held AS (
         SELECT DISTINCT account FROM m3ter.outbox
          WHERE status = 'pending' AND error LIKE 'held: %'
@@ -351,7 +352,8 @@ DECLARE
     applied  numeric;
     new_uid  text := gen_random_uuid()::text;
 BEGIN
-    IF factor IS NULL OR factor = 0 THEN
+    PERFORM m3ter.require_primary('m3ter_adjust()');
+    IF factor IS NULL OR factor = 0 OR factor = 'NaN' OR factor IN ('Infinity', '-Infinity') THEN
         RAISE EXCEPTION 'the correction factor must be a non-zero number'
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use -1 to reverse the row, or a fraction such as -0.5.';

@@ -525,11 +525,11 @@ m3ter_catalog_verdict(const M3terMeasurement *m, bool *hold)
 		{
 			*hold = true;
 			pg_atomic_fetch_add_u64(&counters()->held, 1);
-			return psprintf("held: account \"%s\" is not an account in m3ter; the row is sent once it is, or after m3ter_release_held()",
+			return psprintf("held: account \"%s\" is not in the catalog synced from m3ter; the row is sent once a sync finds it, or after m3ter_release_held()",
 							m->account);
 		}
 		pg_atomic_fetch_add_u64(&counters()->failed, 1);
-		return psprintf("account \"%s\" is not an account in m3ter (m3ter.unknown_accounts is fail)",
+		return psprintf("account \"%s\" is not in the catalog synced from m3ter (m3ter.unknown_accounts is fail)",
 						m->account);
 	}
 	return NULL;
@@ -744,6 +744,7 @@ m3ter_sync_catalog(PG_FUNCTION_ARGS)
 	StringInfoData out;
 	Datum		result;
 
+	m3ter_require_primary("m3ter_sync_catalog()");
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	initStringInfo(&out);

@@ -734,6 +734,7 @@ m3ter_poll_events(PG_FUNCTION_ARGS)
 	StringInfoData out;
 	MemoryContext caller = CurrentMemoryContext;
 
+	m3ter_require_primary("m3ter_poll_events()");
 	memset(&stats, 0, sizeof(stats));
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
