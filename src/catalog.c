@@ -225,26 +225,6 @@ counters(void)
 	return &catalog_local;
 }
 
-/* Percent-encode a query parameter value */
-char *
-m3ter_url_encode(const char *s)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (; *s; s++)
-	{
-		unsigned char c = (unsigned char) *s;
-
-		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-			(c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' || c == '~')
-			appendStringInfoChar(&buf, c);
-		else
-			appendStringInfo(&buf, "%%%02X", c);
-	}
-	return buf.data;
-}
-
 /* Is a relation of schema m3ter there? (the 1.1 schema may not be installed yet) */
 bool
 m3ter_has_relation(const char *relname)

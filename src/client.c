@@ -67,6 +67,26 @@ m3ter_org_path(const char *suffix)
 	return psprintf("/organizations/%s%s", m3ter_require_org_id(), suffix);
 }
 
+/* Percent-encode a query parameter value */
+char *
+m3ter_url_encode(const char *s)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (; *s; s++)
+	{
+		unsigned char c = (unsigned char) *s;
+
+		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+			(c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' || c == '~')
+			appendStringInfoChar(&buf, c);
+		else
+			appendStringInfo(&buf, "%%%02X", c);
+	}
+	return buf.data;
+}
+
 /* Delay before retry number attempt (0-based): 1 s, 3 s, 9 s, ... */
 int
 m3ter_backoff_ms(int attempt, int retry_after_ms)

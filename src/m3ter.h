@@ -177,6 +177,7 @@ pg_noreturn extern void m3ter_raise_call_error(const M3terCallResult *result,
 extern int	m3ter_backoff_ms(int attempt, int retry_after_ms);
 extern void m3ter_sleep_ms(int ms);
 extern char *m3ter_org_path(const char *suffix);
+extern char *m3ter_url_encode(const char *s);
 
 /* ---- token.c ---- */
 extern Size m3ter_token_shmem_size(void);
@@ -409,7 +410,6 @@ extern const char *m3ter_catalog_verdict(const M3terMeasurement *m, bool *hold);
 extern void m3ter_catalog_sync(bool accounts, int max_retries, StringInfo out);
 extern void m3ter_catalog_note_error(const char *message);
 extern void m3ter_events_poll_if_due(void);
-extern char *m3ter_url_encode(const char *s);
 extern bool m3ter_has_relation(const char *relname);
 
 #endif							/* M3TER_H */

@@ -308,26 +308,6 @@ m3ter_create_meter(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(result);
 }
 
-/* Percent-encode a query parameter value */
-static char *
-url_encode(const char *s)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (; *s; s++)
-	{
-		unsigned char c = (unsigned char) *s;
-
-		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-			(c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' || c == '~')
-			appendStringInfoChar(&buf, c);
-		else
-			appendStringInfo(&buf, "%%%02X", c);
-	}
-	return buf.data;
-}
-
 /* Put the meters of one page into the result; returns its nextToken or NULL */
 static char *
 put_page(ReturnSetInfo *rsinfo, cJSON *page)
@@ -380,7 +360,7 @@ m3ter_list_meters(PG_FUNCTION_ARGS)
 	do
 	{
 		char	   *path = next == NULL ? m3ter_org_path("/meters?pageSize=200") :
-			m3ter_org_path(psprintf("/meters?pageSize=200&nextToken=%s", url_encode(next)));
+			m3ter_org_path(psprintf("/meters?pageSize=200&nextToken=%s", m3ter_url_encode(next)));
 
 		next = put_meters(rsinfo, config_call("GET", path, NULL, "listing m3ter meters"));
 	} while (next != NULL);
