@@ -223,7 +223,9 @@ SELECT count(*) FILTER (WHERE o.status = 'pending')  AS pending,
        w.measurements AS measurements_sent,
        w.running      AS worker_running,
        w.resent       AS measurements_resent,
-       w.state        AS worker_state
+       w.state        AS worker_state,
+       count(*) FILTER (WHERE o.status = 'rejected') AS rejected,
+       count(*) FILTER (WHERE o.status = 'pending' AND o.error LIKE 'held: %') AS held
   FROM m3ter_worker_status() w LEFT JOIN m3ter.outbox o ON true  -- one row, also when the outbox is empty
  GROUP BY w.requests, w.measurements, w.running, w.resent, w.state;
 
@@ -522,24 +524,6 @@ $$;
 
 COMMENT ON FUNCTION m3ter_adjust(text, numeric) IS
     'Queues a correction of an accepted row (numeric maps times factor, a new uid) and returns its uid.';
-
-CREATE OR REPLACE VIEW m3ter.outbox_stats AS
-SELECT count(*) FILTER (WHERE o.status = 'pending')  AS pending,
-       count(*) FILTER (WHERE o.status = 'accepted') AS accepted,
-       count(*) FILTER (WHERE o.status = 'failed')   AS failed,
-       now() - min(o.created_at) FILTER (WHERE o.status = 'pending') AS oldest_pending_age,
-       (SELECT e.error FROM m3ter.outbox e
-         WHERE e.error IS NOT NULL
-         ORDER BY e.sent_at DESC NULLS LAST, e.id DESC LIMIT 1) AS last_error,
-       w.requests     AS requests_sent,
-       w.measurements AS measurements_sent,
-       w.running      AS worker_running,
-       w.resent       AS measurements_resent,
-       w.state        AS worker_state,
-       count(*) FILTER (WHERE o.status = 'rejected') AS rejected,
-       count(*) FILTER (WHERE o.status = 'pending' AND o.error LIKE 'held: %') AS held
-  FROM m3ter_worker_status() w LEFT JOIN m3ter.outbox o ON true  -- one row, also when the outbox is empty
- GROUP BY w.requests, w.measurements, w.running, w.resent, w.state;
 
 REVOKE ALL ON ALL TABLES IN SCHEMA m3ter FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION m3ter_poll_events() FROM PUBLIC;
