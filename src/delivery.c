@@ -600,9 +600,3 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 	return !d->exhausted;
 }
 
-/* Has the delivery found nothing more due (after a full pass from the front)? */
-bool
-m3ter_delivery_idle(const M3terDelivery *d)
-{
-	return d->exhausted && d->n_claims == 0 && m3ter_sender_busy(&d->sender) == 0;
-}

@@ -345,13 +345,6 @@ m3ter_http_wait(int timeout_ms)
 	return n_running;
 }
 
-/* Requests started and not yet collected */
-int
-m3ter_http_in_flight(void)
-{
-	return n_running;
-}
-
 /*
  * Take one finished request, if any: fill *response (palloc'd body) and
  * return the caller's tag through *tag.  Returns false when none is done.

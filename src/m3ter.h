@@ -114,7 +114,6 @@ extern M3terHttpRequest *m3ter_http_start(const char *method, const char *url,
 										  const char *body, size_t body_len,
 										  void *tag);
 extern int	m3ter_http_wait(int timeout_ms);
-extern int	m3ter_http_in_flight(void);
 extern bool m3ter_http_collect(M3terHttpResponse *response, void **tag);
 extern void m3ter_http_abort_all(void);
 extern void m3ter_http_exchange(const char *method, const char *url,
@@ -184,7 +183,6 @@ extern Size m3ter_token_shmem_size(void);
 extern void m3ter_token_shmem_init(void);
 extern char *m3ter_token_get(M3terCallResult *result);
 extern void m3ter_token_forget(const char *token);
-extern int64 m3ter_token_fetches(void);
 
 /* ---- pacing.c ---- */
 extern Size m3ter_pacing_shmem_size(void);
@@ -192,7 +190,6 @@ extern void m3ter_pacing_shmem_init(void);
 extern bool m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms);
 extern void m3ter_pace(M3terApi api);
 extern void m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms);
-extern void m3ter_pace_figures(M3terApi api, double *scale, int64 *throttled);
 
 /* ---- measurement.c ---- */
 typedef enum M3terMapKind
@@ -271,7 +268,6 @@ typedef struct M3terSender
 	int64		requests;		/* ingest requests started */
 	int64		measurements;	/* measurements in them */
 	int64		token_requests;
-	int64		reauthorized;	/* sends retried with a fresh token */
 } M3terSender;
 
 extern void m3ter_sender_init(M3terSender *s, int max_in_flight);
@@ -288,7 +284,6 @@ extern M3terSend *m3ter_sender_next_done(M3terSender *s);
 extern bool m3ter_sender_has_done(M3terSender *s);
 extern int	m3ter_sender_busy(const M3terSender *s);
 extern void m3ter_sender_abort(M3terSender *s);
-extern void m3ter_sender_resume(M3terSender *s);
 
 /* ---- catalog.c ---- */
 extern void m3ter_catalog_prepare(void);
@@ -375,7 +370,6 @@ extern void m3ter_delivery_start(M3terDelivery *d, M3terTxnMode mode, int64 max_
 extern bool m3ter_delivery_step(M3terDelivery *d, int wait_ms);
 extern void m3ter_delivery_end(M3terDelivery *d);
 extern bool m3ter_delivery_claim_failed(M3terTxnMode mode, const char *message);
-extern bool m3ter_delivery_idle(const M3terDelivery *d);
 
 /* ---- shmem.c ---- */
 extern void m3ter_shmem_install(void);

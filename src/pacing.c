@@ -48,7 +48,6 @@ typedef struct PaceState
 	double		scale;			/* adaptive share of the per-second rate */
 	int64		bucket_second[WINDOW_S];	/* which second each bucket counts */
 	int			bucket_count[WINDOW_S];
-	int64		throttled;		/* 429s seen */
 } PaceState;
 
 typedef struct PaceShared
@@ -215,20 +214,9 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms)
 
 		st->scale = Max(MIN_SCALE, st->scale * SCALE_DOWN);
 		st->blocked_until = Max(st->blocked_until, until);
-		st->throttled++;
 	}
 	else if (st->scale < 1.0)
 		st->scale = Min(1.0, st->scale + SCALE_UP);
 	unlock_state();
 }
 
-/* The adaptive scale and the 429s seen, for the status function */
-void
-m3ter_pace_figures(M3terApi api, double *scale, int64 *throttled)
-{
-	PaceState  *st = lock_state(api);
-
-	*scale = st->scale;
-	*throttled = st->throttled;
-	unlock_state();
-}

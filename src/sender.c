@@ -361,7 +361,6 @@ answered(M3terSender *s, M3terSend *send, M3terHttpResponse *resp)
 		/* the token may have expired or been revoked: once more with a new one */
 		m3ter_token_forget(send->token);
 		send->refreshed = true;
-		s->reauthorized++;
 		dlist_push_head(&s->queued, &send->node);
 		s->n_queued++;
 		return;
@@ -430,10 +429,3 @@ m3ter_sender_abort(M3terSender *s)
 	s->n_in_flight = 0;
 }
 
-/* Resume after a stop (the settings may have been fixed) */
-void
-m3ter_sender_resume(M3terSender *s)
-{
-	s->stopped = false;
-	s->token_retry_at = 0;
-}

@@ -43,7 +43,6 @@ typedef struct TokenCache
 	TimestampTz refresh_at;		/* renew from then on */
 	TimestampTz expires_at;		/* unusable from then on */
 	TimestampTz fetching_until; /* a process is fetching a new one until then */
-	int64		fetches;		/* token requests made */
 	int			len;			/* 0: no token */
 	char		token[M3TER_MAX_TOKEN];
 } TokenCache;
@@ -169,7 +168,6 @@ store(uint32 fp, const char *token, int expires_in_s)
 
 	c = lock_cache();
 	c->fetching_until = 0;
-	c->fetches++;
 	if (len < M3TER_MAX_TOKEN)
 	{
 		explicit_bzero(c->token, c->len);
@@ -236,8 +234,7 @@ m3ter_token_get(M3terCallResult *result)
 		{
 			c = lock_cache();
 			c->fetching_until = 0;
-			c->fetches++;
-			unlock_cache();
+					unlock_cache();
 			return NULL;
 		}
 		store(fp, token, expires_in_s);
@@ -259,13 +256,3 @@ m3ter_token_forget(const char *token)
 	unlock_cache();
 }
 
-/* Token requests made (by the cluster when preloaded, else by this process) */
-int64
-m3ter_token_fetches(void)
-{
-	TokenCache *c = lock_cache();
-	int64		n = c->fetches;
-
-	unlock_cache();
-	return n;
-}
