@@ -1,7 +1,7 @@
 # m3ter for PostgreSQL (PGXS)
 
 EXTENSION = m3ter
-EXTVERSION = 1.1
+EXTVERSION = 1.2
 
 MODULE_big = m3ter
 OBJS = \
@@ -17,6 +17,7 @@ OBJS = \
 	src/sender.o \
 	src/catalog.o \
 	src/outbox.o \
+	src/claim_state.o \
 	src/delivery.o \
 	src/submit.o \
 	src/meter.o \
@@ -28,7 +29,7 @@ OBJS = \
 	src/worker.o \
 	src/events.o
 
-DATA = m3ter--1.0.sql m3ter--1.1.sql m3ter--1.0--1.1.sql
+DATA = m3ter--1.0.sql m3ter--1.2.sql m3ter--1.0--1.1.sql m3ter--1.1--1.2.sql
 PGFILEDESC = "m3ter - usage metering for the m3ter billing platform"
 
 # Warnings stay warnings here (packagers' newer compilers); test/lib.sh adds -Werror
@@ -46,12 +47,12 @@ REGRESS_OPTS = --load-extension=m3ter
 
 EXTRA_CLEAN = results regression.diffs regression.out
 
-# every object depends on the shared headers (PGXS tracks no header dependencies)
-$(OBJS): $(wildcard src/*.h)
-
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# every object depends on the shared headers (PGXS tracks no header dependencies)
+$(OBJS): $(wildcard src/*.h)
 
 .PHONY: demo test bench
 

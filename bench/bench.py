@@ -42,7 +42,7 @@ results = {}
 
 # The database floor: the worker's own work on the database, server-side in one
 # PL/pgSQL loop with no client round trip and no HTTP.  As the worker does: claim
-# m3ter.batch_rows rows (its keyset claim over the pending index, the same columns),
+# m3ter.batch_rows rows (the same columns, in id order after the last row claimed),
 # mark them 'accepted' with its UPDATE ... WHERE id = ANY(...) once per request of
 # 1000 rows, commit once per claim.
 FLOOR_SQL = """
@@ -57,19 +57,19 @@ BEGIN
     LOOP
         SELECT array_agg(id ORDER BY id) INTO ids
           FROM (SELECT id, uid, meter, account, ts, ets, measure, cost, income, who, "where", what, other, metadata
-                  FROM m3ter.outbox WHERE status = 'pending' AND next_attempt_at <= now() AND id > after
-                 ORDER BY id LIMIT batch FOR UPDATE SKIP LOCKED) c;
+                  FROM m3ter.outbox WHERE id > after ORDER BY id LIMIT batch) c;
         n := coalesce(cardinality(ids), 0);
+        EXIT WHEN n = 0;
         k := 1;
         WHILE k <= n LOOP
             UPDATE m3ter.outbox SET status = 'accepted', attempts = attempts + 1, http_status = 200,
-                   error = NULL, sent_at = clock_timestamp(), accepted_at = clock_timestamp()
-             WHERE id = ANY (ids[k:k + 999]);
+                   error = NULL, sent_at = clock_timestamp(), accepted_at = clock_timestamp(),
+                   next_attempt_at = LEAST(next_attempt_at, created_at)
+             WHERE id = ANY (ids[k:k + 999]) AND status = 'pending';
             k := k + 1000;
         END LOOP;
         COMMIT;
-        EXIT WHEN n = 0 AND after = 0;
-        after := CASE WHEN n = batch THEN ids[n] ELSE 0 END;
+        after := ids[n];
     END LOOP;
 END $$"""
 
@@ -302,7 +302,7 @@ BEGIN
     END LOOP;
 END $$""" % LATENCY_ROWS, timeout=3600)
     deadline = time.time() + 30
-    while psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'pending'") != "0" and time.time() < deadline:
+    while psql("SELECT count(*) FROM m3ter.outbox_pending") != "0" and time.time() < deadline:
         time.sleep(0.1)
     p = psql("SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP "
              "(ORDER BY extract(epoch FROM accepted_at - created_at) * 1000) FROM m3ter.outbox")

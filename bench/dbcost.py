@@ -7,13 +7,10 @@ For each size (BENCH_DB_SIZES, default "200000,1000000") it fills the outbox, th
   - EXPLAIN (ANALYZE, BUFFERS) of the worker's claim and its 'accepted' update for
     1000 rows, at the start and at the middle of the table (rolled back);
   - the update's cost a row as is and without each of the things it maintains
-    (the CHECK, the uid index, the pending index; and as a HOT update);
+    (the CHECK, the uid index) and the share of HOT updates;
   - drains it with the worker, sampling the rate every BENCH_DB_SAMPLE seconds;
   - drains it again with the database floor (bench.py's FLOOR_SQL), and with
     BENCH_DB_FORMER_FLOOR=1 with the floor as it was (FORMER_FLOOR_SQL);
-  - unless BENCH_DB_HOT=0, drains it with the worker and the floor once more with
-    the table altered so that the 'accepted' update can be HOT (fillfactor 50, the
-    pending index dropped; both restored at the end);
 and for each drain reports rows/s, the CPU time a row of the draining process (the
 worker, or the floor's session) and of the whole cluster (autovacuum included),
 WAL bytes and full-page images, buffers written
@@ -35,14 +32,13 @@ from bench import accepted_counter, fresh_outbox, log, psql, settings, standin_f
 SIZES = [int(x) for x in os.environ.get("BENCH_DB_SIZES", "200000,1000000").split(",")]
 SAMPLE = float(os.environ.get("BENCH_DB_SAMPLE", 1.0))
 FORMER_FLOOR = os.environ.get("BENCH_DB_FORMER_FLOOR") == "1"
-HOT = os.environ.get("BENCH_DB_HOT", "1") == "1"
 
 CLAIM = ("SELECT id, uid, meter, account, ts, ets, measure, cost, income, who, \"where\", what, other, metadata "
-         "FROM m3ter.outbox WHERE status = 'pending' AND next_attempt_at <= now() AND id > {after} "
-         "ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED")
+         "FROM m3ter.outbox WHERE id > {after} ORDER BY id LIMIT 1000")
 ACCEPTED = ("UPDATE m3ter.outbox SET status = 'accepted', attempts = attempts + 1, "
-            "http_status = 200, error = NULL, sent_at = clock_timestamp(), accepted_at = clock_timestamp() "
-            "WHERE id = ANY(ARRAY(SELECT generate_series({lo}, {lo} + 999)::bigint))")
+            "http_status = 200, error = NULL, sent_at = clock_timestamp(), accepted_at = clock_timestamp(), "
+            "next_attempt_at = LEAST(next_attempt_at, created_at) "
+            "WHERE id = ANY(ARRAY(SELECT generate_series({lo}, {lo} + 999)::bigint)) AND status = 'pending'")
 
 
 def stats():
@@ -81,6 +77,7 @@ def delta(before, after, rows):
     d = {k: after[k] - before[k] for k in before}
     d["wal_bytes_per_row"] = round(d["wal_bytes"] / rows)
     d["fpi_per_1000_rows"] = round(d["wal_fpi"] * 1000 / rows, 1)
+    d["hot_share"] = round(d["n_tup_hot_upd"] / max(d["n_tup_upd"], 1), 3)
     return d
 
 
@@ -111,9 +108,6 @@ VARIANTS = [
      ACCEPTED),
     ("without the CHECK and the uid index",
      "ALTER TABLE m3ter.outbox DROP CONSTRAINT outbox_usage_check, DROP CONSTRAINT outbox_uid_key;", ACCEPTED),
-    ("without the CHECK, the uid and the pending index",
-     "ALTER TABLE m3ter.outbox DROP CONSTRAINT outbox_usage_check, DROP CONSTRAINT outbox_uid_key; "
-     "DROP INDEX m3ter.outbox_pending_idx;", ACCEPTED),
     ("DELETE the rows instead (for comparison)", "", DELETE),
 ]
 
@@ -151,32 +145,6 @@ def _update_costs(starts, batches):
         hits = sum(p["Plan"]["Shared Hit Blocks"] for p in plans)
         out[name] = {"us_per_row": round(ms * 1000 / (batches * 1000), 1),
                      "buffers_per_row": round(hits / (batches * 1000), 1)}
-    # HOT: the same table and update where the new version can stay on its page:
-    # fillfactor 50 and no index on a column the update changes (the pending index's
-    # predicate is on status); the primary key, the uid index and the CHECK stay.
-    # A copy of batches x 1000 rows, so its indexes are smaller than the outbox's.
-    for name, ddl in (("HOT: fillfactor 50, no pending index", ""),
-                      ("HOT, and without the CHECK", "ALTER TABLE hot_probe DROP CONSTRAINT outbox_usage_check;")):
-        lo = next(starts)
-        script = """BEGIN;
-CREATE TABLE hot_probe (LIKE m3ter.outbox INCLUDING DEFAULTS INCLUDING CONSTRAINTS) WITH (fillfactor = 50);
-INSERT INTO hot_probe SELECT * FROM m3ter.outbox WHERE id BETWEEN {lo} AND {lo} + {m};
-ALTER TABLE hot_probe ADD PRIMARY KEY (id), ADD UNIQUE (uid);
-ANALYZE hot_probe;
-CHECKPOINT;
-{ddl}
-""".format(lo=lo, m=batches * 1000, ddl=ddl) + "".join(
-            "EXPLAIN (ANALYZE, TIMING OFF, BUFFERS, FORMAT JSON) " +
-            ACCEPTED.format(lo=lo + k * 1000).replace("m3ter.outbox", "hot_probe") + ";\n"
-            for k in range(batches)) + \
-            "SELECT '[{\"hot\": ' || n_tup_hot_upd || '}]' FROM pg_stat_xact_user_tables WHERE relname = 'hot_probe';\n" \
-            "ROLLBACK;"
-        docs = [json.loads(line)[0] for line in _json_docs(psql(script))]
-        plans, hot = docs[:-1], docs[-1]["hot"]
-        ms = sum(p["Execution Time"] for p in plans)
-        out[name] = {"us_per_row": round(ms * 1000 / (batches * 1000), 1),
-                     "buffers_per_row": round(sum(p["Plan"]["Shared Hit Blocks"] for p in plans) / (batches * 1000), 1),
-                     "hot_updates": hot}
     return out
 
 
@@ -342,36 +310,22 @@ def main():
             log("database side: %d rows, the former floor" % n)
             fresh_outbox(n)
             r["former floor"] = drain(n, "former floor")
-    if HOT:
-        # the same drains where the 'accepted' update can be HOT: room on every page
-        # and no index on status (the claim then walks the primary key)
-        psql("ALTER TABLE m3ter.outbox SET (fillfactor = 50); DROP INDEX m3ter.outbox_pending_idx")
-        for n in SIZES:
-            r = results["sizes"][str(n)]
-            log("database side: %d rows, the worker, HOT updates" % n)
-            fresh_outbox(n)
-            standin_fresh()
-            r["worker, HOT"] = drain(n, "worker")
-            log("database side: %d rows, the database floor, HOT updates" % n)
-            fresh_outbox(n)
-            r["floor, HOT"] = drain(n, "floor")
-        psql("ALTER TABLE m3ter.outbox RESET (fillfactor); "
-             "CREATE INDEX outbox_pending_idx ON m3ter.outbox (id) WHERE status = 'pending'")
     settings(worker_enabled=None, max_requests_per_second=None)
 
     print()
-    print("%-10s %-12s %9s %8s %8s %8s %9s %6s %9s %9s %9s  %s" % (
+    print("%-10s %-12s %9s %8s %8s %8s %9s %6s %9s %9s %9s %5s  %s" % (
         "rows", "drain", "rows/s", "CPU us/r", "all us/r", "WAL B/r", "FPI/1000", "ckpts", "bk writes", "heap rd",
-        "idx rd", "rows/s by tenth"))
+        "idx rd", "HOT", "rows/s by tenth"))
     for n, r in results["sizes"].items():
-        for how in ("worker", "floor", "former floor", "worker, HOT", "floor, HOT"):
+        for how in ("worker", "floor", "former floor"):
             if how not in r:
                 continue
             d = r[how]
             c = d["counters"]
-            print("%-10s %-12s %9d %8.1f %8.1f %8d %9.1f %6d %9d %9d %9d  %s" % (
-                n, how, d["rows_per_s"], d["cpu_us_per_row"], d["cluster_cpu_us_per_row"], c["wal_bytes_per_row"], c["fpi_per_1000_rows"], c["checkpoints"],
-                c["buffers_backend"], c["heap_blks_read"], c["idx_blks_read"], d.get("rows_per_s_by_tenth", "")))
+            print("%-10s %-12s %9d %8.1f %8.1f %8d %9.1f %6d %9d %9d %9d %5.2f  %s" % (
+                n, how, d["rows_per_s"], d["cpu_us_per_row"], d["cluster_cpu_us_per_row"], c["wal_bytes_per_row"],
+                c["fpi_per_1000_rows"], c["checkpoints"], c["buffers_backend"], c["heap_blks_read"],
+                c["idx_blks_read"], c["hot_share"], d.get("rows_per_s_by_tenth", "")))
             print("%-10s   CPU seconds by process: %s" % ("", d["cpu_by_kind_s"]))
         print("%-10s sizes before %s, after %s" % ("", r["worker"]["sizes_before"], r["worker"]["sizes_after"]))
     print()

@@ -103,7 +103,7 @@ class Cluster:
         self.psql("VACUUM ANALYZE m3ter.outbox")
 
     def pending(self):
-        return int(self.psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'pending'"))
+        return int(self.psql("SELECT count(*) FROM m3ter.outbox_pending"))
 
     def wait_drained(self, timeout=3600):
         """Wait until no row is pending; then the outcome from the table."""

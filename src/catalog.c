@@ -628,8 +628,8 @@ sync_accounts(int max_retries, int64 *looked_up, int64 *found, int64 *released)
 	uint64		n;
 	uint64		i;
 
-	if (SPI_execute("SELECT DISTINCT o.account FROM m3ter.outbox o WHERE o.status = 'pending' "
-					"AND NOT EXISTS (SELECT 1 FROM m3ter.catalog_accounts a WHERE a.code = o.account) "
+	if (SPI_execute("SELECT DISTINCT o.account FROM m3ter.outbox_pending o "
+					"WHERE NOT EXISTS (SELECT 1 FROM m3ter.catalog_accounts a WHERE a.code = o.account) "
 					"LIMIT " CppAsString2(ACCOUNTS_PER_SYNC), true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "m3ter catalog account query failed");
 	n = SPI_processed;
@@ -642,8 +642,8 @@ sync_accounts(int max_retries, int64 *looked_up, int64 *found, int64 *released)
 	for (i = 0; i < n; i += ACCOUNTS_PER_REQUEST)
 		*found += lookup_accounts(codes + i, (int) Min(n - i, ACCOUNTS_PER_REQUEST), max_retries);
 
-	if (SPI_execute("UPDATE m3ter.outbox o SET next_attempt_at = now(), error = NULL "
-					"WHERE o.status = 'pending' AND o.error LIKE 'held: %' "
+	if (SPI_execute("UPDATE m3ter.outbox o SET next_attempt_at = m3ter.due_now(o.created_at), error = NULL "
+					"WHERE o.next_attempt_at > o.created_at AND o.status = 'pending' AND o.error LIKE 'held: %' "
 					"AND EXISTS (SELECT 1 FROM m3ter.catalog_accounts a WHERE a.code = o.account)",
 					false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "m3ter release of held rows failed");

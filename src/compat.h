@@ -9,7 +9,9 @@
  *	- pg_noreturn (18) is written before a declaration; before 18 it is
  *	  pg_attribute_noreturn(), GCC's attribute, which may stand there too;
  *	- PG_MODULE_MAGIC_EXT (18) also names the library and its version;
- *	- pg_b64_encode() takes uint8 input from 18 on, char before.
+ *	- pg_b64_encode() takes uint8 input from 18 on, char before;
+ *	- a virtual transaction id names its process by procNumber from 17 on,
+ *	  by backendId before.
  * Included by m3ter.h, so every file sees it.
  *
  *-------------------------------------------------------------------------
@@ -32,7 +34,7 @@
 
 /* The module magic block, with name and version where the server keeps them */
 #ifdef PG_MODULE_MAGIC_EXT
-#define M3TER_MODULE_MAGIC PG_MODULE_MAGIC_EXT(.name = "m3ter", .version = "1.1")
+#define M3TER_MODULE_MAGIC PG_MODULE_MAGIC_EXT(.name = "m3ter", .version = "1.2")
 #else
 #define M3TER_MODULE_MAGIC PG_MODULE_MAGIC
 #endif
@@ -42,6 +44,13 @@
 typedef uint8 m3ter_b64_byte;
 #else
 typedef char m3ter_b64_byte;
+#endif
+
+/* The process slot of a virtual transaction id */
+#if PG_VERSION_NUM >= 170000
+#define M3TER_VXID_PROC(vxid) ((vxid).procNumber)
+#else
+#define M3TER_VXID_PROC(vxid) ((vxid).backendId)
 #endif
 
 #endif							/* M3TER_COMPAT_H */

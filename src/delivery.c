@@ -341,6 +341,13 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 	Portal		portal;
 	int			chunk = 64;
 	bool		full = false;
+	M3terClaimState state;
+	int64		last_fresh;
+	int64	   *seen;			/* ids read in the gaps: visible now */
+	int			n_seen = 0;
+	int			seen_cap;
+	bool		ended;			/* the sampled transactions had ended */
+	bool		gaps_read = false;	/* the claim read past every gap */
 	StringInfoData buf;
 	MemoryContext old;
 	MemoryContext row_cxt;
@@ -377,7 +384,12 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 	initStringInfo(&buf);
 
 	progress.in_claim = true;
-	portal = m3ter_outbox_open_claim(d->cursor_due, d->cursor_id, limit);
+	m3ter_claim_state_read(&state);
+	ended = m3ter_claim_state_sample_ended(&state);	/* before the cursor's snapshot */
+	last_fresh = state.frontier;
+	seen = palloc(Max(state.n_gaps, 1) * sizeof(int64) * 4);
+	seen_cap = Max(state.n_gaps, 1) * 4;
+	portal = m3ter_outbox_open_claim(d->cursor_due, d->cursor_id, limit, &state);
 	while (!full)
 	{
 		uint64		i;
@@ -386,40 +398,71 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 		if (SPI_processed == 0)
 		{
 			*short_claim = true;
+			gaps_read = true;
 			break;
 		}
 		for (i = 0; i < SPI_processed && !full; i++)
 		{
 			M3terOutboxRow row;
-			const char *verdict;
+			M3terClaimPart part;
+			M3terRowState rstate;
+			const char *verdict = NULL;
 			bool		hold = false;
+			bool		theirs;
 			int			k = c->group.n;
 
-			old = MemoryContextSwitchTo(row_cxt);
-			m3ter_outbox_read_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &row,
-								  &progress.row_in_hand);
-			verdict = among(others, n_others, row.id) ? NULL :
-				m3ter_catalog_verdict(&row.m, &hold);
-			if (!among(others, n_others, row.id) && verdict == NULL)
+			row.id = m3ter_outbox_peek_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &part, &rstate);
+			theirs = rstate == M3TER_ROW_TAKE && among(others, n_others, row.id);
+			if (rstate == M3TER_ROW_TAKE && !theirs)
 			{
-				resetStringInfo(&buf);
-				m3ter_append_measurement(&buf, &row.m);
-			}
-			MemoryContextSwitchTo(old);
+				old = MemoryContextSwitchTo(row_cxt);
+				m3ter_outbox_read_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &row,
+									  &progress.row_in_hand);
+				verdict = m3ter_catalog_verdict(&row.m, &hold);
+				if (verdict == NULL)
+				{
+					resetStringInfo(&buf);
+					m3ter_append_measurement(&buf, &row.m);
+				}
+				MemoryContextSwitchTo(old);
 
-			if (k > 0 && verdict == NULL && !among(others, n_others, row.id) &&
-				bytes + buf.len > bytes_budget)
-			{
-				/* over the byte budget: this row waits for the next claim */
-				full = true;
-				MemoryContextReset(row_cxt);
-				break;
+				if (k > 0 && verdict == NULL && bytes + buf.len > bytes_budget)
+				{
+					/* over the byte budget: this row waits for the next claim */
+					full = true;
+					MemoryContextReset(row_cxt);
+					break;
+				}
 			}
+
+			/* the row is consumed: move past it */
 			read++;
-			d->cursor_due = row.due;
-			d->cursor_id = row.id;
-			if (among(others, n_others, row.id))
-				;				/* another sender has it in flight */
+			if (part == M3TER_PART_DEFERRED)
+			{
+				d->cursor_due = row.due;
+				d->cursor_id = row.id;
+			}
+			else if (part == M3TER_PART_GAP)
+			{
+				if (n_seen == seen_cap)
+				{
+					seen_cap *= 2;
+					seen = repalloc(seen, seen_cap * sizeof(int64));
+				}
+				seen[n_seen++] = row.id;
+			}
+			else
+			{
+				gaps_read = true;
+				if (row.id > last_fresh + 1)
+					m3ter_claim_state_add_gap(&state, last_fresh + 1, row.id - 1);
+				last_fresh = row.id;
+			}
+
+			if (rstate == M3TER_ROW_PASS || theirs)
+				;				/* done, deferred, or another sender has it in flight */
+			else if (rstate == M3TER_ROW_NOT_DUE)
+				m3ter_outbox_write(M3TER_ROWS_DEFER, &row.id, 1, 0, NULL, 0, 0, false);
 			else if (verdict != NULL && hold)
 				m3ter_outbox_write(M3TER_ROWS_CHECK_HELD, &row.id, 1, 0, verdict,
 								   m3ter_catalog_refresh_interval_s > 0 ? m3ter_catalog_refresh_interval_s : 600,
@@ -455,6 +498,14 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 
 	if (c->group.n > 0)
 		c->record_id = m3ter_outbox_record_inflight(c->ids, c->group.n);
+	if (last_fresh != state.frontier)
+	{
+		state.frontier = last_fresh;
+		state.changed = true;
+	}
+	m3ter_claim_state_drop_ids(&state, seen, n_seen);
+	m3ter_claim_state_settle(&state, ended && gaps_read);
+	m3ter_claim_state_write(&state);
 	end_work(d);
 
 	d->stats.claimed += c->group.n;

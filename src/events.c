@@ -310,7 +310,7 @@ apply_failure(const Failure *f, const char *type, const char *message, PollStats
 		return first_int() > 0;
 	}
 	run_sql("WITH r AS (UPDATE m3ter.outbox SET status = 'rejected', rejected_at = now(), "
-			"rejection_type = coalesce($2, 'unknown'), "
+			"rejection_type = coalesce($2, 'unknown'), next_attempt_at = LEAST(next_attempt_at, created_at), "
 			"error = coalesce($3, 'm3ter dropped the measurement after accepting it') "
 			"WHERE uid = $1 AND status IN ('accepted', 'pending') RETURNING 1) "
 			"SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM m3ter.outbox WHERE uid = $1)",

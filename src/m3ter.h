@@ -16,6 +16,7 @@
  *	outbox_check.c	the CHECK constraint of m3ter.outbox
  *	delivery.c		the outbox delivery loop: claims, sender, outcomes
  *	outbox.c		the outbox's SQL: claims, in-flight records, status writes
+ *	claim_state.c	the frontier of fresh-row claims and the gaps behind it
  *	events.c		ingest failure events written back to the outbox
  *	catalog.c		the catalog synced from m3ter, checks before sending
  *	sender.c		the one delivery path: requests in flight, splits
@@ -48,7 +49,7 @@
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
-#define M3TER_VERSION "1.1"
+#define M3TER_VERSION "1.2"
 
 /* Limits of the Ingest API: 1..1000 measurements, payload under 512,000 bytes */
 #define M3TER_MAX_MEASUREMENTS	1000
@@ -289,6 +290,28 @@ extern void m3ter_sender_abort(M3terSender *s);
 extern void m3ter_catalog_prepare(void);
 extern const char *m3ter_catalog_verdict(const M3terMeasurement *m, bool *hold);
 
+/* ---- claim_state.c ---- */
+typedef struct M3terClaimState
+{
+	int64		frontier;		/* fresh rows are claimed after this id */
+	int			n_gaps;			/* ids gap_lo[i]..gap_hi[i] to read again */
+	int			cap_gaps;
+	int64	   *gap_lo;
+	int64	   *gap_hi;
+	int64		sample_id;		/* gaps up to it settle when ... (0: none) */
+	int			n_vxids;		/* ... these transactions have ended */
+	int64	   *vxids;
+	bool		changed;
+} M3terClaimState;
+
+extern void m3ter_claim_state_read(M3terClaimState *s);
+extern void m3ter_claim_state_write(M3terClaimState *s);
+extern void m3ter_claim_state_add_gap(M3terClaimState *s, int64 lo, int64 hi);
+extern void m3ter_claim_state_drop_ids(M3terClaimState *s, const int64 *seen, int n);
+extern bool m3ter_claim_state_sample_ended(const M3terClaimState *s);
+extern void m3ter_claim_state_settle(M3terClaimState *s, bool ended);
+extern TimestampTz m3ter_claim_state_recheck_at(void);
+
 /* ---- outbox.c ---- */
 typedef enum M3terRowUpdate
 {
@@ -296,8 +319,25 @@ typedef enum M3terRowUpdate
 	M3TER_ROWS_FAILED,			/* never to be sent again */
 	M3TER_ROWS_RETRY,			/* a transient fault: try later, or give up */
 	M3TER_ROWS_HELD,			/* not their fault: note it, keep them pending */
-	M3TER_ROWS_CHECK_HELD		/* held by a check before sending: pending, later */
+	M3TER_ROWS_CHECK_HELD,		/* held by a check before sending: pending, later */
+	M3TER_ROWS_DEFER			/* not due yet: wait in the deferred index */
 } M3terRowUpdate;
+
+/* Where a claimed row came from (the claim query's parts) */
+typedef enum M3terClaimPart
+{
+	M3TER_PART_DEFERRED = 1,	/* due after a retry, a hold or a schedule */
+	M3TER_PART_GAP = 2,			/* an id passed before its row was visible */
+	M3TER_PART_FRESH = 3		/* after the frontier */
+} M3terClaimPart;
+
+/* What a claim may do with a row it read */
+typedef enum M3terRowState
+{
+	M3TER_ROW_TAKE = 0,			/* pending and due: send it */
+	M3TER_ROW_PASS = 1,			/* done, or deferred (the other part has it) */
+	M3TER_ROW_NOT_DUE = 2		/* fresh but not due yet: defer it */
+} M3terRowState;
 
 /* One claimed row */
 typedef struct M3terOutboxRow
@@ -313,7 +353,10 @@ typedef struct M3terOutboxRow
 extern bool m3ter_outbox_lock_claims(void);
 extern int64 m3ter_outbox_clean_inflight(const int64 *live_ids, int n_live);
 extern int64 *m3ter_outbox_others_inflight(int *n);
-extern Portal m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit);
+extern Portal m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit,
+									  const struct M3terClaimState *state);
+extern int64 m3ter_outbox_peek_row(HeapTuple tup, TupleDesc desc, M3terClaimPart *part,
+								   M3terRowState *state);
 extern void m3ter_outbox_read_row(HeapTuple tup, TupleDesc desc, M3terOutboxRow *row,
 								  int64 *reading);
 extern int64 m3ter_outbox_record_inflight(const int64 *ids, int n);
@@ -323,7 +366,7 @@ extern int64 m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n,
 								int retry_after_ms, bool throttled);
 extern void m3ter_outbox_fail_row(int64 id, const char *why);
 extern TimestampTz m3ter_outbox_next_due(void);
-extern int64 m3ter_outbox_delete_expired(int retention_s);
+extern bool m3ter_outbox_delete_expired(int retention_s);
 
 /* ---- delivery.c ---- */
 typedef struct M3terFlushStats

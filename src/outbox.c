@@ -27,12 +27,22 @@
  * m3ter_flush() holds the claim lock to its end, so its uncommitted
  * records need not be seen by anyone.
  *
- * Rows are claimed in the order they fell due (next_attempt_at, id) over
- * a partial index of pending rows, so rows waiting for a retry cost
- * nothing until they are due.  Claims continue after the last row the
- * previous claim took; delivery starts over from the front only when a
- * claim comes up short and nothing of its own is in flight (rows
- * committed late with an earlier position are found then).
+ * Rows are found without an index on status, so that writing an outcome
+ * is a HOT update (see m3ter--1.2.sql).  A claim is one query of three
+ * parts, read in this order:
+ *
+ *	deferred	rows waiting for a retry, held or scheduled (next_attempt_at
+ *				> created_at), due now, over the deferred index in the
+ *				order they fell due; claims continue after the last row the
+ *				previous one took, and start over from the front when a
+ *				claim comes up short and nothing of their own is in flight;
+ *	gaps		ids passed before their rows were visible (claim_state.c);
+ *	fresh		every row after the frontier, in id order.
+ *
+ * Every write that leaves a row pending makes it deferred (m3ter.due_now),
+ * and every write that ends it takes it out of the deferred index again
+ * (next_attempt_at back to created_at), so a pending row is always where
+ * the next claims look.
  *
  *-------------------------------------------------------------------------
  */
@@ -50,25 +60,41 @@
 #include "m3ter.h"
 
 /* Columns of the claim query, 1-based as SPI numbers them */
-#define COL_ID			1
-#define COL_UID			2
-#define COL_METER		3
-#define COL_ACCOUNT		4
-#define COL_TS			5
-#define COL_ETS			6
-#define COL_FIRST_MAP	7
+#define COL_PART		1
+#define COL_STATE		2
+#define COL_ID			3
+#define COL_UID			4
+#define COL_METER		5
+#define COL_ACCOUNT		6
+#define COL_TS			7
+#define COL_ETS			8
+#define COL_FIRST_MAP	9
 #define COL_ATTEMPTS	(COL_FIRST_MAP + M3TER_NUM_MAPS)
 #define COL_DUE			(COL_ATTEMPTS + 1)
 
 /* The advisory lock that serializes claims: ('m3tr', 1) */
 #define CLAIM_LOCK_SQL "SELECT pg_catalog.pg_try_advisory_xact_lock(1831040114, 1)"
 
+#define ROW_COLUMNS "id, uid, meter, account, ts, ets, measure, cost, income, who, \"where\", what, " \
+	"other, metadata, attempts, next_attempt_at"
+
+/* M3terRowState of a row of the gap and fresh parts ($7 is the time now, not
+ * the transaction's start: m3ter_flush() may run in a long transaction) */
+#define ROW_STATE "CASE WHEN status <> 'pending' OR next_attempt_at > created_at THEN 1 " \
+	"WHEN next_attempt_at > $7 THEN 2 ELSE 0 END"
+
 static const char claim_sql[] =
-"SELECT id, uid, meter, account, ts, ets, measure, cost, income, who, \"where\", what, other, "
-"metadata, attempts, next_attempt_at "
-"FROM m3ter.outbox "
-"WHERE status = 'pending' AND next_attempt_at <= pg_catalog.now() AND (next_attempt_at, id) > ($1, $2) "
-"ORDER BY next_attempt_at, id "
+"(SELECT 1 AS part, 0 AS state, " ROW_COLUMNS " FROM m3ter.outbox "
+"  WHERE next_attempt_at > created_at AND status = 'pending' AND next_attempt_at <= $7 "
+"    AND (next_attempt_at, id) > ($1, $2) "
+"  ORDER BY next_attempt_at, id LIMIT $3) "
+"UNION ALL "
+"(SELECT 2, " ROW_STATE ", " ROW_COLUMNS " "
+"   FROM ROWS FROM (pg_catalog.unnest($4::pg_catalog.int8[]), pg_catalog.unnest($5::pg_catalog.int8[])) AS g(lo, hi) "
+"   JOIN m3ter.outbox ON id BETWEEN g.lo AND g.hi "
+"  ORDER BY id LIMIT $3) "
+"UNION ALL "
+"(SELECT 3, " ROW_STATE ", " ROW_COLUMNS " FROM m3ter.outbox WHERE id > $6 ORDER BY id LIMIT $3) "
 "LIMIT $3";
 
 /* Records of senders that are no longer running; their rows count as sent once */
@@ -81,7 +107,7 @@ static const char clean_sql[] =
 "         WHERE a.pid = f.owner_pid AND a.backend_start = f.owner_start"
 "           AND a.state IN ('active', 'disabled')))"
 " RETURNING f.ids) "
-"UPDATE m3ter.outbox o SET attempts = o.attempts + 1, "
+"UPDATE m3ter.outbox o SET attempts = o.attempts + 1, next_attempt_at = m3ter.due_now(o.created_at), "
 "       error = 'sent without an answer before its sender stopped; it goes again with the same uid' "
 "  FROM (SELECT pg_catalog.unnest(ids) AS id FROM stale) s "
 " WHERE o.id = s.id AND o.status = 'pending'";
@@ -98,12 +124,14 @@ static const char release_sql[] =
 
 static const char accepted_sql[] =
 "UPDATE m3ter.outbox SET status = 'accepted', attempts = attempts + 1, "
-"http_status = $2, error = NULL, sent_at = clock_timestamp(), accepted_at = clock_timestamp() "
+"http_status = $2, error = NULL, sent_at = clock_timestamp(), accepted_at = clock_timestamp(), "
+"next_attempt_at = LEAST(next_attempt_at, created_at) "
 "WHERE id = ANY($1) AND status = 'pending'";
 
 static const char failed_sql[] =
 "UPDATE m3ter.outbox SET status = 'failed', attempts = attempts + $4, "
-"http_status = $2, error = $3, sent_at = CASE WHEN $4 > 0 THEN clock_timestamp() ELSE sent_at END "
+"http_status = $2, error = $3, sent_at = CASE WHEN $4 > 0 THEN clock_timestamp() ELSE sent_at END, "
+"next_attempt_at = LEAST(next_attempt_at, created_at) "
 "WHERE id = ANY($1) AND status = 'pending'";
 
 /*
@@ -112,29 +140,38 @@ static const char failed_sql[] =
  * pacing, not the row, answers for it), or 'failed' once the row is
  * older than m3ter.give_up_after (or m3ter.max_attempts is reached).
  */
+/* The retry write gives up on a row older than $4 s or with $5 attempts */
+#define GIVE_UP "(created_at < pg_catalog.now() - pg_catalog.make_interval(secs => $4) " \
+	"OR ($5 > 0 AND attempts + 1 >= $5))"
+
 static const char retry_sql[] =
 "WITH u AS (UPDATE m3ter.outbox SET attempts = attempts + 1, http_status = $2, sent_at = clock_timestamp(), "
-"status = CASE WHEN created_at < pg_catalog.now() - pg_catalog.make_interval(secs => $4) "
-"                OR ($5 > 0 AND attempts + 1 >= $5) THEN 'failed' ELSE 'pending' END, "
-"error = CASE WHEN created_at < pg_catalog.now() - pg_catalog.make_interval(secs => $4) "
-"               OR ($5 > 0 AND attempts + 1 >= $5) "
-"             THEN 'gave up after ' || (attempts + 1) || ' attempts: ' || $3 ELSE $3 END, "
-"next_attempt_at = $9 + pg_catalog.make_interval(secs => "
-"    GREATEST($6, LEAST($7, CASE WHEN $8 THEN 1 ELSE pg_catalog.power(3, LEAST(attempts, 40)) END))) "
+"status = CASE WHEN " GIVE_UP " THEN 'failed' ELSE 'pending' END, "
+"error = CASE WHEN " GIVE_UP " THEN 'gave up after ' || (attempts + 1) || ' attempts: ' || $3 ELSE $3 END, "
+"next_attempt_at = CASE WHEN " GIVE_UP " THEN LEAST(next_attempt_at, created_at) ELSE "
+"  GREATEST(created_at + interval '1 microsecond', $9 + pg_catalog.make_interval(secs => "
+"    GREATEST($6, LEAST($7, CASE WHEN $8 THEN 1 ELSE pg_catalog.power(3, LEAST(attempts, 40)) END)))) END "
 "WHERE id = ANY($1) AND status = 'pending' RETURNING status) "
 "SELECT count(*) FILTER (WHERE status = 'failed') FROM u";
 
 static const char held_sql[] =
-"UPDATE m3ter.outbox SET http_status = $2, error = $3 WHERE id = ANY($1) AND status = 'pending'";
+"UPDATE m3ter.outbox SET http_status = $2, error = $3, next_attempt_at = m3ter.due_now(created_at) "
+"WHERE id = ANY($1) AND status = 'pending'";
 
 /* Held by a check before sending (catalog.c): pending, tried again in $4 seconds */
 static const char check_held_sql[] =
-"UPDATE m3ter.outbox SET error = $3, "
-"next_attempt_at = clock_timestamp() + pg_catalog.make_interval(secs => $4) "
+"UPDATE m3ter.outbox SET error = $3, next_attempt_at = GREATEST(created_at + interval '1 microsecond', "
+"  clock_timestamp() + pg_catalog.make_interval(secs => $4)) "
+"WHERE id = ANY($1) AND status = 'pending'";
+
+/* Fresh but not due yet (a created_at in the future): wait among the deferred */
+static const char defer_sql[] =
+"UPDATE m3ter.outbox SET next_attempt_at = GREATEST(next_attempt_at, created_at + interval '1 microsecond') "
 "WHERE id = ANY($1) AND status = 'pending'";
 
 static const char fail_one_sql[] =
-"UPDATE m3ter.outbox SET status = 'failed', http_status = NULL, error = $2 "
+"UPDATE m3ter.outbox SET status = 'failed', http_status = NULL, error = $2, "
+"next_attempt_at = LEAST(next_attempt_at, created_at) "
 "WHERE id = $1 AND status = 'pending'";
 
 /* Prepare and keep a plan once per process */
@@ -227,22 +264,42 @@ m3ter_outbox_others_inflight(int *n)
 	return ids;
 }
 
-/* Open a cursor over up to limit due rows after the keyset position */
+/*
+ * Open a cursor over up to limit rows: the deferred ones due after the
+ * keyset position, then the gaps and the rows after the frontier of state
+ */
 Portal
-m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit)
+m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit,
+						const M3terClaimState *state)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[3] = {TIMESTAMPTZOID, INT8OID, INT8OID};
-	Datum		values[3];
+	Oid			types[7] = {TIMESTAMPTZOID, INT8OID, INT8OID, INT8ARRAYOID, INT8ARRAYOID, INT8OID,
+	TIMESTAMPTZOID};
+	Datum		values[7];
 	Portal		portal;
 
 	values[0] = TimestampTzGetDatum(after_due);
 	values[1] = Int64GetDatum(after_id);
 	values[2] = Int64GetDatum(limit);
-	portal = SPI_cursor_open(NULL, keep_plan(&plan, claim_sql, 3, types), values, NULL, false);
+	values[3] = id_array(state->gap_lo, state->n_gaps);
+	values[4] = id_array(state->gap_hi, state->n_gaps);
+	values[5] = Int64GetDatum(state->frontier);
+	values[6] = TimestampTzGetDatum(GetCurrentTimestamp());
+	portal = SPI_cursor_open(NULL, keep_plan(&plan, claim_sql, 7, types), values, NULL, false);
 	if (portal == NULL)
 		elog(ERROR, "m3ter outbox claim failed: %s", SPI_result_code_string(SPI_result));
 	return portal;
+}
+
+/* The id of a row of the claim query, the part it came from and what to do with it */
+int64
+m3ter_outbox_peek_row(HeapTuple tup, TupleDesc desc, M3terClaimPart *part, M3terRowState *state)
+{
+	bool		isnull;
+
+	*part = (M3terClaimPart) DatumGetInt32(SPI_getbinval(tup, desc, COL_PART, &isnull));
+	*state = (M3terRowState) DatumGetInt32(SPI_getbinval(tup, desc, COL_STATE, &isnull));
+	return DatumGetInt64(SPI_getbinval(tup, desc, COL_ID, &isnull));
 }
 
 /*
@@ -328,9 +385,10 @@ int64
 m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n, long http_status,
 				   const char *error, int sent, int retry_after_ms, bool throttled)
 {
-	static SPIPlanPtr plans[5];
-	static const char *const sqls[5] = {accepted_sql, failed_sql, retry_sql, held_sql, check_held_sql};
-	static const int nargs[5] = {2, 4, 9, 3, 4};
+	static SPIPlanPtr plans[6];
+	static const char *const sqls[6] = {accepted_sql, failed_sql, retry_sql, held_sql, check_held_sql,
+	defer_sql};
+	static const int nargs[6] = {2, 4, 9, 3, 4, 1};
 	Oid			types[9] = {INT8ARRAYOID, INT4OID, TEXTOID, FLOAT8OID, INT4OID, FLOAT8OID, FLOAT8OID, BOOLOID,
 	TIMESTAMPTZOID};
 	Datum		values[9];
@@ -389,7 +447,8 @@ m3ter_outbox_fail_row(int64 id, const char *why)
 
 /*
  * When the next pending row that no sender has in flight falls due, or 0
- * when none is pending.  Walks the due index from its front.
+ * when none is pending: now when rows wait after the frontier, the first
+ * deferred row's time, or when gaps are to be read again.
  */
 TimestampTz
 m3ter_outbox_next_due(void)
@@ -397,34 +456,72 @@ m3ter_outbox_next_due(void)
 	bool		isnull;
 	Datum		value;
 	int			rc;
+	TimestampTz due;
+	TimestampTz recheck;
 
-	rc = SPI_execute("SELECT o.next_attempt_at FROM m3ter.outbox o "
-					 "WHERE o.status = 'pending' AND NOT EXISTS ("
-					 "  SELECT 1 FROM m3ter.inflight f WHERE o.id = ANY (f.ids)) "
-					 "ORDER BY o.next_attempt_at, o.id LIMIT 1",
+	rc = SPI_execute("SELECT LEAST("
+					 " (SELECT o.next_attempt_at FROM m3ter.outbox o"
+					 "   WHERE o.next_attempt_at > o.created_at AND o.status = 'pending'"
+					 "     AND NOT EXISTS (SELECT 1 FROM m3ter.inflight f WHERE o.id = ANY (f.ids))"
+					 "   ORDER BY o.next_attempt_at, o.id LIMIT 1),"
+					 " (SELECT pg_catalog.now() FROM m3ter.claim_state s"
+					 "   WHERE EXISTS (SELECT 1 FROM m3ter.outbox o WHERE o.id > s.frontier)))",
 					 true, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		return 0;
 	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? 0 : DatumGetTimestampTz(value);
+	due = isnull ? 0 : DatumGetTimestampTz(value);
+	recheck = m3ter_claim_state_recheck_at();
+	if (recheck != 0 && (due == 0 || recheck < due))
+		due = recheck;
+	return due;
 }
 
-/* Delete accepted rows older than the retention, a bounded batch at a time */
-int64
+/*
+ * Delete accepted rows older than the retention, walking the table by id
+ * 10,000 rows at a time from where the last call stopped (no index knows
+ * which rows are accepted).  Returns true while older rows follow; after
+ * the last of them the next call starts over from the first row, so rows
+ * accepted late (after retries) are found on the next pass.
+ */
+bool
 m3ter_outbox_delete_expired(int retention_s)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[1] = {FLOAT8OID};
-	Datum		values[1];
+	static int64 position = 0;
+	Oid			types[2] = {FLOAT8OID, INT8OID};
+	Datum		values[2];
+	bool		isnull;
+	bool		none_old;
+	int64		scanned;
+	Datum		last_old;
+	bool		all_old;
 
 	values[0] = Float8GetDatum((double) retention_s);
+	values[1] = Int64GetDatum(position);
 	if (SPI_execute_plan(keep_plan(&plan,
-								   "DELETE FROM m3ter.outbox WHERE id IN ("
-								   " SELECT id FROM m3ter.outbox WHERE status = 'accepted'"
-								   " AND accepted_at < now() - pg_catalog.make_interval(secs => $1)"
-								   " ORDER BY accepted_at LIMIT 10000)",
-								   1, types),
-						 values, NULL, false, 0) != SPI_OK_DELETE)
+								   "WITH chunk AS ("
+								   " SELECT id, created_at < pg_catalog.now() - pg_catalog.make_interval(secs => $1) AS old"
+								   "   FROM m3ter.outbox WHERE id > $2 ORDER BY id LIMIT 10000), "
+								   "gone AS ("
+								   " DELETE FROM m3ter.outbox o USING chunk c"
+								   "  WHERE o.id = c.id AND o.status = 'accepted'"
+								   "    AND o.accepted_at < pg_catalog.now() - pg_catalog.make_interval(secs => $1)"
+								   " RETURNING o.id) "
+								   "SELECT (SELECT count(*) FROM chunk), (SELECT max(id) FROM chunk WHERE old),"
+								   "       (SELECT coalesce(bool_and(old), false) FROM chunk), (SELECT count(*) FROM gone)",
+								   2, types),
+						 values, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "m3ter outbox retention delete failed");
-	return (int64) SPI_processed;
+	scanned = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	last_old = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &none_old);
+	all_old = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	if (scanned > 0 && all_old && !none_old)
+	{
+		position = DatumGetInt64(last_old);
+		return true;
+	}
+	position = 0;
+	return false;
 }

@@ -347,7 +347,7 @@ worker_check_database(void)
 		{
 			SPI_connect();
 			PushActiveSnapshot(GetTransactionSnapshot());
-			if (SPI_execute("SELECT count(*), min(created_at) FROM m3ter.outbox WHERE status = 'pending'",
+			if (SPI_execute("SELECT count(*), min(created_at) FROM m3ter.outbox_pending",
 							true, 0) == SPI_OK_SELECT && SPI_processed == 1)
 			{
 				bool		isnull;

@@ -134,7 +134,7 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, char **last_logged)
 			TimestampDifferenceExceeds(*last_retention, now,
 									   (int) Min((int64) m3ter_retention_s * 1000, (int64) 60000)))
 		{
-			while (m3ter_outbox_delete_expired(m3ter_retention_s) > 0)
+			while (m3ter_outbox_delete_expired(m3ter_retention_s))
 				CHECK_FOR_INTERRUPTS();
 			*last_retention = now;
 		}

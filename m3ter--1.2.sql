@@ -1,4 +1,4 @@
-/* m3ter--1.1.sql */
+/* m3ter--1.2.sql */
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION m3ter" to load this file. \quit
@@ -72,20 +72,24 @@ CREATE TABLE m3ter.outbox (
                                                             who, "where", what, other, metadata)),
     CONSTRAINT outbox_status_check CHECK (status IN ('pending', 'accepted', 'failed')),
     CONSTRAINT outbox_attempts_check CHECK (attempts >= 0)
-);
+) WITH (fillfactor = 45);
 
 COMMENT ON TABLE m3ter.outbox IS
     'Usage measurements waiting for, or done with, delivery to m3ter. INSERT here; the worker or m3ter_flush() sends them.';
 COMMENT ON COLUMN m3ter.outbox.uid IS 'Unique id of the measurement; every re-send carries it, so m3ter stores it once.';
 COMMENT ON COLUMN m3ter.outbox.status IS 'pending (waiting or retrying), accepted (m3ter accepted it) or failed (see error).';
-COMMENT ON COLUMN m3ter.outbox.next_attempt_at IS 'A pending row is not sent before this time (retry back-off).';
+COMMENT ON COLUMN m3ter.outbox.next_attempt_at IS 'A pending row is not sent before this time (retry back-off). Once the row is done it is created_at again.';
 
--- Pending rows in the order they fall due, for claims and the next-due lookup:
--- rows waiting for a retry cost nothing until they are due
-CREATE INDEX outbox_due_idx ON m3ter.outbox (next_attempt_at, id) WHERE status = 'pending';
-
--- Accepted rows by age, for the retention deletes
-CREATE INDEX outbox_accepted_idx ON m3ter.outbox (accepted_at) WHERE status = 'accepted';
+-- Where pending rows are found (1.2): no index names a column that writing
+-- a row's outcome changes, so that write is a HOT update in place (the page
+-- keeps room for it: fillfactor 45), whatever the table holds.  Rows are
+-- claimed from two places:
+--   fresh rows (next_attempt_at <= created_at, as inserted): by id, after the
+--     claim frontier in m3ter.claim_state, which every claim moves on;
+--   deferred rows (next_attempt_at > created_at: waiting for a retry, held,
+--     or scheduled): by this index, in the order they fall due.  A row
+--     leaves it when it is done (next_attempt_at goes back to created_at).
+CREATE INDEX outbox_deferred_idx ON m3ter.outbox (next_attempt_at, id) WHERE next_attempt_at > created_at;
 
 -- Rows in flight: each claim records the ids it took until m3ter has answered
 -- for all of them.  A record whose sender no longer runs is stale; the next
@@ -100,6 +104,56 @@ CREATE TABLE m3ter.inflight (
 
 COMMENT ON TABLE m3ter.inflight IS
     'Outbox rows sent and not yet answered, by sender. Written by the extension only.';
+
+-- The fresh rows' claim frontier (1.2): every id up to frontier has been
+-- passed by a claim, except the ranges gap_lo[i]..gap_hi[i], ids that were
+-- not visible when passed (a transaction still inserting, or one that rolled
+-- back) and are read again by each claim until they are settled: the
+-- transactions running when sample_id was the last id given out
+-- (sample_vxids) have all ended, so no id up to sample_id can still appear.
+-- One row, written under the claim lock by whichever sender claims.
+CREATE TABLE m3ter.claim_state (
+    only_row     boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    frontier     bigint NOT NULL DEFAULT 0,
+    gap_lo       bigint[] NOT NULL DEFAULT '{}',
+    gap_hi       bigint[] NOT NULL DEFAULT '{}',
+    sample_id    bigint,
+    sample_vxids bigint[]
+);
+INSERT INTO m3ter.claim_state DEFAULT VALUES;
+
+COMMENT ON TABLE m3ter.claim_state IS
+    'Where claims of fresh outbox rows continue, and the ids passed before they were visible. Written by the extension only.';
+
+-- An UPDATE that makes a row pending again, or moves its next attempt to
+-- created_at or before, makes it deferred: behind the frontier only the
+-- deferred index would find it (m3ter_retry_failed(), an operator's
+-- UPDATE ... SET status = 'pending', next_attempt_at = now())
+CREATE FUNCTION m3ter.outbox_keep_pending_found()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.next_attempt_at := NEW.created_at + interval '1 microsecond';
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER outbox_keep_pending_found
+    BEFORE UPDATE ON m3ter.outbox
+    FOR EACH ROW
+    WHEN (NEW.status = 'pending' AND NEW.next_attempt_at <= NEW.created_at
+          AND (OLD.status <> 'pending' OR OLD.next_attempt_at <> NEW.next_attempt_at
+               OR OLD.created_at <> NEW.created_at))
+    EXECUTE FUNCTION m3ter.outbox_keep_pending_found();
+
+-- The time from which a row is due now and counts as deferred
+CREATE FUNCTION m3ter.due_now(created_at timestamptz)
+RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$ SELECT GREATEST(pg_catalog.now(), created_at + interval '1 microsecond') $$;
+
 
 --
 -- pg_dump (1.1): the outbox is data, not part of the extension's definition;
@@ -204,7 +258,7 @@ AS $$
     SELECT m3ter.require_primary('m3ter_retry_failed()');
     WITH r AS (
         UPDATE m3ter.outbox
-           SET status = 'pending', attempts = 0, next_attempt_at = now()
+           SET status = 'pending', attempts = 0, next_attempt_at = m3ter.due_now(created_at)
          WHERE status = 'failed'
            AND (only_uids IS NULL OR uid = ANY (only_uids))
         RETURNING 1)
@@ -298,6 +352,26 @@ COMMENT ON COLUMN m3ter.outbox.correction_factor IS 'For a correction: the facto
 
 -- Corrections of a row, for m3ter_adjust()
 CREATE INDEX outbox_corrects_idx ON m3ter.outbox (corrects) WHERE corrects IS NOT NULL;
+
+-- Every pending row, found the way claims find them (no full scan): the
+-- deferred ones, the fresh ones after the frontier, and the fresh ones
+-- before it that are in flight or were passed before they were visible
+CREATE VIEW m3ter.outbox_pending AS
+SELECT o.* FROM m3ter.outbox o
+ WHERE o.next_attempt_at > o.created_at AND o.status = 'pending'
+UNION ALL
+SELECT o.* FROM m3ter.claim_state s JOIN m3ter.outbox o ON o.id > s.frontier
+ WHERE o.next_attempt_at <= o.created_at AND o.status = 'pending'
+UNION ALL
+SELECT o.* FROM m3ter.outbox o
+ WHERE o.id IN (SELECT pg_catalog.unnest(f.ids) FROM m3ter.inflight f
+                UNION
+                SELECT pg_catalog.generate_series(g.lo, g.hi)
+                  FROM m3ter.claim_state s, ROWS FROM (pg_catalog.unnest(s.gap_lo), pg_catalog.unnest(s.gap_hi)) AS g(lo, hi))
+   AND o.id <= (SELECT s.frontier FROM m3ter.claim_state s)
+   AND o.next_attempt_at <= o.created_at AND o.status = 'pending';
+
+COMMENT ON VIEW m3ter.outbox_pending IS 'The pending rows of m3ter.outbox, read through the claims'' own paths.';
 
 -- Every ingest.validation.failure event handled, once each; matched = false
 -- keeps those naming no uid of this database for the operator
@@ -433,7 +507,7 @@ AS $$
     SELECT m3ter.require_primary('m3ter_release_held()');
     WITH held AS (
         SELECT DISTINCT account FROM m3ter.outbox
-         WHERE status = 'pending' AND error LIKE 'held: %'
+         WHERE next_attempt_at > created_at AND status = 'pending' AND error LIKE 'held: %'
            AND (only_accounts IS NULL OR account = ANY (only_accounts))),
     known AS (
         INSERT INTO m3ter.catalog_accounts (code, source)
@@ -443,9 +517,10 @@ AS $$
         UPDATE m3ter.catalog_state SET version = version + 1),
     r AS (
         UPDATE m3ter.outbox o
-           SET next_attempt_at = now(), error = NULL
+           SET next_attempt_at = m3ter.due_now(o.created_at), error = NULL
           FROM held
-         WHERE o.account = held.account AND o.status = 'pending' AND o.error LIKE 'held: %'
+         WHERE o.account = held.account AND o.next_attempt_at > o.created_at
+           AND o.status = 'pending' AND o.error LIKE 'held: %'
         RETURNING 1)
     SELECT count(*) FROM r
 $$;

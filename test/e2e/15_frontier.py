@@ -1,0 +1,128 @@
+"""Fresh rows are claimed in id order after a frontier, with no index on status:
+ids passed before their rows were visible (a transaction still inserting, one that
+rolled back) are read again until they settle, rows made pending again by an UPDATE
+are found, and writing 'accepted' is a HOT update."""
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from m3ter_tap import *  # noqa: E402,F401,F403
+
+
+class Session:
+    """A psql session kept open, fed one statement at a time."""
+
+    def __init__(self, name):
+        env = dict(os.environ, PGAPPNAME=name)
+        self.name = name
+        self.p = subprocess.Popen([BINDIR + "/psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", "postgres"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env)
+
+    def send(self, sql):
+        self.p.stdin.write(sql + "\n")
+        self.p.stdin.flush()
+
+    def idle_in_transaction(self):
+        return wait_until(lambda: scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s' "
+                                         "AND state = 'idle in transaction'" % self.name) == "1", timeout=10,
+                          interval=0.05)
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait(timeout=30)
+        return self.p.returncode
+
+
+def gaps():
+    return int(scalar("SELECT cardinality(gap_lo) FROM m3ter.claim_state"))
+
+
+def status_of(uid):
+    return scalar("SELECT status FROM m3ter.outbox WHERE uid = '%s'" % uid)
+
+
+# A row whose transaction commits after the claims went past its id
+reset()
+late = Session("m3ter_late")
+late.send("BEGIN; INSERT INTO m3ter.outbox (uid, meter, account, measure) "
+          "VALUES ('late-1', 'api_requests', 'acme', '{\"requests\": 1}');")
+ok(late.idle_in_transaction(), "a session holds an uncommitted row")
+insert_usage(100, "after-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 100, timeout=20), "the 100 rows inserted after it are delivered")
+ok(int(scalar("SELECT frontier FROM m3ter.claim_state")) >= int(scalar("SELECT max(id) FROM m3ter.outbox")),
+   "the frontier has passed the uncommitted row's id")
+ok(gaps() >= 1, "which is kept as a gap", scalar("SELECT gap_lo, gap_hi FROM m3ter.claim_state"))
+late.send("COMMIT;")
+is_(late.close(), 0, "the session commits")
+ok(wait_until(lambda: status_of("late-1") == "accepted", timeout=15), "the late row is found in the gap and delivered")
+is_(stored_uids("late-"), {"late-1"}, "the stand-in received it")
+ok(wait_until(lambda: gaps() == 0, timeout=15), "and the gap is gone")
+
+# Ids of a rolled-back insert settle only once every transaction that might hold one has ended
+reset()
+holder = Session("m3ter_holder")
+holder.send("BEGIN; SELECT count(*) FROM m3ter.outbox;")
+ok(holder.idle_in_transaction(), "a transaction is open in the database")
+psql("BEGIN; INSERT INTO m3ter.outbox (uid, meter, account, measure) SELECT 'rb-' || i, 'api_requests', 'acme', "
+     "'{\"requests\": 1}' FROM generate_series(1, 50) i; ROLLBACK;")
+insert_usage(10, "post-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 10, timeout=20), "rows after a rolled-back insert are delivered")
+ok(wait_until(lambda: gaps() >= 1, timeout=5), "the rolled-back ids are a gap")
+time.sleep(5)
+ok(gaps() >= 1, "which stays while the older transaction is open")
+holder.send("COMMIT;")
+is_(holder.close(), 0, "the older transaction ends")
+ok(wait_until(lambda: gaps() == 0, timeout=20), "then the gap settles",
+   scalar("SELECT gap_lo, gap_hi, sample_id FROM m3ter.claim_state"))
+is_(stored_uids("rb-"), set(), "no rolled-back row was sent")
+
+# Rows made pending again by an UPDATE, behind the frontier, are found
+reset()
+standin("POST", "/_control/config", {"reject_meters": ["no_such_meter"]})
+insert_usage(3, "fix-", meter="no_such_meter")
+ok(wait_until(lambda: outbox_counts()["failed"] == 3, timeout=15), "rows for an unknown meter fail")
+standin("POST", "/_control/config", {"reject_meters": []})
+psql("UPDATE m3ter.outbox SET status = 'pending', meter = 'api_requests' WHERE uid LIKE 'fix-%'")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 3, timeout=15),
+   "an operator's UPDATE ... SET status = 'pending' sends them again")
+psql("BEGIN; INSERT INTO m3ter.outbox (uid, meter, account) VALUES ('again-1', 'api_requests', 'acme'); "
+     "UPDATE m3ter.outbox SET status = 'failed' WHERE uid = 'again-1'; "
+     "UPDATE m3ter.outbox SET status = 'pending', next_attempt_at = now() WHERE uid = 'again-1'; COMMIT;")
+ok(wait_until(lambda: status_of("again-1") == "accepted", timeout=15),
+   "also when it happens in the inserting transaction (next_attempt_at = now() = created_at)")
+
+# A row scheduled for later waits for its time
+reset()
+psql("INSERT INTO m3ter.outbox (uid, meter, account, next_attempt_at) "
+     "VALUES ('later-1', 'api_requests', 'acme', now() + interval '3 seconds')")
+insert_usage(5, "now-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 5, timeout=15), "rows due now go")
+is_(status_of("later-1"), "pending", "a row with next_attempt_at 3 s ahead waits")
+ok(wait_until(lambda: status_of("later-1") == "accepted", timeout=15), "and goes when it is due")
+
+# Writing each row's outcome is a HOT update: no index entry, no new page
+reset()
+set_and_reload(worker_enabled="off")
+insert_usage(5000, "hot-")
+psql("VACUUM m3ter.outbox")
+time.sleep(1)
+before = psql("SELECT n_tup_upd || '|' || n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = 'm3ter.outbox'::regclass")
+upd0, hot0 = (int(x) for x in before.split("|"))
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == 5000, timeout=60), "5000 rows delivered")
+
+
+def updates():
+    u, h = (int(x) for x in psql("SELECT n_tup_upd || '|' || n_tup_hot_upd FROM pg_stat_user_tables "
+                                 "WHERE relid = 'm3ter.outbox'::regclass").split("|"))
+    return u - upd0, h - hot0
+
+
+ok(wait_until(lambda: updates()[0] >= 5000, timeout=20), "the statistics show their updates", updates())
+upd, hot = updates()
+ok(hot >= 0.95 * upd, "at least 95% of them were HOT updates", "%d of %d" % (hot, upd))
+
+done()
