@@ -98,8 +98,9 @@ m3ter_claim_state_read(M3terClaimState *s)
 	Datum		d;
 
 	memset(s, 0, sizeof(*s));
+	/* not read-only: inside one transaction (m3ter_flush()) it sees the last claim's write */
 	if (SPI_execute("SELECT frontier, gap_lo, gap_hi, sample_id, sample_vxids FROM m3ter.claim_state",
-					true, 0) != SPI_OK_SELECT || SPI_processed != 1)
+					false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("m3ter.claim_state must hold exactly one row"),
