@@ -72,6 +72,11 @@ UPDATE m3ter.outbox SET next_attempt_at = created_at
  WHERE status <> 'pending' AND next_attempt_at > created_at;
 
 ALTER TABLE m3ter.outbox SET (fillfactor = 45);
+
+-- A claim's ids are stored as they are: compressing thousands of ids at every
+-- claim cost more than the bytes it saved (1.2)
+ALTER TABLE m3ter.inflight ALTER COLUMN ids SET STORAGE EXTERNAL;
+
 DROP INDEX m3ter.outbox_due_idx;
 DROP INDEX m3ter.outbox_accepted_idx;
 -- Where pending rows are found (1.2): no index names a column that writing

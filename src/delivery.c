@@ -411,13 +411,12 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 			bool		theirs;
 			int			k = c->group.n;
 
-			row.id = m3ter_outbox_peek_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &part, &rstate);
+			m3ter_outbox_peek_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &row, &part, &rstate);
 			theirs = rstate == M3TER_ROW_TAKE && among(others, n_others, row.id);
 			if (rstate == M3TER_ROW_TAKE && !theirs)
 			{
 				old = MemoryContextSwitchTo(row_cxt);
-				m3ter_outbox_read_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &row,
-									  &progress.row_in_hand);
+				m3ter_outbox_read_row(&row, &progress.row_in_hand);
 				verdict = m3ter_catalog_verdict(&row.m, &hold);
 				if (verdict == NULL)
 				{
@@ -503,6 +502,7 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 		state.frontier = last_fresh;
 		state.changed = true;
 	}
+	qsort(seen, n_seen, sizeof(int64), cmp_int64);
 	m3ter_claim_state_drop_ids(&state, seen, n_seen);
 	m3ter_claim_state_settle(&state, ended && gaps_read);
 	m3ter_claim_state_write(&state);

@@ -355,10 +355,9 @@ extern int64 m3ter_outbox_clean_inflight(const int64 *live_ids, int n_live);
 extern int64 *m3ter_outbox_others_inflight(int *n);
 extern Portal m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit,
 									  const struct M3terClaimState *state);
-extern int64 m3ter_outbox_peek_row(HeapTuple tup, TupleDesc desc, M3terClaimPart *part,
-								   M3terRowState *state);
-extern void m3ter_outbox_read_row(HeapTuple tup, TupleDesc desc, M3terOutboxRow *row,
-								  int64 *reading);
+extern void m3ter_outbox_peek_row(HeapTuple tup, TupleDesc desc, M3terOutboxRow *row,
+								  M3terClaimPart *part, M3terRowState *state);
+extern void m3ter_outbox_read_row(M3terOutboxRow *row, int64 *reading);
 extern int64 m3ter_outbox_record_inflight(const int64 *ids, int n);
 extern void m3ter_outbox_release(int64 record_id);
 extern int64 m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n,

@@ -36,7 +36,9 @@
  *				order they fell due; claims continue after the last row the
  *				previous one took, and start over from the front when a
  *				claim comes up short and nothing of their own is in flight;
- *	gaps		ids passed before their rows were visible (claim_state.c);
+ *	gaps		ids passed before their rows were visible (claim_state.c),
+ *				range by range over the primary key (LATERAL: the planner
+ *				must not walk the whole table to match it against them);
  *	fresh		every row after the frontier, in id order.
  *
  * Every write that leaves a row pending makes it deferred (m3ter.due_now),
@@ -48,6 +50,7 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -89,10 +92,11 @@ static const char claim_sql[] =
 "    AND (next_attempt_at, id) > ($1, $2) "
 "  ORDER BY next_attempt_at, id LIMIT $3) "
 "UNION ALL "
-"(SELECT 2, " ROW_STATE ", " ROW_COLUMNS " "
+"(SELECT 2, r.* "
 "   FROM ROWS FROM (pg_catalog.unnest($4::pg_catalog.int8[]), pg_catalog.unnest($5::pg_catalog.int8[])) AS g(lo, hi) "
-"   JOIN m3ter.outbox ON id BETWEEN g.lo AND g.hi "
-"  ORDER BY id LIMIT $3) "
+"   CROSS JOIN LATERAL (SELECT " ROW_STATE ", " ROW_COLUMNS " FROM m3ter.outbox "
+"                        WHERE id BETWEEN g.lo AND g.hi ORDER BY id LIMIT $3) r "
+"  LIMIT $3) "
 "UNION ALL "
 "(SELECT 3, " ROW_STATE ", " ROW_COLUMNS " FROM m3ter.outbox WHERE id > $6 ORDER BY id LIMIT $3) "
 "LIMIT $3";
@@ -291,57 +295,59 @@ m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit,
 	return portal;
 }
 
-/* The id of a row of the claim query, the part it came from and what to do with it */
-int64
-m3ter_outbox_peek_row(HeapTuple tup, TupleDesc desc, M3terClaimPart *part, M3terRowState *state)
-{
-	bool		isnull;
+/* The claim query's row in hand, deformed once (SPI_getbinval would walk it per column) */
+static Datum row_values[COL_DUE];
+static bool row_nulls[COL_DUE];
 
-	*part = (M3terClaimPart) DatumGetInt32(SPI_getbinval(tup, desc, COL_PART, &isnull));
-	*state = (M3terRowState) DatumGetInt32(SPI_getbinval(tup, desc, COL_STATE, &isnull));
-	return DatumGetInt64(SPI_getbinval(tup, desc, COL_ID, &isnull));
+/*
+ * Take the next row of the claim query: its id and due time into *row,
+ * the part it came from and what to do with it.
+ */
+void
+m3ter_outbox_peek_row(HeapTuple tup, TupleDesc desc, M3terOutboxRow *row, M3terClaimPart *part,
+					  M3terRowState *state)
+{
+	if (desc->natts != COL_DUE)
+		elog(ERROR, "m3ter claim query returned %d columns, not %d", desc->natts, COL_DUE);
+	heap_deform_tuple(tup, desc, row_values, row_nulls);
+	*part = (M3terClaimPart) DatumGetInt32(row_values[COL_PART - 1]);
+	*state = (M3terRowState) DatumGetInt32(row_values[COL_STATE - 1]);
+	row->id = DatumGetInt64(row_values[COL_ID - 1]);
+	row->due = DatumGetTimestampTz(row_values[COL_DUE - 1]);
 }
 
 /*
- * Read one claimed row of the current SPI tuple table into *row; the
+ * Read the rest of the row in hand (m3ter_outbox_peek_row) into *row; the
  * strings and maps are palloc'd in the current context.  *reading gets
  * the row's id first, so an error while reading it can name the row.
  */
 void
-m3ter_outbox_read_row(HeapTuple tup, TupleDesc desc, M3terOutboxRow *row, int64 *reading)
+m3ter_outbox_read_row(M3terOutboxRow *row, int64 *reading)
 {
 	M3terMeasurement *m = &row->m;
-	bool		isnull;
-	Datum		value;
 	int			k;
 
-	row->id = DatumGetInt64(SPI_getbinval(tup, desc, COL_ID, &isnull));
 	*reading = row->id;			/* known before anything else can raise */
-	row->attempts = DatumGetInt32(SPI_getbinval(tup, desc, COL_ATTEMPTS, &isnull));
-	row->due = DatumGetTimestampTz(SPI_getbinval(tup, desc, COL_DUE, &isnull));
-	m->uid = TextDatumGetCString(SPI_getbinval(tup, desc, COL_UID, &isnull));
+	row->attempts = DatumGetInt32(row_values[COL_ATTEMPTS - 1]);
+	m->uid = TextDatumGetCString(row_values[COL_UID - 1]);
 	if (m3ter_test_fault_uid[0] != '\0' && strcmp(m->uid, m3ter_test_fault_uid) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("the outbox row \"%s\" cannot be written as JSON", m->uid),
 				 errdetail("m3ter.test_fault_uid names it.")));
-	m->meter = TextDatumGetCString(SPI_getbinval(tup, desc, COL_METER, &isnull));
-	m->account = TextDatumGetCString(SPI_getbinval(tup, desc, COL_ACCOUNT, &isnull));
-	m3ter_format_timestamp(DatumGetTimestampTz(SPI_getbinval(tup, desc, COL_TS, &isnull)),
-						   row->ts, sizeof(row->ts));
+	m->meter = TextDatumGetCString(row_values[COL_METER - 1]);
+	m->account = TextDatumGetCString(row_values[COL_ACCOUNT - 1]);
+	m3ter_format_timestamp(DatumGetTimestampTz(row_values[COL_TS - 1]), row->ts, sizeof(row->ts));
 	m->ts = row->ts;
-	value = SPI_getbinval(tup, desc, COL_ETS, &isnull);
 	m->ets = NULL;
-	if (!isnull)
+	if (!row_nulls[COL_ETS - 1])
 	{
-		m3ter_format_timestamp(DatumGetTimestampTz(value), row->ets, sizeof(row->ets));
+		m3ter_format_timestamp(DatumGetTimestampTz(row_values[COL_ETS - 1]), row->ets, sizeof(row->ets));
 		m->ets = row->ets;
 	}
 	for (k = 0; k < M3TER_NUM_MAPS; k++)
-	{
-		value = SPI_getbinval(tup, desc, COL_FIRST_MAP + k, &isnull);
-		m->maps[k] = isnull ? NULL : DatumGetJsonbP(value);
-	}
+		m->maps[k] = row_nulls[COL_FIRST_MAP + k - 1] ? NULL :
+			DatumGetJsonbP(row_values[COL_FIRST_MAP + k - 1]);
 }
 
 /* Record a claim's ids as in flight; returns the record's id */
