@@ -31,6 +31,7 @@
  */
 #include "postgres.h"
 
+#include "access/twophase.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -51,8 +52,6 @@
 
 static TimestampTz last_settle = 0;
 
-/* Did the last claim leave gaps to settle?  Unknown at start: look once */
-static bool gaps_left = true;
 
 /* An int8[] datum of n values */
 static Datum
@@ -99,7 +98,9 @@ m3ter_claim_state_read(M3terClaimState *s)
 
 	memset(s, 0, sizeof(*s));
 	/* not read-only: inside one transaction (m3ter_flush()) it sees the last claim's write */
-	if (SPI_execute("SELECT frontier, gap_lo, gap_hi, sample_id, sample_vxids FROM m3ter.claim_state",
+	if (SPI_execute("SELECT frontier, gap_lo, gap_hi, sample_id, sample_vxids, "
+					"pg_catalog.pg_sequence_last_value('m3ter.outbox_id_seq'::pg_catalog.regclass) "
+					"FROM m3ter.claim_state",
 					false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -114,6 +115,20 @@ m3ter_claim_state_read(M3terClaimState *s)
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
 	s->sample_id = isnull ? 0 : DatumGetInt64(d);
 	s->vxids = int8_column(5, &s->n_vxids);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull);
+	if (s->frontier > 0 && (isnull || DatumGetInt64(d) < s->frontier))
+	{
+		/*
+		 * The sequence went back (TRUNCATE ... RESTART IDENTITY, setval): new
+		 * rows get ids the claims have passed.  Start over from the first id;
+		 * the rows still there are passed again, once.
+		 */
+		s->frontier = 0;
+		s->n_gaps = 0;
+		s->sample_id = 0;
+		s->n_vxids = 0;
+		s->changed = true;
+	}
 	SPI_freetuptable(SPI_tuptable);
 }
 
@@ -126,7 +141,6 @@ m3ter_claim_state_write(M3terClaimState *s)
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
-	gaps_left = s->n_gaps > 0 || s->sample_id > 0;
 	if (!s->changed)
 		return;
 	if (plan == NULL)
@@ -210,11 +224,27 @@ m3ter_claim_state_drop_ids(M3terClaimState *s, const int64 *seen, int n)
 	s->changed = true;
 }
 
-/* Have all the sampled transactions ended? */
+/*
+ * Have all the sampled transactions ended?  A prepared transaction blocks
+ * it too: after a restart it comes back under another virtual id.
+ */
 static bool
 sample_ended(const M3terClaimState *s)
 {
 	int			i;
+	bool		isnull;
+	bool		prepared;
+
+	if (max_prepared_xacts > 0)
+	{
+		if (SPI_execute("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_prepared_xacts "
+						"WHERE database = pg_catalog.current_database())", true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "m3ter prepared transaction lookup failed");
+		prepared = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		SPI_freetuptable(SPI_tuptable);
+		if (prepared)
+			return false;
+	}
 
 	for (i = 0; i < s->n_vxids; i++)
 	{
@@ -313,14 +343,12 @@ m3ter_claim_state_settle(M3terClaimState *s, bool ended)
 }
 
 /*
- * When a worker should claim again only to settle gaps (0: no need): the
- * claims that find new rows do it anyway, but a gap left by a rollback is
- * only dropped by a later claim.
+ * When a worker should claim again only to settle the gaps m3ter.claim_state
+ * holds (whoever left them): the claims that find new rows read them anyway,
+ * but the ids of a rollback are only dropped by a later claim.
  */
 TimestampTz
 m3ter_claim_state_recheck_at(void)
 {
-	if (!gaps_left)
-		return 0;
 	return TimestampTzPlusMilliseconds(last_settle, RECHECK_MS);
 }

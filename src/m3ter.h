@@ -366,6 +366,7 @@ extern int64 m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n,
 extern void m3ter_outbox_fail_row(int64 id, const char *why);
 extern TimestampTz m3ter_outbox_next_due(void);
 extern bool m3ter_outbox_delete_expired(int retention_s);
+extern int64 m3ter_outbox_sweep(void);
 
 /* ---- delivery.c ---- */
 typedef struct M3terFlushStats

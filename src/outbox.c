@@ -453,7 +453,8 @@ m3ter_outbox_fail_row(int64 id, const char *why)
 
 /*
  * When the next pending row that no sender has in flight falls due, or 0
- * when none is pending: now when rows wait after the frontier, the first
+ * when none is pending: now when rows wait after the frontier (or the id
+ * sequence was set back behind it), the first
  * deferred row's time, or when gaps are to be read again.
  */
 TimestampTz
@@ -471,15 +472,22 @@ m3ter_outbox_next_due(void)
 					 "     AND NOT EXISTS (SELECT 1 FROM m3ter.inflight f WHERE o.id = ANY (f.ids))"
 					 "   ORDER BY o.next_attempt_at, o.id LIMIT 1),"
 					 " (SELECT pg_catalog.now() FROM m3ter.claim_state s"
-					 "   WHERE EXISTS (SELECT 1 FROM m3ter.outbox o WHERE o.id > s.frontier)))",
+					 "   WHERE EXISTS (SELECT 1 FROM m3ter.outbox o WHERE o.id > s.frontier)"
+					 "      OR coalesce(pg_catalog.pg_sequence_last_value('m3ter.outbox_id_seq'::pg_catalog.regclass), 0)"
+					 "         < s.frontier)),"
+					 " (SELECT s.gap_lo <> '{}' OR s.sample_id IS NOT NULL FROM m3ter.claim_state s)",
 					 true, 1);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
 		return 0;
 	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	due = isnull ? 0 : DatumGetTimestampTz(value);
-	recheck = m3ter_claim_state_recheck_at();
-	if (recheck != 0 && (due == 0 || recheck < due))
-		due = recheck;
+	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	if (!isnull && DatumGetBool(value))
+	{
+		recheck = m3ter_claim_state_recheck_at();
+		if (due == 0 || recheck < due)
+			due = recheck;
+	}
 	return due;
 }
 
@@ -530,4 +538,55 @@ m3ter_outbox_delete_expired(int retention_s)
 	}
 	position = 0;
 	return false;
+}
+
+/*
+ * The safety net behind the frontier: walk the rows up to it by id, 10,000
+ * at a time from where the last call stopped, and make every fresh pending
+ * row that no claim has in flight or will read again (a row given an
+ * explicit id below the frontier, say) deferred, so the next claims send
+ * it.  Call with the claim lock held.  Returns the rows it found.
+ */
+int64
+m3ter_outbox_sweep(void)
+{
+	static SPIPlanPtr plan = NULL;
+	static int64 position = 0;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+	bool		isnull;
+	Datum		last;
+	int64		found;
+
+	values[0] = Int64GetDatum(position);
+	if (SPI_execute_plan(keep_plan(&plan,
+								   "WITH s AS (SELECT frontier, gap_lo, gap_hi FROM m3ter.claim_state), "
+								   "chunk AS ("
+								   " SELECT o.id, o.status = 'pending' AND o.next_attempt_at <= o.created_at AS fresh"
+								   "   FROM m3ter.outbox o WHERE o.id > $1 AND o.id <= (SELECT frontier FROM s)"
+								   "  ORDER BY o.id LIMIT 10000), "
+								   "lost AS ("
+								   " SELECT c.id FROM chunk c WHERE c.fresh"
+								   "    AND c.id NOT IN (SELECT pg_catalog.unnest(f.ids) FROM m3ter.inflight f)"
+								   "    AND NOT EXISTS (SELECT 1 FROM s, ROWS FROM (pg_catalog.unnest(s.gap_lo),"
+								   "                    pg_catalog.unnest(s.gap_hi)) AS g(lo, hi)"
+								   "                    WHERE c.id BETWEEN g.lo AND g.hi)), "
+								   "found AS ("
+								   " UPDATE m3ter.outbox o SET next_attempt_at = m3ter.due_now(o.created_at)"
+								   "   FROM lost WHERE o.id = lost.id AND o.status = 'pending'"
+								   "    AND o.next_attempt_at <= o.created_at RETURNING o.id) "
+								   "SELECT (SELECT max(id) FROM chunk), (SELECT count(*) FROM found)",
+								   1, types),
+						 values, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "m3ter outbox sweep failed");
+	last = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	position = isnull ? 0 : DatumGetInt64(last);
+	found = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	if (found > 0)
+		ereport(WARNING,
+				(errmsg("m3ter found " INT64_FORMAT " pending outbox rows behind the claims' frontier; they go now", found),
+				 errdetail("Rows inserted with an explicit id (OVERRIDING SYSTEM VALUE) or after the id sequence was set back are not in the claims' way."),
+				 errhint("Let m3ter.outbox give ids from its sequence.")));
+	return found;
 }

@@ -18,8 +18,9 @@
  *	- otherwise after m3ter.worker_naptime, doubling while idle up to
  *	  m3ter.worker_idle_naptime.
  * Between deliveries it deletes accepted rows older than m3ter.retention
- * (at most once a minute, or once per retention if shorter, in
- * index-backed batches).
+ * (at most once a minute, or once per retention if shorter, walking the
+ * table by id), and every 10 s sweeps 10,000 rows behind the claims'
+ * frontier for pending rows nothing would send (m3ter_outbox_sweep).
  *
  * An error is logged, its transaction rolled back (the rows stay pending)
  * and the worker goes on; when the error came from reading a claim,
@@ -100,13 +101,16 @@ report(const M3terFlushStats *now, M3terFlushStats *reported)
 	*reported = *now;
 }
 
+/* How often the worker sweeps behind the claims' frontier (ms) */
+#define SWEEP_INTERVAL_MS 10000
+
 /*
  * Between deliveries, in one transaction: is the extension there, delete
- * expired rows, and when is the next row due.  Returns false when the
- * extension is not installed.
+ * expired rows, sweep behind the frontier, and when is the next row due.
+ * Returns false when the extension is not installed.
  */
 static bool
-upkeep(TimestampTz *next_due, TimestampTz *last_retention, char **last_logged)
+upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_sweep, char **last_logged)
 {
 	bool		installed;
 	char	   *why = NULL;
@@ -139,6 +143,11 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, char **last_logged)
 			*last_retention = now;
 		}
 		m3ter_events_poll_if_due();
+		if (TimestampDifferenceExceeds(*last_sweep, now, SWEEP_INTERVAL_MS) && m3ter_outbox_lock_claims())
+		{
+			(void) m3ter_outbox_sweep();
+			*last_sweep = now;
+		}
 		*next_due = m3ter_outbox_next_due();
 	}
 
@@ -181,6 +190,7 @@ m3ter_worker_main(Datum main_arg)
 	static M3terDelivery d;
 	static M3terFlushStats reported;
 	static TimestampTz last_retention = 0;
+	static TimestampTz last_sweep = 0;
 
 	idle_ms = m3ter_worker_naptime_ms;
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -190,6 +200,8 @@ m3ter_worker_main(Datum main_arg)
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), InvalidOid, 0);
 	/* our own queries only: a database's search_path must not pick what they call */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	/* short transactions that must not fail to serialize, whatever the database's default */
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
 	m3ter_worker_attach();		/* ends the worker if the extension is not installed */
 	m3ter_worker_note("starting", false);
 	ereport(LOG, (errmsg("m3ter outbox worker started for database \"%s\"", MyBgworkerEntry->bgw_extra)));
@@ -238,7 +250,7 @@ m3ter_worker_main(Datum main_arg)
 			{
 				TimestampTz next_due;
 
-				if (!upkeep(&next_due, &last_retention, &last_logged))
+				if (!upkeep(&next_due, &last_retention, &last_sweep, &last_logged))
 				{
 					m3ter_worker_note("waiting for CREATE EXTENSION m3ter", false);
 					sleep_ms = m3ter_worker_idle_naptime_ms;

@@ -103,6 +103,60 @@ ok(wait_until(lambda: outbox_counts()["accepted"] == 5, timeout=15), "rows due n
 is_(status_of("later-1"), "pending", "a row with next_attempt_at 3 s ahead waits")
 ok(wait_until(lambda: status_of("later-1") == "accepted", timeout=15), "and goes when it is due")
 
+# The id sequence set back (TRUNCATE ... RESTART IDENTITY): claims start over from the first id
+reset()
+insert_usage(300, "before-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 300, timeout=20), "300 rows delivered")
+psql("TRUNCATE m3ter.outbox RESTART IDENTITY")
+insert_usage(20, "restart-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 20, timeout=15),
+   "after TRUNCATE ... RESTART IDENTITY the new rows (ids 1..20, behind the frontier) are delivered")
+
+# A row given an explicit id behind the frontier is found by the worker's sweep
+reset()
+insert_usage(50, "ids-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 50, timeout=15), "50 rows delivered")
+low = int(scalar("SELECT min(id) FROM m3ter.outbox")) - 1
+psql("INSERT INTO m3ter.outbox (id, uid, meter, account) OVERRIDING SYSTEM VALUE "
+     "VALUES (%d, 'explicit-1', 'api_requests', 'acme')" % low)
+ok(wait_until(lambda: status_of("explicit-1") == "accepted", timeout=40),
+   "a row inserted with an explicit id below the frontier is swept up and delivered")
+
+# m3ter_flush() in a REPEATABLE READ transaction passes rows it cannot see; the worker reads them
+reset()
+set_and_reload(worker_enabled="off")
+rr = Session("m3ter_rr")
+rr.send("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM m3ter.outbox;")
+ok(rr.idle_in_transaction(), "a REPEATABLE READ transaction has its snapshot")
+insert_usage(100, "unseen-")
+rr.send("INSERT INTO m3ter.outbox (uid, meter, account) VALUES ('rr-1', 'api_requests', 'acme'); "
+        "SELECT m3ter_flush(); COMMIT;")
+is_(rr.close(), 0, "it flushes and commits")
+ok(gaps() >= 1, "the 100 rows it could not see are gaps")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == 101, timeout=20),
+   "the worker reads the gaps another process left and delivers them, with no new insert", outbox_counts())
+
+# A prepared transaction's row, committed after a restart, is still found
+reset()
+psql("ALTER SYSTEM SET max_prepared_transactions = 5")
+pg_ctl("-m", "fast", "restart")
+psql("BEGIN; INSERT INTO m3ter.outbox (uid, meter, account) VALUES ('prepared-1', 'api_requests', 'acme'); "
+     "PREPARE TRANSACTION 'm3ter_p1';")
+insert_usage(5, "beside-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 5, timeout=20), "rows beside a prepared transaction are delivered")
+ok(wait_until(lambda: scalar("SELECT sample_id IS NOT NULL FROM m3ter.claim_state") == "t", timeout=15),
+   "its id is a gap, sampled for settling")
+pg_ctl("-m", "fast", "restart")
+insert_usage(5, "after-restart-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 10, timeout=20), "after a restart new rows are delivered")
+time.sleep(3)
+ok(gaps() >= 1, "the prepared transaction's id is still a gap")
+psql("COMMIT PREPARED 'm3ter_p1'")
+ok(wait_until(lambda: status_of("prepared-1") == "accepted", timeout=20), "COMMIT PREPARED: its row is delivered")
+psql("ALTER SYSTEM RESET max_prepared_transactions")
+pg_ctl("-m", "fast", "restart")
+
 # Writing each row's outcome is a HOT update: no index entry, no new page
 reset()
 set_and_reload(worker_enabled="off")
