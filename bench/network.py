@@ -103,6 +103,11 @@ class Cluster:
         self.psql("VACUUM ANALYZE m3ter.outbox")
 
     def pending(self):
+        """Rows still pending; cheaply while the claims have not passed every row yet
+        (counting a large backlog would take CPU from what is measured)."""
+        if self.psql("SELECT (SELECT frontier FROM m3ter.claim_state) < "
+                     "coalesce((SELECT max(id) FROM m3ter.outbox), 0)") == "t":
+            return 1
         return int(self.psql("SELECT count(*) FROM m3ter.outbox_pending"))
 
     def wait_drained(self, timeout=3600):

@@ -16,8 +16,11 @@
  *	  in the 300 seconds before it (counted in one-second buckets);
  *	- adaptive: a 429 shows that something else spends the same budget
  *	  (another server, the application itself), so the scale drops by a
- *	  fifth and no slot is given for the rest of that second (or the
- *	  Retry-After); each 2xx gives a little of it back.
+ *	  fifth (once a second: the other answers of that second tell the
+ *	  same) and no slot is given for the rest of that second (or the
+ *	  Retry-After); while 2xx come back it climbs 1% of the rate a second
+ *	  (slowly: two servers sharing an organization settle near their
+ *	  shares instead of overshooting every few seconds).
  *
  * With the library preloaded the state lives in shared memory under one
  * spinlock (held for a few dozen instructions); otherwise each process
@@ -37,7 +40,7 @@
 #define WINDOW_S 300
 #define MIN_SCALE 0.05
 #define SCALE_DOWN 0.8
-#define SCALE_UP 0.005
+#define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second */
 /* slots a little under the limit: answers arrive with jitter, and m3ter counts arrivals */
 #define HEADROOM 0.96
 
@@ -46,6 +49,7 @@ typedef struct PaceState
 	TimestampTz next_slot;		/* earliest time for the next slot */
 	TimestampTz blocked_until;	/* after a 429: no slot before this */
 	double		scale;			/* adaptive share of the per-second rate */
+	TimestampTz raised_at;		/* when the scale last changed */
 	int64		bucket_second[WINDOW_S];	/* which second each bucket counts */
 	int			bucket_count[WINDOW_S];
 } PaceState;
@@ -142,6 +146,7 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 	int			per_second;
 	int			per_window;
 	int64		sec;
+	int64		interval;
 	bool		ok = true;
 
 	limits(api, &per_second, &per_window);
@@ -150,8 +155,17 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 		return true;
 
 	st = lock_state(api);
-	slot = Max(now, Max(st->next_slot, st->blocked_until));
-	sec = slot / USECS_PER_SEC;
+	interval = per_second > 0 ? (int64) (USECS_PER_SEC / (per_second * HEADROOM * st->scale)) : 0;
+
+	/*
+	 * A sender that asks a little late (it was waiting for answers) keeps
+	 * the schedule: the slot it missed by less than one interval is given
+	 * now and the next one stays where it was, so the rate holds at any
+	 * latency.  After a pause the schedule starts again from now.
+	 */
+	slot = st->next_slot >= now - interval ? st->next_slot : now;
+	slot = Max(slot, st->blocked_until);
+	sec = Max(slot, now) / USECS_PER_SEC;
 	if (per_window > 0 && window_count(st, sec) >= per_window)
 	{
 		/* the budget is spent: the next slot is when its oldest second leaves */
@@ -174,7 +188,7 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 		int			b = (int) (sec % WINDOW_S);
 
 		if (per_second > 0)
-			st->next_slot = slot + (int64) (USECS_PER_SEC / (per_second * HEADROOM * st->scale));
+			st->next_slot = slot + interval;
 		if (st->bucket_second[b] != sec)
 		{
 			st->bucket_second[b] = sec;
@@ -201,22 +215,32 @@ void
 m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms)
 {
 	PaceState  *st;
+	TimestampTz now;
 
 	if (status != 429 && (status < 200 || status >= 300))
 		return;
+	now = GetCurrentTimestamp();
 	st = lock_state(api);
 	if (status == 429)
 	{
-		TimestampTz now = GetCurrentTimestamp();
 		TimestampTz next_second = (now / USECS_PER_SEC + 1) * USECS_PER_SEC;
 		TimestampTz until = Max(next_second,
 								now + (int64) Max(retry_after_ms, 0) * 1000);
 
-		st->scale = Max(MIN_SCALE, st->scale * SCALE_DOWN);
+		/* once an overload: the other answers of that second tell the same */
+		if (now >= st->blocked_until)
+			st->scale = Max(MIN_SCALE, st->scale * SCALE_DOWN);
 		st->blocked_until = Max(st->blocked_until, until);
+		st->raised_at = now;
 	}
 	else if (st->scale < 1.0)
-		st->scale = Min(1.0, st->scale + SCALE_UP);
+	{
+		/* by the time gone, not by the answers: a slowed server climbs as fast */
+		double		seconds = Min((double) (now - st->raised_at) / USECS_PER_SEC, 1.0);
+
+		st->scale = Min(1.0, st->scale + RECOVER_PER_S * Max(seconds, 0.0));
+		st->raised_at = now;
+	}
 	unlock_state();
 }
 
