@@ -330,8 +330,12 @@ static int
 claim(M3terDelivery *d, int max_requests, bool *short_claim)
 {
 	int64		limit = Min((int64) max_requests * M3TER_MAX_MEASUREMENTS, (int64) m3ter_batch_rows);
-	int64		bytes_budget = Max((int64) m3ter_claim_bytes, (int64) M3TER_MAX_PAYLOAD_BYTES);
+	int			max_sends = (int) Min((int64) max_requests,
+									  Max((int64) m3ter_claim_bytes / M3TER_MAX_PAYLOAD_BYTES, 1));
 	int64		bytes = 0;
+	int64		send_bytes = M3TER_PAYLOAD_OVERHEAD;	/* the last request, as the sender packs it */
+	int			send_items = 0;
+	int			sends = 1;
 	int64		read = 0;
 	int			n_live;
 	int64	   *live;
@@ -425,9 +429,14 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 				}
 				MemoryContextSwitchTo(old);
 
-				if (k > 0 && verdict == NULL && bytes + buf.len > bytes_budget)
+				if (verdict == NULL && !m3ter_pack_item(&send_bytes, &send_items, buf.len) && k > 0 &&
+					++sends > max_sends)
 				{
-					/* over the byte budget: this row waits for the next claim */
+					/*
+					 * It would open one request more than m3ter.claim_bytes
+					 * allows: it waits for the next claim, and every request of
+					 * this one is full
+					 */
 					full = true;
 					MemoryContextReset(row_cxt);
 					break;

@@ -105,22 +105,37 @@ m3ter_group_item_len(const M3terGroup *g, int i)
 	return g->offsets[i + 1] - g->offsets[i] - 1;
 }
 
+/*
+ * Add a measurement of len bytes to the request being packed (*bytes of
+ * JSON so far, *items measurements); false when it does not fit, and then
+ * it starts the next request alone.
+ */
+bool
+m3ter_pack_item(int64 *bytes, int *items, int len)
+{
+	int64		add = len + (*items > 0 ? 1 : 0);
+
+	if (*items < M3TER_MAX_MEASUREMENTS && *bytes + add < M3TER_MAX_PAYLOAD_BYTES)
+	{
+		*bytes += add;
+		(*items)++;
+		return true;
+	}
+	*bytes = M3TER_PAYLOAD_OVERHEAD + len;
+	*items = 1;
+	return false;
+}
+
 /* How many measurements from start fit one request (end index, exclusive) */
 static int
 pack(const M3terGroup *g, int start)
 {
 	int64		bytes = M3TER_PAYLOAD_OVERHEAD;
+	int			items = 0;
 	int			end = start;
 
-	while (end < g->n && end - start < M3TER_MAX_MEASUREMENTS)
-	{
-		int64		add = m3ter_group_item_len(g, end) + (end > start ? 1 : 0);
-
-		if (bytes + add >= M3TER_MAX_PAYLOAD_BYTES)
-			break;
-		bytes += add;
+	while (end < g->n && m3ter_pack_item(&bytes, &items, m3ter_group_item_len(g, end)))
 		end++;
-	}
 	return end;
 }
 
