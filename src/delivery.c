@@ -89,6 +89,10 @@ begin_work(M3terDelivery *d)
 	{
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
+		if (!m3ter_lock_extension())
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("extension \"m3ter\" was dropped")));
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 	}
@@ -429,12 +433,14 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 				}
 				MemoryContextSwitchTo(old);
 
-				if (verdict == NULL && !m3ter_pack_item(&send_bytes, &send_items, buf.len) && k > 0 &&
-					++sends > max_sends)
+				if (k > 0 && verdict == NULL &&
+					((!m3ter_pack_item(&send_bytes, &send_items, buf.len) && ++sends > max_sends) ||
+					 bytes + buf.len > (int64) m3ter_claim_bytes))
 				{
 					/*
 					 * It would open one request more than m3ter.claim_bytes
-					 * allows: it waits for the next claim, and every request of
+					 * allows (or pass the bytes themselves: rows too large to
+					 * send): it waits for the next claim, and every request of
 					 * this one is full
 					 */
 					full = true;

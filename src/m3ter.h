@@ -135,6 +135,7 @@ extern void m3ter_credentials_file_changed(void);
 /* ---- version.c ---- */
 extern void m3ter_require_installed_version(void);
 extern bool m3ter_installed_version_ok(char **why);
+extern bool m3ter_lock_extension(void);
 
 /* ---- client.c ---- */
 typedef enum M3terApi

@@ -11,14 +11,15 @@
  * under both:
  *
  *	- slots are spaced 1 / (rate × 0.96 × scale) seconds apart (a little
- *	  headroom: requests arrive with jitter, and m3ter counts arrivals);
+ *	  headroom: requests arrive with jitter, and m3ter counts arrivals),
+ *	  and never more than that many fall in one wall-clock second;
  *	- a slot is only given while fewer than the 5-minute budget were given
  *	  in the 300 seconds before it (counted in one-second buckets);
  *	- adaptive: a 429 shows that something else spends the same budget
  *	  (another server, the application itself), so the scale drops by a
  *	  fifth (once a second: the other answers of that second tell the
  *	  same) and no slot is given for the rest of that second (or the
- *	  Retry-After); while 2xx come back it climbs 1% of the rate a second
+ *	  Retry-After); then it climbs back 1% of the rate a second
  *	  (slowly: two servers sharing an organization settle near their
  *	  shares instead of overshooting every few seconds).
  *
@@ -166,6 +167,18 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 	slot = st->next_slot >= now - interval ? st->next_slot : now;
 	slot = Max(slot, st->blocked_until);
 	sec = Max(slot, now) / USECS_PER_SEC;
+	if (per_second > 0)
+	{
+		/* never more than the limit (with the headroom) in one wall-clock second */
+		int			b = (int) (sec % WINDOW_S);
+		int			cap = Max((int) (per_second * HEADROOM * st->scale), 1);
+
+		if (st->bucket_second[b] == sec && st->bucket_count[b] >= cap)
+		{
+			sec++;
+			slot = Max(slot, sec * USECS_PER_SEC);
+		}
+	}
 	if (per_window > 0 && window_count(st, sec) >= per_window)
 	{
 		/* the budget is spent: the next slot is when its oldest second leaves */
@@ -235,8 +248,8 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms)
 	}
 	else if (st->scale < 1.0)
 	{
-		/* by the time gone, not by the answers: a slowed server climbs as fast */
-		double		seconds = Min((double) (now - st->raised_at) / USECS_PER_SEC, 1.0);
+		/* by the time gone since the last change, idle time included */
+		double		seconds = (double) (now - st->raised_at) / USECS_PER_SEC;
 
 		st->scale = Min(1.0, st->scale + RECOVER_PER_S * Max(seconds, 0.0));
 		st->raised_at = now;

@@ -342,7 +342,7 @@ worker_check_database(void)
 	{
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
-		installed = OidIsValid(get_extension_oid("m3ter", true));
+		installed = m3ter_lock_extension();
 		if (installed && count_due)
 		{
 			SPI_connect();

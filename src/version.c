@@ -29,6 +29,7 @@
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/memutils.h"
@@ -169,4 +170,22 @@ m3ter_require_installed_version(void)
 				 errmsg("extension m3ter has version %s installed, which its library does not support", v),
 				 errdetail("The m3ter library works with SQL version %s.", supported_versions[0]),
 				 errhint("Run ALTER EXTENSION m3ter UPDATE in this database.")));
+}
+
+/*
+ * Take a share lock on the extension for this transaction, as the worker
+ * does before it touches the extension's tables: a DROP EXTENSION (which
+ * locks the extension first) then either waits for the worker's short
+ * transaction or makes it wait, and never deadlocks with it over the
+ * tables.  Returns false when the extension is not installed (any more).
+ */
+bool
+m3ter_lock_extension(void)
+{
+	Oid			extoid = get_extension_oid("m3ter", true);
+
+	if (!OidIsValid(extoid))
+		return false;
+	LockDatabaseObject(ExtensionRelationId, extoid, 0, AccessShareLock);
+	return OidIsValid(get_extension_oid("m3ter", true));
 }

@@ -122,7 +122,7 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "m3ter: outbox upkeep");
 
-	installed = extension_installed();
+	installed = m3ter_lock_extension() && extension_installed();
 	*next_due = 0;
 	if (installed && !m3ter_installed_version_ok(&why))
 	{
