@@ -42,6 +42,8 @@
 #define MIN_SCALE 0.05
 #define SCALE_DOWN 0.8
 #define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second */
+/* a slot asked for this late (µs) is still given on schedule */
+#define CATCH_UP_US 10000
 /* slots a little under the limit: answers arrive with jitter, and m3ter counts arrivals */
 #define HEADROOM 0.96
 
@@ -160,11 +162,12 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 
 	/*
 	 * A sender that asks a little late (it was waiting for answers) keeps
-	 * the schedule: the slot it missed by less than one interval is given
-	 * now and the next one stays where it was, so the rate holds at any
-	 * latency.  After a pause the schedule starts again from now.
+	 * the schedule: a slot missed by at most half an interval, and 10 ms,
+	 * is given now and the next one stays where it was, so the rate holds
+	 * at any latency and no two requests go closer than half an interval.
+	 * After a pause the schedule starts again from now.
 	 */
-	slot = st->next_slot >= now - interval ? st->next_slot : now;
+	slot = st->next_slot >= now - Min(interval / 2, CATCH_UP_US) ? st->next_slot : now;
 	slot = Max(slot, st->blocked_until);
 	sec = Max(slot, now) / USECS_PER_SEC;
 	if (per_second > 0)
