@@ -53,19 +53,6 @@
 static TimestampTz last_settle = 0;
 
 
-/* An int8[] datum of n values */
-static Datum
-int8_array(const int64 *v, int n)
-{
-	Datum	   *elems = palloc(Max(n, 1) * sizeof(Datum));
-	int			i;
-
-	for (i = 0; i < n; i++)
-		elems[i] = Int64GetDatum(v[i]);
-	return PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
-										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-}
-
 /* The int8[] column col of the current SPI row, palloc'd; *n its length */
 static int64 *
 int8_column(int col, int *n)
@@ -143,22 +130,16 @@ m3ter_claim_state_write(M3terClaimState *s)
 
 	if (!s->changed)
 		return;
-	if (plan == NULL)
-	{
-		plan = SPI_prepare("UPDATE m3ter.claim_state SET frontier = $1, gap_lo = $2, gap_hi = $3, "
-						   "sample_id = $4, sample_vxids = $5", 5, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for the m3ter claim state");
-		SPI_keepplan(plan);
-	}
 	values[0] = Int64GetDatum(s->frontier);
-	values[1] = int8_array(s->gap_lo, s->n_gaps);
-	values[2] = int8_array(s->gap_hi, s->n_gaps);
+	values[1] = m3ter_int8_array(s->gap_lo, s->n_gaps);
+	values[2] = m3ter_int8_array(s->gap_hi, s->n_gaps);
 	values[3] = Int64GetDatum(s->sample_id);
 	nulls[3] = s->sample_id == 0 ? 'n' : ' ';
-	values[4] = int8_array(s->vxids, s->n_vxids);
+	values[4] = m3ter_int8_array(s->vxids, s->n_vxids);
 	nulls[4] = s->sample_id == 0 ? 'n' : ' ';
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_UPDATE)
+	if (SPI_execute_plan(m3ter_keep_plan(&plan, "UPDATE m3ter.claim_state SET frontier = $1, gap_lo = $2, "
+										 "gap_hi = $3, sample_id = $4, sample_vxids = $5", 5, types),
+						 values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "m3ter claim state update failed");
 	s->changed = false;
 }

@@ -42,6 +42,7 @@
 
 #include "compat.h"
 
+#include "executor/spi.h"
 #include "lib/ilist.h"
 #include "lib/stringinfo.h"
 #include "utils/guc.h"
@@ -315,6 +316,8 @@ extern void m3ter_claim_state_settle(M3terClaimState *s, bool ended);
 extern TimestampTz m3ter_claim_state_recheck_at(void);
 
 /* ---- outbox.c ---- */
+extern SPIPlanPtr m3ter_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
+extern Datum m3ter_int8_array(const int64 *values, int n);
 typedef enum M3terRowUpdate
 {
 	M3TER_ROWS_ACCEPTED,		/* m3ter accepted them */

@@ -178,9 +178,9 @@ static const char fail_one_sql[] =
 "next_attempt_at = LEAST(next_attempt_at, created_at) "
 "WHERE id = $1 AND status = 'pending'";
 
-/* Prepare and keep a plan once per process */
-static SPIPlanPtr
-keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+/* Prepare and keep a plan once per process (also for claim_state.c) */
+SPIPlanPtr
+m3ter_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 {
 	if (*slot == NULL)
 	{
@@ -195,9 +195,9 @@ keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 	return *slot;
 }
 
-/* An int8[] of ids */
-static Datum
-id_array(const int64 *ids, int n)
+/* An int8[] of n values (ids, gap bounds, virtual transaction ids) */
+Datum
+m3ter_int8_array(const int64 *ids, int n)
 {
 	Datum	   *elems = palloc(Max(n, 1) * sizeof(Datum));
 	int			i;
@@ -237,8 +237,8 @@ m3ter_outbox_clean_inflight(const int64 *live_ids, int n_live)
 	Datum		values[2];
 
 	values[0] = TimestampTzGetDatum(MyStartTimestamp);
-	values[1] = id_array(live_ids, n_live);
-	if (SPI_execute_plan(keep_plan(&plan, clean_sql, 2, types), values, NULL, false, 0) < 0)
+	values[1] = m3ter_int8_array(live_ids, n_live);
+	if (SPI_execute_plan(m3ter_keep_plan(&plan, clean_sql, 2, types), values, NULL, false, 0) < 0)
 		elog(ERROR, "m3ter in-flight clean-up failed");
 	return (int64) SPI_processed;
 }
@@ -254,7 +254,7 @@ m3ter_outbox_others_inflight(int *n)
 	uint64		i;
 
 	values[0] = TimestampTzGetDatum(MyStartTimestamp);
-	if (SPI_execute_plan(keep_plan(&plan, others_sql, 1, types), values, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(m3ter_keep_plan(&plan, others_sql, 1, types), values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "m3ter in-flight lookup failed");
 	*n = (int) SPI_processed;
 	ids = palloc(Max(*n, 1) * sizeof(int64));
@@ -285,11 +285,11 @@ m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit,
 	values[0] = TimestampTzGetDatum(after_due);
 	values[1] = Int64GetDatum(after_id);
 	values[2] = Int64GetDatum(limit);
-	values[3] = id_array(state->gap_lo, state->n_gaps);
-	values[4] = id_array(state->gap_hi, state->n_gaps);
+	values[3] = m3ter_int8_array(state->gap_lo, state->n_gaps);
+	values[4] = m3ter_int8_array(state->gap_hi, state->n_gaps);
 	values[5] = Int64GetDatum(state->frontier);
 	values[6] = TimestampTzGetDatum(GetCurrentTimestamp());
-	portal = SPI_cursor_open(NULL, keep_plan(&plan, claim_sql, 7, types), values, NULL, false);
+	portal = SPI_cursor_open(NULL, m3ter_keep_plan(&plan, claim_sql, 7, types), values, NULL, false);
 	if (portal == NULL)
 		elog(ERROR, "m3ter outbox claim failed: %s", SPI_result_code_string(SPI_result));
 	return portal;
@@ -361,8 +361,8 @@ m3ter_outbox_record_inflight(const int64 *ids, int n)
 	int64		id;
 
 	values[0] = TimestampTzGetDatum(MyStartTimestamp);
-	values[1] = id_array(ids, n);
-	if (SPI_execute_plan(keep_plan(&plan, record_sql, 2, types), values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
+	values[1] = m3ter_int8_array(ids, n);
+	if (SPI_execute_plan(m3ter_keep_plan(&plan, record_sql, 2, types), values, NULL, false, 1) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "m3ter in-flight record failed");
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_freetuptable(SPI_tuptable);
@@ -378,7 +378,7 @@ m3ter_outbox_release(int64 record_id)
 	Datum		values[1];
 
 	values[0] = Int64GetDatum(record_id);
-	if (SPI_execute_plan(keep_plan(&plan, release_sql, 1, types), values, NULL, false, 0) < 0)
+	if (SPI_execute_plan(m3ter_keep_plan(&plan, release_sql, 1, types), values, NULL, false, 0) < 0)
 		elog(ERROR, "m3ter in-flight release failed");
 }
 
@@ -404,7 +404,7 @@ m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n, long http_stat
 
 	if (which == M3TER_ROWS_FAILED)
 		types[3] = INT4OID;
-	values[0] = id_array(ids, n);
+	values[0] = m3ter_int8_array(ids, n);
 	values[1] = Int32GetDatum((int32) http_status);
 	nulls[1] = http_status == 0 ? 'n' : ' ';
 	values[2] = error ? CStringGetTextDatum(error) : (Datum) 0;
@@ -421,7 +421,7 @@ m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n, long http_stat
 	values[7] = BoolGetDatum(throttled);
 	values[8] = TimestampTzGetDatum(GetCurrentTimestamp());	/* one time for all the rows */
 
-	rc = SPI_execute_plan(keep_plan(&plans[which], sqls[which], nargs[which], types),
+	rc = SPI_execute_plan(m3ter_keep_plan(&plans[which], sqls[which], nargs[which], types),
 						  values, nulls, false, 0);
 	if (rc < 0)
 		elog(ERROR, "m3ter outbox update failed: %s", SPI_result_code_string(rc));
@@ -447,7 +447,7 @@ m3ter_outbox_fail_row(int64 id, const char *why)
 
 	values[0] = Int64GetDatum(id);
 	values[1] = CStringGetTextDatum(why);
-	if (SPI_execute_plan(keep_plan(&plan, fail_one_sql, 2, types), values, NULL, false, 0) < 0)
+	if (SPI_execute_plan(m3ter_keep_plan(&plan, fail_one_sql, 2, types), values, NULL, false, 0) < 0)
 		elog(ERROR, "m3ter outbox update failed");
 }
 
@@ -513,7 +513,7 @@ m3ter_outbox_delete_expired(int retention_s)
 
 	values[0] = Float8GetDatum((double) retention_s);
 	values[1] = Int64GetDatum(position);
-	if (SPI_execute_plan(keep_plan(&plan,
+	if (SPI_execute_plan(m3ter_keep_plan(&plan,
 								   "WITH chunk AS ("
 								   " SELECT id, created_at < pg_catalog.now() - pg_catalog.make_interval(secs => $1) AS old"
 								   "   FROM m3ter.outbox WHERE id > $2 ORDER BY id LIMIT 10000), "
@@ -559,7 +559,7 @@ m3ter_outbox_sweep(void)
 	int64		found;
 
 	values[0] = Int64GetDatum(position);
-	if (SPI_execute_plan(keep_plan(&plan,
+	if (SPI_execute_plan(m3ter_keep_plan(&plan,
 								   "WITH s AS (SELECT frontier, gap_lo, gap_hi FROM m3ter.claim_state), "
 								   "chunk AS ("
 								   " SELECT o.id, o.status = 'pending' AND o.next_attempt_at <= o.created_at AS fresh"

@@ -149,6 +149,7 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 	int			per_second;
 	int			per_window;
 	int64		sec;
+	double		rate;			/* slots a second, headroom and scale applied */
 	int64		interval;
 	bool		ok = true;
 
@@ -158,7 +159,8 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 		return true;
 
 	st = lock_state(api);
-	interval = per_second > 0 ? (int64) (USECS_PER_SEC / (per_second * HEADROOM * st->scale)) : 0;
+	rate = per_second * HEADROOM * st->scale;
+	interval = per_second > 0 ? (int64) (USECS_PER_SEC / rate) : 0;
 
 	/*
 	 * A sender that asks a little late (it was waiting for answers) keeps
@@ -174,7 +176,7 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 	{
 		/* never more than the limit (with the headroom) in one wall-clock second */
 		int			b = (int) (sec % WINDOW_S);
-		int			cap = Max((int) (per_second * HEADROOM * st->scale), 1);
+		int			cap = Max((int) rate, 1);
 
 		if (st->bucket_second[b] == sec && st->bucket_count[b] >= cap)
 		{
@@ -259,4 +261,3 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms)
 	}
 	unlock_state();
 }
-

@@ -55,16 +55,6 @@
 
 PGDLLEXPORT void m3ter_worker_main(Datum main_arg);
 
-/* Is the extension installed in this database? (inside a transaction) */
-static bool
-extension_installed(void)
-{
-	int			rc = SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'm3ter'",
-								 true, 1);
-
-	return rc == SPI_OK_SELECT && SPI_processed == 1;
-}
-
 /* Log an error once, not on every pass while it persists */
 static void
 log_once(const char *message, char **last_logged)
@@ -122,7 +112,7 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "m3ter: outbox upkeep");
 
-	installed = m3ter_lock_extension() && extension_installed();
+	installed = m3ter_lock_extension();	/* also: is it installed? */
 	*next_due = 0;
 	if (installed && !m3ter_installed_version_ok(&why))
 	{
