@@ -140,18 +140,21 @@ static const char failed_sql[] =
 
 /*
  * A transient fault: attempts + 1 and a growing delay (1 s, 3 s, 9 s, ...,
- * capped; $6 is a floor such as Retry-After; a 429, $8, waits 1 s: the
- * pacing, not the row, answers for it), or 'failed' once the row is
- * older than m3ter.give_up_after (or m3ter.max_attempts is reached).
+ * capped; $6 is a floor such as Retry-After), or 'failed' once the row is
+ * older than m3ter.give_up_after (or m3ter.max_attempts is reached).  A
+ * 429 ($8) spends no attempt and waits 1 s: m3ter did not look at the rows,
+ * and the pacing, not the row, answers for it; only the age gives up on it.
  */
-/* The retry write gives up on a row older than $4 s or with $5 attempts */
+#define SPENT "(CASE WHEN $8 THEN 0 ELSE 1 END)"
 #define GIVE_UP "(created_at < pg_catalog.now() - pg_catalog.make_interval(secs => $4) " \
-	"OR ($5 > 0 AND attempts + 1 >= $5))"
+	"OR ($5 > 0 AND NOT $8 AND attempts + 1 >= $5))"
 
 static const char retry_sql[] =
-"WITH u AS (UPDATE m3ter.outbox SET attempts = attempts + 1, http_status = $2, sent_at = clock_timestamp(), "
+"WITH u AS (UPDATE m3ter.outbox SET attempts = attempts + " SPENT ", "
+"http_status = $2, sent_at = clock_timestamp(), "
 "status = CASE WHEN " GIVE_UP " THEN 'failed' ELSE 'pending' END, "
-"error = CASE WHEN " GIVE_UP " THEN 'gave up after ' || (attempts + 1) || ' attempts: ' || $3 ELSE $3 END, "
+"error = CASE WHEN " GIVE_UP " THEN 'gave up after ' || (attempts + " SPENT ") || ' attempts: ' || $3 "
+"  ELSE $3 END, "
 "next_attempt_at = CASE WHEN " GIVE_UP " THEN LEAST(next_attempt_at, created_at) ELSE "
 "  GREATEST(created_at + interval '1 microsecond', $9 + pg_catalog.make_interval(secs => "
 "    GREATEST($6, LEAST($7, CASE WHEN $8 THEN 1 ELSE pg_catalog.power(3, LEAST(attempts, 40)) END)))) END "

@@ -291,7 +291,13 @@ start_due(M3terSender *s)
 	int			next_ms = -1;
 	dlist_mutable_iter it;
 
-	if (s->stopped || s->n_queued == 0)
+	if (s->stopped)
+	{
+		/* what was queued again after the stop (a retry, a split) goes back too */
+		stop(s, &s->stop);
+		return -1;
+	}
+	if (s->n_queued == 0)
 		return -1;
 	if (s->token_retry_at > now)
 		return (int) TimestampDifferenceMilliseconds(now, s->token_retry_at);

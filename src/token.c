@@ -234,7 +234,7 @@ m3ter_token_get(M3terCallResult *result)
 		{
 			c = lock_cache();
 			c->fetching_until = 0;
-					unlock_cache();
+			unlock_cache();
 			return NULL;
 		}
 		store(fp, token, expires_in_s);

@@ -1,6 +1,6 @@
 -- m3ter_flush(): the outbox delivery rules, in one transaction against the stand-in
 BEGIN;
-SELECT plan(32);
+SELECT plan(33);
 SET m3ter.max_requests_per_second = 0;
 SELECT m3ter_organization_config();  -- a cached token
 SELECT standin.reset();
@@ -75,9 +75,17 @@ SELECT standin.fault('{"match": "/measurements", "status": 429, "retry_after": 3
 SELECT m3ter_flush();
 SELECT ok((SELECT bool_and(next_attempt_at >= clock_timestamp() + interval '29 s') FROM m3ter.outbox WHERE uid LIKE 'e-%'),
           'Retry-After: 30 pushes the next attempt 30 s away');
-SELECT is((SELECT max(attempts) FROM m3ter.outbox WHERE uid LIKE 'e-%'), 2, 'two attempts counted');
+SELECT is((SELECT max(attempts) FROM m3ter.outbox WHERE uid LIKE 'e-%'), 1, 'the 429 spent no attempt');
+-- throttled however often, a row is never failed for its attempts
 UPDATE m3ter.outbox SET next_attempt_at = now() WHERE uid LIKE 'e-%';
-SELECT is(m3ter_flush()->>'accepted', '10', 'the third attempt delivers them');
+SET m3ter.max_attempts = 2;
+SELECT standin.fault('{"match": "/measurements", "status": 429, "retry_after": 30}');
+SELECT m3ter_flush();
+RESET m3ter.max_attempts;
+SELECT results_eq($$SELECT DISTINCT status, attempts, http_status FROM m3ter.outbox WHERE uid LIKE 'e-%'$$,
+                  $$VALUES ('pending', 1, 429)$$, 'a 429 at m3ter.max_attempts - 1 leaves the rows pending');
+UPDATE m3ter.outbox SET next_attempt_at = now() WHERE uid LIKE 'e-%';
+SELECT is(m3ter_flush()->>'accepted', '10', 'the next send delivers them');
 
 -- after m3ter.max_attempts the rows are failed and visible
 SELECT standin.reset();

@@ -48,6 +48,12 @@ def fix_org_later():
 
 scenario("403 unknown org, then fixed", "rorg-", settings={"org_id": "00000000-0000-4000-8000-000000000000"},
          during=fix_org_later)
+# four requests in flight: the first is refused twice (stale token, then fresh) and stops delivery
+# while the other three are still out; their 403s arrive after the stop and must come back too
+scenario("403 unknown org with requests in flight", "rorgfl-", [fault(delay=0, count=1), fault(delay=1, count=3)],
+         settings={"org_id": "00000000-0000-4000-8000-000000000000", "batch_rows": str(max(1, ROWS // 4)),
+                   "max_in_flight": "4"},
+         during=fix_org_later, timeout=30)
 
 # rows of about 128 kB: four fill a request to within a few bytes of the limit
 big = "jsonb_build_object('blob', repeat('x', 127800))"
