@@ -22,7 +22,9 @@ and once:
           BENCH_NET_CRON_RUNS (6) flushes each in a new session BENCH_NET_CRON_INTERVAL
           (1) seconds apart, as pg_cron runs a job (pg_cron 1.4 has no
           sub-minute schedules): token requests at the stand-in
-BENCH_NET_BANDWIDTH (bytes/s per connection, default 0: unlimited) applies to all.
+BENCH_NET_BANDWIDTH (bytes/s per connection, default 0: unlimited) applies to all;
+BENCH_NET_CASES (default "burst,drain,relay,two,tokens") picks the cases; BENCH_NET_DUMP
+names a file to append each timed case's request log to (JSON lines).
 
 The ceiling is what m3ter's limits allow: requests = ceil(rows / 1000), sent at
 50 a second for the organization (shared by all sources) and no more than 5,000
@@ -49,8 +51,8 @@ from bench import ROW_SQL, log  # noqa: E402
 from m3ter_tap import BINDIR, standin  # noqa: E402
 
 
-def env_list(name, default):
-    return [float(x) for x in os.environ.get(name, default).split(",") if x.strip()]
+def env_list(name, default, kind=float):
+    return [kind(x.strip()) for x in os.environ.get(name, default).split(",") if x.strip()]
 
 
 LATENCIES = env_list("BENCH_NET_LATENCIES", "0,50,150,400")
@@ -63,6 +65,7 @@ SESSIONS = int(os.environ.get("BENCH_NET_SESSIONS", 20))
 CRON_RUNS = int(os.environ.get("BENCH_NET_CRON_RUNS", 6))
 CRON_INTERVAL = float(os.environ.get("BENCH_NET_CRON_INTERVAL", 1))
 BANDWIDTH = float(os.environ.get("BENCH_NET_BANDWIDTH", 0))
+CASES = set(env_list("BENCH_NET_CASES", "burst,drain,relay,two,tokens", str))
 
 # m3ter's published Ingest API limits
 PER_SECOND = 50
@@ -152,14 +155,38 @@ def standin_figures():
             "max_in_flight": s["max_in_flight"], "token_requests": s["token_requests"]}
 
 
-def figures(rows, seconds, ceiling, outcome=None):
+def figures(rows, seconds, ceiling, outcome=None, t0=None):
     out = {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds) if seconds > 0 else None,
            "ceiling_seconds": round(ceiling, 2), "ceiling_rows_per_s": round(rows / ceiling),
            "ratio": round(ceiling / seconds, 3) if seconds > 0 else None}
     out.update(standin_figures())
     if outcome:
         out.update(failed=outcome["failed"], left_pending=outcome["pending"])
+    if t0 is not None:
+        out["timeline"] = timeline(t0)
     return out
+
+
+def timeline(t0):
+    """Where the time went, from the stand-in's log: the first ingest request's arrival
+    after t0, the arrival rate from the first to the last request that m3ter admitted,
+    the time arrivals fell behind an even 48 a second (the pacer's rate), and how much
+    of that fell in gaps of more than two such intervals."""
+    log_ = standin("GET", "/_control/requests")
+    if os.environ.get("BENCH_NET_DUMP"):
+        with open(os.environ["BENCH_NET_DUMP"], "a") as f:
+            f.write(json.dumps({"t0": t0, "requests": log_}) + "\n")
+    arrivals = sorted(r["t"] for r in log_ if r["path"].endswith("/measurements") and r["status"] != 429)
+    if len(arrivals) < 2:
+        return {}
+    interval = 1.0 / (PER_SECOND * 0.96)
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    span = arrivals[-1] - arrivals[0]
+    return {"first_request_s": round(arrivals[0] - t0, 3), "arrival_span_s": round(span, 2),
+            "arrivals_per_s": round((len(arrivals) - 1) / span, 2) if span > 0 else None,
+            "behind_s": round(sum(max(0.0, g - interval) for g in gaps), 2),
+            "long_gaps": sum(1 for g in gaps if g > 2 * interval),
+            "behind_in_long_gaps_s": round(sum(g - interval for g in gaps if g > 2 * interval), 2)}
 
 
 def case_burst(c, latency):
@@ -182,7 +209,8 @@ def case_drain(c, latency):
     standin_config(latency)
     t0 = c.settings(worker_enabled=None)
     outcome = c.wait_drained()
-    return figures(DRAIN, outcome["last_accepted"] - t0, ceiling_seconds([requests_for(DRAIN)], latency), outcome)
+    return figures(DRAIN, outcome["last_accepted"] - t0, ceiling_seconds([requests_for(DRAIN)], latency), outcome,
+                   t0)
 
 
 def case_relay(c, latency):
@@ -218,7 +246,8 @@ def case_two_clusters(clusters, latency):
     outcomes = [c.wait_drained() for c in clusters]
     seconds = max(o["last_accepted"] for o in outcomes) - min(starts)
     rows = TWO_ROWS * len(clusters)
-    out = figures(rows, seconds, ceiling_seconds([requests_for(TWO_ROWS)] * len(clusters), latency))
+    out = figures(rows, seconds, ceiling_seconds([requests_for(TWO_ROWS)] * len(clusters), latency),
+                  t0=min(starts))
     out.update(failed=sum(o["failed"] for o in outcomes), left_pending=sum(o["pending"] for o in outcomes),
                by_source=standin("GET", "/_control/summary")["by_source"])
     return out
@@ -261,13 +290,14 @@ def main():
     t_start = time.time()
     for lat in LATENCIES:
         key = "%g" % lat
-        results["burst"][key] = case_burst(main_cluster, lat)
-        results["drain"][key] = case_drain(main_cluster, lat)
-        results["relay"][key] = case_relay(main_cluster, lat)
-    if len(clusters) == 2:
+        for case, run in (("burst", case_burst), ("drain", case_drain), ("relay", case_relay)):
+            if case in CASES:
+                results[case][key] = run(main_cluster, lat)
+    if len(clusters) == 2 and "two" in CASES:
         results["two_clusters"] = case_two_clusters(clusters, TWO_LATENCY)
         results["two_clusters"]["latency_ms"] = TWO_LATENCY
-    results["tokens"] = case_tokens(main_cluster)
+    if "tokens" in CASES:
+        results["tokens"] = case_tokens(main_cluster)
     main_cluster.settings(worker_enabled=None)
     results["verdicts"] = verdicts(results)
     results["total_seconds"] = round(time.time() - t_start)
@@ -309,9 +339,10 @@ def verdicts(r):
             t["ratio"] >= 0.8)
         add("two clusters: 429s as % of requests", t["pct_429"], None, "< 2", t["pct_429"] < 2)
         add("two clusters: rows failed", t["failed"], None, "0", t["failed"] == 0)
-    k = r["tokens"]
-    add("token requests: %d sessions + %d flushes in new sessions" % (k["sessions"], k["flushes"]),
-        k["token_requests"], None, "<= 1", k["token_requests"] <= 1)
+    k = r.get("tokens")
+    if k:
+        add("token requests: %d sessions + %d flushes in new sessions" % (k["sessions"], k["flushes"]),
+            k["token_requests"], None, "<= 1", k["token_requests"] <= 1)
     return out
 
 
@@ -331,11 +362,13 @@ def report(r):
             name, lat, format(d["rows"], ","), d["seconds"], format(d["rows_per_s"], ","),
             format(d["ceiling_rows_per_s"], ","), d["ratio"], d["status_429"], d["max_in_flight"],
             d["token_requests"]))
-    k = r["tokens"]
-    print()
-    print("Token requests: %d sessions calling m3ter_submit made %d; %d flushes in new sessions made %d "
-          "(a 10-second pg_cron flush: %s a day)" % (k["sessions"], k["token_requests_sessions"], k["flushes"],
-                                                    k["token_requests_flushes"], format(k["per_day_at_10s_cron"], ",")))
+    k = r.get("tokens")
+    if k:
+        print()
+        print("Token requests: %d sessions calling m3ter_submit made %d; %d flushes in new sessions made %d "
+              "(a 10-second pg_cron flush: %s a day)" % (k["sessions"], k["token_requests_sessions"], k["flushes"],
+                                                        k["token_requests_flushes"],
+                                                        format(k["per_day_at_10s_cron"], ",")))
     print()
     print("| Figure | Value | Ratio | Target | Met |")
     print("|---|---:|---:|---|---|")
