@@ -253,8 +253,10 @@ m3ter_send_once(M3terApi api, const char *method, const char *url, char *authori
 				const char *body, size_t body_len, M3terCallResult *result)
 {
 	M3terHttpResponse resp;
+	TimestampTz sent_at;
 
 	m3ter_pace(api);
+	sent_at = GetCurrentTimestamp();
 	PG_TRY();
 	{
 		m3ter_http_exchange(method, url, authorization, body, body_len, &resp);
@@ -267,7 +269,7 @@ m3ter_send_once(M3terApi api, const char *method, const char *url, char *authori
 	PG_END_TRY();
 	result->requests++;
 	m3ter_classify(&resp, result);
-	m3ter_pace_feedback(api, resp.status, resp.retry_after_ms);
+	m3ter_pace_feedback(api, resp.status, resp.retry_after_ms, sent_at);
 }
 
 /*

@@ -581,6 +581,27 @@ m3ter_delivery_claim_failed(M3terTxnMode mode, const char *message)
 	return true;
 }
 
+/* Let the sender start what is due and collect answers, waiting up to wait_ms */
+static void
+pump(M3terDelivery *d, int wait_ms)
+{
+	/* answers are classified (and m3ter's text converted) inside a transaction */
+	if (d->mode == M3TER_TXN_WORKER)
+		StartTransactionCommand();
+	m3ter_sender_pump(&d->sender, m3ter_sender_busy(&d->sender) > 0 ? wait_ms : 0);
+	if (d->mode == M3TER_TXN_WORKER)
+		CommitTransactionCommand();
+}
+
+/*
+ * Requests claimed ahead of their pacing slots.  A claim is database work
+ * during which no request starts: paced, claims stay small (one or two
+ * requests' worth) so that the next slot finds a request ready and is not
+ * missed while a large claim runs.  Requests waiting out a 429 or a fault
+ * do not count: the slots meanwhile carry new rows.
+ */
+#define CLAIM_AHEAD 2
+
 /*
  * One step of delivery: write finished outcomes, claim what the free
  * requests in flight can carry, start and wait for up to wait_ms.
@@ -594,8 +615,12 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 	int			free_requests;
 
 	write_outcomes(d);
+	if (d->sender.n_queued > 0)
+		pump(d, 0);				/* what is due starts before the claim below */
 
 	free_requests = d->sender.max_in_flight - m3ter_sender_busy(&d->sender);
+	if (m3ter_max_requests_per_second > 0)
+		free_requests = Min(free_requests, CLAIM_AHEAD - m3ter_sender_ready(&d->sender));
 	if (d->next_claim_at > GetCurrentTimestamp() && m3ter_sender_busy(&d->sender) == 0 &&
 		d->n_claims == 0)
 	{
@@ -649,12 +674,7 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 	if (d->sender.stopped)
 		d->stats.stopped = true;
 
-	/* answers are classified (and m3ter's text converted) inside a transaction */
-	if (d->mode == M3TER_TXN_WORKER)
-		StartTransactionCommand();
-	m3ter_sender_pump(&d->sender, m3ter_sender_busy(&d->sender) > 0 ? wait_ms : 0);
-	if (d->mode == M3TER_TXN_WORKER)
-		CommitTransactionCommand();
+	pump(d, wait_ms);
 	write_outcomes(d);
 
 	if (d->sender.last_error != NULL && d->stats.error == NULL)

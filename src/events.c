@@ -698,32 +698,56 @@ run_guarded(bool poll, const char *what)
 }
 
 /*
- * Called by the worker once per pass, in a transaction with SPI connected:
- * poll the Events API and refresh the catalog when their intervals passed.
+ * Has a periodic task of interval_s fallen due since *last (0: never run,
+ * due at once)?  With rows waiting to be sent it waits one interval more:
+ * its requests to m3ter would delay the rows' and spend the same limits.
  */
-void
-m3ter_events_poll_if_due(void)
+static bool
+interval_due(TimestampTz *last, int interval_s, bool rows_due, TimestampTz first_call)
 {
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz since = *last != 0 ? *last : first_call - (int64) interval_s * USECS_PER_SEC;
+
+	if (interval_s <= 0 ||
+		!TimestampDifferenceExceeds(since, now, (int) Min((int64) interval_s * 1000 * (rows_due ? 2 : 1),
+														  (int64) INT_MAX)))
+		return false;
+	*last = now;
+	return true;
+}
+
+/*
+ * Called by the worker once per pass, in a transaction with SPI connected:
+ * poll the Events API (later while rows_due: rows to send come first) and
+ * refresh the catalog when their intervals passed.  Returns true when it
+ * ran either (rows may have changed).
+ */
+bool
+m3ter_events_poll_if_due(bool rows_due)
+{
+	static TimestampTz first_call = 0;
 	static TimestampTz last_poll = 0;
 	static TimestampTz last_sync = 0;
-	TimestampTz now = GetCurrentTimestamp();
 
-	if (m3ter_events_poll_interval_s > 0 &&
-		(last_poll == 0 ||
-		 TimestampDifferenceExceeds(last_poll, now, m3ter_events_poll_interval_s * 1000)))
+	bool		ran = false;
+
+	if (first_call == 0)
+		first_call = GetCurrentTimestamp();
+	if (interval_due(&last_poll, m3ter_events_poll_interval_s, rows_due, first_call) &&
+		m3ter_has_relation("event_cursor"))
 	{
-		last_poll = now;
-		if (m3ter_has_relation("event_cursor"))
-			run_guarded(true, "event poll");
+		run_guarded(true, "event poll");
+		ran = true;
 	}
-	if (m3ter_catalog_checks && m3ter_catalog_refresh_interval_s > 0 &&
-		(last_sync == 0 ||
-		 TimestampDifferenceExceeds(last_sync, now, m3ter_catalog_refresh_interval_s * 1000)))
+	/* the checks of the rows about to be claimed want the catalog first */
+	if (m3ter_catalog_checks &&
+		interval_due(&last_sync, m3ter_catalog_refresh_interval_s, false, first_call) &&
+		m3ter_has_relation("catalog_state"))
 	{
-		last_sync = now;
-		if (m3ter_has_relation("catalog_state"))
-			run_guarded(false, "catalog sync");
+		run_guarded(false, "catalog sync");
+		ran = true;
 	}
+	return ran;
 }
 
 /* m3ter_poll_events() RETURNS jsonb */

@@ -192,7 +192,7 @@ extern Size m3ter_pacing_shmem_size(void);
 extern void m3ter_pacing_shmem_init(void);
 extern bool m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms);
 extern void m3ter_pace(M3terApi api);
-extern void m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms);
+extern void m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz sent_at);
 
 /* ---- measurement.c ---- */
 typedef enum M3terMapKind
@@ -251,6 +251,7 @@ typedef struct M3terSend
 	bool		refreshed;		/* a fresh token was tried */
 	bool		untried;		/* handed back without being sent (a stop) */
 	TimestampTz not_before;
+	TimestampTz started_at;		/* when it was last sent */
 	char	   *token;			/* the token it went with */
 	M3terCallResult result;		/* the classified answer, once done */
 } M3terSend;
@@ -284,6 +285,7 @@ extern void m3ter_sender_requeue(M3terSender *s, M3terSend *send, int delay_ms);
 extern void m3ter_sender_split(M3terSender *s, M3terSend *send);
 extern void m3ter_sender_finish(M3terSender *s, M3terSend *send);
 extern void m3ter_sender_pump(M3terSender *s, int wait_ms);
+extern int	m3ter_sender_ready(const M3terSender *s);
 extern M3terSend *m3ter_sender_next_done(M3terSender *s);
 extern bool m3ter_sender_has_done(M3terSender *s);
 extern int	m3ter_sender_busy(const M3terSender *s);
@@ -451,7 +453,7 @@ extern void m3ter_catalog_prepare(void);
 extern const char *m3ter_catalog_verdict(const M3terMeasurement *m, bool *hold);
 extern void m3ter_catalog_sync(bool accounts, int max_retries, StringInfo out);
 extern void m3ter_catalog_note_error(const char *message);
-extern void m3ter_events_poll_if_due(void);
+extern bool m3ter_events_poll_if_due(bool rows_due);
 extern bool m3ter_has_relation(const char *relname);
 
 #endif							/* M3TER_H */

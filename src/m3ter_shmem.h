@@ -104,7 +104,7 @@ extern void m3ter_slot_reset(M3terDbSlot *slot);
 
 /* shmem.c, called by the worker */
 extern void m3ter_worker_attach(void);
-extern void m3ter_worker_listen(bool listen);
+extern void m3ter_worker_listen(bool listen, bool delivering);
 extern void m3ter_worker_note(const char *state, bool drained);
 extern void m3ter_wake_launcher(void);
 extern void m3ter_wake_launcher_at_commit(void);

@@ -16,12 +16,18 @@
  *	- a slot is only given while fewer than the 5-minute budget were given
  *	  in the 300 seconds before it (counted in one-second buckets);
  *	- adaptive: a 429 shows that something else spends the same budget
- *	  (another server, the application itself), so the scale drops by a
- *	  fifth (once a second: the other answers of that second tell the
- *	  same) and no slot is given for the rest of that second (or the
- *	  Retry-After); then it climbs back 1% of the rate a second
- *	  (slowly: two servers sharing an organization settle near their
- *	  shares instead of overshooting every few seconds).
+ *	  (another server, the application itself).  The pace then drops to
+ *	  what m3ter admitted from this cluster in the last second (a little
+ *	  under it), and by a fifth at least: the others keep their part.  One
+ *	  overload drops it once: 429s for requests sent before the drop tell
+ *	  the same.  No slot is given for the rest of the second in which the
+ *	  refused request reached m3ter (taken as the middle of its round
+ *	  trip), nor before a Retry-After longer than a second.  The pace then
+ *	  climbs back 1% of the rate a second (slowly: servers sharing an
+ *	  organization settle near their shares instead of overshooting every
+ *	  few seconds), faster the longer no 429 came (times the seconds since
+ *	  the last one over 5): once the others are gone, the whole rate is
+ *	  back within seconds.
  *
  * With the library preloaded the state lives in shared memory under one
  * spinlock (held for a few dozen instructions); otherwise each process
@@ -41,7 +47,8 @@
 #define WINDOW_S 300
 #define MIN_SCALE 0.05
 #define SCALE_DOWN 0.8
-#define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second */
+#define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second, */
+#define RECOVER_FASTER_S 5		/* and faster for each 5 s without a 429 */
 /* a slot asked for this late (µs) is still given on schedule */
 #define CATCH_UP_US 10000
 /* slots a little under the limit: answers arrive with jitter, and m3ter counts arrivals */
@@ -53,6 +60,9 @@ typedef struct PaceState
 	TimestampTz blocked_until;	/* after a 429: no slot before this */
 	double		scale;			/* adaptive share of the per-second rate */
 	TimestampTz raised_at;		/* when the scale last changed */
+	TimestampTz dropped_at;		/* when a 429 last lowered it */
+	int64		admitted_second[2]; /* 2xx answers counted in this second and the last */
+	int			admitted_count[2];
 	int64		bucket_second[WINDOW_S];	/* which second each bucket counts */
 	int			bucket_count[WINDOW_S];
 } PaceState;
@@ -163,11 +173,11 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 	interval = per_second > 0 ? (int64) (USECS_PER_SEC / rate) : 0;
 
 	/*
-	 * A sender that asks a little late (it was waiting for answers) keeps
-	 * the schedule: a slot missed by at most half an interval, and 10 ms,
-	 * is given now and the next one stays where it was, so the rate holds
-	 * at any latency and no two requests go closer than half an interval.
-	 * After a pause the schedule starts again from now.
+	 * A sender that asks a little late (it was writing outcomes or claiming
+	 * rows) keeps the schedule: a slot missed by at most half an interval,
+	 * and 10 ms, is given now and the next one stays where it was, so the
+	 * rate holds at any latency and no two requests go closer than half an
+	 * interval.  After a longer pause the schedule starts again from now.
 	 */
 	slot = st->next_slot >= now - Min(interval / 2, CATCH_UP_US) ? st->next_slot : now;
 	slot = Max(slot, st->blocked_until);
@@ -228,36 +238,83 @@ m3ter_pace(M3terApi api)
 		m3ter_sleep_ms(wait_ms);
 }
 
-/* Tell the pacer how a request went: 429s slow everyone down, 2xx recover */
+/* Requests m3ter admitted in about the last second (2xx answers), at now */
+static double
+admitted_last_second(PaceState *st, TimestampTz now)
+{
+	int64		sec = now / USECS_PER_SEC;
+	double		into = (double) (now % USECS_PER_SEC) / USECS_PER_SEC;
+	double		n = 0;
+	int			i;
+
+	for (i = 0; i < 2; i++)
+	{
+		if (st->admitted_second[i] == sec)
+			n += st->admitted_count[i];
+		else if (st->admitted_second[i] == sec - 1)
+			n += st->admitted_count[i] * (1.0 - into);
+	}
+	return n;
+}
+
+/*
+ * Tell the pacer how a request sent at sent_at went: 429s slow everyone
+ * down, 2xx are counted and recover the pace.
+ */
 void
-m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms)
+m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz sent_at)
 {
 	PaceState  *st;
 	TimestampTz now;
+	int			per_second;
+	int			per_window;
 
 	if (status != 429 && (status < 200 || status >= 300))
 		return;
+	limits(api, &per_second, &per_window);
 	now = GetCurrentTimestamp();
 	st = lock_state(api);
 	if (status == 429)
 	{
-		TimestampTz next_second = (now / USECS_PER_SEC + 1) * USECS_PER_SEC;
-		TimestampTz until = Max(next_second,
-								now + (int64) Max(retry_after_ms, 0) * 1000);
+		/* the rest of the second in which it reached m3ter, or a longer Retry-After */
+		TimestampTz reached = sent_at + (now - sent_at) / 2;
+		TimestampTz until = (reached / USECS_PER_SEC + 1) * USECS_PER_SEC;
 
-		/* once an overload: the other answers of that second tell the same */
-		if (now >= st->blocked_until)
-			st->scale = Max(MIN_SCALE, st->scale * SCALE_DOWN);
+		if (retry_after_ms > 1000)
+			until = Max(until, now + (int64) retry_after_ms * 1000);
+		if (sent_at >= st->dropped_at)
+		{
+			double		scale = st->scale * SCALE_DOWN;
+
+			if (per_second > 0)
+				scale = Min(scale, Max(admitted_last_second(st, now), 1.0) * HEADROOM / per_second);
+			st->scale = Max(MIN_SCALE, scale);
+			st->dropped_at = now;
+		}
 		st->blocked_until = Max(st->blocked_until, until);
 		st->raised_at = now;
 	}
-	else if (st->scale < 1.0)
+	else
 	{
-		/* by the time gone since the last change, idle time included */
-		double		seconds = (double) (now - st->raised_at) / USECS_PER_SEC;
+		int64		sec = now / USECS_PER_SEC;
+		int			b = (int) (sec % 2);
 
-		st->scale = Min(1.0, st->scale + RECOVER_PER_S * Max(seconds, 0.0));
-		st->raised_at = now;
+		if (st->admitted_second[b] != sec)
+		{
+			st->admitted_second[b] = sec;
+			st->admitted_count[b] = 0;
+		}
+		st->admitted_count[b]++;
+		if (st->scale < 1.0)
+		{
+			/* by the time gone since the last change, idle time included */
+			double		seconds = (double) (now - st->raised_at) / USECS_PER_SEC;
+			double		quiet = (double) (now - st->dropped_at) / USECS_PER_SEC;
+
+			st->scale = Min(1.0, st->scale + RECOVER_PER_S * Max(seconds, 0.0) *
+							Max(1.0, quiet / RECOVER_FASTER_S));
+			st->raised_at = now;
+		}
 	}
 	unlock_state();
 }

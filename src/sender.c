@@ -272,6 +272,7 @@ start(M3terSender *s, M3terSend *send, const char *token)
 	}
 	PG_END_TRY();
 	send->token = MemoryContextStrdup(g->cxt, token);
+	send->started_at = GetCurrentTimestamp();
 	send->untried = false;
 	s->n_in_flight++;
 	s->requests++;
@@ -374,7 +375,7 @@ answered(M3terSender *s, M3terSend *send, M3terHttpResponse *resp)
 	send->result.retry_after_ms = -1;
 	send->result.requests = 1;
 	m3ter_classify(resp, &send->result);
-	m3ter_pace_feedback(M3TER_INGEST_API, resp->status, resp->retry_after_ms);
+	m3ter_pace_feedback(M3TER_INGEST_API, resp->status, resp->retry_after_ms, send->started_at);
 	MemoryContextSwitchTo(old);
 
 	if (send->result.outcome == M3TER_FORBIDDEN && !send->refreshed)
@@ -430,6 +431,24 @@ bool
 m3ter_sender_has_done(M3terSender *s)
 {
 	return !dlist_is_empty(&s->done);
+}
+
+/* Queued sends that may start as soon as a pacing slot is free */
+int
+m3ter_sender_ready(const M3terSender *s)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	dlist_iter	it;
+	int			n = 0;
+
+	dlist_foreach(it, (dlist_head *) &s->queued)
+	{
+		M3terSend  *send = dlist_container(M3terSend, node, it.cur);
+
+		if (send->not_before <= now)
+			n++;
+	}
+	return n;
 }
 
 /* Sends queued or running */

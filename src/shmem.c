@@ -324,12 +324,30 @@ worker_exit_not_installed(bool dropped)
 }
 
 /*
+ * The backlog, counted row by row (idle: the pending rows are few, or
+ * nothing can be sent), or while a delivery runs estimated from the ids
+ * after the claims' frontier and the deferred rows of the last count, in
+ * a few index probes: counting a large backlog takes long enough to cost
+ * the delivery its pacing slots.
+ */
+static const char backlog_count_sql[] =
+"SELECT count(*), min(created_at), count(*) FILTER (WHERE next_attempt_at > created_at), "
+"       min(created_at) FILTER (WHERE next_attempt_at > created_at) "
+"  FROM m3ter.outbox_pending";
+static const char backlog_estimate_sql[] =
+"SELECT GREATEST(coalesce((SELECT max(o.id) FROM m3ter.outbox o), 0) - s.frontier, 0), "
+"       (SELECT o.created_at FROM m3ter.outbox o WHERE o.id > s.frontier ORDER BY o.id LIMIT 1) "
+"  FROM m3ter.claim_state s";
+
+/*
  * Look at the database between passes: is the extension still there (the
  * worker ends if not), and, now and then, how many rows are pending.
  */
 static void
-worker_check_database(void)
+worker_check_database(bool delivering)
 {
+	static int64 deferred = 0;	/* deferred rows at the last count */
+	static TimestampTz deferred_oldest = 0;
 	MemoryContext oldcxt = CurrentMemoryContext;
 	volatile bool installed = true;
 	volatile bool counted = false;
@@ -347,16 +365,31 @@ worker_check_database(void)
 		{
 			SPI_connect();
 			PushActiveSnapshot(GetTransactionSnapshot());
-			if (SPI_execute("SELECT count(*), min(created_at) FROM m3ter.outbox_pending",
-							true, 0) == SPI_OK_SELECT && SPI_processed == 1)
+			if (SPI_execute(delivering ? backlog_estimate_sql : backlog_count_sql, true, 0) == SPI_OK_SELECT &&
+				SPI_processed == 1)
 			{
+				HeapTuple	row = SPI_tuptable->vals[0];
+				TupleDesc	desc = SPI_tuptable->tupdesc;
 				bool		isnull;
 				Datum		d;
 
-				d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+				d = SPI_getbinval(row, desc, 1, &isnull);
 				backlog = isnull ? 0 : DatumGetInt64(d);
-				d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+				d = SPI_getbinval(row, desc, 2, &isnull);
 				oldest = isnull ? 0 : DatumGetTimestampTz(d);
+				if (!delivering)
+				{
+					d = SPI_getbinval(row, desc, 3, &isnull);
+					deferred = isnull ? 0 : DatumGetInt64(d);
+					d = SPI_getbinval(row, desc, 4, &isnull);
+					deferred_oldest = isnull ? 0 : DatumGetTimestampTz(d);
+				}
+				else
+				{
+					backlog += deferred;
+					if (deferred_oldest != 0 && (oldest == 0 || deferred_oldest < oldest))
+						oldest = deferred_oldest;
+				}
 				counted = true;
 			}
 			PopActiveSnapshot();
@@ -453,7 +486,7 @@ m3ter_worker_attach(void)
  * dropped.
  */
 void
-m3ter_worker_listen(bool listen)
+m3ter_worker_listen(bool listen, bool delivering)
 {
 	bool		stop;
 
@@ -468,7 +501,7 @@ m3ter_worker_listen(bool listen)
 		proc_exit(0);
 	}
 	if (!IsTransactionState())
-		worker_check_database();
+		worker_check_database(delivering);
 }
 
 /* Called by the worker: what it is doing now */

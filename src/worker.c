@@ -132,13 +132,14 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 				CHECK_FOR_INTERRUPTS();
 			*last_retention = now;
 		}
-		m3ter_events_poll_if_due();
 		if (TimestampDifferenceExceeds(*last_sweep, now, SWEEP_INTERVAL_MS) && m3ter_outbox_lock_claims())
 		{
 			(void) m3ter_outbox_sweep();
 			*last_sweep = now;
 		}
 		*next_due = m3ter_outbox_next_due();
+		if (m3ter_events_poll_if_due(*next_due != 0 && *next_due <= GetCurrentTimestamp()))
+			*next_due = m3ter_outbox_next_due();	/* it may have released held rows */
 	}
 
 	SPI_finish();
@@ -222,7 +223,7 @@ m3ter_worker_main(Datum main_arg)
 			idle_ms = m3ter_worker_naptime_ms;
 		}
 
-		m3ter_worker_listen(m3ter_worker_enabled);
+		m3ter_worker_listen(m3ter_worker_enabled, active);
 		if (!m3ter_worker_enabled && !active)
 		{
 			m3ter_worker_note("disabled by m3ter.worker_enabled", false);
