@@ -21,6 +21,7 @@ reqs = ingest_requests()
 throttled = sum(1 for r in reqs if r["status"] == 429)
 admitted = [r for r in reqs if r["status"] == 200]
 is_(len(admitted), REQUESTS, "in %d full requests" % REQUESTS)
+note("429s: %d" % throttled)
 # a fifth per overload would take about ten overloads (and 429s) to get from 48 to 5 a second
 ok(1 <= throttled <= 4, "the first 429 brought the pace down to what m3ter admitted: few 429s in all",
    "%d 429s" % throttled)
