@@ -200,7 +200,7 @@ def case_burst(c, latency):
                              ";\nSELECT extract(epoch FROM clock_timestamp())").splitlines()[-1])
     outcome = c.wait_drained()
     return figures(BURST, outcome["last_accepted"] - committed, ceiling_seconds([requests_for(BURST)], latency),
-                   outcome)
+                   outcome, committed)
 
 
 def case_drain(c, latency):
@@ -362,6 +362,17 @@ def report(r):
             name, lat, format(d["rows"], ","), d["seconds"], format(d["rows_per_s"], ","),
             format(d["ceiling_rows_per_s"], ","), d["ratio"], d["status_429"], d["max_in_flight"],
             d["token_requests"]))
+    timed = [(name, lat, d["timeline"]) for name, lat, d in rows if d.get("timeline")]
+    if timed:
+        print()
+        print("Where the time went (the stand-in's arrivals of admitted requests)")
+        print()
+        print("| Case | Latency ms | First request s | Arrivals/s | Behind an even 48/s, s | In gaps over 2 intervals, s |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, lat, t in timed:
+            print("| %s | %s | %.2f | %.1f | %.2f | %.2f (%d) |" % (name, lat, t["first_request_s"], t["arrivals_per_s"],
+                                                                t["behind_s"], t["behind_in_long_gaps_s"],
+                                                                t["long_gaps"]))
     k = r.get("tokens")
     if k:
         print()
