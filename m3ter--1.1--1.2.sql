@@ -103,12 +103,16 @@ SELECT o.* FROM m3ter.claim_state s JOIN m3ter.outbox o ON o.id > s.frontier
  WHERE o.next_attempt_at <= o.created_at AND o.status = 'pending'
 UNION ALL
 SELECT o.* FROM m3ter.outbox o
- WHERE o.id IN (SELECT pg_catalog.unnest(f.ids) FROM m3ter.inflight f
-                UNION
-                SELECT pg_catalog.generate_series(g.lo, g.hi)
-                  FROM m3ter.claim_state s, ROWS FROM (pg_catalog.unnest(s.gap_lo), pg_catalog.unnest(s.gap_hi)) AS g(lo, hi))
+ WHERE o.id IN (SELECT pg_catalog.unnest(f.ids) FROM m3ter.inflight f)
    AND o.id <= (SELECT s.frontier FROM m3ter.claim_state s)
-   AND o.next_attempt_at <= o.created_at AND o.status = 'pending';
+   AND o.next_attempt_at <= o.created_at AND o.status = 'pending'
+UNION ALL
+-- the gaps by range over the primary key: a gap can span any number of ids
+SELECT o.* FROM m3ter.claim_state s
+ CROSS JOIN LATERAL ROWS FROM (pg_catalog.unnest(s.gap_lo), pg_catalog.unnest(s.gap_hi)) AS g(lo, hi)
+ JOIN m3ter.outbox o ON o.id >= g.lo AND o.id <= LEAST(g.hi, s.frontier)
+ WHERE o.next_attempt_at <= o.created_at AND o.status = 'pending'
+   AND NOT EXISTS (SELECT 1 FROM m3ter.inflight f WHERE o.id = ANY (f.ids));
 
 COMMENT ON VIEW m3ter.outbox_pending IS 'The pending rows of m3ter.outbox, read through the claims'' own paths.';
 

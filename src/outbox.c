@@ -145,16 +145,16 @@ static const char failed_sql[] =
  * 429 ($8) spends no attempt and waits 1 s: m3ter did not look at the rows,
  * and the pacing, not the row, answers for it; only the age gives up on it.
  */
-#define SPENT "(CASE WHEN $8 THEN 0 ELSE 1 END)"
 #define GIVE_UP "(created_at < pg_catalog.now() - pg_catalog.make_interval(secs => $4) " \
 	"OR ($5 > 0 AND NOT $8 AND attempts + 1 >= $5))"
 
 static const char retry_sql[] =
-"WITH u AS (UPDATE m3ter.outbox SET attempts = attempts + " SPENT ", "
+"WITH u AS (UPDATE m3ter.outbox SET attempts = attempts + CASE WHEN $8 THEN 0 ELSE 1 END, "
 "http_status = $2, sent_at = clock_timestamp(), "
 "status = CASE WHEN " GIVE_UP " THEN 'failed' ELSE 'pending' END, "
-"error = CASE WHEN " GIVE_UP " THEN 'gave up after ' || (attempts + " SPENT ") || ' attempts: ' || $3 "
-"  ELSE $3 END, "
+"error = CASE WHEN NOT " GIVE_UP " THEN $3 "
+"  WHEN $8 THEN 'gave up: still throttled after m3ter.give_up_after: ' || $3 "
+"  ELSE 'gave up after ' || (attempts + 1) || ' attempts: ' || $3 END, "
 "next_attempt_at = CASE WHEN " GIVE_UP " THEN LEAST(next_attempt_at, created_at) ELSE "
 "  GREATEST(created_at + interval '1 microsecond', $9 + pg_catalog.make_interval(secs => "
 "    GREATEST($6, LEAST($7, CASE WHEN $8 THEN 1 ELSE pg_catalog.power(3, LEAST(attempts, 40)) END)))) END "
@@ -554,7 +554,7 @@ int64
 m3ter_outbox_sweep(void)
 {
 	static SPIPlanPtr plan = NULL;
-	static int64 position = 0;
+	static int64 position = PG_INT64_MIN;	/* explicit ids can be 0 or negative */
 	Oid			types[1] = {INT8OID};
 	Datum		values[1];
 	bool		isnull;
@@ -583,7 +583,7 @@ m3ter_outbox_sweep(void)
 						 values, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "m3ter outbox sweep failed");
 	last = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	position = isnull ? 0 : DatumGetInt64(last);
+	position = isnull ? PG_INT64_MIN : DatumGetInt64(last);
 	found = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	SPI_freetuptable(SPI_tuptable);
 	if (found > 0)

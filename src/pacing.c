@@ -280,14 +280,17 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 		TimestampTz reached = sent_at + (now - sent_at) / 2;
 		TimestampTz until = (reached / USECS_PER_SEC + 1) * USECS_PER_SEC;
 
+		/* (the refused rows wait for all of it; the cluster at most m3ter.retry_max_delay) */
 		if (retry_after_ms > 1000)
-			until = Max(until, now + (int64) retry_after_ms * 1000);
+			until = Max(until, now + (int64) Min(retry_after_ms, m3ter_retry_max_delay_ms) * 1000);
 		if (sent_at >= st->dropped_at)
 		{
 			double		scale = st->scale * SCALE_DOWN;
+			double		admitted = admitted_last_second(st, now);
 
-			if (per_second > 0)
-				scale = Min(scale, Max(admitted_last_second(st, now), 1.0) * HEADROOM / per_second);
+			/* nothing admitted yet (a cold start) says nothing about the others' part */
+			if (per_second > 0 && admitted >= 1.0)
+				scale = Min(scale, admitted * HEADROOM / per_second);
 			st->scale = Max(MIN_SCALE, scale);
 			st->dropped_at = now;
 		}

@@ -93,14 +93,20 @@ report(const M3terFlushStats *now, M3terFlushStats *reported)
 
 /* How often the worker sweeps behind the claims' frontier (ms) */
 #define SWEEP_INTERVAL_MS 10000
+/* How often a long delivery makes room for the upkeep (ms) */
+#define UPKEEP_INTERVAL_MS 10000
 
 /*
  * Between deliveries, in one transaction: is the extension there, delete
- * expired rows, sweep behind the frontier, and when is the next row due.
- * Returns false when the extension is not installed.
+ * expired rows, sweep behind the frontier, poll Events, and when is the
+ * next row due.  Also every UPKEEP_INTERVAL_MS of a long delivery (one
+ * that keeps finding rows never ends), then without the due time and
+ * leaving the delivery's own in-flight records alone.  Returns false when
+ * the extension is not installed.
  */
 static bool
-upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_sweep, char **last_logged)
+upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_sweep, char **last_logged,
+	   bool delivering)
 {
 	bool		installed;
 	char	   *why = NULL;
@@ -123,7 +129,8 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 	else if (installed)
 	{
 		/* nothing of ours is in flight now: records left by an error are stale */
-		(void) m3ter_outbox_clean_inflight(NULL, 0);
+		if (!delivering)
+			(void) m3ter_outbox_clean_inflight(NULL, 0);
 		if (m3ter_retention_s >= 0 &&
 			TimestampDifferenceExceeds(*last_retention, now,
 									   (int) Min((int64) m3ter_retention_s * 1000, (int64) 60000)))
@@ -137,9 +144,14 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 			(void) m3ter_outbox_sweep();
 			*last_sweep = now;
 		}
-		*next_due = m3ter_outbox_next_due();
-		if (m3ter_events_poll_if_due(*next_due != 0 && *next_due <= GetCurrentTimestamp()))
-			*next_due = m3ter_outbox_next_due();	/* it may have released held rows */
+		if (delivering)
+			(void) m3ter_events_poll_if_due(true);
+		else
+		{
+			*next_due = m3ter_outbox_next_due();
+			if (m3ter_events_poll_if_due(*next_due != 0 && *next_due <= GetCurrentTimestamp()))
+				*next_due = m3ter_outbox_next_due();	/* it may have released held rows */
+		}
 	}
 
 	SPI_finish();
@@ -182,6 +194,7 @@ m3ter_worker_main(Datum main_arg)
 	static M3terFlushStats reported;
 	static TimestampTz last_retention = 0;
 	static TimestampTz last_sweep = 0;
+	static TimestampTz last_upkeep = 0;
 
 	idle_ms = m3ter_worker_naptime_ms;
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -241,7 +254,8 @@ m3ter_worker_main(Datum main_arg)
 			{
 				TimestampTz next_due;
 
-				if (!upkeep(&next_due, &last_retention, &last_sweep, &last_logged))
+				last_upkeep = GetCurrentTimestamp();
+				if (!upkeep(&next_due, &last_retention, &last_sweep, &last_logged, false))
 				{
 					m3ter_worker_note("waiting for CREATE EXTENSION m3ter", false);
 					sleep_ms = m3ter_worker_idle_naptime_ms;
@@ -255,7 +269,8 @@ m3ter_worker_main(Datum main_arg)
 				}
 				else
 				{
-					m3ter_delivery_start(&d, M3TER_TXN_WORKER, 0);
+					/* after a stop, one row tries whether m3ter takes them again */
+					m3ter_delivery_start(&d, M3TER_TXN_WORKER, last_logged != NULL ? 1 : 0);
 					memset(&reported, 0, sizeof(reported));
 					active = true;
 					pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
@@ -267,6 +282,14 @@ m3ter_worker_main(Datum main_arg)
 				if (!m3ter_worker_enabled)
 					d.max_rows = Max(d.stats.claimed, 1);	/* finish what is in flight */
 				busy = m3ter_delivery_step(&d, 10);
+				if (busy && TimestampDifferenceExceeds(last_upkeep, GetCurrentTimestamp(), UPKEEP_INTERVAL_MS))
+				{
+					TimestampTz unused;
+
+					last_upkeep = GetCurrentTimestamp();
+					(void) upkeep(&unused, &last_retention, &last_sweep, &last_logged, true);
+					pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
+				}
 				if (d.claim_lock_busy)
 					m3ter_worker_note("waiting: a transaction that called m3ter_flush() holds the claim lock", false);
 				if (!busy || d.stats.requests - reported.requests >= 50)

@@ -10,6 +10,13 @@ from m3ter_tap import *  # noqa: E402,F401,F403
 
 REQUESTS = 40
 
+
+def set_and_reload_at(**settings):
+    """set_and_reload(), then the server's clock (epoch seconds)"""
+    set_and_reload(**settings)
+    return scalar("SELECT extract(epoch FROM clock_timestamp())")
+
+
 reset()
 set_and_reload(worker_enabled="off")
 standin("POST", "/_control/config", {"rate_limit": {"per_second": 5}})
@@ -28,4 +35,30 @@ ok(1 <= throttled <= 4, "the first 429 brought the pace down to what m3ter admit
 is_(scalar("SELECT max(attempts) FROM m3ter.outbox"), "1", "the 429s spent no attempt")
 is_(standin("GET", "/_control/summary")["duplicates"], 0, "and nothing was stored twice")
 standin("POST", "/_control/config", {"rate_limit": None})
+# A long delivery (paced to 2 a second) still polls Events and sweeps: it never waits for an idle moment
+reset()
+set_and_reload(worker_enabled="off", max_requests_per_second="2", events_poll_interval="2s")
+insert_usage(30000, "long-")
+psql("UPDATE m3ter.event_cursor SET polled_at = NULL")
+started = float(set_and_reload_at(worker_enabled=None))
+ok(wait_until(lambda: scalar("SELECT coalesce(extract(epoch FROM polled_at), 0) FROM m3ter.event_cursor") != "0"
+              and float(scalar("SELECT extract(epoch FROM polled_at) FROM m3ter.event_cursor")) > started + 5
+              and outbox_counts()["pending"] > 0, timeout=14, interval=0.5),
+   "Events were polled again well into the delivery, rows still to send", outbox_counts())
+ok(wait_until(lambda: outbox_counts()["accepted"] == 30000, timeout=60), "and the delivery finished")
+set_and_reload(max_requests_per_second=None, events_poll_interval=None)
+
+# A 429 with a Retry-After of an hour holds the refused rows for the hour, the cluster for at
+# most m3ter.retry_max_delay
+reset()
+set_and_reload(worker_enabled="off", retry_max_delay="2s", max_in_flight="1")
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": 3600}]})
+insert_usage(3000, "hour-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == 2000, timeout=20),
+   "the other rows are delivered within seconds", outbox_counts())
+ok(float(scalar("SELECT extract(epoch FROM min(next_attempt_at) - now()) FROM m3ter.outbox "
+                "WHERE status = 'pending'")) > 3000, "the refused ones wait out the hour")
+set_and_reload(retry_max_delay=None, max_in_flight=None)
+
 done()

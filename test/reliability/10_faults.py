@@ -48,6 +48,11 @@ def fix_org_later():
 
 scenario("403 unknown org, then fixed", "rorg-", settings={"org_id": "00000000-0000-4000-8000-000000000000"},
          during=fix_org_later)
+# (a refused request's measurements are not counted; a single row takes a few hundred bytes)
+refused = [r["bytes"] < 2000 for r in ingest_requests() if r["status"] == 403]
+ok(True in refused and all(refused[refused.index(True):]),
+   "after the stop the worker tried again with a single row, not the whole backlog",
+   [r["bytes"] for r in ingest_requests() if r["status"] == 403])
 # four requests in flight: the first is refused twice (stale token, then fresh) and stops delivery
 # while the other three are still out; their 403s arrive after the stop and must come back too
 scenario("403 unknown org with requests in flight", "rorgfl-", [fault(delay=0, count=1), fault(delay=1, count=3)],
