@@ -105,34 +105,19 @@ m3ter_claim_state_read(M3terClaimState *s)
 	s->vxids = int8_column(5, &s->n_vxids);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull);
 	last = isnull ? 0 : DatumGetInt64(d);
-	if (s->frontier > last)
+	if (s->frontier > 0 && last < s->frontier)
 	{
 		/*
-		 * The frontier is past the last id the sequence gave out: the
-		 * sequence went back (TRUNCATE ... RESTART IDENTITY, setval), so new
-		 * rows get ids the claims have passed, or rows were inserted with
-		 * explicit ids above it.  Go on from the sequence's last id: the rows
-		 * after it are passed again (few when they are explicit ids), the
-		 * gaps before it stay.
+		 * The sequence went back (TRUNCATE ... RESTART IDENTITY, setval): new
+		 * rows get ids the claims have passed.  Start over from the first id;
+		 * the rows still there are passed again, once.  (Rows given explicit
+		 * ids above the sequence look the same, and make every claim start
+		 * over until the sequence passes them.)
 		 */
-		int			kept = 0;
-		int			g;
-
-		for (g = 0; g < s->n_gaps; g++)
-		{
-			if (s->gap_lo[g] > last)
-				continue;
-			s->gap_lo[kept] = s->gap_lo[g];
-			s->gap_hi[kept] = Min(s->gap_hi[g], last);
-			kept++;
-		}
-		s->n_gaps = kept;
-		if (s->sample_id > last)
-		{
-			s->sample_id = 0;
-			s->n_vxids = 0;
-		}
-		s->frontier = last;
+		s->frontier = 0;
+		s->n_gaps = 0;
+		s->sample_id = 0;
+		s->n_vxids = 0;
 		s->changed = true;
 	}
 	SPI_freetuptable(SPI_tuptable);
