@@ -23,6 +23,7 @@ OBJS = \
 	src/meter.o \
 	src/flush.o \
 	src/outbox_check.o \
+	src/uid.o \
 	src/shmem.o \
 	src/launcher.o \
 	src/standby.o \

@@ -73,6 +73,15 @@ UPDATE m3ter.outbox SET next_attempt_at = created_at
 
 ALTER TABLE m3ter.outbox SET (fillfactor = 45);
 
+-- The default uid of an outbox row: a version 7 UUID, which starts with the
+-- time, so new rows add to the right edge of the unique index on uid instead
+-- of a random page of it
+CREATE FUNCTION m3ter.new_uid()
+RETURNS text
+AS 'MODULE_PATHNAME', 'm3ter_new_uid_sql'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+ALTER TABLE m3ter.outbox ALTER COLUMN uid SET DEFAULT m3ter.new_uid();
+
 -- A claim's ids are stored as they are: compressing thousands of ids at every
 -- claim cost more than the bytes it saved (1.2)
 ALTER TABLE m3ter.inflight ALTER COLUMN ids SET STORAGE EXTERNAL;

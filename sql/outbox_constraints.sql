@@ -21,7 +21,16 @@ VALUES ('adj-1', 'api', 'acme', '2020-01-01 00:00:00+00', '{"requests": -5}', '{
 SELECT uid, status, attempts, next_attempt_at <= now() AS due, http_status, error FROM m3ter.outbox;
 -- a uid is used once
 SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account) VALUES ('adj-1', 'api', 'acme')$$);
--- generated uids are UUIDs
+-- generated uids are version 7 UUIDs: they start with the time, so they sort in the order rows were made
 INSERT INTO m3ter.outbox (meter, account) VALUES ('api', 'acme');
-SELECT count(*) FILTER (WHERE uid ~ '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$') AS uuid_uids FROM m3ter.outbox;
+SELECT 1 AS slept FROM pg_sleep(0.002);
+INSERT INTO m3ter.outbox (meter, account) VALUES ('api', 'acme');
+SELECT 1 AS slept FROM pg_sleep(0.002);
+INSERT INTO m3ter.outbox (meter, account) VALUES ('api', 'acme'), ('api', 'acme');
+SELECT count(*) FILTER (WHERE uid ~ '^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$') AS uuid_v7_uids,
+       count(DISTINCT uid) AS distinct_uids,
+       (array_agg(id ORDER BY uid))[1:2] = (array_agg(id ORDER BY id))[1:2] AS uids_in_order_made,
+       bool_and(abs(extract(epoch FROM clock_timestamp()) * 1000
+                    - ('x' || lpad(replace(left(uid, 13), '-', ''), 16, '0'))::bit(64)::bigint) < 60000) AS uid_time_is_now
+  FROM m3ter.outbox WHERE uid <> 'adj-1';
 DELETE FROM m3ter.outbox;

@@ -223,6 +223,8 @@ extern bool m3ter_valid_iso8601(const char *s);
 extern bool m3ter_timestamp_in_range(TimestampTz ts);
 extern void m3ter_format_timestamp(TimestampTz ts, char *buf, size_t buflen);
 extern void m3ter_append_measurement(StringInfo buf, const M3terMeasurement *m);
+
+/* ---- uid.c ---- */
 extern char *m3ter_new_uid(void);
 
 #define M3TER_PAYLOAD_OVERHEAD ((int) sizeof("{\"measurements\":[]}") - 1)

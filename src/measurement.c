@@ -480,20 +480,3 @@ m3ter_append_measurement(StringInfo buf, const M3terMeasurement *m)
 	}
 	appendStringInfoCharMacro(buf, '}');
 }
-
-/* A new random (version 4) UUID as text, for measurements without a uid */
-char *
-m3ter_new_uid(void)
-{
-	unsigned char b[16];
-
-	if (!pg_strong_random(b, sizeof(b)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not generate a random uid")));
-	b[6] = (b[6] & 0x0f) | 0x40;
-	b[8] = (b[8] & 0x3f) | 0x80;
-	return psprintf("%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-					b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
-					b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
-}

@@ -7,6 +7,63 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from m3ter_tap import *  # noqa: E402,F401,F403
 
+# Everything the extension defines, as text: its member objects with their
+# definitions, privileges and comments, and the columns, indexes, constraints
+# and triggers of its tables (columns by name: an update adds them at the end)
+DESCRIBE_EXTENSION = """
+WITH m AS (SELECT d.classid, d.objid FROM pg_depend d JOIN pg_extension e ON d.refobjid = e.oid
+            WHERE d.refclassid = 'pg_extension'::regclass AND e.extname = 'm3ter' AND d.deptype = 'e'),
+rels AS (SELECT objid AS oid FROM m WHERE classid = 'pg_class'::regclass)
+SELECT string_agg(line, E'\n' ORDER BY line) FROM (
+  SELECT pg_describe_object(m.classid, m.objid, 0) || coalesce(': ' || CASE m.classid
+           WHEN 'pg_proc'::regclass THEN
+             (SELECT pg_get_functiondef(p.oid) || ' acl ' || coalesce(p.proacl::text, '-') || ' comment '
+                     || coalesce(obj_description(p.oid, 'pg_proc'), '-') FROM pg_proc p WHERE p.oid = m.objid)
+           WHEN 'pg_class'::regclass THEN
+             (SELECT c.relkind::text || ' options ' || coalesce(c.reloptions::text, '-') || ' acl '
+                     || coalesce(c.relacl::text, '-') || ' comment ' || coalesce(obj_description(c.oid, 'pg_class'), '-')
+                     || coalesce(' view ' || CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) END, '')
+                FROM pg_class c WHERE c.oid = m.objid)
+         END, '') AS line
+    FROM m
+  UNION ALL
+  SELECT a.attrelid::regclass || '.' || a.attname || ': ' || format_type(a.atttypid, a.atttypmod)
+         || ' not null ' || a.attnotnull || ' identity ' || a.attidentity::text || ' storage ' || a.attstorage::text
+         || ' collation ' || coalesce(nullif(a.attcollation, 0)::regcollation::text, '-')
+         || ' default ' || coalesce(pg_get_expr(ad.adbin, ad.adrelid), '-')
+         || ' acl ' || coalesce(a.attacl::text, '-') || ' comment ' || coalesce(col_description(a.attrelid, a.attnum), '-')
+    FROM pg_attribute a JOIN rels r ON a.attrelid = r.oid
+    LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+   WHERE a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+  SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN rels r ON i.indrelid = r.oid
+  UNION ALL
+  SELECT 'constraint ' || c.conrelid::regclass || '.' || c.conname || ': ' || pg_get_constraintdef(c.oid)
+    FROM pg_constraint c JOIN rels r ON c.conrelid = r.oid
+  UNION ALL
+  SELECT 'trigger ' || pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN rels r ON t.tgrelid = r.oid
+   WHERE NOT t.tgisinternal
+) x
+"""
+
+
+def describe_extension(db):
+    return psql(DESCRIBE_EXTENSION, db=db)
+
+
+def same_as_fresh(upgraded_db, name):
+    """The updated extension in upgraded_db defines exactly what a fresh CREATE EXTENSION does"""
+    psql("DROP DATABASE IF EXISTS m3ter_fresh")
+    psql("CREATE DATABASE m3ter_fresh")
+    psql("CREATE EXTENSION m3ter", db="m3ter_fresh")
+    fresh = describe_extension("m3ter_fresh").splitlines()
+    updated = describe_extension(upgraded_db).splitlines()
+    psql("DROP DATABASE m3ter_fresh")
+    diff = "\n".join(["only after the update: " + line for line in sorted(set(updated) - set(fresh))]
+                     + ["only when fresh: " + line for line in sorted(set(fresh) - set(updated))])
+    ok(len(fresh) > 50 and not diff, name, diff[:4000])
+
+
 reset()
 set_and_reload(worker_enabled="off")
 psql("DROP EXTENSION m3ter")
@@ -34,6 +91,7 @@ is_(scalar("SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_extensi
     "after the update pg_dump keeps the outbox and its sequence")
 r = psql("SELECT m3ter_organization_config()", check=False)
 ok(r.returncode == 0, "the functions work after the update", r.stderr)
+same_as_fresh("postgres", "updated from 1.0, the extension defines what CREATE EXTENSION m3ter does")
 
 # from 1.1, with rows in each state: accepted, waiting for a retry, failed, fresh
 reset()
@@ -49,6 +107,7 @@ psql("UPDATE m3ter.outbox SET status = 'failed', error = 'rejected', next_attemp
 set_and_reload(worker_enabled=None)
 psql("ALTER EXTENSION m3ter UPDATE")
 is_(scalar("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'"), "1.2", "ALTER EXTENSION m3ter UPDATE from 1.1")
+same_as_fresh("postgres", "updated from 1.1, the extension defines what CREATE EXTENSION m3ter does")
 ok(wait_until(lambda: outbox_counts()["accepted"] == 300, timeout=60),
    "the rows waiting for a retry and the fresh ones are delivered", outbox_counts())
 is_(len(stored_uids("v11-")), 200, "exactly those 200 were sent")

@@ -10,8 +10,8 @@ SELECT m3ter_submit('{"meter":"api_requests","account":"acme","ts":"2024-01-02T0
                       "where":{"region":"eu-west-1"},"ets":"2024-01-02T04:04:05+01:00"}') AS r \gset
 SELECT is((:'r'::jsonb)->>'result', 'accepted', 'a single measurement is accepted');
 SELECT is(jsonb_array_length((:'r'::jsonb)->'uids'), 1, 'one uid is returned');
-SELECT matches((:'r'::jsonb)->'uids'->>0, '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$',
-               'a missing uid is generated as a UUID');
+SELECT matches((:'r'::jsonb)->'uids'->>0, '^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$',
+               'a missing uid is generated as a version 7 UUID');
 SELECT is((SELECT m FROM standin.measurements() m),
           jsonb_build_object('uid', (:'r'::jsonb)->'uids'->>0, 'meter', 'api_requests', 'account', 'acme',
                              'ts', '2024-01-02T03:04:05Z', 'ets', '2024-01-02T04:04:05+01:00',
