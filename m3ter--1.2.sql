@@ -123,6 +123,8 @@ ALTER TABLE m3ter.inflight ALTER COLUMN ids SET STORAGE EXTERNAL;
 -- back) and are read again by each claim until they are settled: the
 -- transactions running when sample_id was the last id given out
 -- (sample_vxids) have all ended, so no id up to sample_id can still appear.
+-- Behind the frontier, a sweep looks for pending rows no claim would find (an
+-- explicit id below it): it goes on after sweep_from, last done at swept_at.
 -- One row, written under the claim lock by whichever sender claims.
 CREATE TABLE m3ter.claim_state (
     only_row     boolean PRIMARY KEY DEFAULT true CHECK (only_row),
@@ -130,7 +132,9 @@ CREATE TABLE m3ter.claim_state (
     gap_lo       bigint[] NOT NULL DEFAULT '{}',
     gap_hi       bigint[] NOT NULL DEFAULT '{}',
     sample_id    bigint,
-    sample_vxids bigint[]
+    sample_vxids bigint[],
+    sweep_from   bigint,
+    swept_at     timestamptz
 );
 INSERT INTO m3ter.claim_state DEFAULT VALUES;
 

@@ -87,7 +87,15 @@ m3ter_claim_state_read(M3terClaimState *s)
 	memset(s, 0, sizeof(*s));
 	/* not read-only: inside one transaction (m3ter_flush()) it sees the last claim's write */
 	if (SPI_execute("SELECT frontier, gap_lo, gap_hi, sample_id, sample_vxids, "
-					"pg_catalog.pg_sequence_last_value('m3ter.outbox_id_seq'::pg_catalog.regclass) "
+					"pg_catalog.pg_sequence_last_value('m3ter.outbox_id_seq'::pg_catalog.regclass), "
+					"sweep_from, "
+					"CASE WHEN swept_at IS NULL THEN " CppAsString2(M3TER_SWEEP_MAX_ROWS) " "
+					"     WHEN swept_at <= pg_catalog.now() - pg_catalog.make_interval(secs => "
+					CppAsString2(M3TER_SWEEP_INTERVAL_S) ") "
+					"     THEN LEAST(" CppAsString2(M3TER_SWEEP_MAX_ROWS) "::bigint, pg_catalog.ceil("
+					"          pg_catalog.date_part('epoch', pg_catalog.now() - swept_at) * "
+					CppAsString2(M3TER_SWEEP_ROWS_PER_S) ")::bigint) "
+					"     ELSE 0 END "
 					"FROM m3ter.claim_state",
 					false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		ereport(ERROR,
@@ -105,6 +113,9 @@ m3ter_claim_state_read(M3terClaimState *s)
 	s->vxids = int8_column(5, &s->n_vxids);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull);
 	last = isnull ? 0 : DatumGetInt64(d);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull);
+	s->sweep_from = isnull ? PG_INT64_MIN : DatumGetInt64(d);	/* explicit ids can be 0 or below */
+	s->sweep_rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8, &isnull));
 	if (s->frontier > 0 && last < s->frontier)
 	{
 		/*

@@ -98,9 +98,10 @@ begin_work(M3terDelivery *d)
 	}
 	if (d->mode == M3TER_TXN_PROCEDURE)
 	{
-		/* running with the owner's rights: the caller's search_path picks nothing */
+		/* running with the owner's rights: the caller's search_path picks nothing; short queries are not worth compiling (jit) */
 		(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
+		(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 	}
 	if (d->mode != M3TER_TXN_CALLER)
 		PushActiveSnapshot(GetTransactionSnapshot());
@@ -393,6 +394,7 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 
 	progress.in_claim = true;
 	m3ter_claim_state_read(&state);
+	(void) m3ter_outbox_sweep(&state);	/* when due: flushes sweep too */
 	ended = m3ter_claim_state_sample_ended(&state);	/* before the cursor's snapshot */
 	last_fresh = state.frontier;
 	seen = palloc(Max(state.n_gaps, 1) * sizeof(int64) * 4);

@@ -192,11 +192,12 @@ m3ter_flush_procedure(PG_FUNCTION_ARGS)
 	{
 		if (atomic)
 		{
-			/* as a SECURITY DEFINER function would: a safe search_path to the end */
+			/* as a SECURITY DEFINER function would: a safe search_path to the end (and no jit) */
 			int			nest = NewGUCNestLevel();
 
 			(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
 									 GUC_ACTION_SAVE, true, 0, false);
+			(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 			run(M3TER_TXN_CALLER, max_rows, &stats);
 			AtEOXact_GUC(true, nest);
 		}

@@ -309,7 +309,17 @@ typedef struct M3terClaimState
 	int			n_vxids;		/* ... these transactions have ended */
 	int64	   *vxids;
 	bool		changed;
+	int64		sweep_from;		/* the next sweep goes on after this id ... */
+	int64		sweep_rows;		/* ... over this many rows (0: not due yet) */
 } M3terClaimState;
+
+/*
+ * A sweep behind the frontier (m3ter_outbox_sweep) is due this long after
+ * the last, and walks this many rows for each second since, up to a limit
+ */
+#define M3TER_SWEEP_INTERVAL_S 10
+#define M3TER_SWEEP_ROWS_PER_S 1000
+#define M3TER_SWEEP_MAX_ROWS 100000
 
 extern void m3ter_claim_state_read(M3terClaimState *s);
 extern void m3ter_claim_state_write(M3terClaimState *s);
@@ -375,7 +385,7 @@ extern int64 m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n,
 extern void m3ter_outbox_fail_row(int64 id, const char *why);
 extern TimestampTz m3ter_outbox_next_due(void);
 extern bool m3ter_outbox_delete_expired(int retention_s);
-extern int64 m3ter_outbox_sweep(void);
+extern int64 m3ter_outbox_sweep(M3terClaimState *s);
 
 /* ---- delivery.c ---- */
 typedef struct M3terFlushStats

@@ -544,48 +544,58 @@ m3ter_outbox_delete_expired(int retention_s)
 }
 
 /*
- * The safety net behind the frontier: walk the rows up to it by id, 10,000
- * at a time from where the last call stopped, and make every fresh pending
- * row that no claim has in flight or will read again (a row given an
- * explicit id below the frontier, say) deferred, so the next claims send
- * it.  Call with the claim lock held.  Returns the rows it found.
+ * The safety net behind the frontier: walk the rows up to it by id, from
+ * where the last sweep stopped, and make every fresh pending row that no
+ * claim has in flight or will read again (a row given an explicit id below
+ * the frontier, say) deferred, so that claims send it.  Each claim calls
+ * it with the claim state it read, so flushes sweep as the worker does;
+ * it does nothing until the sweep is due (s->sweep_rows, see
+ * M3TER_SWEEP_INTERVAL_S), and records where the next one goes on.  Call
+ * with the claim lock held.  Returns the rows it found.
  */
 int64
-m3ter_outbox_sweep(void)
+m3ter_outbox_sweep(M3terClaimState *s)
 {
 	static SPIPlanPtr plan = NULL;
-	static int64 position = PG_INT64_MIN;	/* explicit ids can be 0 or negative */
-	Oid			types[1] = {INT8OID};
-	Datum		values[1];
+	Oid			types[5] = {INT8OID, INT8OID, INT8OID, INT8ARRAYOID, INT8ARRAYOID};
+	Datum		values[5];
 	bool		isnull;
-	Datum		last;
 	int64		found;
 
-	values[0] = Int64GetDatum(position);
+	if (s->sweep_rows <= 0)
+		return 0;
+	values[0] = Int64GetDatum(s->sweep_from);
+	values[1] = Int64GetDatum(s->frontier);
+	values[2] = Int64GetDatum(s->sweep_rows);
+	values[3] = m3ter_int8_array(s->gap_lo, s->n_gaps);
+	values[4] = m3ter_int8_array(s->gap_hi, s->n_gaps);
+	/* every step by the primary key, whatever the planner thinks of the sizes */
 	if (SPI_execute_plan(m3ter_keep_plan(&plan,
-								   "WITH s AS (SELECT frontier, gap_lo, gap_hi FROM m3ter.claim_state), "
-								   "chunk AS ("
+								   "WITH chunk AS MATERIALIZED ("
 								   " SELECT o.id, o.status = 'pending' AND o.next_attempt_at <= o.created_at AS fresh"
-								   "   FROM m3ter.outbox o WHERE o.id > $1 AND o.id <= (SELECT frontier FROM s)"
-								   "  ORDER BY o.id LIMIT 10000), "
+								   "   FROM m3ter.outbox o WHERE o.id > $1 AND o.id <= $2 ORDER BY o.id LIMIT $3), "
 								   "lost AS ("
-								   " SELECT c.id FROM chunk c WHERE c.fresh"
+								   " SELECT pg_catalog.array_agg(c.id) AS ids FROM chunk c WHERE c.fresh"
 								   "    AND c.id NOT IN (SELECT pg_catalog.unnest(f.ids) FROM m3ter.inflight f)"
-								   "    AND NOT EXISTS (SELECT 1 FROM s, ROWS FROM (pg_catalog.unnest(s.gap_lo),"
-								   "                    pg_catalog.unnest(s.gap_hi)) AS g(lo, hi)"
-								   "                    WHERE c.id BETWEEN g.lo AND g.hi)), "
+								   "    AND NOT EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5))"
+								   "                    AS g(lo, hi) WHERE c.id BETWEEN g.lo AND g.hi)), "
 								   "found AS ("
 								   " UPDATE m3ter.outbox o SET next_attempt_at = m3ter.due_now(o.created_at)"
-								   "   FROM lost WHERE o.id = lost.id AND o.status = 'pending'"
-								   "    AND o.next_attempt_at <= o.created_at RETURNING o.id) "
-								   "SELECT (SELECT max(id) FROM chunk), (SELECT count(*) FROM found)",
-								   1, types),
+								   "  WHERE o.id = ANY ((SELECT ids FROM lost)::bigint[]) AND o.status = 'pending'"
+								   "    AND o.next_attempt_at <= o.created_at RETURNING o.id), "
+								   /* the next sweep goes on after this one, or from the start */
+								   "moved AS ("
+								   " UPDATE m3ter.claim_state SET swept_at = pg_catalog.now(),"
+								   "        sweep_from = CASE WHEN (SELECT count(*) FROM chunk) < $3 THEN NULL"
+								   "                          ELSE (SELECT max(id) FROM chunk) END"
+								   " RETURNING 1) "
+								   "SELECT (SELECT count(*) FROM found), (SELECT count(*) FROM moved)",
+								   5, types),
 						 values, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "m3ter outbox sweep failed");
-	last = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	position = isnull ? PG_INT64_MIN : DatumGetInt64(last);
-	found = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	found = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_freetuptable(SPI_tuptable);
+	s->sweep_rows = 0;
 	if (found > 0)
 		ereport(WARNING,
 				(errmsg("m3ter found " INT64_FORMAT " pending outbox rows behind the claims' frontier; they go now", found),

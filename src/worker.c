@@ -19,8 +19,9 @@
  *	  m3ter.worker_idle_naptime.
  * Between deliveries it deletes accepted rows older than m3ter.retention
  * (at most once a minute, or once per retention if shorter, walking the
- * table by id), and every 10 s sweeps 10,000 rows behind the claims'
- * frontier for pending rows nothing would send (m3ter_outbox_sweep).
+ * table by id), and every 10 s sweeps behind the claims' frontier for
+ * pending rows nothing would send (m3ter_outbox_sweep, which every claim
+ * also runs when it is due, so that flushes sweep without the worker).
  *
  * An error is logged, its transaction rolled back (the rows stay pending)
  * and the worker goes on; when the error came from reading a claim,
@@ -91,8 +92,6 @@ report(const M3terFlushStats *now, M3terFlushStats *reported)
 	*reported = *now;
 }
 
-/* How often the worker sweeps behind the claims' frontier (ms) */
-#define SWEEP_INTERVAL_MS 10000
 /* How often a long delivery makes room for the upkeep (ms) */
 #define UPKEEP_INTERVAL_MS 10000
 
@@ -139,9 +138,12 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 				CHECK_FOR_INTERRUPTS();
 			*last_retention = now;
 		}
-		if (TimestampDifferenceExceeds(*last_sweep, now, SWEEP_INTERVAL_MS) && m3ter_outbox_lock_claims())
+		if (TimestampDifferenceExceeds(*last_sweep, now, M3TER_SWEEP_INTERVAL_S * 1000) && m3ter_outbox_lock_claims())
 		{
-			(void) m3ter_outbox_sweep();
+			M3terClaimState state;
+
+			m3ter_claim_state_read(&state);
+			(void) m3ter_outbox_sweep(&state);
 			*last_sweep = now;
 		}
 		if (delivering)
@@ -206,6 +208,8 @@ m3ter_worker_main(Datum main_arg)
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	/* short transactions that must not fail to serialize, whatever the database's default */
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	/* short queries, run again and again: compiling them would cost more than it saves */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	m3ter_worker_attach();		/* ends the worker if the extension is not installed */
 	m3ter_worker_note("starting", false);
 	ereport(LOG, (errmsg("m3ter outbox worker started for database \"%s\"", MyBgworkerEntry->bgw_extra)));

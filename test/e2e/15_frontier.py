@@ -2,6 +2,7 @@
 ids passed before their rows were visible (a transaction still inserting, one that
 rolled back) are read again until they settle, rows made pending again by an UPDATE
 are found, and writing 'accepted' is a HOT update."""
+import json
 import os
 import subprocess
 import sys
@@ -121,6 +122,22 @@ psql("INSERT INTO m3ter.outbox (id, uid, meter, account) OVERRIDING SYSTEM VALUE
      "VALUES (%d, 'explicit-1', 'api_requests', 'acme')" % low)
 ok(wait_until(lambda: status_of("explicit-1") == "accepted", timeout=40),
    "a row inserted with an explicit id below the frontier is swept up and delivered")
+
+# Without the worker (pg_cron), flushes sweep: at most every 10 s, 1,000 rows for each second since
+reset()
+set_and_reload(worker_enabled="off")
+insert_usage(50, "flushed-")
+is_(json.loads(scalar("SELECT m3ter_flush()"))["accepted"], 50, "a flush delivers 50 rows")
+low = int(scalar("SELECT min(id) FROM m3ter.outbox")) - 1
+psql("INSERT INTO m3ter.outbox (id, uid, meter, account) OVERRIDING SYSTEM VALUE "
+     "VALUES (%d, 'explicit-2', 'api_requests', 'acme')" % low)
+scalar("SELECT m3ter_flush()")
+is_(status_of("explicit-2"), "pending", "a flush right after the last sweep does not sweep again")
+psql("UPDATE m3ter.claim_state SET swept_at = swept_at - interval '10 seconds'")
+r = psql("SELECT m3ter_flush()", check=False)
+ok(r.returncode == 0 and "behind the claims' frontier" in r.stderr, "ten seconds later a flush sweeps, and warns",
+   r.stderr)
+is_(status_of("explicit-2"), "accepted", "the row with an explicit id below the frontier is delivered by the flush")
 
 # m3ter_flush() in a REPEATABLE READ transaction passes rows it cannot see; the worker reads them
 reset()
