@@ -16,7 +16,9 @@ LOCK TABLE m3ter.outbox IN ACCESS EXCLUSIVE MODE;
 -- back) and are read again by each claim until they are settled: the
 -- transactions running when sample_id was the last id given out
 -- (sample_vxids) have all ended, so no id up to sample_id can still appear.
--- Behind the frontier, a sweep looks for pending rows no claim would find (an
+-- seq_seen is the last id the sequence had given out at the last claim: when
+-- the sequence is behind it, it was set back, and claims start over.  Behind
+-- the frontier, a sweep looks for pending rows no claim would find (an
 -- explicit id below it): it goes on after sweep_from, last done at swept_at.
 -- One row, written under the claim lock by whichever sender claims.
 CREATE TABLE m3ter.claim_state (
@@ -26,6 +28,7 @@ CREATE TABLE m3ter.claim_state (
     gap_hi       bigint[] NOT NULL DEFAULT '{}',
     sample_id    bigint,
     sample_vxids bigint[],
+    seq_seen     bigint,
     sweep_from   bigint,
     swept_at     timestamptz
 );
@@ -56,6 +59,26 @@ CREATE TRIGGER outbox_keep_pending_found
           AND (OLD.status <> 'pending' OR OLD.next_attempt_at <> NEW.next_attempt_at
                OR OLD.created_at <> NEW.created_at))
     EXECUTE FUNCTION m3ter.outbox_keep_pending_found();
+
+-- TRUNCATE empties the outbox: claims start over from the first id, whatever
+-- the sequence does next (RESTART IDENTITY or not)
+CREATE FUNCTION m3ter.outbox_truncated()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE m3ter.claim_state
+       SET frontier = 0, gap_lo = '{}', gap_hi = '{}', sample_id = NULL, sample_vxids = NULL,
+           seq_seen = NULL, sweep_from = NULL;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER outbox_truncated
+    AFTER TRUNCATE ON m3ter.outbox
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION m3ter.outbox_truncated();
 
 -- The time from which a row is due now and counts as deferred
 CREATE FUNCTION m3ter.due_now(created_at timestamptz)

@@ -83,12 +83,14 @@ m3ter_claim_state_read(M3terClaimState *s)
 	int			n_hi;
 	Datum		d;
 	int64		last;
+	int64		seq_seen;
+	bool		seq_seen_null;
 
 	memset(s, 0, sizeof(*s));
 	/* not read-only: inside one transaction (m3ter_flush()) it sees the last claim's write */
 	if (SPI_execute("SELECT frontier, gap_lo, gap_hi, sample_id, sample_vxids, "
 					"pg_catalog.pg_sequence_last_value('m3ter.outbox_id_seq'::pg_catalog.regclass), "
-					"sweep_from, "
+					"seq_seen, sweep_from, "
 					"CASE WHEN swept_at IS NULL THEN " CppAsString2(M3TER_SWEEP_MAX_ROWS) " "
 					"     WHEN swept_at <= pg_catalog.now() - pg_catalog.make_interval(secs => "
 					CppAsString2(M3TER_SWEEP_INTERVAL_S) ") "
@@ -113,17 +115,22 @@ m3ter_claim_state_read(M3terClaimState *s)
 	s->vxids = int8_column(5, &s->n_vxids);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull);
 	last = isnull ? 0 : DatumGetInt64(d);
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &seq_seen_null);
+	seq_seen = seq_seen_null ? 0 : DatumGetInt64(d);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8, &isnull);
 	s->sweep_from = isnull ? PG_INT64_MIN : DatumGetInt64(d);	/* explicit ids can be 0 or below */
-	s->sweep_rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8, &isnull));
-	if (s->frontier > 0 && last < s->frontier)
+	s->sweep_rows = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 9, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+
+	if (seq_seen_null ? (s->frontier > 0 && last < s->frontier) : last < seq_seen)
 	{
 		/*
-		 * The sequence went back (TRUNCATE ... RESTART IDENTITY, setval): new
-		 * rows get ids the claims have passed.  Start over from the first id;
-		 * the rows still there are passed again, once.  (Rows given explicit
-		 * ids above the sequence look the same, and make every claim start
-		 * over until the sequence passes them.)
+		 * The sequence went back (setval; TRUNCATE resets the state itself):
+		 * new rows get ids the claims have passed.  Start over from the
+		 * first id; the rows still there are passed again, once.  A frontier
+		 * past the sequence alone is no sign of it: a row given an explicit
+		 * id above the sequence moves the frontier there, and the ids in
+		 * between are a gap, read again until the sequence has passed them.
 		 */
 		s->frontier = 0;
 		s->n_gaps = 0;
@@ -131,7 +138,9 @@ m3ter_claim_state_read(M3terClaimState *s)
 		s->n_vxids = 0;
 		s->changed = true;
 	}
-	SPI_freetuptable(SPI_tuptable);
+	s->seq_seen = last;
+	if (seq_seen_null || last != seq_seen)
+		s->changed = true;
 }
 
 /* Write the claim state back when it changed */
@@ -139,9 +148,9 @@ void
 m3ter_claim_state_write(M3terClaimState *s)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[5] = {INT8OID, INT8ARRAYOID, INT8ARRAYOID, INT8OID, INT8ARRAYOID};
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Oid			types[6] = {INT8OID, INT8ARRAYOID, INT8ARRAYOID, INT8OID, INT8ARRAYOID, INT8OID};
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 
 	if (!s->changed)
 		return;
@@ -152,8 +161,10 @@ m3ter_claim_state_write(M3terClaimState *s)
 	nulls[3] = s->sample_id == 0 ? 'n' : ' ';
 	values[4] = m3ter_int8_array(s->vxids, s->n_vxids);
 	nulls[4] = s->sample_id == 0 ? 'n' : ' ';
+	values[5] = Int64GetDatum(s->seq_seen);
 	if (SPI_execute_plan(m3ter_keep_plan(&plan, "UPDATE m3ter.claim_state SET frontier = $1, gap_lo = $2, "
-										 "gap_hi = $3, sample_id = $4, sample_vxids = $5", 5, types),
+										 "gap_hi = $3, sample_id = $4, sample_vxids = $5, seq_seen = $6",
+										 6, types),
 						 values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "m3ter claim state update failed");
 	s->changed = false;

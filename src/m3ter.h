@@ -309,6 +309,7 @@ typedef struct M3terClaimState
 	int			n_vxids;		/* ... these transactions have ended */
 	int64	   *vxids;
 	bool		changed;
+	int64		seq_seen;		/* the sequence's last id when read */
 	int64		sweep_from;		/* the next sweep goes on after this id ... */
 	int64		sweep_rows;		/* ... over this many rows (0: not due yet) */
 } M3terClaimState;

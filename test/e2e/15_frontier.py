@@ -112,6 +112,11 @@ psql("TRUNCATE m3ter.outbox RESTART IDENTITY")
 insert_usage(20, "restart-")
 ok(wait_until(lambda: outbox_counts()["accepted"] == 20, timeout=15),
    "after TRUNCATE ... RESTART IDENTITY the new rows (ids 1..20, behind the frontier) are delivered")
+psql("DELETE FROM m3ter.outbox")
+psql("ALTER TABLE m3ter.outbox ALTER COLUMN id RESTART WITH 1")
+insert_usage(10, "setback-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 10, timeout=15),
+   "after DELETE and ALTER ... RESTART (the sequence behind the last it gave out) the new rows are delivered")
 
 # A row given an explicit id behind the frontier is found by the worker's sweep
 reset()
@@ -197,8 +202,8 @@ upd, hot = updates()
 ok(hot >= 0.95 * upd, "at least 95% of them were HOT updates", "%d of %d" % (hot, upd))
 
 # An explicit id far above the sequence opens a huge gap behind it; the pending view reads gaps
-# by range (never id by id), claims go on from the sequence's last id, and a row with an explicit
-# id below the frontier is still found (by the worker's sweep)
+# by range (never id by id), new rows from the sequence are found in the gap, and a row with an
+# explicit id below the frontier is still found (by the sweep)
 reset()
 psql("INSERT INTO m3ter.outbox (id, uid, meter, account, measure) OVERRIDING SYSTEM VALUE "
      "VALUES (1000000000000, 'far-1', 'api_requests', 'acme', '{\"requests\": 1}')")
@@ -212,5 +217,27 @@ t0 = time.time()
 is_(psql("SET statement_timeout = '5s'; SELECT count(*) FROM m3ter.outbox_pending").splitlines()[-1], "0",
     "m3ter.outbox_pending counts nothing left, at once")
 note("outbox_pending with a gap of 10^12 ids: %.0f ms" % ((time.time() - t0) * 1000))
+
+
+# ... and the frontier stays there: claims do not start over from the first id while the
+# sequence is below it (new rows are found in the gap)
+insert_usage(20000, "bulk-far-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 20005, timeout=60), "20,000 rows more are delivered",
+   outbox_counts())
+for i in range(5):
+    psql("INSERT INTO m3ter.outbox (uid, meter, account) VALUES ('one-far-%d', 'api_requests', 'acme')" % i)
+    ok(wait_until(lambda: status_of("one-far-%d" % i) == "accepted", timeout=15),
+       "a single row %d from the sequence, found in the gap below 10^12, is delivered" % (i + 1))
+is_(scalar("SELECT frontier FROM m3ter.claim_state"), "1000000000000", "the frontier stays at the explicit id")
+
+# TRUNCATE (RESTART IDENTITY) resets the claims whatever the sequence does next
+set_and_reload(worker_enabled="off")
+psql("TRUNCATE m3ter.outbox RESTART IDENTITY")
+is_(scalar("SELECT frontier || ':' || cardinality(gap_lo) FROM m3ter.claim_state"), "0:0",
+    "TRUNCATE sets the frontier back to the start")
+# more rows than the sequence had given out before: it is past where it was, and only the reset tells
+insert_usage(20100, "after-truncate-")
+is_(json.loads(scalar("SELECT m3ter_flush()"))["accepted"], 20100,
+    "rows inserted after it with ids the claims had passed are all delivered by the next flush")
 
 done()
