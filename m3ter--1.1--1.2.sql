@@ -61,7 +61,8 @@ CREATE TRIGGER outbox_keep_pending_found
     EXECUTE FUNCTION m3ter.outbox_keep_pending_found();
 
 -- TRUNCATE empties the outbox: claims start over from the first id, whatever
--- the sequence does next (RESTART IDENTITY or not)
+-- the sequence does next (RESTART IDENTITY or not), and the answers to
+-- requests still in flight are not written (their ids may be new rows')
 CREATE FUNCTION m3ter.outbox_truncated()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -71,6 +72,7 @@ BEGIN
     UPDATE m3ter.claim_state
        SET frontier = 0, gap_lo = '{}', gap_hi = '{}', sample_id = NULL, sample_vxids = NULL,
            seq_seen = NULL, sweep_from = NULL;
+    DELETE FROM m3ter.inflight;
     RETURN NULL;
 END
 $$;

@@ -137,6 +137,9 @@ m3ter_claim_state_read(M3terClaimState *s)
 		s->sample_id = 0;
 		s->n_vxids = 0;
 		s->changed = true;
+		/* answers to requests in flight may be for ids that are new rows' now */
+		if (SPI_execute("DELETE FROM m3ter.inflight", false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "m3ter in-flight reset failed");
 	}
 	s->seq_seen = last;
 	if (seq_seen_null || last != seq_seen)

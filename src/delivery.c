@@ -170,6 +170,12 @@ record_outcome(M3terDelivery *d, M3terSend *send)
 	const int64 *ids = c->ids + send->start;
 	int			i;
 
+	if (c->record_id != 0 && !m3ter_outbox_record_exists(c->record_id))
+	{
+		/* the outbox was truncated meanwhile: these ids may be other rows now */
+		m3ter_sender_finish(&d->sender, send);
+		return;
+	}
 	if (!send->untried)
 	{
 		st->requests += r->requests;

@@ -380,6 +380,7 @@ extern void m3ter_outbox_peek_row(HeapTuple tup, TupleDesc desc, M3terOutboxRow 
 extern void m3ter_outbox_read_row(M3terOutboxRow *row, int64 *reading);
 extern int64 m3ter_outbox_record_inflight(const int64 *ids, int n);
 extern void m3ter_outbox_release(int64 record_id);
+extern bool m3ter_outbox_record_exists(int64 record_id);
 extern int64 m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n,
 								long http_status, const char *error, int sent,
 								int retry_after_ms, bool throttled);

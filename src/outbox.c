@@ -126,6 +126,9 @@ static const char record_sql[] =
 static const char release_sql[] =
 "DELETE FROM m3ter.inflight WHERE id = $1";
 
+static const char record_exists_sql[] =
+"SELECT EXISTS (SELECT 1 FROM m3ter.inflight WHERE id = $1)";
+
 static const char accepted_sql[] =
 "UPDATE m3ter.outbox SET status = 'accepted', attempts = attempts + 1, "
 "http_status = $2, error = NULL, sent_at = clock_timestamp(), accepted_at = clock_timestamp(), "
@@ -383,6 +386,29 @@ m3ter_outbox_release(int64 record_id)
 	values[0] = Int64GetDatum(record_id);
 	if (SPI_execute_plan(m3ter_keep_plan(&plan, release_sql, 1, types), values, NULL, false, 0) < 0)
 		elog(ERROR, "m3ter in-flight release failed");
+}
+
+/*
+ * Is a claim's in-flight record still there?  A TRUNCATE of the outbox, or
+ * claims starting over after the id sequence went back, delete the records:
+ * the ids they hold may belong to other rows by the time m3ter answers.
+ */
+bool
+m3ter_outbox_record_exists(int64 record_id)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+	bool		isnull;
+	bool		exists;
+
+	values[0] = Int64GetDatum(record_id);
+	if (SPI_execute_plan(m3ter_keep_plan(&plan, record_exists_sql, 1, types), values, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "m3ter in-flight lookup failed");
+	exists = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	return exists;
 }
 
 /*

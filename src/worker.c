@@ -144,6 +144,7 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 
 			m3ter_claim_state_read(&state);
 			(void) m3ter_outbox_sweep(&state);
+			m3ter_claim_state_write(&state);
 			*last_sweep = now;
 		}
 		if (delivering)

@@ -240,4 +240,28 @@ insert_usage(20100, "after-truncate-")
 is_(json.loads(scalar("SELECT m3ter_flush()"))["accepted"], 20100,
     "rows inserted after it with ids the claims had passed are all delivered by the next flush")
 
+# The same with a flush only: an explicit id above the sequence does not keep m3ter_flush() busy
+psql("INSERT INTO m3ter.outbox (id, uid, meter, account, measure) OVERRIDING SYSTEM VALUE "
+     "VALUES (1000000000000, 'far-2', 'api_requests', 'acme', '{\"requests\": 1}')")
+is_(json.loads(psql("SET statement_timeout = '20s'; SELECT m3ter_flush()").splitlines()[-1])["accepted"], 1,
+    "a flush delivers a row with an id of 10^12 and returns")
+insert_usage(300, "after-far-2-")
+is_(json.loads(psql("SET statement_timeout = '20s'; SELECT m3ter_flush()").splitlines()[-1])["accepted"], 300,
+    "the next flush delivers the rows from the sequence below it and returns")
+
+# TRUNCATE ... RESTART IDENTITY while a request is in flight: its answer is not written to the
+# new rows that got the same ids
+reset()
+psql("TRUNCATE m3ter.outbox RESTART IDENTITY")
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "delay": 3, "count": 1}]})
+insert_usage(1000, "old-")
+ok(wait_until(lambda: standin("GET", "/_control/summary")["in_flight"] >= 1, timeout=10, interval=0.05),
+   "a request of 1,000 rows is in flight")
+psql("TRUNCATE m3ter.outbox RESTART IDENTITY")
+insert_usage(1000, "new-")
+ok(wait_until(lambda: len(stored_uids("new-")) == 1000, timeout=30),
+   "the 1,000 new rows (ids 1..1000 again) reach m3ter", len(stored_uids("new-")))
+ok(wait_until(lambda: outbox_counts()["accepted"] == 1000, timeout=15), "and are accepted", outbox_counts())
+is_(standin("GET", "/_control/summary")["duplicates"], 0, "none twice")
+
 done()
