@@ -19,6 +19,11 @@ SELECT count(*) AS rows_after_bad_inserts FROM m3ter.outbox;
 INSERT INTO m3ter.outbox (uid, meter, account, ts, measure, "where")
 VALUES ('adj-1', 'api', 'acme', '2020-01-01 00:00:00+00', '{"requests": -5}', '{"region": "eu-west-1"}');
 SELECT uid, status, attempts, next_attempt_at <= now() AS due, http_status, error FROM m3ter.outbox;
+-- a uid of up to 512 bytes, no longer (it is kept in a unique index)
+SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account) VALUES (repeat('u', 513), 'api', 'acme')$$);
+INSERT INTO m3ter.outbox (uid, meter, account) VALUES (repeat('u', 512), 'api', 'acme');
+SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account) VALUES (repeat(md5('x'), 200), 'api', 'acme')$$);
+DELETE FROM m3ter.outbox WHERE uid LIKE 'uuu%';
 -- a uid is used once
 SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account) VALUES ('adj-1', 'api', 'acme')$$);
 -- generated uids are version 7 UUIDs: they start with the time, so they sort in the order rows were made

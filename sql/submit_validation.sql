@@ -25,6 +25,7 @@ SELECT err($$SELECT m3ter_submit('{"meter":"m","account":"acme","ts":"2024-01-02
 SELECT err($$SELECT m3ter_submit('{"meter":"m","account":"acme","ts":"2024-01-02T03:04:05Z","colour":"red"}')$$);
 SELECT err($$SELECT m3ter_submit('{"meter":"m","account":"acme","ts":"2024-01-02T03:04:05Z","uid":""}')$$);
 SELECT err($$SELECT m3ter_submit('{"meter":"m","account":"acme","ts":"2024-01-02T03:04:05Z","uid":7}')$$);
+SELECT err($$SELECT m3ter_submit(jsonb_build_object('meter', 'm', 'account', 'acme', 'ts', '2024-01-02T03:04:05Z', 'uid', repeat('u', 513)))$$);
 -- the second measurement of an array is named by its index
 SELECT err($$SELECT m3ter_submit('[{"meter":"m","account":"a","ts":"2024-01-02T03:04:05Z"},{"meter":"m","account":"a","ts":"2024-01-02T03:04:05Z","income":{"x":true}}]')$$);
 -- one measurement too large for any request

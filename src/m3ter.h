@@ -217,6 +217,9 @@ typedef struct M3terMeasurement
 } M3terMeasurement;
 
 extern const char *m3ter_check_code(const char *s, int len, int maxlen);
+/* The longest uid, in bytes */
+#define M3TER_UID_MAX_BYTES 512
+extern const char *m3ter_check_uid(const char *s, int len);
 extern const char *m3ter_check_map(Jsonb *map, M3terMapKind kind,
 								   const char **key, int *keylen);
 extern bool m3ter_valid_iso8601(const char *s);

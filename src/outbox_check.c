@@ -90,8 +90,17 @@ m3ter_check_usage(PG_FUNCTION_ARGS)
 {
 	int			k;
 
-	if (!PG_ARGISNULL(ARG_UID) && VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(ARG_UID)) == 0)
-		bad_column("uid", NULL, "It must not be empty.", "Leave uid out to have a UUID generated.");
+	if (!PG_ARGISNULL(ARG_UID))
+	{
+		text	   *uid = PG_GETARG_TEXT_PP(ARG_UID);
+		const char *why;
+
+		if (VARSIZE_ANY_EXHDR(uid) == 0)
+			bad_column("uid", NULL, "It must not be empty.", "Leave uid out to have a UUID generated.");
+		why = m3ter_check_uid(VARDATA_ANY(uid), VARSIZE_ANY_EXHDR(uid));
+		if (why != NULL)
+			bad_column("uid", NULL, why, "A uid is a short unique string, such as a UUID; leave it out to have one generated.");
+	}
 	check_code_arg(fcinfo, ARG_METER, "meter", 80);
 	check_code_arg(fcinfo, ARG_ACCOUNT, "account", 0);
 	check_timestamp_arg(fcinfo, ARG_TS, "ts");

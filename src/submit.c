@@ -87,6 +87,8 @@ read_measurement(int i, JsonbValue *obj, M3terMeasurement *m)
 			m->uid = string_field(i, key, &v);
 			if (m->uid[0] == '\0')
 				bad_measurement(i, key, "It must not be empty; leave it out to have one generated.");
+			if ((why = m3ter_check_uid(m->uid, strlen(m->uid))) != NULL)
+				bad_measurement(i, key, why);
 		}
 		else if (strcmp(key, "meter") == 0 || strcmp(key, "account") == 0)
 		{

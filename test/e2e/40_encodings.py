@@ -121,6 +121,14 @@ ok(rc != 0 and "must be UTF-8" in err, "SQL_ASCII: bytes that are not UTF-8 are 
 _, err, rc = q("INSERT INTO m3ter.outbox (meter, account, who) VALUES ('api', 'acme', jsonb_build_object('u', 'J' || chr(252) || 'rgen'))",
                "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
 ok(rc != 0 and "must be UTF-8" in err, "SQL_ASCII: and in map values", err)
+# two uids whose bytes are not UTF-8 would both reach m3ter as U+FFFD, one uid: refused
+_, err, rc = q("INSERT INTO m3ter.outbox (uid, meter, account) VALUES ('x' || chr(233), 'api', 'acme')",
+               "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
+ok(rc != 0 and "invalid uid" in err and "must be UTF-8" in err, "SQL_ASCII: and in a uid", err)
+out, err, rc = q("SELECT m3ter_submit(jsonb_build_object('uid', 'x' || chr(232), 'meter', 'api', 'account', 'acme', "
+                 "'ts', '2024-01-01T00:00:00Z', 'measure', jsonb_build_object('n', 1)))",
+                 "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
+ok(rc != 0 and "must be UTF-8" in err, "SQL_ASCII: and in m3ter_submit()'s uids", err)
 
 for db in ("m3ter_latin1", "m3ter_win1252", "m3ter_sqlascii"):
     psql("DROP DATABASE %s" % db)
