@@ -47,7 +47,8 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    NEW.next_attempt_at := NEW.created_at + interval '1 microsecond';
+    -- due now, not at created_at: a long delivery's claims have passed that
+    NEW.next_attempt_at := GREATEST(now(), NEW.created_at + interval '1 microsecond');
     RETURN NEW;
 END
 $$;

@@ -170,7 +170,9 @@ m3ter_sender_queue(M3terSender *s, M3terGroup *g, int start, int end)
 			send = new_send(g, start, start + 1);
 			send->result.outcome = M3TER_TOO_LARGE;
 			send->result.message = MemoryContextStrdup(g->cxt,
-													   psprintf("the measurement takes %d bytes as JSON; a request to m3ter must stay under %d bytes",
+													   psprintf("a request with this measurement alone would take %d bytes "
+																"(%d of them the measurement as JSON); m3ter takes requests under %d bytes",
+																m3ter_group_item_len(g, start) + M3TER_PAYLOAD_OVERHEAD,
 																m3ter_group_item_len(g, start), M3TER_MAX_PAYLOAD_BYTES));
 			dlist_push_tail(&s->done, &send->node);
 			start++;

@@ -108,7 +108,7 @@ INSERT INTO m3ter.outbox (uid, meter, account, metadata)
 VALUES ('huge-1', 'm', 'a', jsonb_build_object('blob', repeat('x', 520000)));
 SELECT m3ter_flush();
 SELECT alike((SELECT status || ': ' || error FROM m3ter.outbox WHERE uid = 'huge-1'),
-            'failed: the measurement takes % bytes as JSON; a request to m3ter must stay under 512000 bytes',
+            'failed: a request with this measurement alone would take % bytes (% of them the measurement as JSON); m3ter takes requests under 512000 bytes',
             'a row over 512,000 bytes is failed with the reason');
 SELECT is((SELECT count(*)::int FROM standin.ingest_requests()), 0, 'it was never sent');
 
