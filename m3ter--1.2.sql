@@ -190,6 +190,38 @@ CREATE TRIGGER outbox_truncated
     FOR EACH STATEMENT
     EXECUTE FUNCTION m3ter.outbox_truncated();
 
+-- A row's usage cannot change once it has been sent (accepted, tried, or in
+-- flight): m3ter keeps the first measurement of a uid, so the change would
+-- never reach it.  A row that failed may be corrected and retried.
+CREATE FUNCTION m3ter.outbox_refuse_sent_change()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF OLD.status <> 'pending' OR OLD.attempts > 0
+       OR EXISTS (SELECT 1 FROM m3ter.inflight f WHERE OLD.id = ANY (f.ids)) THEN
+        RAISE EXCEPTION 'outbox row "%" has been sent to m3ter: its usage cannot change', OLD.uid
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'm3ter keeps the first measurement it receives for a uid and ignores one sent again with it.',
+                  HINT = 'Queue a correction with m3ter_adjust(uid, factor), or insert a new row with a new uid.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER outbox_sent_is_final
+    BEFORE UPDATE OF uid, meter, account, ts, ets, measure, cost, income, who, "where", what, other, metadata
+    ON m3ter.outbox
+    FOR EACH ROW
+    WHEN (OLD.status <> 'failed'
+          AND (OLD.uid, OLD.meter, OLD.account, OLD.ts, OLD.ets, OLD.measure, OLD.cost, OLD.income, OLD.who,
+               OLD."where", OLD.what, OLD.other, OLD.metadata)
+              IS DISTINCT FROM
+              (NEW.uid, NEW.meter, NEW.account, NEW.ts, NEW.ets, NEW.measure, NEW.cost, NEW.income, NEW.who,
+               NEW."where", NEW.what, NEW.other, NEW.metadata))
+    EXECUTE FUNCTION m3ter.outbox_refuse_sent_change();
+
 -- The time from which a row is due now and counts as deferred
 CREATE FUNCTION m3ter.due_now(created_at timestamptz)
 RETURNS timestamptz

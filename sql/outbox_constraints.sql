@@ -24,6 +24,16 @@ SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account) VALUES (repeat('u', 
 INSERT INTO m3ter.outbox (uid, meter, account) VALUES (repeat('u', 512), 'api', 'acme');
 SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account) VALUES (repeat(md5('x'), 200), 'api', 'acme')$$);
 DELETE FROM m3ter.outbox WHERE uid LIKE 'uuu%';
+-- a row's usage may change until it is sent, not after (m3ter keeps a uid's first measurement)
+INSERT INTO m3ter.outbox (uid, meter, account, measure) VALUES ('edit-1', 'api', 'acme', '{"n": 1}');
+UPDATE m3ter.outbox SET measure = '{"n": 2}' WHERE uid = 'edit-1';
+UPDATE m3ter.outbox SET attempts = 1 WHERE uid = 'edit-1';
+SELECT err($$UPDATE m3ter.outbox SET measure = '{"n": 3}' WHERE uid = 'edit-1'$$);
+UPDATE m3ter.outbox SET measure = '{"n": 2}' WHERE uid = 'edit-1';
+UPDATE m3ter.outbox SET status = 'failed' WHERE uid = 'edit-1';
+UPDATE m3ter.outbox SET measure = '{"n": 4}' WHERE uid = 'edit-1';
+SELECT uid, status, measure FROM m3ter.outbox WHERE uid = 'edit-1';
+DELETE FROM m3ter.outbox WHERE uid = 'edit-1';
 -- a uid is used once
 SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account) VALUES ('adj-1', 'api', 'acme')$$);
 -- generated uids are version 7 UUIDs: they start with the time, so they sort in the order rows were made
