@@ -82,7 +82,14 @@ m3ter_cleanup() {
         done
     fi
     # the stand-in, also when a test restarted it under another pid
-    [ -n "${M3TER_TMP:-}" ] && pkill -f "m3ter_standin.py --port-file $M3TER_TMP/" 2>/dev/null
+    # (SIGTERM makes it save its state file: wait for it to end before removing the directory)
+    if [ -n "${M3TER_TMP:-}" ]; then
+        pkill -f "m3ter_standin.py --port-file $M3TER_TMP/" 2>/dev/null
+        for _ in $(seq 100); do
+            pgrep -f "m3ter_standin.py --port-file $M3TER_TMP/" >/dev/null 2>&1 || break
+            sleep 0.1
+        done
+    fi
     [ -n "${M3TER_TMP:-}" ] && [ -z "${M3TER_KEEP:-}" ] && rm -rf "$M3TER_TMP"
 }
 

@@ -69,7 +69,7 @@ ok(all(r["bytes"] < 512000 for r in reqs) and not any(r["status"] == 403 for r i
 ok(min(r["bytes"] for r in reqs if r["status"] == 200) > 500000, "and requests were still full")
 scenario("a row over 512,000 bytes", "rhuge-", rows=1, extra="jsonb_build_object('blob', repeat('x', 520000))",
          expect_failed=1)
-ok(scalar("SELECT error FROM m3ter.outbox").startswith("the measurement takes"), "it is failed with the reason")
+ok(scalar("SELECT error FROM m3ter.outbox").startswith("a request with this measurement alone would take"), "it is failed with the reason")
 
 scenario("a response that never comes (timeout)", "rslow-", [fault(delay=5, count=2)],
          settings={"request_timeout": "1s"})
