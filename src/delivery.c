@@ -441,9 +441,11 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 				}
 				MemoryContextSwitchTo(old);
 
+				/* packed as the sender will pack it: the first row counts too */
+				if (verdict == NULL && !m3ter_pack_item(&send_bytes, &send_items, buf.len) && k > 0)
+					sends++;
 				if (k > 0 && verdict == NULL &&
-					((!m3ter_pack_item(&send_bytes, &send_items, buf.len) && ++sends > max_sends) ||
-					 bytes + buf.len > (int64) m3ter_claim_bytes))
+					(sends > max_sends || bytes + buf.len > (int64) m3ter_claim_bytes))
 				{
 					/*
 					 * It would open one request more than m3ter.claim_bytes

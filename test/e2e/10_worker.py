@@ -101,6 +101,17 @@ ok(wait_until(lambda: outbox_counts()["accepted"] == 0, timeout=15), "with m3ter
 set_and_reload(retention=None)
 
 # the worker restarts after a crash
+# Requests are full when rows are large: 4,000 rows of about 10 kB fill requests of 512,000 bytes,
+# with no one-row request left over from each claim
+reset()
+set_and_reload(worker_enabled="off")
+insert_usage(4000, "big-", extra="(SELECT jsonb_object_agg('k' || k, repeat(chr(97 + k), 1000)) "
+                                 "FROM generate_series(0, 9) k)")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == 4000, timeout=60), "4,000 rows of 10 kB are delivered")
+sizes = [r["measurements"] for r in ingest_requests() if r["status"] == 200]
+ok(len(sizes) <= 4000 // 49 + 1 and min(sizes[:-1]) >= 45, "in %d full requests" % len(sizes), sizes)
+
 pid = worker_pid()
 kill9(pid)
 ok(wait_until(lambda: server_up() and worker_pid() not in (None, pid), timeout=30),
