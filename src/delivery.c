@@ -98,7 +98,11 @@ begin_work(M3terDelivery *d)
 	}
 	if (d->mode == M3TER_TXN_PROCEDURE)
 	{
-		/* running with the owner's rights: the caller's search_path picks nothing; short queries are not worth compiling (jit) */
+		/*
+		 * running with the owner's rights: the caller's search_path picks
+		 * nothing; and short queries run again and again are not worth
+		 * compiling (jit)
+		 */
 		(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
 		(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);

@@ -71,28 +71,6 @@ is_forbidden_codepoint(pg_wchar c)
 }
 
 /*
- * Check a uid of len bytes (not empty: callers say so with their own hint).
- * It is kept in the outbox's unique index, whose entries have a size limit,
- * and must reach m3ter as the same string (UTF-8: in a SQL_ASCII database
- * two different invalid byte strings would both arrive as U+FFFD).
- */
-const char *
-m3ter_check_uid(const char *s, int len)
-{
-	int			i;
-
-	if (len > M3TER_UID_MAX_BYTES)
-		return psprintf("It takes %d bytes; a uid may take at most %d.", len, M3TER_UID_MAX_BYTES);
-	if (GetDatabaseEncoding() == PG_SQL_ASCII)
-	{
-		for (i = 0; i < len; i++)
-			if (IS_HIGHBIT_SET(s[i]))
-				return pg_verify_mbstr(PG_UTF8, s, len, true) ? NULL : M3TER_NOT_UTF8;
-	}
-	return NULL;
-}
-
-/*
  * Check a code (Meter or Account code, field code) of len bytes.  Returns
  * NULL when it is good, else a sentence that says what is wrong.  maxlen
  * counts characters; 0 means no limit.
@@ -163,6 +141,22 @@ sql_ascii_text_ok(const char *s, int len)
 		if (IS_HIGHBIT_SET(s[i]))
 			return pg_verify_mbstr(PG_UTF8, s, len, true);
 	return true;
+}
+
+/*
+ * Check a uid of len bytes (not empty: callers say so with their own hint).
+ * It is kept in the outbox's unique index, whose entries have a size limit,
+ * and must reach m3ter as the same string (UTF-8: in a SQL_ASCII database
+ * two different invalid byte strings would both arrive as U+FFFD).
+ */
+const char *
+m3ter_check_uid(const char *s, int len)
+{
+	if (len > M3TER_UID_MAX_BYTES)
+		return psprintf("It takes %d bytes; a uid may take at most %d.", len, M3TER_UID_MAX_BYTES);
+	if (GetDatabaseEncoding() == PG_SQL_ASCII && !sql_ascii_text_ok(s, len))
+		return M3TER_NOT_UTF8;
+	return NULL;
 }
 
 /* Does a numeric fit in a double, as m3ter reads numbers? */

@@ -609,13 +609,12 @@ m3ter_outbox_sweep(M3terClaimState *s)
 								   " UPDATE m3ter.outbox o SET next_attempt_at = m3ter.due_now(o.created_at)"
 								   "  WHERE o.id = ANY ((SELECT ids FROM lost)::bigint[]) AND o.status = 'pending'"
 								   "    AND o.next_attempt_at <= o.created_at RETURNING o.id), "
-								   /* the next sweep goes on after this one, or from the start */
+								   /* the next sweep goes on after this one, or from the start (runs unreferenced) */
 								   "moved AS ("
 								   " UPDATE m3ter.claim_state SET swept_at = pg_catalog.now(),"
 								   "        sweep_from = CASE WHEN (SELECT count(*) FROM chunk) < $3 THEN NULL"
-								   "                          ELSE (SELECT max(id) FROM chunk) END"
-								   " RETURNING 1) "
-								   "SELECT (SELECT count(*) FROM found), (SELECT count(*) FROM moved)",
+								   "                          ELSE (SELECT max(id) FROM chunk) END) "
+								   "SELECT count(*) FROM found",
 								   5, types),
 						 values, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "m3ter outbox sweep failed");
