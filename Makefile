@@ -1,7 +1,7 @@
 # m3ter for PostgreSQL (PGXS)
 
 EXTENSION = m3ter
-EXTVERSION = 1.2
+EXTVERSION = 1.3
 
 MODULE_big = m3ter
 OBJS = \
@@ -30,7 +30,7 @@ OBJS = \
 	src/worker.o \
 	src/events.o
 
-DATA = m3ter--1.0.sql m3ter--1.2.sql m3ter--1.0--1.1.sql m3ter--1.1--1.2.sql
+DATA = m3ter--1.0.sql m3ter--1.2.sql m3ter--1.0--1.1.sql m3ter--1.1--1.2.sql m3ter--1.2--1.3.sql
 PGFILEDESC = "m3ter - usage metering for the m3ter billing platform"
 
 # Warnings stay warnings here (packagers' newer compilers); test/lib.sh adds -Werror

@@ -19,7 +19,7 @@ $$;
 CREATE TEMP TABLE fresh AS SELECT obj FROM pg_temp.m3ter_objects() obj;
 DROP EXTENSION m3ter;
 CREATE EXTENSION m3ter VERSION '1.0';
-ALTER EXTENSION m3ter UPDATE TO '1.2';
+ALTER EXTENSION m3ter UPDATE TO '1.3';
 SELECT extversion FROM pg_extension WHERE extname = 'm3ter';
 SELECT 'only in fresh: ' || obj FROM (SELECT obj FROM fresh EXCEPT ALL SELECT obj FROM pg_temp.m3ter_objects() obj) a
 UNION ALL

@@ -17,7 +17,7 @@ SELECT c.relname FROM pg_extension e, unnest(e.extconfig) AS t(oid) JOIN pg_clas
 -- an installed version this library does not know
 UPDATE pg_extension SET extversion = '9.9' WHERE extname = 'm3ter';
 SELECT err($$SELECT m3ter_create_meter('API', 'api', '[]')$$);
-UPDATE pg_extension SET extversion = '1.2' WHERE extname = 'm3ter';
+UPDATE pg_extension SET extversion = '1.3' WHERE extname = 'm3ter';
 SELECT err($$SELECT m3ter_create_meter(NULL, 'api', '[]')$$);
 DELETE FROM m3ter.outbox;
 -- a new install has the same configuration tables

@@ -38,7 +38,7 @@
 #include "m3ter.h"
 
 /* The SQL versions this library works with */
-static const char *const supported_versions[] = {"1.2", NULL};
+static const char *const supported_versions[] = {"1.3", NULL};
 
 static bool cache_valid = false;
 static CommandId cache_cid = InvalidCommandId;

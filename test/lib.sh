@@ -13,9 +13,11 @@ M3TER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 M3TER_PG_VERSION=${M3TER_PG_VERSION:-15}
 # M3TER_PG_ROOT: a directory holding a private copy of the PostgreSQL installation
 # (usr/lib/postgresql, usr/share/postgresql, usr/include/postgresql), made on first
-# use; PostgreSQL finds its files relative to its binaries, so two checkouts can
-# build, install and test side by side without overwriting each other's library.
-M3TER_PG_ROOT=${M3TER_PG_ROOT:-}
+# use; PostgreSQL finds its files relative to its binaries, so the extension is
+# built and installed there and nothing under the system's PostgreSQL directories
+# changes, and two checkouts can test side by side.  Default: .pgroot in the checkout;
+# set to the empty string for the system's own directories (test/package.sh does).
+M3TER_PG_ROOT=${M3TER_PG_ROOT-$M3TER_ROOT/.pgroot}
 export M3TER_PG_ROOT M3TER_PG_VERSION
 M3TER_PACKAGES="postgresql-$M3TER_PG_VERSION postgresql-server-dev-$M3TER_PG_VERSION \
 libcurl4-openssl-dev libcjson-dev postgresql-$M3TER_PG_VERSION-pgtap \

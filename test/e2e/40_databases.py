@@ -144,7 +144,7 @@ t0 = time.time()
 psql("ALTER EXTENSION m3ter UPDATE", OLD)
 ok(wait_until(lambda: worker_pid(OLD) is not None, timeout=SECONDS + 10, interval=0.05) and time.time() - t0 < SECONDS,
    "CREATE EXTENSION m3ter VERSION '1.0'; ALTER EXTENSION m3ter UPDATE: a worker within seconds")
-is_(psql("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'", OLD), "1.2", "the extension is at 1.2")
+is_(psql("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'", OLD), "1.3", "the extension is at 1.3")
 is_(psql("SELECT pending || '|' || measurements_resent || '|' || worker_running FROM m3ter.outbox_stats", OLD),
     "0|0|true", "m3ter.outbox_stats: one row on an empty outbox, with measurements_resent")
 psql("DROP DATABASE %s" % OLD)

@@ -79,7 +79,7 @@ before = psql("SELECT count(*) || ':' || min(id) || ':' || max(id) FROM m3ter.ou
 set_and_reload(worker_enabled=None)
 ok(wait_until(lambda: worker_pid() is not None, timeout=10), "the worker is running")
 psql("ALTER EXTENSION m3ter UPDATE")
-is_(scalar("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'"), "1.2", "ALTER EXTENSION m3ter UPDATE to 1.2")
+is_(scalar("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'"), "1.3", "ALTER EXTENSION m3ter UPDATE to 1.3")
 is_(psql("SELECT count(*) || ':' || min(id) || ':' || max(id) FROM m3ter.outbox"), before,
     "the outbox rows are all there with their ids")
 ok(wait_until(lambda: outbox_counts()["accepted"] == 3000, timeout=120), "the worker delivers all 3,000 rows",
@@ -106,7 +106,7 @@ psql("UPDATE m3ter.outbox SET status = 'failed', error = 'rejected', next_attemp
      "WHERE id % 4 = 2")
 set_and_reload(worker_enabled=None)
 psql("ALTER EXTENSION m3ter UPDATE")
-is_(scalar("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'"), "1.2", "ALTER EXTENSION m3ter UPDATE from 1.1")
+is_(scalar("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'"), "1.3", "ALTER EXTENSION m3ter UPDATE from 1.1")
 same_as_fresh("postgres", "updated from 1.1, the extension defines what CREATE EXTENSION m3ter does")
 ok(wait_until(lambda: outbox_counts()["accepted"] == 300, timeout=60),
    "the rows waiting for a retry and the fresh ones are delivered", outbox_counts())

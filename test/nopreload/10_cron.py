@@ -15,7 +15,7 @@ ok(r.returncode == 0 and r.stdout.strip() == "alive", "loading the library in a 
 r = psql("SHOW m3ter.max_databases", check=False)
 ok(r.returncode != 0 and "unrecognized configuration parameter" in r.stderr,
    "m3ter.max_databases (a postmaster setting) is only defined when preloaded", r.stderr)
-is_(scalar("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'"), "1.2", "CREATE EXTENSION m3ter worked")
+is_(scalar("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'"), "1.3", "CREATE EXTENSION m3ter worked")
 is_(scalar("SELECT running::text || '|' || state FROM m3ter_worker_status()"),
     "false|m3ter is not in shared_preload_libraries", "m3ter_worker_status() says why no worker runs")
 
