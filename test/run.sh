@@ -10,12 +10,20 @@
 #
 #   test/run.sh                    everything
 #   test/run.sh reliability        only the named suites (regress pgtap nopreload e2e reliability package)
+#   test/run.sh test/e2e/60_upgrade.py   only these files of the e2e and reliability suites
 #
 # Exits non-zero if any test fails.  test/valgrind.sh runs suites with the server under valgrind.
 source "$(dirname "$0")/lib.sh"
 
 # package last: it installs into and removes from the system's PostgreSQL directories
 suites=${*:-regress pgtap nopreload e2e reliability package}
+# files named on the command line run alone, in their suite
+files=""
+for a in $suites; do
+    case $a in test/e2e/*) suites+=" e2e"; files+=" $a" ;; test/reliability/*) suites+=" reliability"; files+=" $a" ;; esac
+done
+# the files of suite $1 to run: those named, or all
+suite_files() { local f; for f in $files; do [[ $f == test/$1/* ]] && echo "$f"; done | grep . || ls test/"$1"/*.py; }
 m3ter_start
 
 passed=0
@@ -94,11 +102,11 @@ if wants e2e || wants reliability; then
 fi
 if wants e2e; then
     log "end-to-end: outbox, worker, pg_cron"
-    tap_suite e2e prove --comments -e python3 test/e2e/*.py
+    tap_suite e2e prove --comments -e python3 $(suite_files e2e)
 fi
 if wants reliability; then
     log "reliability: faults, crashes, hostile input, secrets, load"
-    tap_suite reliability prove --comments -e python3 test/reliability/*.py
+    tap_suite reliability prove --comments -e python3 $(suite_files reliability)
     python3 test/reliability_summary.py "$M3TER_TMP/reliability.jsonl"
 fi
 
