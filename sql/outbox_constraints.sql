@@ -49,3 +49,8 @@ SELECT count(*) FILTER (WHERE uid ~ '^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab
                     - ('x' || lpad(replace(left(uid, 13), '-', ''), 16, '0'))::bit(64)::bigint) < 60000) AS uid_time_is_now
   FROM m3ter.outbox WHERE uid <> 'adj-1';
 DELETE FROM m3ter.outbox;
+-- a missing uid or ts is named too (no row dumped in a detail)
+SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account) VALUES (NULL, 'api', 'acme')$$);
+SELECT err($$INSERT INTO m3ter.outbox (meter, account, ts) VALUES ('api', 'acme', NULL)$$);
+SELECT err($$INSERT INTO m3ter.outbox (meter, account) VALUES ('api', NULL)$$);
+SELECT err($$INSERT INTO m3ter.outbox (meter, account) VALUES ('', 'acme')$$);

@@ -40,6 +40,21 @@ SELECT context, setting FROM pg_settings WHERE name = 'm3ter.credentials_file';
 SET ROLE m3ter_regress_monitor;
 SELECT err($$SET m3ter.credentials_file = '/tmp/x'$$);
 RESET ROLE;
+-- the worker's figures: pg_monitor reads them, a plain role does not
+CREATE ROLE m3ter_regress_plain LOGIN;
+SET ROLE m3ter_regress_monitor;
+SELECT count(*) AS monitor_reads_worker_status FROM m3ter_worker_status();
+SET ROLE m3ter_regress_plain;
+SELECT err($$SELECT * FROM m3ter_worker_status()$$);
+RESET ROLE;
+DROP ROLE m3ter_regress_plain;
+-- every function and procedure of the extension that PUBLIC may execute: the
+-- check of the outbox, the uid default and its triggers' functions only
+SELECT p.oid::regprocedure AS executable_by_public
+  FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'm3ter'
+ WHERE has_function_privilege('public', p.oid, 'EXECUTE')
+ ORDER BY p.oid::regprocedure::text;
 DROP ROLE m3ter_regress_monitor;
 -- the superuser reads the settings
 SELECT current_setting('m3ter.api_secret') NOT IN ('', '********') AS superuser_reads_secret;

@@ -299,6 +299,7 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 			if (result->outcome == M3TER_TRANSIENT && attempt < max_retries)
 			{
 				m3ter_sleep_ms(m3ter_backoff_ms(attempt++, result->retry_after_ms));
+				result->retries = attempt;
 				continue;
 			}
 			return;
@@ -313,7 +314,10 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 			refreshed = true;
 		}
 		else if (result->outcome == M3TER_TRANSIENT && attempt < max_retries)
+		{
 			m3ter_sleep_ms(m3ter_backoff_ms(attempt++, result->retry_after_ms));
+			result->retries = attempt;
+		}
 		else
 		{
 			explicit_bzero(token, strlen(token));
@@ -323,14 +327,26 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 	}
 }
 
-/* The SQLSTATE and hint that a failed call deserves */
-static int
-error_code(const M3terCallResult *result, const char **hint)
+/*
+ * The SQLSTATE and hint that a failed call deserves: one SQLSTATE per cause,
+ * whoever reports it (a call's error, a flush's or the worker's warning).
+ * hint may be NULL.
+ */
+int
+m3ter_call_sqlstate(const M3terCallResult *result, const char **hint)
 {
+	const char *ignored;
+
+	if (hint == NULL)
+		hint = &ignored;
 	switch (result->outcome)
 	{
 		case M3TER_TRANSIENT:
-			*hint = "The call was retried with growing delays; raise m3ter.max_retries or try again later.";
+			if (result->retries == 0)
+				*hint = "The call was not retried; try again later, or raise m3ter.max_retries.";
+			else
+				*hint = psprintf("The call was retried %d time%s with growing delays; raise m3ter.max_retries or try again later.",
+								 result->retries, result->retries == 1 ? "" : "s");
 			return result->status == 0 ? ERRCODE_M3TER_NETWORK :
 				result->status == 429 ? ERRCODE_M3TER_RATE_LIMITED : ERRCODE_M3TER_SERVER;
 		case M3TER_FORBIDDEN:
@@ -364,7 +380,7 @@ void
 m3ter_raise_call_error(const M3terCallResult *result, const char *what)
 {
 	const char *hint;
-	int			code = error_code(result, &hint);
+	int			code = m3ter_call_sqlstate(result, &hint);
 
 	if (result->status == 0)
 		ereport(ERROR,

@@ -243,6 +243,7 @@ record_outcome(M3terDelivery *d, M3terSend *send)
 	if (!send->untried)
 		st->sent -= n;
 	st->stopped = true;
+	st->stop_sqlstate = m3ter_call_sqlstate(r, NULL);
 	st->error = psprintf("%s (HTTP %ld)", r->message ? r->message : "refused", r->status);
 	m3ter_outbox_write(M3TER_ROWS_HELD, ids, n, r->status, st->error, 0, 0, false);
 	m3ter_sender_finish(&d->sender, send);
@@ -686,7 +687,11 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 			d->exhausted = false;
 	}
 	if (d->sender.stopped)
+	{
 		d->stats.stopped = true;
+		if (d->stats.stop_sqlstate == 0)
+			d->stats.stop_sqlstate = m3ter_call_sqlstate(&d->sender.stop, NULL);
+	}
 
 	pump(d, wait_ms);
 	write_outcomes(d);

@@ -47,7 +47,7 @@ warn_if_stopped(const M3terFlushStats *stats)
 {
 	if (stats->stopped)
 		ereport(WARNING,
-				(errcode(ERRCODE_M3TER_FORBIDDEN),
+				(errcode(stats->stop_sqlstate ? stats->stop_sqlstate : ERRCODE_M3TER_FORBIDDEN),
 				 errmsg("m3ter refused the outbox delivery; sending stopped"),
 				 errdetail("%s", stats->error ? stats->error : "no detail"),
 				 errhint("Check m3ter.org_id, the credentials and m3ter.ingest_url. The rows stay pending.")));

@@ -101,13 +101,15 @@ show_api_secret(void)
 }
 
 /*
- * Check hook of the secrets: refuse a value bound for a catalog that every
+ * Check of the credentials: refuse a value bound for a catalog that every
  * role can read (pg_db_role_setting through ALTER ROLE / ALTER DATABASE ...
  * SET, pg_proc.proconfig through CREATE FUNCTION ... SET, both validated with
- * PGC_S_TEST), or read back from one at session start.
+ * PGC_S_TEST), or read back from one at session start.  The message is set
+ * here so that PostgreSQL's own ("invalid value for parameter ...: <value>")
+ * never repeats the credential to the client or the log.
  */
 static bool
-check_secret(char **newval, void **extra, GucSource source)
+check_credential(const char *name, char **newval, GucSource source)
 {
 	if (*newval == NULL || (*newval)[0] == '\0')
 		return true;
@@ -118,12 +120,51 @@ check_secret(char **newval, void **extra, GucSource source)
 		case PGC_S_DATABASE:
 		case PGC_S_USER:
 		case PGC_S_DATABASE_USER:
+			GUC_check_errmsg("%s cannot be set per role, per database or per function", name);
 			GUC_check_errdetail("Every role can read per-role, per-database and per-function settings.");
 			GUC_check_errhint("Put the credentials in the file named by m3ter.credentials_file, or set them with ALTER SYSTEM.");
 			return false;
 		default:
 			return true;
 	}
+}
+
+/* Check hook of m3ter.access_key_id */
+static bool
+check_access_key_id(char **newval, void **extra, GucSource source)
+{
+	return check_credential("m3ter.access_key_id", newval, source);
+}
+
+/* Check hook of m3ter.api_secret */
+static bool
+check_api_secret(char **newval, void **extra, GucSource source)
+{
+	return check_credential("m3ter.api_secret", newval, source);
+}
+
+/* Check hook of m3ter.org_id: empty, or a UUID in its text form */
+static bool
+check_org_id(char **newval, void **extra, GucSource source)
+{
+	const char *v = *newval;
+	int			i;
+
+	if (v == NULL || v[0] == '\0')
+		return true;
+	for (i = 0; i < 36; i++)
+	{
+		bool		dash = (i == 8 || i == 13 || i == 18 || i == 23);
+
+		if (v[i] == '\0' || (dash ? v[i] != '-' : !isxdigit((unsigned char) v[i])))
+			break;
+	}
+	if (i == 36 && v[36] == '\0')
+		return true;
+	GUC_check_errmsg("m3ter.org_id must be a UUID");
+	GUC_check_errdetail("The Organization id is 36 characters: hexadecimal digits in groups of 8-4-4-4-12 separated by dashes.");
+	GUC_check_errhint("Copy it from the m3ter Console: Settings, Organization.");
+	return false;
 }
 
 /* Assign hook of m3ter.credentials_file: read the file again at next use */
@@ -144,7 +185,7 @@ m3ter_define_settings(void)
 							   "",
 							   PGC_SUSET,
 							   0,
-							   NULL, NULL, NULL);
+							   check_org_id, NULL, NULL);
 
 	DefineCustomStringVariable("m3ter.access_key_id",
 							   "Sets the Access Key id of the m3ter Service User.",
@@ -153,7 +194,7 @@ m3ter_define_settings(void)
 							   "",
 							   PGC_SUSET,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
-							   check_secret, NULL, show_access_key_id);
+							   check_access_key_id, NULL, show_access_key_id);
 
 	DefineCustomStringVariable("m3ter.api_secret",
 							   "Sets the Api Secret of the m3ter Service User.",
@@ -162,7 +203,7 @@ m3ter_define_settings(void)
 							   "",
 							   PGC_SUSET,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
-							   check_secret, NULL, show_api_secret);
+							   check_api_secret, NULL, show_api_secret);
 
 	DefineCustomStringVariable("m3ter.credentials_file",
 							   "Sets the file that holds the Access Key id and Api Secret.",

@@ -164,6 +164,7 @@ typedef struct M3terCallResult
 	char	   *message;		/* the server's message or the local reason */
 	int			requests;		/* HTTP requests made, token requests included */
 	int			retry_after_ms; /* last Retry-After seen, -1 when none */
+	int			retries;		/* times the call was tried again after a transient fault */
 } M3terCallResult;
 
 extern char *m3ter_api_base(M3terApi api);
@@ -171,6 +172,7 @@ extern void m3ter_classify(const M3terHttpResponse *resp, M3terCallResult *resul
 extern void m3ter_send_once(M3terApi api, const char *method, const char *url,
 							char *authorization, const char *body, size_t body_len,
 							M3terCallResult *result);
+extern int	m3ter_call_sqlstate(const M3terCallResult *result, const char **hint);
 extern void m3ter_call(M3terApi api, const char *method, const char *path,
 					   const char *body, size_t body_len, int max_retries,
 					   M3terCallResult *result);
@@ -405,6 +407,7 @@ typedef struct M3terFlushStats
 	int64		throttled;		/* 429s waited out in memory */
 	int64		orphaned;		/* rows of stale in-flight records */
 	bool		stopped;		/* a configuration fault stopped delivery */
+	int			stop_sqlstate;	/* the SQLSTATE of what stopped it (as a call raises) */
 	char	   *error;			/* the last error seen, or NULL */
 } M3terFlushStats;
 

@@ -54,7 +54,21 @@ bad_column(const char *column, const char *what, const char *why, const char *hi
 			 errhint("%s", hint)));
 }
 
-/* A code column: the rules of m3ter_check_code() */
+/*
+ * A required column left NULL.  The columns carry no NOT NULL constraint of
+ * their own: PostgreSQL's would answer with the whole row in its detail.
+ */
+static void
+missing_column(const char *column, const char *hint)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NOT_NULL_VIOLATION),
+			 errmsg("invalid %s for m3ter: it is missing", column),
+			 errdetail("m3ter cannot take a usage row without its %s.", column),
+			 errhint("%s", hint)));
+}
+
+/* A code column: required, and the rules of m3ter_check_code() */
 static void
 check_code_arg(FunctionCallInfo fcinfo, int arg, const char *column, int maxlen)
 {
@@ -62,7 +76,7 @@ check_code_arg(FunctionCallInfo fcinfo, int arg, const char *column, int maxlen)
 	const char *why;
 
 	if (PG_ARGISNULL(arg))
-		return;					/* NOT NULL says so first */
+		missing_column(column, "Meter and Account codes are short identifiers such as api_requests.");
 	value = PG_GETARG_TEXT_PP(arg);
 	why = m3ter_check_code(VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value), maxlen);
 	if (why != NULL)
@@ -90,7 +104,9 @@ m3ter_check_usage(PG_FUNCTION_ARGS)
 {
 	int			k;
 
-	if (!PG_ARGISNULL(ARG_UID))
+	if (PG_ARGISNULL(ARG_UID))
+		missing_column("uid", "Leave uid out to have a UUID generated.");
+	else
 	{
 		text	   *uid = PG_GETARG_TEXT_PP(ARG_UID);
 		const char *why;
@@ -103,6 +119,8 @@ m3ter_check_usage(PG_FUNCTION_ARGS)
 	}
 	check_code_arg(fcinfo, ARG_METER, "meter", 80);
 	check_code_arg(fcinfo, ARG_ACCOUNT, "account", 0);
+	if (PG_ARGISNULL(ARG_TS))
+		missing_column("ts", "Leave ts out for now(), or give the time the usage happened.");
 	check_timestamp_arg(fcinfo, ARG_TS, "ts");
 	check_timestamp_arg(fcinfo, ARG_ETS, "ets");
 

@@ -184,6 +184,7 @@ answered(SubmitState *st, M3terSender *s, M3terSend *send)
 		default:
 			break;
 	}
+	r->retries = send->tries;
 	m3ter_raise_call_error(r, "submitting measurements to m3ter");
 }
 

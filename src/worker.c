@@ -56,14 +56,17 @@
 
 PGDLLEXPORT void m3ter_worker_main(Datum main_arg);
 
-/* Log an error once, not on every pass while it persists */
+/*
+ * Log an error once, not on every pass while it persists; sqlstate is the
+ * cause's, the same a call or a flush raises for it
+ */
 static void
-log_once(const char *message, char **last_logged)
+log_once(const char *message, int sqlstate, char **last_logged)
 {
 	if (*last_logged != NULL && strcmp(*last_logged, message) == 0)
 		return;
 	ereport(WARNING,
-			(errcode(ERRCODE_M3TER_FORBIDDEN),
+			(errcode(sqlstate),
 			 errmsg("m3ter outbox delivery stopped: %s", message),
 			 errhint("The rows stay pending. Fix the settings and reload (SELECT pg_reload_conf()).")));
 	if (*last_logged != NULL)
@@ -122,7 +125,7 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 	if (installed && !m3ter_installed_version_ok(&why))
 	{
 		/* an older SQL version: ALTER EXTENSION m3ter UPDATE fixes it, no restart */
-		log_once(why, last_logged);
+		log_once(why, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, last_logged);
 		installed = false;
 	}
 	else if (installed)
@@ -304,13 +307,14 @@ m3ter_worker_main(Datum main_arg)
 					bool		stopped = d.stats.stopped;
 					bool		worked = d.stats.claimed > 0;
 					char	   *error = d.stats.error ? pstrdup(d.stats.error) : NULL;
+					int			stop_sqlstate = d.stats.stop_sqlstate ? d.stats.stop_sqlstate : ERRCODE_M3TER_FORBIDDEN;
 
 					m3ter_delivery_end(&d);
 					active = false;
 					pgstat_report_activity(STATE_IDLE, NULL);
 					if (stopped)
 					{
-						log_once(error ? error : "refused", &last_logged);
+						log_once(error ? error : "refused", stop_sqlstate, &last_logged);
 						m3ter_worker_note("stopped: m3ter refused the delivery", true);
 						sleep_ms = m3ter_worker_idle_naptime_ms;
 					}

@@ -52,7 +52,7 @@ ok(wait_until(lambda: outbox_counts()["accepted"] == 2000, timeout=30), "the wor
 psql("SELECT m3ter_organization_config()")
 standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 500, "count": 2}]})
 psql("SELECT m3ter_submit('{\"meter\":\"m\",\"account\":\"a\",\"ts\":\"2024-01-02T03:04:05Z\"}')")
-r = psql("SET m3ter.org_id = 'wrong'; SELECT m3ter_organization_config()", check=False)
+r = psql("SET m3ter.org_id = '00000000-0000-4000-8000-00000000dead'; SELECT m3ter_organization_config()", check=False)
 ok(r.returncode != 0, "a refused call was logged too")
 psql("ALTER SYSTEM RESET log_min_messages; ALTER SYSTEM RESET log_statement; ALTER SYSTEM RESET log_min_error_statement")
 psql("SELECT pg_reload_conf()")
