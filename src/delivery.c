@@ -629,6 +629,7 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 {
 	int			free_requests;
 
+	m3ter_exit_if_orphaned();
 	write_outcomes(d);
 	if (d->sender.n_queued > 0)
 		pump(d, 0);				/* what is due starts before the claim below */

@@ -25,6 +25,9 @@
  *	  is then serviced with CHECK_FOR_INTERRUPTS().
  *	- Every request is bounded by m3ter.connect_timeout and
  *	  m3ter.request_timeout.
+ *	- A process whose postmaster died starts no request and waits for none:
+ *	  the progress callback aborts its transfers and the process exits (see
+ *	  m3ter_exit_if_orphaned()).
  *
  *-------------------------------------------------------------------------
  */
@@ -34,7 +37,9 @@
 
 #include "lib/ilist.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/pmsignal.h"
 
 #include "m3ter.h"
 
@@ -126,12 +131,27 @@ check_interrupts(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
 {
 	M3terHttpRequest *req = (M3terHttpRequest *) clientp;
 
-	if (QueryCancelPending || ProcDiePending)
+	if (QueryCancelPending || ProcDiePending || !PostmasterIsAlive())
 	{
 		req->aborted = true;
 		return 1;
 	}
 	return 0;
+}
+
+/*
+ * Exit at once when the postmaster has died (killed, or its node failed).
+ * Whatever this process sent or committed from then on would be lost with
+ * the server or never reach the standby promoted in its place (no walsender
+ * streams it): its rows would only be sent again from there.  The worker's
+ * latch waits exit the same way (WL_EXIT_ON_PM_DEATH); this covers a drain
+ * that never waits on its latch.
+ */
+void
+m3ter_exit_if_orphaned(void)
+{
+	if (!PostmasterIsAlive())
+		proc_exit(1);
 }
 
 /* The process's multi handle, set up once */
@@ -192,6 +212,7 @@ m3ter_http_start(const char *method, const char *url, const char *authorization,
 	M3terHttpRequest *req = calloc(1, sizeof(M3terHttpRequest));
 	CURL	   *curl;
 
+	m3ter_exit_if_orphaned();
 	if (req == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
@@ -327,6 +348,7 @@ m3ter_http_wait(int timeout_ms)
 			break;
 		curl_multi_poll(m3ter_multi, NULL, 0, Max(slice, 0), NULL);
 		timeout_ms -= slice;
+		m3ter_exit_if_orphaned();
 		curl_multi_perform(m3ter_multi, &still);
 		harvest();
 		if (!dlist_is_empty(&finished) || QueryCancelPending || ProcDiePending ||

@@ -116,6 +116,7 @@ extern M3terHttpRequest *m3ter_http_start(const char *method, const char *url,
 										  const char *body, size_t body_len,
 										  void *tag);
 extern int	m3ter_http_wait(int timeout_ms);
+extern void m3ter_exit_if_orphaned(void);
 extern bool m3ter_http_collect(M3terHttpResponse *response, void **tag);
 extern void m3ter_http_abort_all(void);
 extern void m3ter_http_exchange(const char *method, const char *url,
