@@ -326,6 +326,26 @@ cmp_int64(const void *a, const void *b)
 	return x < y ? -1 : x > y ? 1 : 0;
 }
 
+/*
+ * A row older than m3ter.resend_window is not sent: m3ter keeps a uid for 35
+ * days, so if it was accepted once (a restored backup or a point-in-time
+ * recovery can make a delivered row pending again) a re-send now would be
+ * billed twice.  Returns the reason it fails with, or NULL.
+ */
+static const char *
+too_old_to_send(const M3terOutboxRow *row)
+{
+	TimestampTz limit = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													-(int64) m3ter_resend_window_s * 1000);
+
+	if (row->created_at >= limit)
+		return NULL;
+	return psprintf("not sent: created %s, longer ago than m3ter.resend_window (m3ter keeps a uid for 35 days, so a "
+					"re-send of a row it once accepted would be billed twice); if it was never sent, release it with "
+					"UPDATE m3ter.outbox SET status = 'pending', created_at = now() WHERE id = " INT64_FORMAT,
+					timestamptz_to_str(row->created_at), row->id);
+}
+
 /* Make room for one more row id in a claim */
 static void
 grow_claim(Claim *c)
@@ -438,7 +458,9 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 			{
 				old = MemoryContextSwitchTo(row_cxt);
 				m3ter_outbox_read_row(&row, &progress.row_in_hand);
-				verdict = m3ter_catalog_verdict(&row.m, &hold);
+				verdict = too_old_to_send(&row);
+				if (verdict == NULL)
+					verdict = m3ter_catalog_verdict(&row.m, &hold);
 				if (verdict == NULL)
 				{
 					resetStringInfo(&buf);

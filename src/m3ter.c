@@ -55,6 +55,7 @@ int			m3ter_max_in_flight = 32;
 int			m3ter_claim_bytes = 4 * 1024 * 1024;
 int			m3ter_max_attempts = 0;
 int			m3ter_give_up_after_s = 7 * 86400;
+int			m3ter_resend_window_s = 34 * 86400;
 int			m3ter_batch_rows = 5000;
 char	   *m3ter_test_fault_uid = NULL;
 char	   *m3ter_database = NULL;	/* defined only when preloaded */
@@ -338,6 +339,17 @@ m3ter_define_settings(void)
 							7 * 86400,
 							1,
 							30 * 86400,
+							PGC_SUSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("m3ter.resend_window",
+							"Sets how old an outbox row may be when it is sent.",
+							"m3ter keeps a uid for 35 days: an older row, pending again after a restore of an old backup, may have been accepted already and would be billed twice. Such a row is marked failed instead.",
+							&m3ter_resend_window_s,
+							34 * 86400,
+							3600,
+							35 * 86400,
 							PGC_SUSET,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);

@@ -87,6 +87,7 @@ extern int	m3ter_max_in_flight;
 extern int	m3ter_claim_bytes;
 extern int	m3ter_max_attempts;
 extern int	m3ter_give_up_after_s;
+extern int	m3ter_resend_window_s;
 extern int	m3ter_batch_rows;
 extern char *m3ter_test_fault_uid;
 extern char *m3ter_database;
@@ -371,6 +372,7 @@ typedef struct M3terOutboxRow
 	int64		id;
 	int32		attempts;
 	TimestampTz due;
+	TimestampTz created_at;
 	M3terMeasurement m;
 	char		ts[40];
 	char		ets[40];

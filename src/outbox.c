@@ -74,12 +74,14 @@
 #define COL_FIRST_MAP	9
 #define COL_ATTEMPTS	(COL_FIRST_MAP + M3TER_NUM_MAPS)
 #define COL_DUE			(COL_ATTEMPTS + 1)
+#define COL_CREATED		(COL_DUE + 1)
+#define N_COLS			COL_CREATED
 
 /* The advisory lock that serializes claims: ('m3tr', 1) */
 #define CLAIM_LOCK_SQL "SELECT pg_catalog.pg_try_advisory_xact_lock(1831040114, 1)"
 
 #define ROW_COLUMNS "id, uid, meter, account, ts, ets, measure, cost, income, who, \"where\", what, " \
-	"other, metadata, attempts, next_attempt_at"
+	"other, metadata, attempts, next_attempt_at, created_at"
 
 /* M3terRowState of a row of the gap and fresh parts ($7 is the time now, not
  * the transaction's start: m3ter_flush() may run in a long transaction) */
@@ -302,8 +304,8 @@ m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit,
 }
 
 /* The claim query's row in hand, deformed once (SPI_getbinval would walk it per column) */
-static Datum row_values[COL_DUE];
-static bool row_nulls[COL_DUE];
+static Datum row_values[N_COLS];
+static bool row_nulls[N_COLS];
 
 /*
  * Take the next row of the claim query: its id and due time into *row,
@@ -313,13 +315,14 @@ void
 m3ter_outbox_peek_row(HeapTuple tup, TupleDesc desc, M3terOutboxRow *row, M3terClaimPart *part,
 					  M3terRowState *state)
 {
-	if (desc->natts != COL_DUE)
-		elog(ERROR, "m3ter claim query returned %d columns, not %d", desc->natts, COL_DUE);
+	if (desc->natts != N_COLS)
+		elog(ERROR, "m3ter claim query returned %d columns, not %d", desc->natts, N_COLS);
 	heap_deform_tuple(tup, desc, row_values, row_nulls);
 	*part = (M3terClaimPart) DatumGetInt32(row_values[COL_PART - 1]);
 	*state = (M3terRowState) DatumGetInt32(row_values[COL_STATE - 1]);
 	row->id = DatumGetInt64(row_values[COL_ID - 1]);
 	row->due = DatumGetTimestampTz(row_values[COL_DUE - 1]);
+	row->created_at = DatumGetTimestampTz(row_values[COL_CREATED - 1]);
 }
 
 /*
