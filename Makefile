@@ -27,6 +27,7 @@ OBJS = \
 	src/shmem.o \
 	src/launcher.o \
 	src/standby.o \
+	src/subscriber.o \
 	src/worker.o \
 	src/events.o
 

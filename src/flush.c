@@ -95,6 +95,7 @@ run(M3terTxnMode mode, int64 max_rows, M3terFlushStats *stats)
 
 	m3ter_require_installed_version();
 	m3ter_require_primary(mode == M3TER_TXN_CALLER ? "m3ter_flush()" : "m3ter.flush()");
+	m3ter_require_not_subscribed(mode == M3TER_TXN_CALLER ? "m3ter_flush()" : "m3ter.flush()");
 	(void) m3ter_require_org_id();
 	m3ter_require_credentials();
 

@@ -118,6 +118,10 @@ extern M3terHttpRequest *m3ter_http_start(const char *method, const char *url,
 										  void *tag);
 extern int	m3ter_http_wait(int timeout_ms);
 extern void m3ter_exit_if_orphaned(void);
+
+/* subscriber.c */
+extern char *m3ter_outbox_subscription(void);
+extern void m3ter_require_not_subscribed(const char *what);
 extern bool m3ter_http_collect(M3terHttpResponse *response, void **tag);
 extern void m3ter_http_abort_all(void);
 extern void m3ter_http_exchange(const char *method, const char *url,

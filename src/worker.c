@@ -56,6 +56,9 @@
 
 PGDLLEXPORT void m3ter_worker_main(Datum main_arg);
 
+/* The subscription that fills this database's outbox ("" when none) */
+static char subscribed_to[NAMEDATALEN];
+
 /*
  * Log an error once, not on every pass while it persists; sqlstate is the
  * cause's, the same a call or a flush raises for it
@@ -112,6 +115,7 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 {
 	bool		installed;
 	char	   *why = NULL;
+	char	   *subscription = NULL;
 	TimestampTz now = GetCurrentTimestamp();
 
 	SetCurrentStatementStartTimestamp();
@@ -128,8 +132,24 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 		log_once(why, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, last_logged);
 		installed = false;
 	}
+	else if (installed && !delivering && (subscription = m3ter_outbox_subscription()) != NULL)
+	{
+		/* a subscription fills the outbox: its publisher delivers (subscriber.c) */
+		if (strcmp(subscription, subscribed_to) != 0)
+			ereport(LOG,
+					(errmsg("m3ter delivery paused: m3ter.outbox is a table of subscription \"%s\"", subscription),
+					 errdetail("The publisher delivers these rows; delivery here starts when the subscription is disabled or dropped.")));
+		strlcpy(subscribed_to, subscription, sizeof(subscribed_to));
+	}
 	else if (installed)
 	{
+		if (subscribed_to[0] != '\0' && !delivering)
+		{
+			ereport(LOG,
+					(errmsg("m3ter delivery resumed: m3ter.outbox is no longer a table of subscription \"%s\"",
+							subscribed_to)));
+			subscribed_to[0] = '\0';
+		}
 		/* nothing of ours is in flight now: records left by an error are stale */
 		if (!delivering)
 			(void) m3ter_outbox_clean_inflight(NULL, 0);
@@ -266,6 +286,12 @@ m3ter_worker_main(Datum main_arg)
 				if (!upkeep(&next_due, &last_retention, &last_sweep, &last_logged, false))
 				{
 					m3ter_worker_note("waiting for CREATE EXTENSION m3ter", false);
+					sleep_ms = m3ter_worker_idle_naptime_ms;
+					busy = false;
+				}
+				else if (subscribed_to[0] != '\0')
+				{
+					m3ter_worker_note("paused: the outbox is a subscription's table", false);
 					sleep_ms = m3ter_worker_idle_naptime_ms;
 					busy = false;
 				}
