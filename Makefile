@@ -70,11 +70,15 @@ m3ter--$(EXTVERSION).sql: $(BASE) $(UPGRADES)
 # every object depends on the shared headers (PGXS tracks no header dependencies)
 $(OBJS): $(wildcard src/*.h)
 
-.PHONY: demo test bench
+.PHONY: demo sandbox test bench
 
 # The main job end to end on a throwaway cluster and the local m3ter stand-in
 demo:
 	test/demo.sh
+
+# A throwaway cluster and the stand-in left running, to try it by hand (test/sandbox.sh stop)
+sandbox:
+	test/sandbox.sh start
 
 # Every test: pg_regress, pgTAP and the scripted outbox tests
 test:

@@ -114,6 +114,14 @@ m3ter_start_standin() {
     log "m3ter stand-in at $STANDIN_URL"
 }
 
+# The credentials lines of postgresql.conf (none when M3TER_NO_CREDENTIALS is set:
+# the sandbox leaves setting them to its user)
+m3ter_credential_lines() {
+    [ -n "${M3TER_NO_CREDENTIALS:-}" ] && return 0
+    printf "m3ter.org_id = '%s'\nm3ter.access_key_id = '%s'\nm3ter.api_secret = '%s'\n" \
+        "$M3TER_ORG_ID" "$M3TER_ACCESS_KEY_ID" "$M3TER_API_SECRET"
+}
+
 # Start a throwaway cluster; $1: extra lines for postgresql.conf, $2: its
 # shared_preload_libraries (default m3ter,pg_cron), $3: its name (default data:
 # the directory $M3TER_TMP/<name>, the log $M3TER_TMP/postgres.log, or
@@ -141,9 +149,7 @@ cron.host = '$M3TER_TMP'
 max_connections = 60
 fsync = off
 logging_collector = off
-m3ter.org_id = '$M3TER_ORG_ID'
-m3ter.access_key_id = '$M3TER_ACCESS_KEY_ID'
-m3ter.api_secret = '$M3TER_API_SECRET'
+$(m3ter_credential_lines)
 m3ter.api_url = '$STANDIN_URL'
 m3ter.ingest_url = '$STANDIN_URL'
 # the suite sends thousands of requests within minutes to a stand-in that enforces no

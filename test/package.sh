@@ -31,13 +31,15 @@ set +e
 PKG=postgresql-$M3TER_PG_VERSION-m3ter
 PKG_TOOLS="build-essential dpkg-dev debhelper fakeroot lintian postgresql-server-dev-all \
 libcurl4-openssl-dev libcjson-dev postgresql-$M3TER_PG_VERSION postgresql-server-dev-$M3TER_PG_VERSION \
-pgxnclient python3 curl git"
+pgxnclient python3 curl git dpkg-repack"
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO=sudo
 
 ntests=0
 nfailed=0
 installed=0
+prior_deb=""
+simulated=0
 
 # Report one test: ok STATUS NAME [LOG]; a failure shows the log's tail
 ok() {
@@ -73,12 +75,25 @@ cleanup() {
     if [ "$installed" = 1 ]; then
         $SUDO apt-get remove --purge -y -qq "$PKG" >/dev/null 2>&1
     fi
+    put_back >/dev/null 2>&1
     if [ -z "${M3TER_KEEP:-}" ]; then
         [ -n "${M3TER_TMP:-}" ] && rm -rf "$M3TER_TMP"
         [ -n "${BUILD:-}" ] && rm -rf "$BUILD"
     fi
 }
 trap cleanup EXIT
+
+# Put back the package that was installed before the suite (see "the user's package");
+# the one that stood in for it goes
+put_back() {
+    [ -n "$prior_deb" ] || return 0
+    if [ "$simulated" = 1 ]; then
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get remove --purge -y "$PKG"
+    else
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --allow-downgrades --reinstall "$prior_deb"
+    fi
+    prior_deb=""
+}
 
 # ---- tools ----------------------------------------------------------------
 M3TER_PACKAGES=$PKG_TOOLS m3ter_install_deps >&2
@@ -114,8 +129,11 @@ if ext.get("version") != semver:
     problems.append("provides.m3ter.version %r, want %s" % (ext.get("version"), semver))
 if ext.get("file") != "m3ter--%s.sql" % dv:
     problems.append("provides.m3ter.file %r, want m3ter--%s.sql" % (ext.get("file"), dv))
-data = re.search(r"^DATA\s*=\s*(.*)$", open("Makefile").read(), re.M)
-if not data or ext.get("file") not in data.group(1).split():
+makefile = open("Makefile").read()
+installed = " ".join(re.findall(r"^(?:DATA|DATA_built)\s*=\s*(.*)$", makefile, re.M))
+installed = installed.replace("$(EXTVERSION)", re.search(r"^EXTVERSION\s*=\s*(\S+)", makefile, re.M).group(1))
+installed += " " + " ".join(re.findall(r"^(?:BASE|UPGRADES)\s*=\s*(.*)$", makefile, re.M))
+if ext.get("file") not in installed.split():
     problems.append("the Makefile's DATA does not install %r" % ext.get("file"))
 pg = meta.get("prereqs", {}).get("runtime", {}).get("requires", {}).get("PostgreSQL")
 if pg != "15.0.0":
@@ -197,6 +215,26 @@ depends=$(dpkg-deb -f "$deb" Depends)
 note "Depends: $depends"
 [[ "$depends" == *libcurl4* && "$depends" == *libcjson1* && "$depends" == *"postgresql-$M3TER_PG_VERSION "* ]]
 ok $? "it depends on libcurl, cJSON and PostgreSQL $M3TER_PG_VERSION"
+
+# ---- the user's package ---------------------------------------------------
+# A postgresql-15-m3ter installed before this suite is put back at the end, at its
+# version: dpkg-repack keeps a copy of it as installed.  On a machine without one, the
+# package just built stands in for it, so that putting it back is tested too.
+installed_version() { dpkg-query -W -f='${Status} ${Version}' "$PKG" 2>/dev/null | sed -n 's/^install ok installed //p'; }
+prior_version=$(installed_version)
+if [ -z "$prior_version" ]; then
+    simulated=1
+    (cd "$BUILD" && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "./$(basename "$deb")") \
+        >"$BUILD/prior.log" 2>&1
+    prior_version=$(installed_version)
+fi
+mkdir -p "$BUILD/prior" && chmod 777 "$BUILD/prior"
+(cd "$BUILD/prior" && $SUDO dpkg-repack "$PKG") >>"$BUILD/prior.log" 2>&1
+prior_deb=$(ls "$BUILD"/prior/*.deb 2>/dev/null | head -1)
+[ -n "$prior_version" ] && [ -n "$prior_deb" ]
+ok $? "the $PKG installed before (${prior_version:-none}$([ $simulated = 1 ] && echo ', standing in for a user'"'"'s')) is kept to be put back" \
+    "$BUILD/prior.log"
+$SUDO dpkg -V "$PKG" >"$BUILD/verify-before.log" 2>&1
 
 # ---- install --------------------------------------------------------------
 # m3ter files already there (a make install): the package takes over those it holds
@@ -313,6 +351,27 @@ rc=$?
 m3ter_files | grep -v '^/usr/share/doc/' | comm -23 - "$BUILD/foreign" >"$BUILD/left"
 [ ! -s "$BUILD/left" ]
 ok $((rc + $?)) "pgxn uninstall removes it again" "$BUILD/left"
+
+# ---- put back what was there ----------------------------------------------
+if [ "$simulated" = 0 ]; then
+    put_back >"$BUILD/restore.log" 2>&1
+    [ "$(installed_version)" = "$prior_version" ]
+    ok $? "the $PKG installed before is installed again, at $prior_version" "$BUILD/restore.log"
+    $SUDO dpkg -V "$PKG" >"$BUILD/verify.log" 2>&1
+    cmp -s "$BUILD/verify-before.log" "$BUILD/verify.log"
+    ok $? "dpkg -V $PKG says what it said before" "$BUILD/verify.log"
+else
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --allow-downgrades --reinstall "$prior_deb" \
+        >"$BUILD/restore.log" 2>&1
+    [ "$(installed_version)" = "$prior_version" ]
+    ok $? "the package standing in for a user's is installed again, at $prior_version" "$BUILD/restore.log"
+    $SUDO dpkg -V "$PKG" >"$BUILD/verify.log" 2>&1
+    [ ! -s "$BUILD/verify.log" ]
+    ok $? "dpkg -V $PKG is clean: its files are as the package has them" "$BUILD/verify.log"
+    put_back >>"$BUILD/restore.log" 2>&1
+    [ -z "$(installed_version)" ]
+    ok $? "and it goes again, leaving the system as the suite found it" "$BUILD/restore.log"
+fi
 
 echo "1..$ntests"
 [ "$nfailed" -eq 0 ]

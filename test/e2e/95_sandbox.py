@@ -1,0 +1,59 @@
+"""The sandbox: test/sandbox.sh start leaves a cluster and the stand-in running, the
+README's "Getting started" statements work there as written, test/sandbox.sh stop
+removes both.
+
+The statements are read from the README itself (its first SQL blocks under
+"Getting started"), so the README and the sandbox cannot drift apart. The sandbox
+runs in a directory of the suite's instead of /tmp/m3ter-sandbox."""
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from m3ter_tap import *  # noqa: E402,F401,F403
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SANDBOX = os.path.join(os.environ["M3TER_TMP"], "sandbox")
+env = dict(os.environ, M3TER_SANDBOX_DIR=SANDBOX)
+
+r = subprocess.run([os.path.join(ROOT, "test", "sandbox.sh"), "start"], env=env, capture_output=True, text=True,
+                   timeout=600)
+ok(r.returncode == 0, "test/sandbox.sh start", r.stderr[-2000:])
+m = re.search(r'(\S+/psql) "(host=\S+ port=\d+ user=postgres dbname=postgres)"', r.stdout)
+ok(m is not None, "it prints the psql line to connect", r.stdout)
+ok("test/sandbox.sh stop" in r.stdout, "and the command that stops it")
+conninfo = m.group(2) if m else ""
+standin_url = re.search(r"(http://127\.0\.0\.1:\d+)/_control/summary", r.stdout).group(1)
+
+readme = open(os.path.join(ROOT, "README.md")).read()
+section = readme[readme.index("## Getting started"):]
+section = section[:section.index("\n## ")]
+blocks = re.findall(r"```sql\n(.*?)```", section, re.S)[:2]
+blocks = [b.replace("/tmp/m3ter-sandbox", SANDBOX) for b in blocks]
+ok(len(blocks) == 2 and "m3ter.credentials_file" in blocks[0] and "m3ter_submit" in blocks[1],
+   "Getting started sets the credentials file first", blocks)
+# one session a block, as a user types them: a reload reaches a session between statements
+for n, sql in enumerate(blocks):
+    r = subprocess.run([m.group(1) if m else "psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-"],
+                       input=sql, capture_output=True, text=True, timeout=120)
+    ok(r.returncode == 0, "Getting started's block %d runs in the sandbox as written" % (n + 1), r.stderr[-2000:])
+
+
+def summary():
+    with urllib.request.urlopen(standin_url + "/_control/summary") as f:
+        return json.load(f)
+
+
+ok(wait_until(lambda: summary()["accepted"] == 2, timeout=30),
+   "the stand-in accepted the submitted measurement and the outbox row", summary())
+is_(psql("SELECT status FROM m3ter.outbox", conninfo), "accepted", "the outbox row is accepted")
+
+r = subprocess.run([os.path.join(ROOT, "test", "sandbox.sh"), "stop"], env=env, capture_output=True, text=True,
+                   timeout=120)
+ok(r.returncode == 0 and not os.path.exists(SANDBOX), "test/sandbox.sh stop removes it", r.stderr)
+left = subprocess.run(["pgrep", "-f", SANDBOX], capture_output=True, text=True).stdout.strip()
+ok(not left, "no process of it is left", left)
+done()
