@@ -21,3 +21,13 @@ ALTER TABLE m3ter.outbox ALTER COLUMN uid DROP NOT NULL,
 -- granted SELECT on m3ter.outbox_stats needs EXECUTE on it too
 REVOKE EXECUTE ON FUNCTION m3ter_worker_status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION m3ter_worker_status() TO pg_monitor;
+
+--
+-- Pacing (1.3): the last send slots the pacer gave, for checking that no
+-- second ever holds more than the per-second limit allows
+--
+CREATE FUNCTION m3ter.pacing_slots()
+RETURNS timestamptz[]
+AS 'MODULE_PATHNAME', 'm3ter_pacing_slots'
+LANGUAGE C VOLATILE;
+REVOKE EXECUTE ON FUNCTION m3ter.pacing_slots() FROM PUBLIC;

@@ -12,7 +12,10 @@
  *
  *	- slots are spaced 1 / (rate × 0.96 × scale) seconds apart (a little
  *	  headroom: requests arrive with jitter, and m3ter counts arrivals),
- *	  and never more than that many fall in one wall-clock second;
+ *	  and never more than that many fall in any second: not a wall-clock
+ *	  second only, but any trailing second of the cluster's own send times
+ *	  (m3ter does not say how it counts a second: by the clock, in a
+ *	  sliding window, or as a token bucket; this holds under each);
  *	- a slot is only given while fewer than the 5-minute budget were given
  *	  in the 300 seconds before it (counted in one-second buckets);
  *	- adaptive: a 429 shows that something else spends the same budget
@@ -23,11 +26,10 @@
  *	  the same.  No slot is given for the rest of the second in which the
  *	  refused request reached m3ter (taken as the middle of its round
  *	  trip), nor before a Retry-After longer than a second.  The pace then
- *	  climbs back 1% of the rate a second (slowly: servers sharing an
- *	  organization settle near their shares instead of overshooting every
- *	  few seconds), faster the longer no 429 came (times the seconds since
- *	  the last one over 5): once the others are gone, the whole rate is
- *	  back within seconds.
+ *	  climbs back 1% of the rate a second, faster the longer no 429 came
+ *	  (times the seconds since the last one): servers sharing an
+ *	  organization settle near their shares, since a 429 soon stops the
+ *	  climb, while a pace lowered by a single 429 is back within seconds.
  *
  * With the library preloaded the state lives in shared memory under one
  * spinlock (held for a few dozen instructions); otherwise each process
@@ -38,8 +40,11 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
+#include "fmgr.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "utils/array.h"
 #include "utils/timestamp.h"
 
 #include "m3ter.h"
@@ -48,11 +53,13 @@
 #define MIN_SCALE 0.05
 #define SCALE_DOWN 0.8
 #define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second, */
-#define RECOVER_FASTER_S 5		/* and faster for each 5 s without a 429 */
+#define RECOVER_FASTER_S 1		/* and faster for each second without a 429 */
 /* a slot asked for this late (µs) is still given on schedule */
 #define CATCH_UP_US 10000
 /* slots a little under the limit: answers arrive with jitter, and m3ter counts arrivals */
 #define HEADROOM 0.96
+/* the recent send times kept for the trailing-second check (a per-second cap above it is cut to it) */
+#define RECENT_SLOTS 256
 
 typedef struct PaceState
 {
@@ -65,6 +72,8 @@ typedef struct PaceState
 	int			admitted_count[2];
 	int64		bucket_second[WINDOW_S];	/* which second each bucket counts */
 	int			bucket_count[WINDOW_S];
+	TimestampTz recent[RECENT_SLOTS];	/* the last slots given, a ring */
+	int			recent_next;	/* where the next slot given is written */
 } PaceState;
 
 typedef struct PaceShared
@@ -184,15 +193,18 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 	sec = Max(slot, now) / USECS_PER_SEC;
 	if (per_second > 0)
 	{
-		/* never more than the limit (with the headroom) in one wall-clock second */
-		int			b = (int) (sec % WINDOW_S);
-		int			cap = Max((int) rate, 1);
+		/*
+		 * Never more than the limit (with the headroom) in any second: the
+		 * slot cap places back must lie a whole second (and a millisecond
+		 * for rounding) before this one.  Slots are given in time order,
+		 * so this bounds every trailing second, wall-clock seconds too.
+		 */
+		int			cap = Min(Max((int) rate, 1), RECENT_SLOTS);
+		TimestampTz earlier = st->recent[(st->recent_next + RECENT_SLOTS - cap) % RECENT_SLOTS];
 
-		if (st->bucket_second[b] == sec && st->bucket_count[b] >= cap)
-		{
-			sec++;
-			slot = Max(slot, sec * USECS_PER_SEC);
-		}
+		if (earlier != 0)
+			slot = Max(slot, earlier + USECS_PER_SEC + 1000);
+		sec = Max(slot, now) / USECS_PER_SEC;
 	}
 	if (per_window > 0 && window_count(st, sec) >= per_window)
 	{
@@ -216,7 +228,11 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 		int			b = (int) (sec % WINDOW_S);
 
 		if (per_second > 0)
+		{
 			st->next_slot = slot + interval;
+			st->recent[st->recent_next] = Max(slot, now);	/* when it is given */
+			st->recent_next = (st->recent_next + 1) % RECENT_SLOTS;
+		}
 		if (st->bucket_second[b] != sec)
 		{
 			st->bucket_second[b] = sec;
@@ -320,4 +336,32 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 		}
 	}
 	unlock_state();
+}
+
+PG_FUNCTION_INFO_V1(m3ter_pacing_slots);
+
+/*
+ * m3ter.pacing_slots() RETURNS timestamptz[]
+ *
+ * When the pacer gave its last send slots for the Ingest API, oldest first
+ * (up to RECENT_SLOTS; this process's own without the preload): what a
+ * test checks the per-second limit against.
+ */
+Datum
+m3ter_pacing_slots(PG_FUNCTION_ARGS)
+{
+	Datum		slots[RECENT_SLOTS];
+	int			n = 0;
+	int			i;
+	PaceState  *st = lock_state(M3TER_INGEST_API);
+
+	for (i = 0; i < RECENT_SLOTS; i++)
+	{
+		TimestampTz t = st->recent[(st->recent_next + i) % RECENT_SLOTS];
+
+		if (t != 0)
+			slots[n++] = TimestampTzGetDatum(t);
+	}
+	unlock_state();
+	PG_RETURN_ARRAYTYPE_P(construct_array(slots, n, TIMESTAMPTZOID, sizeof(TimestampTz), true, TYPALIGN_DOUBLE));
 }

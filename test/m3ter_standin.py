@@ -47,12 +47,12 @@ The network and m3ter's limits (off by default, so loopback tests stay fast):
   rate_limit            m3ter's Ingest API limits, answered with 429, Retry-After: 1
                         and {"message": ...}: true (or {}) for m3ter's published
                         figures, null/false for none, or an object overriding them:
-                        {"per_second": 50, "window": 300, "window_max": 5000}.
-                        per_second is per organization, counted per wall-clock
-                        second: once it is spent, ingest requests for that organization
-                        get 429 until the second ends.  window_max is per source
-                        over a rolling window of that many seconds.  Only admitted
-                        requests count against either.
+                        {"per_second": 50, "window": 300, "window_max": 5000,
+                        "model": "fixed"|"sliding"|"token_bucket", "burst": 1,
+                        "jitter_ms": 0, "stall_every": 0, "stall_ms": 0, "seed": 1}.
+                        per_second is per organization, counted as the model says
+                        (standin_limits.py); window_max is per source over a rolling
+                        window of that many seconds.  Only admitted requests count.
 A source is a client address as seen on one listening port.  On loopback every
 client is 127.0.0.1, so each extra port (--source-ports, POST /_control/listen) is a
 source of its own: two clusters pointed at two ports are two sources sharing one
@@ -79,12 +79,12 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit, parse_qs
 
 import standin_enrichment
+from standin_limits import RateLimits
 
 MAX_PAYLOAD = 512000
 MAX_MEASUREMENTS = 1000
@@ -103,8 +103,6 @@ class ApiError(Exception):
         self.message = message
 
 
-# m3ter's published Ingest API limits (what "rate_limit": true means)
-RATE_LIMIT_DEFAULTS = {"per_second": 50, "window": 300, "window_max": 5000}
 LISTEN_BACKLOG = 1024
 
 standin_enrichment.ApiError = ApiError  # enrichment, events, accounts (standin_enrichment.py)
@@ -158,50 +156,14 @@ def throttled_write(wfile, data, rate):
         pause(t0 + (off + step) / rate - time.monotonic())
 
 
-# ---- m3ter's limits ----
+# ---- m3ter's limits: standin_limits.py ----
 
-class RateLimits:
-    """The per-organization per-second limit and the per-source rolling budget.
-
-    Not locked itself: the caller holds State.lock."""
-
-    def __init__(self, config):
-        self.per_second = int(config.get("per_second", RATE_LIMIT_DEFAULTS["per_second"]))
-        self.window = float(config.get("window", RATE_LIMIT_DEFAULTS["window"]))
-        self.window_max = int(config.get("window_max", RATE_LIMIT_DEFAULTS["window_max"]))
-        self.org_second = {}    # org -> [wall-clock second, requests admitted in it]
-        self.source_times = {}  # source -> deque of admission times within the window
-
-    @staticmethod
-    def parse(value):
-        """The rate_limit config value: true/{} for the defaults, a dict to override, null/false for none."""
-        if value is None or value is False:
-            return None
-        if value is True:
-            return RateLimits({})
-        if isinstance(value, dict):
-            return RateLimits(value)
-        raise ApiError(400, "rate_limit must be true, false, null or an object")
-
-    def describe(self):
-        return {"per_second": self.per_second, "window": self.window, "window_max": self.window_max}
-
-    def admit(self, org, source, t):
-        """None when the request may pass (and counts it), else which limit refused it."""
-        sec = int(t)
-        slot = self.org_second.get(org)
-        if slot is None or slot[0] != sec:
-            slot = self.org_second[org] = [sec, 0]
-        times = self.source_times.setdefault(source, deque())
-        while times and times[0] <= t - self.window:
-            times.popleft()
-        if slot[1] >= self.per_second:
-            return "organization"
-        if len(times) >= self.window_max:
-            return "source"
-        slot[1] += 1
-        times.append(t)
-        return None
+def parse_rate_limit(value):
+    """The rate_limit config value as standin_limits.RateLimits (or None); 400 when malformed."""
+    try:
+        return RateLimits.parse(value)
+    except (ValueError, TypeError) as e:
+        raise ApiError(400, str(e))
 
 
 # ---- what the stand-in remembers ----
@@ -229,7 +191,7 @@ class State:
         self.requests = []
         self.faults = []
         self.reject_meters = set()
-        self.rate_limit = RateLimits.parse(self.defaults.get("rate_limit"))
+        self.rate_limit = parse_rate_limit(self.defaults.get("rate_limit"))
         self.latency_ms = float(self.defaults.get("latency_ms", 0))
         self.bandwidth = float(self.defaults.get("bandwidth_bytes_per_s", 0))
         self.in_flight = 0
@@ -425,7 +387,7 @@ class Handler(BaseHTTPRequestHandler):
         """m3ter's limits, counted at the request's arrival time."""
         with self.state.lock:
             limits = self.state.rate_limit
-            refused = limits.admit(org, self.source, self.arrival) if limits else None
+            refused = limits.admit(org, self.source, limits.arrival(self.arrival)) if limits else None
         if refused == "organization":
             raise ApiError(429, "Too Many Requests: over the organization's limit of %d requests a second"
                            % limits.per_second)
@@ -567,7 +529,7 @@ class Handler(BaseHTTPRequestHandler):
                 if doc.get("expire_tokens"):
                     st.tokens = {k: 0 for k in st.tokens}
                 if "rate_limit" in doc:
-                    st.rate_limit = RateLimits.parse(doc["rate_limit"])
+                    st.rate_limit = parse_rate_limit(doc["rate_limit"])
                 if "latency_ms" in doc:
                     st.latency_ms = max(0.0, float(doc["latency_ms"]))
                 if "bandwidth_bytes_per_s" in doc:
@@ -734,12 +696,14 @@ def main():
     ap.add_argument("--latency-ms", type=float, default=0, help="per-request latency (see the header)")
     ap.add_argument("--bandwidth-bytes-per-s", type=float, default=0, help="per-connection bandwidth, 0: unlimited")
     ap.add_argument("--rate-limit", action="store_true", help="enforce m3ter's published Ingest API limits")
+    ap.add_argument("--rate-limit-model", choices=("fixed", "sliding", "token_bucket"), default="fixed",
+                    help="how the per-second limit is counted (standin_limits.py)")
     ap.add_argument("--source-ports", type=int, default=0,
                     help="listen on this many more ports, each a separate source (written to PORT_FILE.sources)")
     args = ap.parse_args()
 
     defaults = {"latency_ms": args.latency_ms, "bandwidth_bytes_per_s": args.bandwidth_bytes_per_s,
-                "rate_limit": True if args.rate_limit else None}
+                "rate_limit": {"model": args.rate_limit_model} if args.rate_limit else None}
     server = Server(("127.0.0.1", args.port), Handler)
     server.state = State(args.org_id, args.access_key_id, args.api_secret, defaults)
     server.ssl_context = None

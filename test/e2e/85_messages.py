@@ -40,11 +40,17 @@ is_(outbox_counts()["pending"], 3, "the rows stay pending")
 # the worker logs the same SQLSTATE (log_error_verbosity = verbose writes it)
 psql("ALTER SYSTEM SET log_error_verbosity = 'verbose'")
 set_and_reload(api_secret=WRONG, worker_enabled=None)
-ok(wait_until(lambda: "m3ter outbox delivery stopped" in open(LOG_FILE).read()[start:], timeout=20),
-   "the worker stops delivery and logs why")
-with open(LOG_FILE) as f:
-    f.seek(start)
-    logged = f.read()
+
+
+def log_since(offset):
+    with open(LOG_FILE, "rb") as f:
+        f.seek(offset)
+        return f.read().decode("utf-8", "replace")
+
+
+ok(wait_until(lambda: "m3ter outbox delivery stopped" in log_since(start), timeout=20),
+   "the worker stops delivery and logs why", log_since(start)[-3000:])
+logged = log_since(start)
 line = [x for x in logged.splitlines() if "WARNING:" in x and "m3ter outbox delivery stopped" in x]
 ok(line and "M3401" in line[-1], "the worker's warning carries M3401", line[-1:] or logged[-2000:])
 set_and_reload(api_secret=None, worker_enabled="off")
@@ -76,11 +82,9 @@ for sql in ["ALTER DATABASE postgres SET m3ter.api_secret = '%s'" % secrets[0],
 client = "\n".join(client)
 ok("cannot be set per role, per database or per function" in client, "the refusals say why", client)
 time.sleep(0.5)
-with open(LOG_FILE) as f:
-    f.seek(start)
-    # PostgreSQL's STATEMENT lines repeat the statement text itself, whatever a library does:
-    # the README says so; the messages are what the extension controls
-    logged = "\n".join(x for x in f.read().splitlines() if "STATEMENT:" not in x)
+# PostgreSQL's STATEMENT lines repeat the statement text itself, whatever a library does:
+# the README says so; the messages are what the extension controls
+logged = "\n".join(x for x in log_since(start).splitlines() if "STATEMENT:" not in x)
 ok("cannot be set per role" in logged, "the refusals reach the server log")
 leaks = [s for s in secrets if s in client or s in logged]
 ok(not leaks, "no credential value in a client message or the server log", leaks)
