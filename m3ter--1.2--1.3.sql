@@ -31,3 +31,67 @@ RETURNS timestamptz[]
 AS 'MODULE_PATHNAME', 'm3ter_pacing_slots'
 LANGUAGE C VOLATILE;
 REVOKE EXECUTE ON FUNCTION m3ter.pacing_slots() FROM PUBLIC;
+
+--
+-- Monitoring (1.3): pg_monitor reads this database's outbox figures too
+-- (monitoring/postgres_exporter.yml)
+--
+GRANT SELECT ON m3ter.outbox_stats TO pg_monitor;
+
+--
+-- Health (1.3): every unsafe or stuck set-up, said out loud
+--
+CREATE FUNCTION m3ter_health(
+    OUT severity text,
+    OUT finding text,
+    OUT detail text,
+    OUT hint text)
+RETURNS SETOF record
+LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    preloaded boolean := 'm3ter' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ','));
+    session_loaded boolean := 'm3ter' = ANY (string_to_array(replace(current_setting('session_preload_libraries'), ' ', ''), ','));
+    r record;
+BEGIN
+    IF NOT preloaded AND NOT session_loaded
+       AND (coalesce(current_setting('m3ter.api_secret', true), '') <> ''
+            OR coalesce(current_setting('m3ter.access_key_id', true), '') <> '') THEN
+        RETURN QUERY SELECT 'warning', 'credentials readable by every role',
+            'm3ter is not in shared_preload_libraries: until a session loads the library, m3ter.api_secret and m3ter.access_key_id from postgresql.conf are placeholders that any role can SHOW.',
+            'Move them into the file named by m3ter.credentials_file, or add m3ter to session_preload_libraries (a reload).';
+    END IF;
+    IF NOT preloaded THEN
+        RETURN QUERY SELECT 'info', 'no background worker',
+            'm3ter is not in shared_preload_libraries: no worker delivers the outbox, and pacing and the token are per session.',
+            'Schedule CALL m3ter.flush() with pg_cron, or preload the library (a restart).';
+    END IF;
+    IF NOT coalesce(nullif(current_setting('m3ter.tls_verify', true), ''), 'on')::boolean THEN
+        RETURN QUERY SELECT 'warning', 'm3ter.tls_verify is off',
+            'm3ter''s TLS certificate and host name are not verified: the credentials and usage may go to anyone on the way.',
+            'ALTER SYSTEM RESET m3ter.tls_verify; SELECT pg_reload_conf();';
+    END IF;
+    FOR r IN SELECT d.datname, d.state FROM m3ter.databases d LOOP
+        IF r.state LIKE 'waiting for a background worker slot%' THEN
+            RETURN QUERY SELECT 'warning', 'worker slots short',
+                format('Database %I waits for a background worker slot: max_worker_processes is %s.', r.datname,
+                       current_setting('max_worker_processes')),
+                'Raise max_worker_processes (a restart): the launcher, one worker per database, pg_cron and parallel queries share it.';
+        ELSIF r.state LIKE 'stopped:%' OR r.state LIKE 'error%' THEN
+            RETURN QUERY SELECT 'warning', 'delivery stopped',
+                format('Database %I: %s.', r.datname, r.state),
+                'See last_error in m3ter.databases and the server log; rows stay pending until the cause is fixed.';
+        END IF;
+    END LOOP;
+    IF (SELECT c.checks_on AND c.stale FROM @extschema@.m3ter_catalog_status() c) THEN
+        RETURN QUERY SELECT 'warning', 'catalog stale',
+            'm3ter.catalog_checks is on but the catalog is older than m3ter.catalog_max_age: rows are sent unchecked.',
+            'SELECT m3ter_sync_catalog(); and check m3ter.catalog_refresh_interval.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION m3ter_health() IS
+    'Every unsafe or stuck set-up of m3ter found: readable credentials, no worker, TLS verification off, worker slots short, delivery stopped, a stale catalog.';
+REVOKE EXECUTE ON FUNCTION m3ter_health() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION m3ter_health() TO pg_monitor;

@@ -22,7 +22,7 @@ export M3TER_PG_ROOT M3TER_PG_VERSION
 M3TER_PACKAGES="postgresql-$M3TER_PG_VERSION postgresql-server-dev-$M3TER_PG_VERSION \
 libcurl4-openssl-dev libcjson-dev postgresql-$M3TER_PG_VERSION-pgtap \
 postgresql-$M3TER_PG_VERSION-cron libtap-parser-sourcehandler-pgtap-perl \
-python3 curl make gcc openssl"
+python3 curl make gcc openssl prometheus-postgres-exporter prometheus"
 M3TER_ORG_ID=5f3b8c2e-1d4a-4e6b-9c7d-0a1b2c3d4e5f
 M3TER_ACCESS_KEY_ID=standin-access-key
 M3TER_API_SECRET=standin-api-secret

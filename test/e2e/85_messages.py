@@ -89,4 +89,15 @@ ok("cannot be set per role" in logged, "the refusals reach the server log")
 leaks = [s for s in secrets if s in client or s in logged]
 ok(not leaks, "no credential value in a client message or the server log", leaks)
 ok("m3ter.org_id must be a UUID" in client, "a malformed m3ter.org_id is refused when set", client)
+
+# m3ter_health(): nothing to say on the suite's cluster but what is set to say it
+health = psql("SELECT finding FROM m3ter_health()")
+ok("credentials readable" not in health and "no background worker" not in health,
+   "m3ter_health() finds preloaded credentials safe", health)
+health = psql("SET m3ter.tls_verify = off; SELECT finding FROM m3ter_health()")
+ok("m3ter.tls_verify is off" in health, "and says when TLS verification is off", health)
+psql("DROP ROLE IF EXISTS m3ter_health_mon; CREATE ROLE m3ter_health_mon IN ROLE pg_monitor")
+r = psql("SET ROLE m3ter_health_mon; SELECT count(*) FROM m3ter_health()", check=False)
+ok(r.returncode == 0, "a pg_monitor member may call it", r.stderr)
+psql("DROP ROLE m3ter_health_mon")
 done()

@@ -27,8 +27,13 @@ secret = os.environ["M3TER_API_SECRET"]
 r = app("SHOW m3ter.api_secret")
 note("a fresh session without the library: SHOW m3ter.api_secret %s" %
      ("shows the value" if secret in r.stdout else "shows nothing"))
+health = psql("SELECT finding FROM m3ter_health()")
+ok("credentials readable by every role" in health and "no background worker" in health,
+   "m3ter_health() says the credentials are readable and no worker runs", health)
 psql("ALTER SYSTEM SET session_preload_libraries = 'm3ter'; SELECT pg_reload_conf()")
 time.sleep(0.5)
+health = psql("SELECT finding FROM m3ter_health()")
+ok("credentials readable" not in health, "with session_preload_libraries the finding goes", health)
 r = app("SHOW m3ter.api_secret")
 ok(r.returncode != 0 and secret not in r.stdout + r.stderr and "must be superuser" in r.stderr,
    "with session_preload_libraries = 'm3ter' another role reads no secret", r.stdout + r.stderr)

@@ -1,0 +1,92 @@
+"""What an operator sees: Debian's postgres_exporter with monitoring/postgres_exporter.yml.
+
+The exporter runs on loopback against the suite's cluster as a role with pg_monitor
+and no superuser; its /metrics are checked against the outbox: rows pending before
+and after a drain, a failed row, a rejected row, the worker's state as a label.
+monitoring/alerts.yml passes promtool's check."""
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from m3ter_tap import *  # noqa: E402,F401,F403
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+EXPORTER = "/usr/bin/prometheus-postgres-exporter"
+
+r = subprocess.run(["promtool", "check", "rules", os.path.join(ROOT, "monitoring", "alerts.yml")],
+                   capture_output=True, text=True)
+ok(r.returncode == 0, "promtool check rules monitoring/alerts.yml", r.stdout + r.stderr)
+
+psql("DROP ROLE IF EXISTS m3ter_exporter; CREATE ROLE m3ter_exporter LOGIN IN ROLE pg_monitor")
+port = free_port()
+env = dict(os.environ, DATA_SOURCE_NAME="host=%s port=%s user=m3ter_exporter dbname=postgres sslmode=disable"
+           % (os.environ["PGHOST"], os.environ["PGPORT"]))
+exporter = subprocess.Popen([EXPORTER, "--web.listen-address=127.0.0.1:%d" % port, "--disable-default-metrics",
+                             "--disable-settings-metrics",
+                             "--extend.query-path=" + os.path.join(ROOT, "monitoring", "postgres_exporter.yml")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def scrape():
+    """{(metric, datname): value} of the m3ter metrics, and the state labels seen"""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as f:
+        text = f.read().decode()
+    values, states = {}, {}
+    for name, labels, value in re.findall(r"^(m3ter\w*)\{([^}]*)\} (\S+)$", text, re.M):
+        lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        values[(name, lab.get("datname"))] = float(value)
+        if "state" in lab:
+            states[lab.get("datname")] = lab["state"]
+    return values, states, text
+
+
+def metric(name):
+    return scrape()[0].get((name, "postgres"))
+
+
+ok(wait_until(lambda: metric("m3ter_outbox_pending") is not None, timeout=20),
+   "the exporter serves the m3ter metrics as a pg_monitor role", scrape()[2][-1500:] if exporter.poll() is None
+   else exporter.stderr.read()[-1500:])
+
+# pending rows, then drained
+reset()
+set_and_reload(worker_enabled="off", events_poll_interval="1s")
+psql("SELECT m3ter_create_meter('API requests', 'api_requests', "
+     "'[{\"category\": \"MEASURE\", \"code\": \"requests\", \"name\": \"Requests\"},"
+     "  {\"category\": \"WHERE\", \"code\": \"region\", \"name\": \"Region\"}]')")
+insert_usage(300, "exp-")
+ok(wait_until(lambda: metric("m3ter_outbox_pending") == 300, timeout=20), "m3ter_outbox_pending is 300 before the drain",
+   metric("m3ter_outbox_pending"))
+ok(metric("m3ter_outbox_oldest_pending_age_seconds") > 0, "m3ter_outbox_oldest_pending_age_seconds is set")
+values, states, _ = scrape()
+ok(("m3ter_worker_running", "postgres") in values and "postgres" in states,
+   "m3ter_worker_running carries the worker's state as a label (%s)" % states.get("postgres"))
+
+# a failed row (m3ter refuses its meter) and a rejected row (enrichment drops it)
+standin("POST", "/_control/config", {"reject_meters": ["retired_meter"]})
+standin("POST", "/_control/enrichment", {"enabled": True, "delay": 0.1})
+insert_usage(1, "exp-failed-", meter="retired_meter")
+insert_usage(1, "exp-rejected-", meter="api_requestz")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == 300 and outbox_counts()["failed"] == 1
+              and outbox_counts().get("rejected") == 1, timeout=60), "the outbox drains", outbox_counts())
+ok(wait_until(lambda: metric("m3ter_outbox_pending") == 0 and metric("m3ter_outbox_accepted") == 300, timeout=20),
+   "after the drain: m3ter_outbox_pending 0, m3ter_outbox_accepted 300",
+   (metric("m3ter_outbox_pending"), metric("m3ter_outbox_accepted")))
+is_(metric("m3ter_outbox_failed"), 1.0, "m3ter_outbox_failed counts the failed row")
+is_(metric("m3ter_outbox_rejected"), 1.0, "m3ter_outbox_rejected counts the rejected row")
+ok(metric("m3ter_rows_failed_total") >= 1 and metric("m3ter_requests_total") >= 1,
+   "the cluster-wide counters (m3ter_rows_failed_total, m3ter_requests_total) count the delivery",
+   (metric("m3ter_rows_failed_total"), metric("m3ter_requests_total")))
+ok(metric("m3ter_last_error_age_seconds") >= 0, "m3ter_last_error_age_seconds says an error happened")
+
+exporter.terminate()
+exporter.wait(timeout=10)
+standin("POST", "/_control/enrichment", {"enabled": False})
+set_and_reload(events_poll_interval=None)
+psql("DROP ROLE m3ter_exporter")
+done()
