@@ -96,14 +96,17 @@ m3ter_cleanup() {
 }
 
 # Start the stand-in; extra arguments go to it.  M3TER_STANDIN_ARGS lets a test
-# restart it (on the port in standin.port) with what it accepted so far.
+# restart it (on the port in standin.port) with what it accepted so far.  With
+# M3TER_STANDIN_DETACH set it runs in a session of its own and outlives the script.
 m3ter_start_standin() {
     M3TER_STANDIN_ARGS="$M3TER_ROOT/test/m3ter_standin.py --port-file $M3TER_TMP/standin.port \
 --state-file $M3TER_TMP/standin.state --org-id $M3TER_ORG_ID \
 --access-key-id $M3TER_ACCESS_KEY_ID --api-secret $M3TER_API_SECRET"
     export M3TER_STANDIN_ARGS M3TER_ORG_ID M3TER_ACCESS_KEY_ID M3TER_API_SECRET
+    local detach=()
+    [ -n "${M3TER_STANDIN_DETACH:-}" ] && detach=(setsid nohup)
     # shellcheck disable=SC2086
-    python3 $M3TER_STANDIN_ARGS "$@" >"$M3TER_TMP/standin.log" 2>&1 &
+    "${detach[@]}" python3 $M3TER_STANDIN_ARGS "$@" >"$M3TER_TMP/standin.log" 2>&1 </dev/null &
     STANDIN_PID=$!
     for _ in $(seq 100); do
         [ -s "$M3TER_TMP/standin.port" ] && break

@@ -40,20 +40,7 @@ start)
     mkdir -p "$M3TER_TMP"
     chmod 755 "$M3TER_TMP"
     # the stand-in outlives this script: a session of its own
-    m3ter_start_standin() {
-        M3TER_STANDIN_ARGS="$M3TER_ROOT/test/m3ter_standin.py --port-file $M3TER_TMP/standin.port \
---state-file $M3TER_TMP/standin.state --org-id $M3TER_ORG_ID \
---access-key-id $M3TER_ACCESS_KEY_ID --api-secret $M3TER_API_SECRET"
-        # shellcheck disable=SC2086
-        setsid nohup python3 $M3TER_STANDIN_ARGS >"$M3TER_TMP/standin.log" 2>&1 </dev/null &
-        for _ in $(seq 100); do
-            [ -s "$M3TER_TMP/standin.port" ] && break
-            sleep 0.1
-        done
-        STANDIN_URL="http://127.0.0.1:$(cat "$M3TER_TMP/standin.port")"
-        export STANDIN_URL
-    }
-    m3ter_start_standin
+    M3TER_STANDIN_DETACH=1 m3ter_start_standin
     M3TER_NO_CREDENTIALS=1 m3ter_start_cluster "m3ter.worker_idle_naptime = '1s'"
     # what an m3ter Service User's credentials file looks like (the stand-in's)
     as_pg tee "$SANDBOX/m3ter.credentials" >/dev/null <<EOF
