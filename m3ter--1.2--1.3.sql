@@ -95,3 +95,32 @@ COMMENT ON FUNCTION m3ter_health() IS
     'Every unsafe or stuck set-up of m3ter found: readable credentials, no worker, TLS verification off, worker slots short, delivery stopped, a stale catalog.';
 REVOKE EXECUTE ON FUNCTION m3ter_health() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION m3ter_health() TO pg_monitor;
+
+--
+-- Progress (1.3): the delivery rate of the last minute and the time the
+-- backlog takes at that rate (NULL while nothing is pending or nothing was
+-- accepted in the last minute)
+--
+CREATE OR REPLACE VIEW m3ter.outbox_stats AS
+SELECT count(*) FILTER (WHERE o.status = 'pending')  AS pending,
+       count(*) FILTER (WHERE o.status = 'accepted') AS accepted,
+       count(*) FILTER (WHERE o.status = 'failed')   AS failed,
+       now() - min(o.created_at) FILTER (WHERE o.status = 'pending') AS oldest_pending_age,
+       (SELECT e.error FROM m3ter.outbox e
+         WHERE e.error IS NOT NULL
+         ORDER BY e.sent_at DESC NULLS LAST, e.id DESC LIMIT 1) AS last_error,
+       w.requests     AS requests_sent,
+       w.measurements AS measurements_sent,
+       w.running      AS worker_running,
+       w.resent       AS measurements_resent,
+       w.state        AS worker_state,
+       count(*) FILTER (WHERE o.status = 'rejected') AS rejected,
+       count(*) FILTER (WHERE o.status = 'pending' AND o.error LIKE 'held: %') AS held,
+       round(count(*) FILTER (WHERE o.accepted_at > now() - interval '1 minute') / 60.0, 1) AS delivery_rate,
+       CASE WHEN count(*) FILTER (WHERE o.status = 'pending') > 0
+                 AND count(*) FILTER (WHERE o.accepted_at > now() - interval '1 minute') > 0
+            THEN make_interval(secs => round(count(*) FILTER (WHERE o.status = 'pending')
+                               / (count(*) FILTER (WHERE o.accepted_at > now() - interval '1 minute') / 60.0)))
+       END AS eta
+  FROM m3ter_worker_status() w LEFT JOIN m3ter.outbox o ON true  -- one row, also when the outbox is empty
+ GROUP BY w.requests, w.measurements, w.running, w.resent, w.state;

@@ -77,12 +77,28 @@ ok(wait_until(lambda: outbox_counts()["accepted"] == 300 and outbox_counts()["fa
 ok(wait_until(lambda: metric("m3ter_outbox_pending") == 0 and metric("m3ter_outbox_accepted") == 300, timeout=20),
    "after the drain: m3ter_outbox_pending 0, m3ter_outbox_accepted 300",
    (metric("m3ter_outbox_pending"), metric("m3ter_outbox_accepted")))
+ok(metric("m3ter_outbox_delivery_rate_rows_per_second") > 0 and metric("m3ter_outbox_eta_seconds") == -1,
+   "the delivery rate of the last minute is shown, and no ETA with nothing pending",
+   (metric("m3ter_outbox_delivery_rate_rows_per_second"), metric("m3ter_outbox_eta_seconds")))
 is_(metric("m3ter_outbox_failed"), 1.0, "m3ter_outbox_failed counts the failed row")
 is_(metric("m3ter_outbox_rejected"), 1.0, "m3ter_outbox_rejected counts the rejected row")
 ok(metric("m3ter_rows_failed_total") >= 1 and metric("m3ter_requests_total") >= 1,
    "the cluster-wide counters (m3ter_rows_failed_total, m3ter_requests_total) count the delivery",
    (metric("m3ter_rows_failed_total"), metric("m3ter_requests_total")))
 ok(metric("m3ter_last_error_age_seconds") >= 0, "m3ter_last_error_age_seconds says an error happened")
+
+# while a slow delivery runs: the rate and the time the rest takes
+reset()
+set_and_reload(max_requests_per_second="1")
+insert_usage(4000, "eta-")
+ok(wait_until(lambda: 1000 <= outbox_counts()["accepted"] and outbox_counts()["pending"] >= 1000, timeout=30),
+   "a delivery paced to a request a second is under way", outbox_counts())
+row = psql("SELECT delivery_rate || '|' || coalesce(extract(epoch FROM eta)::text, '') || '|' || pending "
+           "FROM m3ter.outbox_stats")
+rate, eta, pending = row.split("|")
+ok(float(rate) > 0 and eta != "" and abs(float(eta) - int(pending) / float(rate)) <= 2,
+   "m3ter.outbox_stats shows the rate and the time the backlog takes at it (pending / rate)", row)
+set_and_reload(max_requests_per_second=None)
 
 exporter.terminate()
 exporter.wait(timeout=10)
