@@ -124,3 +124,18 @@ SELECT count(*) FILTER (WHERE o.status = 'pending')  AS pending,
        END AS eta
   FROM m3ter_worker_status() w LEFT JOIN m3ter.outbox o ON true  -- one row, also when the outbox is empty
  GROUP BY w.requests, w.measurements, w.running, w.resent, w.state;
+
+--
+-- Credentials every role can read (1.3): without the library preloaded,
+-- m3ter.* lines of postgresql.conf are placeholders any role can SHOW until
+-- a session loads the library; say so when the extension is created
+--
+DO $m3ter$
+BEGIN
+    IF EXISTS (SELECT FROM m3ter_health() h WHERE h.finding = 'credentials readable by every role') THEN
+        RAISE WARNING 'm3ter credentials set in postgresql.conf are readable by every role'
+            USING DETAIL = 'm3ter is not in shared_preload_libraries: until a session loads the library, m3ter.api_secret and m3ter.access_key_id are placeholders that any role can SHOW.',
+                  HINT = 'Move them into the file named by m3ter.credentials_file, or add m3ter to session_preload_libraries (a reload).';
+    END IF;
+END
+$m3ter$;

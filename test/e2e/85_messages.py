@@ -94,6 +94,11 @@ ok("m3ter.org_id must be a UUID" in client, "a malformed m3ter.org_id is refused
 health = psql("SELECT finding FROM m3ter_health()")
 ok("credentials readable" not in health and "no background worker" not in health,
    "m3ter_health() finds preloaded credentials safe", health)
+psql("DROP DATABASE IF EXISTS m3ter_nowarn; CREATE DATABASE m3ter_nowarn")
+r = psql("CREATE EXTENSION m3ter", db="m3ter_nowarn", check=False)
+ok(r.returncode == 0 and "WARNING" not in r.stderr, "with the library preloaded CREATE EXTENSION warns of nothing",
+   r.stderr)
+psql("DROP DATABASE m3ter_nowarn")
 health = psql("SET m3ter.tls_verify = off; SELECT finding FROM m3ter_health()")
 ok("m3ter.tls_verify is off" in health, "and says when TLS verification is off", health)
 psql("DROP ROLE IF EXISTS m3ter_health_mon; CREATE ROLE m3ter_health_mon IN ROLE pg_monitor")

@@ -27,6 +27,11 @@ secret = os.environ["M3TER_API_SECRET"]
 r = app("SHOW m3ter.api_secret")
 note("a fresh session without the library: SHOW m3ter.api_secret %s" %
      ("shows the value" if secret in r.stdout else "shows nothing"))
+psql("DROP DATABASE IF EXISTS m3ter_warn; CREATE DATABASE m3ter_warn")
+r = psql("CREATE EXTENSION m3ter", db="m3ter_warn", check=False)
+ok(r.returncode == 0 and "WARNING:  m3ter credentials set in postgresql.conf are readable by every role" in r.stderr
+   and "m3ter.credentials_file" in r.stderr, "CREATE EXTENSION warns that the credentials are readable", r.stderr)
+psql("DROP DATABASE m3ter_warn")
 health = psql("SELECT finding FROM m3ter_health()")
 ok("credentials readable by every role" in health and "no background worker" in health,
    "m3ter_health() says the credentials are readable and no worker runs", health)
