@@ -116,7 +116,7 @@ SELECT count(*) FILTER (WHERE o.status = 'pending')  AS pending,
        w.state        AS worker_state,
        count(*) FILTER (WHERE o.status = 'rejected') AS rejected,
        count(*) FILTER (WHERE o.status = 'pending' AND o.error LIKE 'held: %') AS held,
-       round(count(*) FILTER (WHERE o.accepted_at > now() - interval '1 minute') / 60.0, 1) AS delivery_rate,
+       round(count(*) FILTER (WHERE o.accepted_at > now() - interval '1 minute') / 60.0, 2) AS delivery_rate,
        CASE WHEN count(*) FILTER (WHERE o.status = 'pending') > 0
                  AND count(*) FILTER (WHERE o.accepted_at > now() - interval '1 minute') > 0
             THEN make_interval(secs => round(count(*) FILTER (WHERE o.status = 'pending')
