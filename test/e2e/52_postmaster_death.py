@@ -16,10 +16,11 @@ ROWS = 20000
 
 
 def alive(pid):
+    """Running, not gone and not a zombie waiting for init (its parent is dead) to reap it"""
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
         return False
 
 
