@@ -26,10 +26,11 @@
  *	  the same.  No slot is given for the rest of the second in which the
  *	  refused request reached m3ter (taken as the middle of its round
  *	  trip), nor before a Retry-After longer than a second.  The pace then
- *	  climbs back 1% of the rate a second, faster the longer no 429 came
- *	  (times the seconds since the last one): servers sharing an
- *	  organization settle near their shares, since a 429 soon stops the
- *	  climb, while a pace lowered by a single 429 is back within seconds.
+ *	  climbs back 1% of the rate a second (slowly: servers sharing an
+ *	  organization settle near their shares instead of overshooting every
+ *	  few seconds), faster the longer no 429 came (times the seconds since
+ *	  the last one over 5): once the others are gone, the whole rate is
+ *	  back within seconds.
  *
  * With the library preloaded the state lives in shared memory under one
  * spinlock (held for a few dozen instructions); otherwise each process
@@ -53,7 +54,7 @@
 #define MIN_SCALE 0.05
 #define SCALE_DOWN 0.8
 #define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second, */
-#define RECOVER_FASTER_S 1		/* and faster for each second without a 429 */
+#define RECOVER_FASTER_S 5		/* and faster for each 5 s without a 429 */
 /* a slot asked for this late (µs) is still given on schedule */
 #define CATCH_UP_US 10000
 /* slots a little under the limit: answers arrive with jitter, and m3ter counts arrivals */

@@ -48,8 +48,11 @@ def summary():
 
 
 ok(wait_until(lambda: summary()["accepted"] == 2, timeout=30),
-   "the stand-in accepted the submitted measurement and the outbox row", summary())
-is_(psql("SELECT status FROM m3ter.outbox", conninfo), "accepted", "the outbox row is accepted")
+   "the stand-in accepted the submitted measurement and the outbox row",
+   "%s\n%s" % (summary(), "".join(open(os.path.join(SANDBOX, "postgres.log")).readlines()[-40:])))
+ok(wait_until(lambda: psql("SELECT status FROM m3ter.outbox", conninfo) == "accepted", timeout=10),
+   "the outbox row is accepted", psql("SELECT status, error FROM m3ter.outbox", conninfo) + "\n" +
+   "".join(open(os.path.join(SANDBOX, "postgres.log")).readlines()[-40:]))
 
 r = subprocess.run([os.path.join(ROOT, "test", "sandbox.sh"), "stop"], env=env, capture_output=True, text=True,
                    timeout=120)
