@@ -4,32 +4,38 @@ EXTENSION = m3ter
 EXTVERSION = 1.3
 
 MODULE_big = m3ter
+# the layers, top to bottom: a file calls only its own layer and those below
+# (test/layers.py checks it on the built objects)
 OBJS = \
 	src/m3ter.o \
-	src/json.o \
-	src/http.o \
-	src/credentials.o \
-	src/version.o \
-	src/token.o \
-	src/pacing.o \
-	src/client.o \
-	src/measurement.o \
-	src/sender.o \
-	src/catalog.o \
-	src/outbox.o \
-	src/claim_state.o \
-	src/delivery.o \
-	src/submit.o \
-	src/meter.o \
-	src/flush.o \
-	src/outbox_check.o \
-	src/uid.o \
-	src/shmem.o \
-	src/launcher.o \
-	src/standby.o \
-	src/subscriber.o \
-	src/worker.o \
-	src/events.o
+	src/entry/flush.o \
+	src/entry/launcher.o \
+	src/entry/meter.o \
+	src/entry/outbox_check.o \
+	src/entry/submit.o \
+	src/entry/worker.o \
+	src/outbox/catalog.o \
+	src/outbox/claim_state.o \
+	src/outbox/delivery.o \
+	src/outbox/events.o \
+	src/outbox/outbox.o \
+	src/outbox/slots.o \
+	src/client/client.o \
+	src/client/credentials.o \
+	src/client/http.o \
+	src/client/pacing.o \
+	src/client/request.o \
+	src/client/sender.o \
+	src/client/token.o \
+	src/ground/json.o \
+	src/ground/measurement.o \
+	src/ground/settings.o \
+	src/ground/shmem.o \
+	src/ground/spi_util.o \
+	src/ground/standby.o \
+	src/ground/subscriber.o \
+	src/ground/uid.o \
+	src/ground/version.o
 
 # SQL scripts: m3ter--1.2.sql is the base (the whole extension at 1.2); from it
 # on, every object new or changed in a version is written once, in that version's
@@ -44,7 +50,7 @@ DATA_built = m3ter--$(EXTVERSION).sql
 PGFILEDESC = "m3ter - usage metering for the m3ter billing platform"
 
 # Warnings stay warnings here (packagers' newer compilers); test/lib.sh adds -Werror
-PG_CPPFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 SHLIB_LINK = -lcurl -lcjson
 
 # pg_regress.  "make installcheck" runs the suites that any running server with
@@ -68,7 +74,7 @@ m3ter--$(EXTVERSION).sql: $(BASE) $(UPGRADES)
 	  for f in $^; do printf '\n-- from %s\n' "$$f"; grep -v '^\\echo Use' "$$f"; done; } >$@
 
 # every object depends on the shared headers (PGXS tracks no header dependencies)
-$(OBJS): $(wildcard src/*.h)
+$(OBJS): $(wildcard src/*/*.h)
 
 .PHONY: demo sandbox test bench
 

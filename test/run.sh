@@ -74,6 +74,8 @@ cd "$M3TER_ROOT"
 if wants regress; then
     log "pg_regress: the SQL surface and its errors"
     regress_suite regress
+    log "layers: no file of src/ calls a layer above it or forms a circle"
+    tap_suite layers prove -e python3 test/layers.py
 fi
 
 if wants pgtap; then

@@ -1,5 +1,6 @@
 """The library keeps to itself: it installs no process-wide cJSON allocator, and the
 cJSON trees it builds (with malloc) are freed on error paths too."""
+import glob
 import os
 import subprocess
 import sys
@@ -14,13 +15,14 @@ ok("cJSON_Parse" in syms and "cJSON_InitHooks" not in syms,
    "m3ter.so does not call cJSON_InitHooks (other cJSON users in the process keep malloc)")
 
 # packaging: the shipped Makefile leaves warnings as warnings (test/lib.sh adds -Werror), and
-# code that depends on the PostgreSQL major sits in src/compat.h only
+# code that depends on the PostgreSQL major sits in src/ground/compat.h only
 root = os.path.join(os.path.dirname(__file__), "..", "..")
 flags = [line for line in open(os.path.join(root, "Makefile")) if line.startswith("PG_CPPFLAGS")]
 ok(flags and "-Werror" not in flags[0], "the Makefile does not force -Werror", flags)
 src = os.path.join(root, "src")
-users = sorted(f for f in os.listdir(src) if f.endswith((".c", ".h")) and f != "compat.h" and "PG_VERSION_NUM" in open(os.path.join(src, f)).read())
-is_(users, [], "PG_VERSION_NUM appears only in src/compat.h")
+users = sorted(os.path.relpath(f, src) for f in glob.glob(os.path.join(src, "**", "*.[ch]"), recursive=True)
+               if not f.endswith("compat.h") and "PG_VERSION_NUM" in open(f).read())
+is_(users, [], "PG_VERSION_NUM appears only in src/ground/compat.h")
 
 # 100 calls that fail validation while 1.5 MB of cJSON trees are alive: none of it stays
 RSS = "SELECT (regexp_match(pg_read_file('/proc/self/status'), 'VmRSS:\\s+(\\d+)'))[1]::bigint"

@@ -1,0 +1,78 @@
+/*-------------------------------------------------------------------------
+ *
+ * client.c
+ *		The synchronous call to m3ter's APIs: a bearer token, one paced
+ *		request, a fresh token once after 401/403, retries after transient
+ *		faults (request.c classifies each answer).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <cjson/cJSON.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/timestamp.h"
+
+#include "client/client.h"
+#include "client/pacing.h"
+#include "client/request.h"
+#include "client/token.h"
+
+/*
+ * Make one API call synchronously under m3ter's rules (see the file
+ * header), retrying transient faults up to max_retries times.  path starts
+ * with '/'.  Never raises for an HTTP outcome; raises for missing settings
+ * and interrupts.
+ */
+void
+m3ter_call(M3terApi api, const char *method, const char *path,
+		   const char *body, size_t body_len, int max_retries,
+		   M3terCallResult *result)
+{
+	char	   *url = psprintf("%s%s", m3ter_api_base(api), path);
+	bool		refreshed = false;
+	int			attempt = 0;
+
+	memset(result, 0, sizeof(*result));
+	result->retry_after_ms = -1;
+
+	for (;;)
+	{
+		char	   *token = m3ter_token_get(result);
+
+		if (token == NULL)
+		{
+			if (result->outcome == M3TER_TRANSIENT && attempt < max_retries)
+			{
+				m3ter_sleep_ms(m3ter_backoff_ms(attempt++, result->retry_after_ms));
+				result->retries = attempt;
+				continue;
+			}
+			return;
+		}
+
+		m3ter_send_once(api, method, url, psprintf("Bearer %s", token), body, body_len, result);
+
+		if (result->outcome == M3TER_FORBIDDEN && !refreshed)
+		{
+			/* maybe the token expired or was revoked: one fresh try */
+			m3ter_token_forget(token);
+			refreshed = true;
+		}
+		else if (result->outcome == M3TER_TRANSIENT && attempt < max_retries)
+		{
+			m3ter_sleep_ms(m3ter_backoff_ms(attempt++, result->retry_after_ms));
+			result->retries = attempt;
+		}
+		else
+		{
+			explicit_bzero(token, strlen(token));
+			return;
+		}
+		explicit_bzero(token, strlen(token));
+	}
+}

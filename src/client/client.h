@@ -1,0 +1,17 @@
+/*-------------------------------------------------------------------------
+ *
+ * client.h
+ *		The synchronous call to m3ter's APIs (client.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef M3TER_CLIENT_CLIENT_H
+#define M3TER_CLIENT_CLIENT_H
+
+#include "client/request.h"
+
+extern void m3ter_call(M3terApi api, const char *method, const char *path,
+					   const char *body, size_t body_len, int max_retries,
+					   M3terCallResult *result);
+
+#endif							/* M3TER_CLIENT_CLIENT_H */

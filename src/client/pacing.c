@@ -1,0 +1,502 @@
+/*-------------------------------------------------------------------------
+ *
+ * pacing.c
+ *		m3ter's rate limits, kept for the whole cluster.
+ *
+ * m3ter limits each API in two ways (M3TER_API.md): requests a second per
+ * Organization (50; over it, 429 for the rest of that second) and requests
+ * per rolling 5 minutes per source address (5,000 for ingest, 20,000 for
+ * the Config API).  Every process that sends (the workers, flushes,
+ * m3ter_submit) asks for a send slot here first, so together they stay
+ * under both:
+ *
+ *	- slots are spaced 1 / (rate × 0.96 × scale) seconds apart (a little
+ *	  headroom: requests arrive with jitter, and m3ter counts arrivals),
+ *	  and never more than that many fall in any second: not a wall-clock
+ *	  second only, but any trailing second of the cluster's own send times
+ *	  (m3ter does not say how it counts a second: by the clock, in a
+ *	  sliding window, or as a token bucket; this holds under each);
+ *	- a slot is only given while fewer than the 5-minute budget were given
+ *	  in the 300 seconds before it (counted in one-second buckets);
+ *	- adaptive: a 429 shows that something else spends the same budget
+ *	  (another server, the application itself).  The pace then drops to
+ *	  what m3ter admitted from this cluster in the last second (a little
+ *	  under it), and by a fifth at least: the others keep their part.  One
+ *	  overload drops it once: 429s for requests sent before the drop tell
+ *	  the same.  No slot is given for the rest of the second in which the
+ *	  refused request reached m3ter (taken as the middle of its round
+ *	  trip), nor before a Retry-After longer than a second.  The pace then
+ *	  climbs back 1% of the rate a second (slowly: servers sharing an
+ *	  organization settle near their shares instead of overshooting every
+ *	  few seconds), faster the longer no 429 came (times the seconds since
+ *	  the last one over 5): once the others are gone, the whole rate is
+ *	  back within seconds.
+ *
+ * With the library preloaded the state lives in shared memory under one
+ * spinlock (held for a few dozen instructions); otherwise each process
+ * paces itself.  Slots are handed out without sleeping, so a process with
+ * requests in flight can keep serving their answers while it waits.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/array.h"
+#include "utils/timestamp.h"
+
+#include "client/pacing.h"
+#include "client/http.h"
+#include "client/request.h"
+#include "ground/json.h"
+#include "ground/settings.h"
+#include "ground/shmem.h"
+
+#define WINDOW_S 300
+#define MIN_SCALE 0.05
+#define SCALE_DOWN 0.8
+#define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second, */
+#define RECOVER_FASTER_S 5		/* and faster for each 5 s without a 429 */
+/* a slot asked for this late (µs) is still given on schedule */
+#define CATCH_UP_US 10000
+/* slots a little under the limit: answers arrive with jitter, and m3ter counts arrivals */
+#define HEADROOM 0.96
+/* the recent send times kept for the trailing-second check (a per-second cap above it is cut to it) */
+#define RECENT_SLOTS 256
+
+typedef struct PaceState
+{
+	TimestampTz next_slot;		/* earliest time for the next slot */
+	TimestampTz blocked_until;	/* after a 429: no slot before this */
+	double		scale;			/* adaptive share of the per-second rate */
+	TimestampTz raised_at;		/* when the scale last changed */
+	TimestampTz dropped_at;		/* when a 429 last lowered it */
+	int64		admitted_second[2]; /* 2xx answers counted in this second and the last */
+	int			admitted_count[2];
+	int64		bucket_second[WINDOW_S];	/* which second each bucket counts */
+	int			bucket_count[WINDOW_S];
+	TimestampTz recent[RECENT_SLOTS];	/* the last slots given, a ring */
+	int			recent_next;	/* where the next slot given is written */
+} PaceState;
+
+typedef struct PaceShared
+{
+	slock_t		mutex;
+	PaceState	api[2];
+} PaceShared;
+
+static PaceShared *pace_shared = NULL;
+static PaceState local_state[2];
+static bool local_ready = false;
+
+/* Set up the shared state once, when it is created */
+static void
+pacing_shmem_init(void *shared)
+{
+	PaceShared *ps = shared;
+
+	SpinLockInit(&ps->mutex);
+	ps->api[0].scale = ps->api[1].scale = 1.0;
+}
+
+/* Share the pacing state across the cluster (while preloading) */
+void
+m3ter_pacing_shmem_install(void)
+{
+	m3ter_shmem_register("m3ter pacing", sizeof(PaceShared), (void **) &pace_shared,
+						 pacing_shmem_init);
+}
+
+/* Sleep ms milliseconds, staying responsive to cancel and shutdown */
+void
+m3ter_sleep_ms(int ms)
+{
+	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+
+	for (;;)
+	{
+		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
+
+		CHECK_FOR_INTERRUPTS();
+		if (left <= 0)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 left, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/* Is body m3ter's JSON error (an object)? */
+static bool
+is_json_error(const char *body)
+{
+	cJSON	   *root = cJSON_Parse(body);
+	bool		yes = cJSON_IsObject(root);
+
+	cJSON_Delete(root);
+	return yes;
+}
+
+/* Is body an HTML or XML page (a proxy's, a portal's), not m3ter's JSON? */
+static bool
+is_markup(const char *body)
+{
+	while (*body == ' ' || *body == '\t' || *body == '\r' || *body == '\n')
+		body++;
+	return *body == '<';
+}
+
+/* Does a message speak of the payload's size (m3ter's 403 for it)? */
+static bool
+names_payload_size(const char *message)
+{
+	char	   *lower = pstrdup(message);
+	char	   *p;
+	bool		yes;
+
+	for (p = lower; *p; p++)
+		*p = pg_ascii_tolower((unsigned char) *p);
+	yes = strstr(lower, "payload") != NULL &&
+		(strstr(lower, "exceed") != NULL || strstr(lower, "large") != NULL ||
+		 strstr(lower, "limit") != NULL);
+
+	pfree(lower);
+	return yes;
+}
+
+/* Classify one HTTP answer and fill result from it (see the file header) */
+void
+m3ter_classify(const M3terHttpResponse *resp, M3terCallResult *result)
+{
+	long		status = resp->status;
+	char	   *msg = NULL;
+
+	result->status = status;
+	result->body = resp->body;
+	if (resp->retry_after_ms >= 0)
+		result->retry_after_ms = resp->retry_after_ms;
+	result->message = NULL;
+
+	if (status >= 200 && status < 300 && !is_markup(resp->body))
+	{
+		result->outcome = M3TER_OK;
+		return;
+	}
+	if (status == 0)
+	{
+		/* a URL libcurl cannot use is a setting to fix, not an outage */
+		result->outcome = resp->bad_url ? M3TER_UNEXPECTED : M3TER_TRANSIENT;
+		result->message = resp->bad_url ?
+			psprintf("the URL cannot be used (%s); check m3ter.ingest_url and m3ter.api_url",
+					 resp->transport_error) : resp->transport_error;
+		return;
+	}
+
+	msg = m3ter_answer_message(resp->body);
+	if (msg == NULL)
+		msg = psprintf("HTTP %ld with an empty body", status);
+
+	switch (status)
+	{
+		case 408:
+		case 429:
+		case 500:
+		case 502:
+		case 503:
+		case 504:
+			result->outcome = M3TER_TRANSIENT;
+			break;
+		case 413:
+			result->outcome = M3TER_TOO_LARGE;
+			break;
+		case 401:
+			result->outcome = M3TER_FORBIDDEN;
+			break;
+		case 403:
+			result->outcome = names_payload_size(msg) ? M3TER_TOO_LARGE : M3TER_FORBIDDEN;
+			break;
+		case 400:
+			if (is_json_error(resp->body))
+			{
+				result->outcome = M3TER_REJECTED;
+				break;
+			}
+			/* FALLTHROUGH */
+		default:
+			result->outcome = M3TER_UNEXPECTED;
+			if (status >= 300 && status < 400)
+				msg = psprintf("an unexpected redirect (HTTP %ld); check the URL settings: %s", status, msg);
+			else if (!is_json_error(resp->body))
+				msg = psprintf("an unexpected answer (HTTP %ld) that is not m3ter's JSON: %s", status, msg);
+			else
+				msg = psprintf("an unexpected answer (HTTP %ld): %s", status, msg);
+			break;
+	}
+	result->message = msg;
+}
+
+/* The state of an API, locked when shared; m3ter_pacing_unlock() releases */
+static PaceState *
+lock_state(M3terApi api)
+{
+	if (pace_shared != NULL)
+	{
+		SpinLockAcquire(&pace_shared->mutex);
+		return &pace_shared->api[api];
+	}
+	if (!local_ready)
+	{
+		memset(local_state, 0, sizeof(local_state));
+		local_state[0].scale = local_state[1].scale = 1.0;
+		local_ready = true;
+	}
+	return &local_state[api];
+}
+
+static void
+unlock_state(void)
+{
+	if (pace_shared != NULL)
+		SpinLockRelease(&pace_shared->mutex);
+}
+
+/* The per-second rate and the 5-minute budget of an API (0: no limit) */
+static void
+limits(M3terApi api, int *per_second, int *per_window)
+{
+	*per_second = m3ter_max_requests_per_second;
+	*per_window = api == M3TER_INGEST_API ? m3ter_max_requests_per_5min :
+		m3ter_max_requests_per_5min * 4;
+}
+
+/* Requests counted in the window that ends at second sec */
+static int
+window_count(PaceState *st, int64 sec)
+{
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < WINDOW_S; i++)
+		if (st->bucket_second[i] > sec - WINDOW_S && st->bucket_second[i] <= sec)
+			n += st->bucket_count[i];
+	return n;
+}
+
+/*
+ * Ask for a send slot no later than now + horizon_ms.  Returns true and
+ * takes it, or false with *wait_ms set to how long until one may be had.
+ */
+bool
+m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz slot;
+	PaceState  *st;
+	int			per_second;
+	int			per_window;
+	int64		sec;
+	double		rate;			/* slots a second, headroom and scale applied */
+	int64		interval;
+	bool		ok = true;
+
+	limits(api, &per_second, &per_window);
+	*wait_ms = 0;
+	if (per_second <= 0 && per_window <= 0)
+		return true;
+
+	st = lock_state(api);
+	rate = per_second * HEADROOM * st->scale;
+	interval = per_second > 0 ? (int64) (USECS_PER_SEC / rate) : 0;
+
+	/*
+	 * A sender that asks a little late (it was writing outcomes or claiming
+	 * rows) keeps the schedule: a slot missed by at most half an interval,
+	 * and 10 ms, is given now and the next one stays where it was, so the
+	 * rate holds at any latency and no two requests go closer than half an
+	 * interval.  After a longer pause the schedule starts again from now.
+	 */
+	slot = st->next_slot >= now - Min(interval / 2, CATCH_UP_US) ? st->next_slot : now;
+	slot = Max(slot, st->blocked_until);
+	sec = Max(slot, now) / USECS_PER_SEC;
+	if (per_second > 0)
+	{
+		/*
+		 * Never more than the limit (with the headroom) in any second: the
+		 * slot cap places back must lie a whole second (and a millisecond
+		 * for rounding) before this one.  Slots are given in time order,
+		 * so this bounds every trailing second, wall-clock seconds too.
+		 */
+		int			cap = Min(Max((int) rate, 1), RECENT_SLOTS);
+		TimestampTz earlier = st->recent[(st->recent_next + RECENT_SLOTS - cap) % RECENT_SLOTS];
+
+		if (earlier != 0)
+			slot = Max(slot, earlier + USECS_PER_SEC + 1000);
+		sec = Max(slot, now) / USECS_PER_SEC;
+	}
+	if (per_window > 0 && window_count(st, sec) >= per_window)
+	{
+		/* the budget is spent: the next slot is when its oldest second leaves */
+		int64		oldest = sec;
+		int			i;
+
+		for (i = 0; i < WINDOW_S; i++)
+			if (st->bucket_second[i] > sec - WINDOW_S && st->bucket_count[i] > 0)
+				oldest = Min(oldest, st->bucket_second[i]);
+		slot = Max(slot, (oldest + WINDOW_S) * USECS_PER_SEC);
+		sec = slot / USECS_PER_SEC;
+	}
+	if (slot > now + (int64) horizon_ms * 1000)
+	{
+		ok = false;
+		*wait_ms = (int) Min((slot - now + 999) / 1000, (int64) INT_MAX);
+	}
+	else
+	{
+		int			b = (int) (sec % WINDOW_S);
+
+		if (per_second > 0)
+		{
+			st->next_slot = slot + interval;
+			st->recent[st->recent_next] = Max(slot, now);	/* when it is given */
+			st->recent_next = (st->recent_next + 1) % RECENT_SLOTS;
+		}
+		if (st->bucket_second[b] != sec)
+		{
+			st->bucket_second[b] = sec;
+			st->bucket_count[b] = 0;
+		}
+		st->bucket_count[b]++;
+	}
+	unlock_state();
+	return ok;
+}
+
+/* Wait for a send slot, staying responsive to cancel and shutdown */
+void
+m3ter_pace(M3terApi api)
+{
+	int			wait_ms;
+
+	while (!m3ter_pace_try(api, 0, &wait_ms))
+		m3ter_sleep_ms(wait_ms);
+}
+
+/* Requests m3ter admitted in about the last second (2xx answers), at now */
+static double
+admitted_last_second(PaceState *st, TimestampTz now)
+{
+	int64		sec = now / USECS_PER_SEC;
+	double		into = (double) (now % USECS_PER_SEC) / USECS_PER_SEC;
+	double		n = 0;
+	int			i;
+
+	for (i = 0; i < 2; i++)
+	{
+		if (st->admitted_second[i] == sec)
+			n += st->admitted_count[i];
+		else if (st->admitted_second[i] == sec - 1)
+			n += st->admitted_count[i] * (1.0 - into);
+	}
+	return n;
+}
+
+/*
+ * Tell the pacer how a request sent at sent_at went: 429s slow everyone
+ * down, 2xx are counted and recover the pace.
+ */
+void
+m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz sent_at)
+{
+	PaceState  *st;
+	TimestampTz now;
+	int			per_second;
+	int			per_window;
+
+	if (status != 429 && (status < 200 || status >= 300))
+		return;
+	limits(api, &per_second, &per_window);
+	now = GetCurrentTimestamp();
+	st = lock_state(api);
+	if (status == 429)
+	{
+		/* the rest of the second in which it reached m3ter, or a longer Retry-After */
+		TimestampTz reached = sent_at + (now - sent_at) / 2;
+		TimestampTz until = (reached / USECS_PER_SEC + 1) * USECS_PER_SEC;
+
+		/* (the refused rows wait for all of it; the cluster at most m3ter.retry_max_delay) */
+		if (retry_after_ms > 1000)
+			until = Max(until, now + (int64) Min(retry_after_ms, m3ter_retry_max_delay_ms) * 1000);
+		if (sent_at >= st->dropped_at)
+		{
+			double		scale = st->scale * SCALE_DOWN;
+			double		admitted = admitted_last_second(st, now);
+
+			/* nothing admitted yet (a cold start) says nothing about the others' part */
+			if (per_second > 0 && admitted >= 1.0)
+				scale = Min(scale, admitted * HEADROOM / per_second);
+			st->scale = Max(MIN_SCALE, scale);
+			st->dropped_at = now;
+		}
+		st->blocked_until = Max(st->blocked_until, until);
+		st->raised_at = now;
+	}
+	else
+	{
+		int64		sec = now / USECS_PER_SEC;
+		int			b = (int) (sec % 2);
+
+		if (st->admitted_second[b] != sec)
+		{
+			st->admitted_second[b] = sec;
+			st->admitted_count[b] = 0;
+		}
+		st->admitted_count[b]++;
+		if (st->scale < 1.0)
+		{
+			/* by the time gone since the last change, idle time included */
+			double		seconds = (double) (now - st->raised_at) / USECS_PER_SEC;
+			double		quiet = (double) (now - st->dropped_at) / USECS_PER_SEC;
+
+			st->scale = Min(1.0, st->scale + RECOVER_PER_S * Max(seconds, 0.0) *
+							Max(1.0, quiet / RECOVER_FASTER_S));
+			st->raised_at = now;
+		}
+	}
+	unlock_state();
+}
+
+PG_FUNCTION_INFO_V1(m3ter_pacing_slots);
+
+/*
+ * m3ter.pacing_slots() RETURNS timestamptz[]
+ *
+ * When the pacer gave its last send slots for the Ingest API, oldest first
+ * (up to RECENT_SLOTS; this process's own without the preload): what a
+ * test checks the per-second limit against.
+ */
+Datum
+m3ter_pacing_slots(PG_FUNCTION_ARGS)
+{
+	Datum		slots[RECENT_SLOTS];
+	int			n = 0;
+	int			i;
+	PaceState  *st = lock_state(M3TER_INGEST_API);
+
+	for (i = 0; i < RECENT_SLOTS; i++)
+	{
+		TimestampTz t = st->recent[(st->recent_next + i) % RECENT_SLOTS];
+
+		if (t != 0)
+			slots[n++] = TimestampTzGetDatum(t);
+	}
+	unlock_state();
+	PG_RETURN_ARRAYTYPE_P(construct_array(slots, n, TIMESTAMPTZOID, sizeof(TimestampTz), true, TYPALIGN_DOUBLE));
+}

@@ -1,0 +1,25 @@
+/*-------------------------------------------------------------------------
+ *
+ * pacing.h
+ *		m3ter's rate limits, shared by the cluster (pacing.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef M3TER_CLIENT_PACING_H
+#define M3TER_CLIENT_PACING_H
+
+#include "datatype/timestamp.h"
+/* m3ter's two APIs, paced apart */
+typedef enum M3terApi
+{
+	M3TER_CONFIG_API,
+	M3TER_INGEST_API
+} M3terApi;
+
+extern void m3ter_pacing_shmem_install(void);
+extern bool m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms);
+extern void m3ter_pace(M3terApi api);
+extern void m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz sent_at);
+extern void m3ter_sleep_ms(int ms);
+
+#endif							/* M3TER_CLIENT_PACING_H */

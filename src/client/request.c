@@ -1,0 +1,223 @@
+/*-------------------------------------------------------------------------
+ *
+ * request.c
+ *		One request to m3ter: paced, sent, and its answer classified by
+ *		whose fault it is.
+ *
+ * Every answer gets one outcome (m3ter_classify), used by the sender
+ * (sender.c, for measurements), by the token's request (token.c) and by
+ * m3ter_call (client.c, the Config API):
+ *
+ *	2xx					M3TER_OK (unless the body is an HTML page: see below)
+ *	408, 429, 500,		M3TER_TRANSIENT: worth trying later, with growing
+ *	502, 503, 504,		delays (1 s, 3 s, 9 s, ... capped by
+ *	no answer			m3ter.retry_max_delay, never shorter than
+ *						Retry-After)
+ *	400 with m3ter's	M3TER_REJECTED: the content of the request; the
+ *	JSON error			only answer that may fail measurements
+ *	413, 403 naming		M3TER_TOO_LARGE: narrow the request
+ *	the payload size
+ *	401, 403			M3TER_FORBIDDEN: fetch a fresh token and try once
+ *						more; with a fresh token it is the configuration
+ *	3xx, 404, 405,		M3TER_UNEXPECTED: not the rows' fault (a wrong URL,
+ *	any other status,	a proxy's page): nothing is failed, delivery stops
+ *	a non-JSON 4xx page, and says why
+ *	an HTML 2xx page,
+ *	a URL libcurl
+ *	cannot use
+ *
+ * The token endpoint refusing the credentials is M3TER_AUTH_FAILED.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <cjson/cJSON.h>
+
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/timestamp.h"
+
+#include "client/request.h"
+#include "client/http.h"
+#include "client/pacing.h"
+#include "ground/errors.h"
+#include "ground/settings.h"
+
+PG_FUNCTION_INFO_V1(m3ter_backoff_delay);
+
+/* The base URL of an API, without a trailing slash */
+char *
+m3ter_api_base(M3terApi api)
+{
+	const char *base = (api == M3TER_INGEST_API) ? m3ter_ingest_url : m3ter_api_url;
+	int			len = strlen(base);
+
+	while (len > 0 && base[len - 1] == '/')
+		len--;
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s is not set", api == M3TER_INGEST_API ? "m3ter.ingest_url" : "m3ter.api_url")));
+	return pnstrdup(base, len);
+}
+
+/* "/organizations/{org}{suffix}" */
+char *
+m3ter_org_path(const char *suffix)
+{
+	return psprintf("/organizations/%s%s", m3ter_require_org_id(), suffix);
+}
+
+/* Percent-encode a query parameter value */
+char *
+m3ter_url_encode(const char *s)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (; *s; s++)
+	{
+		unsigned char c = (unsigned char) *s;
+
+		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+			(c >= '0' && c <= '9') || c == '-' || c == '_' || c == '.' || c == '~')
+			appendStringInfoChar(&buf, c);
+		else
+			appendStringInfo(&buf, "%%%02X", c);
+	}
+	return buf.data;
+}
+
+/* Delay before retry number attempt (0-based): 1 s, 3 s, 9 s, ... */
+int
+m3ter_backoff_ms(int attempt, int retry_after_ms)
+{
+	int64		delay = 1000;
+
+	while (attempt-- > 0 && delay < m3ter_retry_max_delay_ms)
+		delay *= 3;
+	delay = Min(delay, (int64) m3ter_retry_max_delay_ms);
+	if (retry_after_ms > delay)
+		delay = retry_after_ms;
+	return (int) delay;
+}
+
+/*
+ * m3ter.backoff_delay(attempt int, retry_after_ms int) RETURNS interval
+ *
+ * Used by version 1.0 of the SQL objects only; kept so that they load.
+ */
+Datum
+m3ter_backoff_delay(PG_FUNCTION_ARGS)
+{
+	Interval   *delay = palloc0(sizeof(Interval));
+
+	delay->time = (int64) m3ter_backoff_ms(PG_GETARG_INT32(0), PG_GETARG_INT32(1)) * 1000;
+	PG_RETURN_INTERVAL_P(delay);
+}
+
+/*
+ * Send one paced request synchronously with the given Authorization value
+ * and classify the answer into result.  The credential is wiped and freed
+ * on every path.
+ */
+void
+m3ter_send_once(M3terApi api, const char *method, const char *url, char *authorization,
+				const char *body, size_t body_len, M3terCallResult *result)
+{
+	M3terHttpResponse resp;
+	TimestampTz sent_at;
+
+	m3ter_pace(api);
+	sent_at = GetCurrentTimestamp();
+	PG_TRY();
+	{
+		m3ter_http_exchange(method, url, authorization, body, body_len, &resp);
+	}
+	PG_FINALLY();
+	{
+		explicit_bzero(authorization, strlen(authorization));
+		pfree(authorization);
+	}
+	PG_END_TRY();
+	result->requests++;
+	m3ter_classify(&resp, result);
+	m3ter_pace_feedback(api, resp.status, resp.retry_after_ms, sent_at);
+}
+
+/*
+ * The SQLSTATE and hint that a failed call deserves: one SQLSTATE per cause,
+ * whoever reports it (a call's error, a flush's or the worker's warning).
+ * hint may be NULL.
+ */
+int
+m3ter_call_sqlstate(const M3terCallResult *result, const char **hint)
+{
+	const char *ignored;
+
+	if (hint == NULL)
+		hint = &ignored;
+	switch (result->outcome)
+	{
+		case M3TER_TRANSIENT:
+			if (result->retries == 0)
+				*hint = "The call was not retried; try again later, or raise m3ter.max_retries.";
+			else
+				*hint = psprintf("The call was retried %d time%s with growing delays; raise m3ter.max_retries or try again later.",
+								 result->retries, result->retries == 1 ? "" : "s");
+			return result->status == 0 ? ERRCODE_M3TER_NETWORK :
+				result->status == 429 ? ERRCODE_M3TER_RATE_LIMITED : ERRCODE_M3TER_SERVER;
+		case M3TER_FORBIDDEN:
+			*hint = "Check m3ter.org_id and the Service User's permissions; the bearer token was already renewed once.";
+			return ERRCODE_M3TER_FORBIDDEN;
+		case M3TER_AUTH_FAILED:
+			*hint = "Check m3ter.access_key_id and m3ter.api_secret.";
+			return ERRCODE_M3TER_AUTH;
+		case M3TER_TOO_LARGE:
+			*hint = "Ask for less in one call.";
+			return ERRCODE_M3TER_TOO_LARGE;
+		case M3TER_REJECTED:
+			*hint = "m3ter will not accept this request as it is; it was not retried.";
+			return ERRCODE_M3TER_BAD_REQUEST;
+		case M3TER_UNEXPECTED:
+			if (result->status == 404)
+			{
+				*hint = "Check the ids and codes in the call, and m3ter.api_url and m3ter.ingest_url.";
+				return ERRCODE_M3TER_NOT_FOUND;
+			}
+			*hint = "Check m3ter.api_url and m3ter.ingest_url: something other than m3ter answered.";
+			return ERRCODE_M3TER_UNEXPECTED;
+		default:
+			elog(ERROR, "m3ter call did not fail");
+	}
+	return 0;					/* keep the compiler quiet */
+}
+
+/* Raise the error that a failed call deserves; what names the call */
+void
+m3ter_raise_call_error(const M3terCallResult *result, const char *what)
+{
+	const char *hint;
+	int			code = m3ter_call_sqlstate(result, &hint);
+
+	if (result->status == 0)
+		ereport(ERROR,
+				(errcode(code),
+				 errmsg("%s failed: m3ter could not be reached", what),
+				 errdetail("%s", result->message ? result->message : "no detail"),
+				 errhint("%s", hint)));
+	else if (result->outcome == M3TER_AUTH_FAILED)
+		ereport(ERROR,
+				(errcode(code),
+				 errmsg("%s failed: m3ter refused the credentials (HTTP %ld)", what, result->status),
+				 errdetail("m3ter said: %s", result->message ? result->message : ""),
+				 errhint("%s", hint)));
+	else
+		ereport(ERROR,
+				(errcode(code),
+				 errmsg("%s failed with HTTP status %ld", what, result->status),
+				 errdetail("m3ter said: %s", result->message ? result->message : ""),
+				 errhint("%s", hint)));
+}

@@ -1,0 +1,257 @@
+/*-------------------------------------------------------------------------
+ *
+ * token.c
+ *		The OAuth2 bearer token, one per cluster.
+ *
+ * m3ter_token_get() returns a bearer token for the current credentials,
+ * fetching one (client-credentials grant) only when there is none, it is
+ * about to expire (60 s before, or at 90% of a short lifetime), or the
+ * credentials or the token URL changed.  With the library preloaded the
+ * token lives in shared memory and one fetch serves every process: the
+ * process that finds the token due for renewal marks the fetch as its
+ * own, the others keep using the still valid token (or wait for the new
+ * one when there is none).  Without the preload each process keeps its
+ * own copy in the same structure.
+ *
+ * The secret is never stored: the cache remembers the credentials it was
+ * issued for only as a hash.  Neither the token nor the credentials ever
+ * appear in a message.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <cjson/cJSON.h>
+
+#include "common/hashfn.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/timestamp.h"
+
+#include "client/token.h"
+#include "client/credentials.h"
+#include "client/pacing.h"
+#include "client/request.h"
+#include "ground/settings.h"
+#include "ground/shmem.h"
+
+/* Tokens longer than this are not cached across processes */
+#define M3TER_MAX_TOKEN 8192
+#define M3TER_TOKEN_MARGIN_S 60
+/* expires_in is clamped to [1 s, 1 day] */
+#define M3TER_TOKEN_MAX_LIFE_S 86400
+
+typedef struct TokenCache
+{
+	slock_t		mutex;
+	uint32		fingerprint;	/* credentials and token URL it was issued for */
+	TimestampTz refresh_at;		/* renew from then on */
+	TimestampTz expires_at;		/* unusable from then on */
+	TimestampTz fetching_until; /* a process is fetching a new one until then */
+	int			len;			/* 0: no token */
+	char		token[M3TER_MAX_TOKEN];
+} TokenCache;
+
+static TokenCache *shared_cache = NULL;
+static TokenCache local_cache;
+
+/* Set up the shared cache once, when it is created */
+static void
+token_shmem_init(void *shared)
+{
+	SpinLockInit(&((TokenCache *) shared)->mutex);
+}
+
+/* Share the token across the cluster (while preloading) */
+void
+m3ter_token_shmem_install(void)
+{
+	m3ter_shmem_register("m3ter token", sizeof(TokenCache), (void **) &shared_cache,
+						 token_shmem_init);
+}
+
+static TokenCache *
+lock_cache(void)
+{
+	if (shared_cache != NULL)
+	{
+		SpinLockAcquire(&shared_cache->mutex);
+		return shared_cache;
+	}
+	return &local_cache;
+}
+
+static void
+unlock_cache(void)
+{
+	if (shared_cache != NULL)
+		SpinLockRelease(&shared_cache->mutex);
+}
+
+/* A hash of what the token depends on: credentials and token URL */
+static uint32
+fingerprint(void)
+{
+	uint32		h = m3ter_credentials_fingerprint();
+
+	return hash_combine(h, string_hash(m3ter_api_url, strlen(m3ter_api_url)));
+}
+
+/*
+ * POST {api_url}/oauth/token with the Basic credentials.  Returns the token
+ * (palloc'd) and its lifetime, or NULL with result describing the failure
+ * (M3TER_TRANSIENT, or M3TER_AUTH_FAILED for a refusal).
+ */
+static char *
+fetch_token(M3terCallResult *result, int *expires_in_s)
+{
+	static const char body[] = "{\"grant_type\":\"client_credentials\"}";
+	char	   *url = psprintf("%s/oauth/token", m3ter_api_base(M3TER_CONFIG_API));
+	cJSON	   *root;
+	cJSON	   *token;
+	cJSON	   *expires;
+	char	   *copy = NULL;
+
+	m3ter_send_once(M3TER_CONFIG_API, "POST", url, m3ter_basic_credentials(),
+					body, sizeof(body) - 1, result);
+	if (result->outcome == M3TER_TRANSIENT)
+		return NULL;
+	if (result->outcome != M3TER_OK)
+	{
+		result->outcome = M3TER_AUTH_FAILED;
+		return NULL;
+	}
+
+	root = cJSON_Parse(result->body);
+	PG_TRY();
+	{
+		token = root ? cJSON_GetObjectItemCaseSensitive(root, "access_token") : NULL;
+		expires = root ? cJSON_GetObjectItemCaseSensitive(root, "expires_in") : NULL;
+		if (cJSON_IsString(token) && token->valuestring[0] != '\0')
+		{
+			double		life = cJSON_IsNumber(expires) ? expires->valuedouble : 3600;
+
+			/* clamped: a huge or negative lifetime must not overflow */
+			*expires_in_s = (int) Max(1.0, Min(life, (double) M3TER_TOKEN_MAX_LIFE_S));
+			copy = pstrdup(token->valuestring);
+			explicit_bzero(token->valuestring, strlen(token->valuestring));
+		}
+	}
+	PG_FINALLY();
+	{
+		cJSON_Delete(root);		/* cJSON allocates with malloc */
+	}
+	PG_END_TRY();
+	explicit_bzero(result->body, strlen(result->body));
+	if (copy == NULL)
+	{
+		result->outcome = M3TER_AUTH_FAILED;
+		result->message = pstrdup("the token endpoint answered without an access_token");
+	}
+	return copy;
+}
+
+/* Keep a fetched token in the cache */
+static void
+store(uint32 fp, const char *token, int expires_in_s)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			len = strlen(token);
+	int64		usable_ms;
+	TokenCache *c;
+
+	if (expires_in_s > 2 * M3TER_TOKEN_MARGIN_S)
+		usable_ms = (int64) (expires_in_s - M3TER_TOKEN_MARGIN_S) * 1000;
+	else
+		usable_ms = (int64) expires_in_s * 900;
+
+	c = lock_cache();
+	c->fetching_until = 0;
+	if (len < M3TER_MAX_TOKEN)
+	{
+		explicit_bzero(c->token, c->len);
+		memcpy(c->token, token, len + 1);
+		c->len = len;
+		c->fingerprint = fp;
+		c->refresh_at = now + usable_ms * 1000;
+		c->expires_at = now + (int64) expires_in_s * USECS_PER_SEC;
+	}
+	unlock_cache();
+}
+
+/*
+ * A bearer token for the current settings (palloc'd; the caller wipes it),
+ * or NULL with *result saying why none could be had.
+ */
+char *
+m3ter_token_get(M3terCallResult *result)
+{
+	uint32		fp = fingerprint();
+
+	for (;;)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		TokenCache *c = lock_cache();
+		bool		valid = c->len > 0 && c->fingerprint == fp && now < c->expires_at;
+		bool		fresh = valid && now < c->refresh_at;
+		bool		fetching = c->fetching_until > now;
+		char	   *token = NULL;
+		int			expires_in_s = 0;
+
+		if (fresh || (valid && fetching))
+		{
+			char	   *copy = palloc(c->len + 1);
+
+			memcpy(copy, c->token, c->len + 1);
+			unlock_cache();
+			return copy;
+		}
+		if (fetching)
+		{
+			/* another process is fetching one: wait for it */
+			unlock_cache();
+			m3ter_sleep_ms(10);
+			continue;
+		}
+		c->fetching_until = now + (int64) (m3ter_connect_timeout_ms + m3ter_request_timeout_ms) * 1000;
+		unlock_cache();
+
+		PG_TRY();
+		{
+			token = fetch_token(result, &expires_in_s);
+		}
+		PG_CATCH();
+		{
+			c = lock_cache();
+			c->fetching_until = 0;
+			unlock_cache();
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+
+		if (token == NULL)
+		{
+			c = lock_cache();
+			c->fetching_until = 0;
+			unlock_cache();
+			return NULL;
+		}
+		store(fp, token, expires_in_s);
+		return token;
+	}
+}
+
+/* Drop the cached token if it is the given one (m3ter refused it) */
+void
+m3ter_token_forget(const char *token)
+{
+	TokenCache *c = lock_cache();
+
+	if (c->len > 0 && strcmp(c->token, token) == 0)
+	{
+		explicit_bzero(c->token, c->len);
+		c->len = 0;
+	}
+	unlock_cache();
+}
+

@@ -1,0 +1,17 @@
+/*-------------------------------------------------------------------------
+ *
+ * token.h
+ *		The cluster's bearer token (token.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef M3TER_CLIENT_TOKEN_H
+#define M3TER_CLIENT_TOKEN_H
+
+#include "client/request.h"
+
+extern void m3ter_token_shmem_install(void);
+extern char *m3ter_token_get(M3terCallResult *result);
+extern void m3ter_token_forget(const char *token);
+
+#endif							/* M3TER_CLIENT_TOKEN_H */

@@ -1,0 +1,406 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		The background worker that delivers m3ter.outbox continuously.
+ *
+ * Started by the launcher (launcher.c) in each database that has the
+ * extension, with the database's OID as main_arg, it connects there and
+ * loops as worker_spi does: wait on its latch, reload settings on SIGHUP,
+ * then deliver (delivery.c) until nothing is in flight and nothing more
+ * is due.  While requests are in flight it does not sleep on its latch
+ * but waits on their sockets in slices of 10 ms, checking the latch and
+ * interrupts between them.
+ *
+ * When to wake:
+ *	- at once when a transaction that inserted into m3ter.outbox commits
+ *	  (the outbox CHECK marks the transaction, its commit sets our latch);
+ *	- at the earliest next_attempt_at of a row waiting for a retry;
+ *	- otherwise after m3ter.worker_naptime, doubling while idle up to
+ *	  m3ter.worker_idle_naptime.
+ * Between deliveries it deletes accepted rows older than m3ter.retention
+ * (at most once a minute, or once per retention if shorter, walking the
+ * table by id), and every 10 s sweeps behind the claims' frontier for
+ * pending rows nothing would send (m3ter_outbox_sweep, which every claim
+ * also runs when it is due, so that flushes sweep without the worker).
+ *
+ * An error is logged, its transaction rolled back (the rows stay pending)
+ * and the worker goes on; when the error came from reading a claim,
+ * delivery narrows down to the row that raised and marks it failed
+ * (delivery.c), so one bad row never stalls the outbox.  If the worker
+ * dies anyway, the launcher restarts it after a second.  It ends (exit
+ * code 0, not restarted) when the extension is not installed in its
+ * database or is dropped (m3ter_worker_attach/listen, slots.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "ground/errors.h"
+#include "ground/settings.h"
+#include "ground/subscriber.h"
+#include "ground/version.h"
+#include "outbox/claim_state.h"
+#include "outbox/delivery.h"
+#include "outbox/events.h"
+#include "outbox/outbox.h"
+#include "outbox/slots.h"
+
+PGDLLEXPORT void m3ter_worker_main(Datum main_arg);
+
+/* The subscription that fills this database's outbox ("" when none) */
+static char subscribed_to[NAMEDATALEN];
+
+/*
+ * Log an error once, not on every pass while it persists; sqlstate is the
+ * cause's, the same a call or a flush raises for it
+ */
+static void
+log_once(const char *message, int sqlstate, char **last_logged)
+{
+	if (*last_logged != NULL && strcmp(*last_logged, message) == 0)
+		return;
+	ereport(WARNING,
+			(errcode(sqlstate),
+			 errmsg("m3ter outbox delivery stopped: %s", message),
+			 errhint("The rows stay pending. Fix the settings and reload (SELECT pg_reload_conf()).")));
+	if (*last_logged != NULL)
+		pfree(*last_logged);
+	*last_logged = MemoryContextStrdup(TopMemoryContext, message);
+}
+
+/* Add what the delivery did since the last report to the shared figures */
+static void
+report(const M3terFlushStats *now, M3terFlushStats *reported)
+{
+	M3terFlushStats delta;
+
+	delta.claimed = now->claimed - reported->claimed;
+	delta.accepted = now->accepted - reported->accepted;
+	delta.failed = now->failed - reported->failed;
+	delta.retried = now->retried - reported->retried;
+	delta.requests = now->requests - reported->requests;
+	delta.sent = now->sent - reported->sent;
+	delta.resent = now->resent - reported->resent;
+	delta.throttled = now->throttled - reported->throttled;
+	delta.orphaned = now->orphaned - reported->orphaned;
+	delta.stopped = now->stopped;
+	delta.error = now->error != reported->error ? now->error : NULL;
+	m3ter_note_delivery(&delta);
+	*reported = *now;
+}
+
+/* How often a long delivery makes room for the upkeep (ms) */
+#define UPKEEP_INTERVAL_MS 10000
+
+/*
+ * Between deliveries, in one transaction: is the extension there, delete
+ * expired rows, sweep behind the frontier, poll Events, and when is the
+ * next row due.  Also every UPKEEP_INTERVAL_MS of a long delivery (one
+ * that keeps finding rows never ends), then without the due time and
+ * leaving the delivery's own in-flight records alone.  Returns false when
+ * the extension is not installed.
+ */
+static bool
+upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_sweep, char **last_logged,
+	   bool delivering)
+{
+	bool		installed;
+	char	   *why = NULL;
+	char	   *subscription = NULL;
+	TimestampTz now = GetCurrentTimestamp();
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "m3ter: outbox upkeep");
+
+	installed = m3ter_lock_extension();	/* also: is it installed? */
+	*next_due = 0;
+	if (installed && !m3ter_installed_version_ok(&why))
+	{
+		/* an older SQL version: ALTER EXTENSION m3ter UPDATE fixes it, no restart */
+		log_once(why, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, last_logged);
+		installed = false;
+	}
+	else if (installed && !delivering && (subscription = m3ter_outbox_subscription()) != NULL)
+	{
+		/* a subscription fills the outbox: its publisher delivers (subscriber.c) */
+		if (strcmp(subscription, subscribed_to) != 0)
+			ereport(LOG,
+					(errmsg("m3ter delivery paused: m3ter.outbox is a table of subscription \"%s\"", subscription),
+					 errdetail("The publisher delivers these rows; delivery here starts when the subscription is disabled or dropped.")));
+		strlcpy(subscribed_to, subscription, sizeof(subscribed_to));
+	}
+	else if (installed)
+	{
+		if (subscribed_to[0] != '\0' && !delivering)
+		{
+			ereport(LOG,
+					(errmsg("m3ter delivery resumed: m3ter.outbox is no longer a table of subscription \"%s\"",
+							subscribed_to)));
+			subscribed_to[0] = '\0';
+		}
+		/* nothing of ours is in flight now: records left by an error are stale */
+		if (!delivering)
+			(void) m3ter_outbox_clean_inflight(NULL, 0);
+		if (m3ter_retention_s >= 0 &&
+			TimestampDifferenceExceeds(*last_retention, now,
+									   (int) Min((int64) m3ter_retention_s * 1000, (int64) 60000)))
+		{
+			while (m3ter_outbox_delete_expired(m3ter_retention_s))
+				CHECK_FOR_INTERRUPTS();
+			*last_retention = now;
+		}
+		if (TimestampDifferenceExceeds(*last_sweep, now, M3TER_SWEEP_INTERVAL_S * 1000) && m3ter_outbox_lock_claims())
+		{
+			M3terClaimState state;
+
+			m3ter_claim_state_read(&state);
+			(void) m3ter_outbox_sweep(&state);
+			m3ter_claim_state_write(&state);
+			*last_sweep = now;
+		}
+		if (delivering)
+			(void) m3ter_events_poll_if_due(true);
+		else
+		{
+			*next_due = m3ter_outbox_next_due();
+			if (m3ter_events_poll_if_due(*next_due != 0 && *next_due <= GetCurrentTimestamp()))
+				*next_due = m3ter_outbox_next_due();	/* it may have released held rows */
+		}
+	}
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return installed;
+}
+
+/* How long an idle worker sleeps: doubling while idle, woken for the next due row */
+static long
+idle_sleep(long *idle_ms, TimestampTz next_due)
+{
+	long		sleep_ms = *idle_ms;
+
+	*idle_ms = Min(*idle_ms * 2, (long) m3ter_worker_idle_naptime_ms);
+	if (next_due != 0)
+	{
+		long		due_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_due);
+
+		sleep_ms = Min(sleep_ms, Max(due_ms, 10L));
+	}
+	return sleep_ms;
+}
+
+/* Entry point of the worker */
+void
+m3ter_worker_main(Datum main_arg)
+{
+	MemoryContext loop_cxt;
+
+	/* static: they live across the PG_TRY below */
+	static char *last_logged = NULL;
+	static long idle_ms;
+	static long sleep_ms = 0;
+	static bool active = false;
+	static bool busy = false;
+	static M3terDelivery d;
+	static M3terFlushStats reported;
+	static TimestampTz last_retention = 0;
+	static TimestampTz last_sweep = 0;
+	static TimestampTz last_upkeep = 0;
+
+	idle_ms = m3ter_worker_naptime_ms;
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), InvalidOid, 0);
+	/* our own queries only: a database's search_path must not pick what they call */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	/* short transactions that must not fail to serialize, whatever the database's default */
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	/* short queries, run again and again: compiling them would cost more than it saves */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	m3ter_worker_attach();		/* ends the worker if the extension is not installed */
+	m3ter_worker_note("starting", false);
+	ereport(LOG, (errmsg("m3ter outbox worker started for database \"%s\"", MyBgworkerEntry->bgw_extra)));
+
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "m3ter worker loop",
+									 ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		if (!busy)
+		{
+			int			rc = WaitLatch(MyLatch,
+									   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+									   sleep_ms, PG_WAIT_EXTENSION);
+
+			ResetLatch(MyLatch);
+			if (rc & WL_LATCH_SET)
+				idle_ms = m3ter_worker_naptime_ms;
+		}
+		else if (MyLatch->is_set)
+			ResetLatch(MyLatch);	/* new rows: the delivery in progress finds them */
+		CHECK_FOR_INTERRUPTS();
+
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			idle_ms = m3ter_worker_naptime_ms;
+		}
+
+		m3ter_worker_listen(m3ter_worker_enabled, active);
+		if (!m3ter_worker_enabled && !active)
+		{
+			m3ter_worker_note("disabled by m3ter.worker_enabled", false);
+			sleep_ms = m3ter_worker_idle_naptime_ms;
+			busy = false;
+			continue;
+		}
+
+		MemoryContextReset(loop_cxt);
+		PG_TRY();
+		{
+			MemoryContext old = MemoryContextSwitchTo(loop_cxt);
+
+			if (!active)
+			{
+				TimestampTz next_due;
+
+				last_upkeep = GetCurrentTimestamp();
+				if (!upkeep(&next_due, &last_retention, &last_sweep, &last_logged, false))
+				{
+					m3ter_worker_note("waiting for CREATE EXTENSION m3ter", false);
+					sleep_ms = m3ter_worker_idle_naptime_ms;
+					busy = false;
+				}
+				else if (subscribed_to[0] != '\0')
+				{
+					m3ter_worker_note("paused: the outbox is a subscription's table", false);
+					sleep_ms = m3ter_worker_idle_naptime_ms;
+					busy = false;
+				}
+				else if (next_due == 0 || next_due > GetCurrentTimestamp())
+				{
+					m3ter_worker_note(last_logged ? "stopped: m3ter refused the delivery" : "idle", true);
+					sleep_ms = idle_sleep(&idle_ms, next_due);
+					busy = false;
+				}
+				else
+				{
+					/* after a stop, one row tries whether m3ter takes them again */
+					m3ter_delivery_start(&d, M3TER_TXN_WORKER, last_logged != NULL ? 1 : 0);
+					memset(&reported, 0, sizeof(reported));
+					active = true;
+					pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
+					m3ter_worker_note("delivering", true);
+				}
+			}
+			if (active)
+			{
+				if (!m3ter_worker_enabled)
+					d.max_rows = Max(d.stats.claimed, 1);	/* finish what is in flight */
+				busy = m3ter_delivery_step(&d, 10);
+				if (busy && TimestampDifferenceExceeds(last_upkeep, GetCurrentTimestamp(), UPKEEP_INTERVAL_MS))
+				{
+					TimestampTz unused;
+
+					last_upkeep = GetCurrentTimestamp();
+					(void) upkeep(&unused, &last_retention, &last_sweep, &last_logged, true);
+					pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
+				}
+				if (d.claim_lock_busy)
+					m3ter_worker_note("waiting: a transaction that called m3ter_flush() holds the claim lock", false);
+				if (!busy || d.stats.requests - reported.requests >= 50)
+					report(&d.stats, &reported);
+				if (!busy)
+				{
+					bool		stopped = d.stats.stopped;
+					bool		worked = d.stats.claimed > 0;
+					char	   *error = d.stats.error ? pstrdup(d.stats.error) : NULL;
+					int			stop_sqlstate = d.stats.stop_sqlstate ? d.stats.stop_sqlstate : ERRCODE_M3TER_FORBIDDEN;
+
+					m3ter_delivery_end(&d);
+					active = false;
+					pgstat_report_activity(STATE_IDLE, NULL);
+					if (stopped)
+					{
+						log_once(error ? error : "refused", stop_sqlstate, &last_logged);
+						m3ter_worker_note("stopped: m3ter refused the delivery", true);
+						sleep_ms = m3ter_worker_idle_naptime_ms;
+					}
+					else
+					{
+						if (last_logged != NULL)
+						{
+							ereport(LOG, (errmsg("m3ter outbox delivery resumed")));
+							pfree(last_logged);
+							last_logged = NULL;
+						}
+						m3ter_worker_note("idle", true);
+						if (worked)
+							idle_ms = m3ter_worker_naptime_ms;
+						sleep_ms = 0;	/* upkeep says how long to sleep */
+					}
+				}
+			}
+			MemoryContextSwitchTo(old);
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+			M3terFlushStats failed;
+			bool		row_failed;
+
+			/* log it, roll back (the rows stay pending), carry on */
+			MemoryContextSwitchTo(loop_cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			ereport(LOG,
+					(errmsg("m3ter outbox worker: %s", edata->message),
+					 edata->detail ? errdetail("%s", edata->detail) : 0,
+					 edata->hint ? errhint("%s", edata->hint) : 0));
+			AbortCurrentTransaction();
+			if (active)
+			{
+				m3ter_delivery_end(&d);
+				active = false;
+			}
+			pgstat_report_activity(STATE_IDLE, NULL);
+			memset(&failed, 0, sizeof(failed));
+			failed.error = edata->message;
+			row_failed = m3ter_delivery_claim_failed(M3TER_TXN_WORKER, edata->message);
+			if (row_failed)
+				failed.failed = 1;
+			m3ter_note_delivery(&failed);
+			m3ter_worker_note("error; retrying", false);
+			/* a claim that raised goes again at once, narrowed */
+			sleep_ms = row_failed || edata->sqlerrcode != ERRCODE_OUT_OF_MEMORY ? 100 :
+				m3ter_worker_idle_naptime_ms;
+			busy = false;
+		}
+		PG_END_TRY();
+	}
+}

@@ -1,0 +1,52 @@
+/*-------------------------------------------------------------------------
+ *
+ * spi_util.c
+ *		Small helpers for the files that query through SPI.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "utils/lsyscache.h"
+
+#include "ground/spi_util.h"
+
+/* Prepare and keep a plan once per process */
+SPIPlanPtr
+m3ter_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*slot == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for m3ter query: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		*slot = plan;
+	}
+	return *slot;
+}
+
+/* An int8[] of n values (ids, gap bounds, virtual transaction ids) */
+Datum
+m3ter_int8_array(const int64 *ids, int n)
+{
+	Datum	   *elems = palloc(Max(n, 1) * sizeof(Datum));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	return PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/* Is a relation of schema m3ter there? (the 1.1 schema may not be installed yet) */
+bool
+m3ter_has_relation(const char *relname)
+{
+	Oid			nsp = get_namespace_oid("m3ter", true);
+
+	return OidIsValid(nsp) && OidIsValid(get_relname_relid(relname, nsp));
+}

@@ -1,0 +1,741 @@
+/*-------------------------------------------------------------------------
+ *
+ * delivery.c
+ *		Delivering m3ter.outbox: claims go to the sender, answers come
+ *		back as status writes, each in a short transaction of its own.
+ *
+ * The worker, CALL m3ter.flush() and m3ter_flush() all run this loop
+ * (m3ter_delivery_step), differing only in who owns the transaction:
+ *
+ *	M3TER_TXN_WORKER	the worker: each claim and each batch of outcomes
+ *						is a transaction started and committed here;
+ *	M3TER_TXN_PROCEDURE	CALL m3ter.flush(): the same, through SPI_commit();
+ *	M3TER_TXN_CALLER	m3ter_flush(): everything in the caller's
+ *						transaction (it holds the claim lock to its end).
+ *
+ * A step writes the outcomes of finished requests, claims as many rows as
+ * the free requests in flight can carry (m3ter.max_in_flight requests,
+ * at most m3ter.batch_rows rows and m3ter.claim_bytes bytes of JSON a
+ * claim), and lets the sender start and wait.  Memory is bounded by what
+ * is in flight, never by what is pending: a claim's measurements live in
+ * its own memory context, freed when its last request is answered.
+ *
+ * What each answer does to the rows (request.c classifies it):
+ *	M3TER_OK			'accepted'
+ *	M3TER_REJECTED,		split in halves until the rejected measurements
+ *	M3TER_TOO_LARGE		are alone, then 'failed' with m3ter's message
+ *	M3TER_TRANSIENT		a 429 for a second or two waits in memory (the pacing
+ *						slows down); otherwise 'pending' with attempts + 1 and a growing
+ *						delay, 'failed' only once older than
+ *						m3ter.give_up_after
+ *	M3TER_FORBIDDEN,	(with a fresh token) a configuration fault: rows
+ *	M3TER_AUTH_FAILED,	stay 'pending' with the reason noted, no attempt
+ *	M3TER_UNEXPECTED	spent, and delivery stops until the next pass
+ *
+ * A claim that comes up short (a part-full request: rows trickle in) makes
+ * the next one wait as long as m3ter's 5-minute budget allows per request
+ * on average, 60 ms by default: a steady stream of rows then goes out in
+ * fuller requests and never spends the budget early; a lone row after an
+ * idle spell still goes at once.
+ *
+ * Guaranteed progress: when a claim raises (say a row whose JSON cannot
+ * be written), the next claims at the same place take half as many rows,
+ * down to one; a row that raises alone, or twice as the row being read,
+ * is marked 'failed' with the error, and everything else flows.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "outbox/delivery.h"
+#include "client/http.h"
+#include "client/pacing.h"
+#include "client/request.h"
+#include "client/sender.h"
+#include "ground/errors.h"
+#include "ground/measurement.h"
+#include "ground/settings.h"
+#include "ground/version.h"
+#include "outbox/catalog.h"
+#include "outbox/claim_state.h"
+#include "outbox/outbox.h"
+
+/* One claim: its rows, as a sender group, and its in-flight record */
+typedef struct Claim
+{
+	M3terGroup	group;			/* must be first: sends point to it */
+	dlist_node	node;
+	int64	   *ids;
+	int32	   *attempts;			/* attempts of each row when claimed */
+	int			ids_cap;
+	int64		record_id;		/* in m3ter.inflight, 0 when none */
+} Claim;
+
+/*
+ * Where claims raise: kept across deliveries, since an error ends the
+ * delivery it happened in.
+ */
+static struct
+{
+	bool		in_claim;		/* a claim is being read */
+	int64		row_in_hand;	/* the row being read, 0 when none */
+	int64		last_error_row; /* the row in hand at the last error */
+	int			narrow_rows;	/* claim at most this many rows (0: no limit) */
+}			progress;
+
+/* Start or continue the transaction for one unit of work */
+static void
+begin_work(M3terDelivery *d)
+{
+	if (d->mode == M3TER_TXN_WORKER)
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		if (!m3ter_lock_extension())
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("extension \"m3ter\" was dropped")));
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+	}
+	if (d->mode == M3TER_TXN_PROCEDURE)
+	{
+		/*
+		 * running with the owner's rights: the caller's search_path picks
+		 * nothing; and short queries run again and again are not worth
+		 * compiling (jit)
+		 */
+		(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+		(void) set_config_option("jit", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+	}
+	if (d->mode != M3TER_TXN_CALLER)
+		PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+/* Commit one unit of work (the caller's transaction stays open) */
+static void
+end_work(M3terDelivery *d)
+{
+	if (d->mode != M3TER_TXN_CALLER)
+		PopActiveSnapshot();
+	if (d->mode == M3TER_TXN_WORKER)
+	{
+		SPI_finish();
+		CommitTransactionCommand();
+	}
+	else if (d->mode == M3TER_TXN_PROCEDURE)
+		SPI_commit();
+}
+
+/* Prepare a delivery; in M3TER_TXN_CALLER and PROCEDURE modes SPI is connected */
+void
+m3ter_delivery_start(M3terDelivery *d, M3terTxnMode mode, int64 max_rows)
+{
+	memset(d, 0, sizeof(*d));
+	d->mode = mode;
+	d->max_rows = max_rows;
+	d->cxt = AllocSetContextCreate(TopMemoryContext, "m3ter delivery", ALLOCSET_DEFAULT_SIZES);
+	dlist_init(&d->claims);
+	d->cursor_due = DT_NOBEGIN;
+	d->wrapped = true;
+	m3ter_sender_init(&d->sender, m3ter_max_in_flight);
+}
+
+/* Free a claim whose sends are all done, dropping its in-flight record */
+static void
+free_claim(Claim *c)
+{
+	dlist_delete(&c->node);
+	MemoryContextDelete(c->group.cxt);
+	pfree(c);
+}
+
+/* End a delivery: abandon what is in flight (error paths) and free it all */
+void
+m3ter_delivery_end(M3terDelivery *d)
+{
+	dlist_mutable_iter it;
+
+	m3ter_sender_abort(&d->sender);
+	dlist_foreach_modify(it, &d->claims)
+		free_claim(dlist_container(Claim, node, it.cur));
+	m3ter_sender_free(&d->sender);
+	MemoryContextDelete(d->cxt);
+	d->cxt = NULL;
+}
+
+/* Write what the answer of one finished send means for its rows */
+static void
+record_outcome(M3terDelivery *d, M3terSend *send)
+{
+	Claim	   *c = (Claim *) send->group;
+	M3terCallResult *r = &send->result;
+	M3terFlushStats *st = &d->stats;
+	int			n = send->end - send->start;
+	const int64 *ids = c->ids + send->start;
+	int			i;
+
+	if (c->record_id != 0 && !m3ter_outbox_record_exists(c->record_id))
+	{
+		/* the outbox was truncated meanwhile: these ids may be other rows now */
+		m3ter_sender_finish(&d->sender, send);
+		return;
+	}
+	if (!send->untried)
+	{
+		st->requests += r->requests;
+		st->sent += n;
+		for (i = send->start; i < send->end; i++)
+			if (c->attempts[i] > 0)
+				st->resent++;
+	}
+
+	switch (r->outcome)
+	{
+		case M3TER_OK:
+			m3ter_outbox_write(M3TER_ROWS_ACCEPTED, ids, n, r->status, NULL, 1, 0, false);
+			st->accepted += n;
+			for (i = send->start; i < send->end; i++)
+				c->attempts[i]++;
+			m3ter_sender_finish(&d->sender, send);
+			return;
+
+		case M3TER_REJECTED:
+		case M3TER_TOO_LARGE:
+			if (n > 1)
+			{
+				m3ter_sender_split(&d->sender, send);
+				return;
+			}
+			m3ter_outbox_write(M3TER_ROWS_FAILED, ids, n, r->status, r->message,
+							   r->status != 0 ? 1 : 0, 0, false);
+			st->failed += n;
+			st->error = r->message;
+			m3ter_sender_finish(&d->sender, send);
+			return;
+
+		case M3TER_TRANSIENT:
+			if (r->status == 429 && send->tries < 3 && r->retry_after_ms <= 2000)
+			{
+				/* the pacing slowed down: wait a moment in memory, spend no write */
+				st->throttled++;
+				m3ter_sender_requeue(&d->sender, send, Max(r->retry_after_ms, 1000));
+				return;
+			}
+			{
+				int64		gave_up = m3ter_outbox_write(M3TER_ROWS_RETRY, ids, n, r->status,
+														 r->message, 1, r->retry_after_ms,
+														 r->status == 429);
+
+				st->failed += gave_up;
+				st->retried += n - gave_up;
+				st->error = r->message;
+			}
+			m3ter_sender_finish(&d->sender, send);
+			return;
+
+		case M3TER_FORBIDDEN:
+		case M3TER_AUTH_FAILED:
+		case M3TER_UNEXPECTED:
+			break;
+	}
+
+	/* not the rows' fault: keep them pending, say why, spend no attempt */
+	if (!send->untried)
+		st->sent -= n;
+	st->stopped = true;
+	st->stop_sqlstate = m3ter_call_sqlstate(r, NULL);
+	st->error = psprintf("%s (HTTP %ld)", r->message ? r->message : "refused", r->status);
+	m3ter_outbox_write(M3TER_ROWS_HELD, ids, n, r->status, st->error, 0, 0, false);
+	m3ter_sender_finish(&d->sender, send);
+}
+
+/* Write the outcomes of all finished sends in one transaction */
+static void
+write_outcomes(M3terDelivery *d)
+{
+	M3terSend  *send;
+	dlist_mutable_iter it;
+
+	if (!m3ter_sender_has_done(&d->sender))
+		return;
+	begin_work(d);
+	while ((send = m3ter_sender_next_done(&d->sender)) != NULL)
+		record_outcome(d, send);
+	dlist_foreach_modify(it, &d->claims)
+	{
+		Claim	   *c = dlist_container(Claim, node, it.cur);
+
+		if (c->group.outstanding == 0)
+		{
+			if (c->record_id != 0)
+				m3ter_outbox_release(c->record_id);
+			free_claim(c);
+			d->n_claims--;
+		}
+	}
+	end_work(d);
+	if (d->stats.error != NULL)
+		d->stats.error = MemoryContextStrdup(d->cxt, d->stats.error);
+}
+
+/* Ids of this delivery's in-flight records (palloc'd) */
+static int64 *
+live_records(M3terDelivery *d, int *n)
+{
+	int64	   *ids = palloc((d->n_claims + 1) * sizeof(int64));
+	dlist_iter	it;
+
+	*n = 0;
+	dlist_foreach(it, &d->claims)
+	{
+		Claim	   *c = dlist_container(Claim, node, it.cur);
+
+		if (c->record_id != 0)
+			ids[(*n)++] = c->record_id;
+	}
+	return ids;
+}
+
+/* Is id among the sorted ids[0..n)? */
+static bool
+among(const int64 *ids, int n, int64 id)
+{
+	int			lo = 0,
+				hi = n - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (ids[mid] == id)
+			return true;
+		if (ids[mid] < id)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return false;
+}
+
+static int
+cmp_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/*
+ * A row older than m3ter.resend_window is not sent: m3ter keeps a uid for 35
+ * days, so if it was accepted once (a restored backup or a point-in-time
+ * recovery can make a delivered row pending again) a re-send now would be
+ * billed twice.  Returns the reason it fails with, or NULL.
+ */
+static const char *
+too_old_to_send(const M3terOutboxRow *row)
+{
+	TimestampTz limit = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													-(int64) m3ter_resend_window_s * 1000);
+
+	if (row->created_at >= limit)
+		return NULL;
+	return psprintf("not sent: created %s, longer ago than m3ter.resend_window (m3ter keeps a uid for 35 days, so a "
+					"re-send of a row it once accepted would be billed twice); if it was never sent, release it with "
+					"UPDATE m3ter.outbox SET status = 'pending', created_at = now() WHERE id = " INT64_FORMAT,
+					timestamptz_to_str(row->created_at), row->id);
+}
+
+/* Make room for one more row id in a claim */
+static void
+grow_claim(Claim *c)
+{
+	if (c->group.n < c->ids_cap)
+		return;
+	c->ids_cap *= 2;
+	c->ids = repalloc(c->ids, c->ids_cap * sizeof(int64));
+	c->attempts = repalloc(c->attempts, c->ids_cap * sizeof(int32));
+}
+
+/*
+ * Claim up to max_requests requests' worth of due rows in one transaction
+ * and queue them.  Returns the number of rows claimed; sets *short_claim
+ * when fewer were due than asked for.
+ */
+static int
+claim(M3terDelivery *d, int max_requests, bool *short_claim)
+{
+	int64		limit = Min((int64) max_requests * M3TER_MAX_MEASUREMENTS, (int64) m3ter_batch_rows);
+	int			max_sends = (int) Min((int64) max_requests,
+									  Max((int64) m3ter_claim_bytes / M3TER_MAX_PAYLOAD_BYTES, 1));
+	int64		bytes = 0;
+	int64		send_bytes = M3TER_PAYLOAD_OVERHEAD;	/* the last request, as the sender packs it */
+	int			send_items = 0;
+	int			sends = 1;
+	int64		read = 0;
+	int			n_live;
+	int64	   *live;
+	int			n_others;
+	int64	   *others;
+	Claim	   *c;
+	Portal		portal;
+	int			chunk = 64;
+	bool		full = false;
+	M3terClaimState state;
+	int64		last_fresh;
+	int64	   *seen;			/* ids read in the gaps: visible now */
+	int			n_seen = 0;
+	int			seen_cap;
+	bool		ended;			/* the sampled transactions had ended */
+	bool		gaps_read = false;	/* the claim read past every gap */
+	StringInfoData buf;
+	MemoryContext old;
+	MemoryContext row_cxt;
+
+	*short_claim = false;
+	if (progress.narrow_rows > 0)
+		limit = Min(limit, (int64) progress.narrow_rows);
+	if (d->max_rows > 0)
+		limit = Min(limit, d->max_rows - d->stats.claimed);
+	if (limit <= 0)
+		return 0;
+
+	begin_work(d);
+	if (!m3ter_outbox_lock_claims())
+	{
+		/* an atomic m3ter_flush() is running: try again later */
+		end_work(d);
+		d->claim_lock_busy = true;
+		return 0;
+	}
+	d->claim_lock_busy = false;
+	m3ter_catalog_prepare();
+	live = live_records(d, &n_live);
+	d->stats.orphaned += m3ter_outbox_clean_inflight(live, n_live);
+	others = m3ter_outbox_others_inflight(&n_others);
+	qsort(others, n_others, sizeof(int64), cmp_int64);
+
+	c = MemoryContextAllocZero(d->cxt, sizeof(Claim));
+	m3ter_group_init(&c->group, d->cxt, (int) Min(limit, 1024));
+	c->ids_cap = (int) Min(limit, 1024);
+	c->ids = MemoryContextAlloc(c->group.cxt, c->ids_cap * sizeof(int64));
+	c->attempts = MemoryContextAlloc(c->group.cxt, c->ids_cap * sizeof(int32));
+	row_cxt = AllocSetContextCreate(CurrentMemoryContext, "m3ter claim row", ALLOCSET_DEFAULT_SIZES);
+	initStringInfo(&buf);
+
+	progress.in_claim = true;
+	m3ter_claim_state_read(&state);
+	(void) m3ter_outbox_sweep(&state);	/* when due: flushes sweep too */
+	ended = m3ter_claim_state_sample_ended(&state);	/* before the cursor's snapshot */
+	last_fresh = state.frontier;
+	seen = palloc(Max(state.n_gaps, 1) * sizeof(int64) * 4);
+	seen_cap = Max(state.n_gaps, 1) * 4;
+	portal = m3ter_outbox_open_claim(d->cursor_due, d->cursor_id, limit, &state);
+	while (!full)
+	{
+		uint64		i;
+
+		SPI_cursor_fetch(portal, true, (long) Min((int64) chunk, limit - read));
+		if (SPI_processed == 0)
+		{
+			*short_claim = true;
+			gaps_read = true;
+			break;
+		}
+		for (i = 0; i < SPI_processed && !full; i++)
+		{
+			M3terOutboxRow row;
+			M3terClaimPart part;
+			M3terRowState rstate;
+			const char *verdict = NULL;
+			bool		hold = false;
+			bool		theirs;
+			int			k = c->group.n;
+
+			m3ter_outbox_peek_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &row, &part, &rstate);
+			theirs = rstate == M3TER_ROW_TAKE && among(others, n_others, row.id);
+			if (rstate == M3TER_ROW_TAKE && !theirs)
+			{
+				old = MemoryContextSwitchTo(row_cxt);
+				m3ter_outbox_read_row(&row, &progress.row_in_hand);
+				verdict = too_old_to_send(&row);
+				if (verdict == NULL)
+					verdict = m3ter_catalog_verdict(&row.m, &hold);
+				if (verdict == NULL)
+				{
+					resetStringInfo(&buf);
+					m3ter_append_measurement(&buf, &row.m);
+				}
+				MemoryContextSwitchTo(old);
+
+				/* packed as the sender will pack it: the first row counts too */
+				if (verdict == NULL && !m3ter_pack_item(&send_bytes, &send_items, buf.len) && k > 0)
+					sends++;
+				if (k > 0 && verdict == NULL &&
+					(sends > max_sends || bytes + buf.len > (int64) m3ter_claim_bytes))
+				{
+					/*
+					 * It would open one request more than m3ter.claim_bytes
+					 * allows (or pass the bytes themselves: rows too large to
+					 * send): it waits for the next claim, and every request of
+					 * this one is full
+					 */
+					full = true;
+					MemoryContextReset(row_cxt);
+					break;
+				}
+			}
+
+			/* the row is consumed: move past it */
+			read++;
+			if (part == M3TER_PART_DEFERRED)
+			{
+				d->cursor_due = row.due;
+				d->cursor_id = row.id;
+			}
+			else if (part == M3TER_PART_GAP)
+			{
+				if (n_seen == seen_cap)
+				{
+					seen_cap *= 2;
+					seen = repalloc(seen, seen_cap * sizeof(int64));
+				}
+				seen[n_seen++] = row.id;
+			}
+			else
+			{
+				gaps_read = true;
+				if (row.id > last_fresh + 1)
+					m3ter_claim_state_add_gap(&state, last_fresh + 1, row.id - 1);
+				last_fresh = row.id;
+			}
+
+			if (rstate == M3TER_ROW_PASS || theirs)
+				;				/* done, deferred, or another sender has it in flight */
+			else if (rstate == M3TER_ROW_NOT_DUE)
+				m3ter_outbox_write(M3TER_ROWS_DEFER, &row.id, 1, 0, NULL, 0, 0, false);
+			else if (verdict != NULL && hold)
+				m3ter_outbox_write(M3TER_ROWS_CHECK_HELD, &row.id, 1, 0, verdict,
+								   m3ter_catalog_refresh_interval_s > 0 ? m3ter_catalog_refresh_interval_s : 600,
+								   0, false);
+			else if (verdict != NULL)
+			{
+				m3ter_outbox_write(M3TER_ROWS_FAILED, &row.id, 1, 0, verdict, 0, 0, false);
+				d->stats.failed++;
+				d->stats.error = MemoryContextStrdup(d->cxt, verdict);
+			}
+			else
+			{
+				grow_claim(c);
+				m3ter_group_add(&c->group, buf.data, buf.len);
+				c->ids[k] = row.id;
+				c->attempts[k] = row.attempts;
+				bytes += buf.len;
+			}
+			MemoryContextReset(row_cxt);
+			if (read >= limit)
+				full = true;
+		}
+		SPI_freetuptable(SPI_tuptable);
+		/* read big rows a few at a time */
+		if (c->group.n > 0)
+			chunk = (int) Max(1, Min(256, (256 * 1024) / Max(bytes / c->group.n, 1)));
+	}
+	SPI_cursor_close(portal);
+	progress.in_claim = false;
+	progress.row_in_hand = 0;
+	MemoryContextDelete(row_cxt);
+	pfree(buf.data);
+
+	if (c->group.n > 0)
+		c->record_id = m3ter_outbox_record_inflight(c->ids, c->group.n);
+	if (last_fresh != state.frontier)
+	{
+		state.frontier = last_fresh;
+		state.changed = true;
+	}
+	qsort(seen, n_seen, sizeof(int64), cmp_int64);
+	m3ter_claim_state_drop_ids(&state, seen, n_seen);
+	m3ter_claim_state_settle(&state, ended && gaps_read);
+	m3ter_claim_state_write(&state);
+	end_work(d);
+
+	d->stats.claimed += c->group.n;
+	if (progress.narrow_rows > 0 && c->group.n > 0)
+	{
+		/* a narrowed claim went through: widen again */
+		progress.narrow_rows *= 2;
+		if (progress.narrow_rows >= M3TER_MAX_MEASUREMENTS)
+			progress.narrow_rows = 0;
+	}
+	if (c->group.n == 0)
+	{
+		MemoryContextDelete(c->group.cxt);
+		pfree(c);
+		return 0;
+	}
+	dlist_push_tail(&d->claims, &c->node);
+	d->n_claims++;
+	m3ter_sender_queue(&d->sender, &c->group, 0, c->group.n);
+	return c->group.n;
+}
+
+/*
+ * After a claim raised (called on the error path, outside any
+ * transaction): narrow the next claims, or fail the row that raised.
+ * Returns true when it marked a row failed.
+ */
+bool
+m3ter_delivery_claim_failed(M3terTxnMode mode, const char *message)
+{
+	int64		culprit = 0;
+	M3terDelivery d;
+
+	if (!progress.in_claim)
+		return false;
+	progress.in_claim = false;
+	if (progress.row_in_hand != 0 && progress.row_in_hand == progress.last_error_row)
+		culprit = progress.row_in_hand;	/* the same row raised twice */
+	else if (progress.narrow_rows == 1 && progress.row_in_hand != 0)
+		culprit = progress.row_in_hand;	/* a claim of one row raised */
+	progress.last_error_row = progress.row_in_hand;
+	progress.row_in_hand = 0;
+
+	if (culprit == 0)
+	{
+		progress.narrow_rows = progress.narrow_rows > 0 ? Max(progress.narrow_rows / 2, 1) :
+			Max(Min(m3ter_batch_rows, M3TER_MAX_MEASUREMENTS) / 2, 1);
+		return false;
+	}
+
+	memset(&d, 0, sizeof(d));
+	d.mode = mode;
+	begin_work(&d);
+	m3ter_outbox_fail_row(culprit, psprintf("the row could not be sent: %s", message));
+	end_work(&d);
+	progress.narrow_rows = 0;
+	progress.last_error_row = 0;
+	return true;
+}
+
+/* Let the sender start what is due and collect answers, waiting up to wait_ms */
+static void
+pump(M3terDelivery *d, int wait_ms)
+{
+	/* answers are classified (and m3ter's text converted) inside a transaction */
+	if (d->mode == M3TER_TXN_WORKER)
+		StartTransactionCommand();
+	m3ter_sender_pump(&d->sender, m3ter_sender_busy(&d->sender) > 0 ? wait_ms : 0);
+	if (d->mode == M3TER_TXN_WORKER)
+		CommitTransactionCommand();
+}
+
+/*
+ * Requests claimed ahead of their pacing slots.  A claim is database work
+ * during which no request starts: paced, claims stay small (one or two
+ * requests' worth) so that the next slot finds a request ready and is not
+ * missed while a large claim runs.  Requests waiting out a 429 or a fault
+ * do not count: the slots meanwhile carry new rows.
+ */
+#define CLAIM_AHEAD 2
+
+/*
+ * One step of delivery: write finished outcomes, claim what the free
+ * requests in flight can carry, start and wait for up to wait_ms.
+ * Returns true while there is more to do now; false once nothing is in
+ * flight and nothing more is due (or delivery stopped, or max_rows were
+ * claimed).
+ */
+bool
+m3ter_delivery_step(M3terDelivery *d, int wait_ms)
+{
+	int			free_requests;
+
+	m3ter_exit_if_orphaned();
+	write_outcomes(d);
+	if (d->sender.n_queued > 0)
+		pump(d, 0);				/* what is due starts before the claim below */
+
+	free_requests = d->sender.max_in_flight - m3ter_sender_busy(&d->sender);
+	if (m3ter_max_requests_per_second > 0)
+		free_requests = Min(free_requests, CLAIM_AHEAD - m3ter_sender_ready(&d->sender));
+	if (d->next_claim_at > GetCurrentTimestamp() && m3ter_sender_busy(&d->sender) == 0 &&
+		d->n_claims == 0)
+	{
+		/* lingering after a part-full request: let rows gather, sleep meanwhile */
+		long		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), d->next_claim_at);
+
+		m3ter_sleep_ms((int) Min(ms, (long) Max(wait_ms, 1)));
+	}
+	if (!d->sender.stopped && !d->stats.stopped && free_requests > 0 &&
+		d->next_claim_at <= GetCurrentTimestamp() &&
+		(d->max_rows <= 0 || d->stats.claimed < d->max_rows) &&
+		!(d->wrap_wanted && d->n_claims > 0))
+	{
+		bool		short_claim;
+		int			got;
+
+		if (d->wrap_wanted)
+		{
+			/* nothing of ours in flight: start over from the front */
+			d->cursor_due = DT_NOBEGIN;
+			d->cursor_id = 0;
+			d->wrap_wanted = false;
+			d->wrapped = true;
+		}
+		got = claim(d, free_requests, &short_claim);
+		if (d->claim_lock_busy)
+			;					/* try again on the next step */
+		else if (!short_claim)
+			d->wrapped = false;
+		else if (d->wrapped && got == 0)
+			d->exhausted = true;	/* a pass from the front found nothing */
+		else
+		{
+			d->wrap_wanted = true;
+			d->wrapped = false;
+		}
+		if (short_claim && got > 0 && m3ter_max_requests_per_5min > 0)
+		{
+			/*
+			 * A part-full request: the next claim waits as long as the 5-minute
+			 * budget allows per request on average (60 ms by default), so a
+			 * steady trickle of rows goes out in fuller requests instead of
+			 * spending the budget in minutes.
+			 */
+			d->next_claim_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														   300000 / m3ter_max_requests_per_5min);
+		}
+		if (got > 0)
+			d->exhausted = false;
+	}
+	if (d->sender.stopped)
+	{
+		d->stats.stopped = true;
+		if (d->stats.stop_sqlstate == 0)
+			d->stats.stop_sqlstate = m3ter_call_sqlstate(&d->sender.stop, NULL);
+	}
+
+	pump(d, wait_ms);
+	write_outcomes(d);
+
+	if (d->sender.last_error != NULL && d->stats.error == NULL)
+		d->stats.error = d->sender.last_error;
+	if (m3ter_sender_busy(&d->sender) > 0 || d->n_claims > 0)
+		return true;
+	if (d->stats.stopped || (d->max_rows > 0 && d->stats.claimed >= d->max_rows))
+		return false;
+	return !d->exhausted;
+}
+

@@ -1,0 +1,13 @@
+/*-------------------------------------------------------------------------
+ *
+ * events.h
+ *		Ingest failure events written back to the outbox (events.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef M3TER_OUTBOX_EVENTS_H
+#define M3TER_OUTBOX_EVENTS_H
+
+extern bool m3ter_events_poll_if_due(bool rows_due);
+
+#endif							/* M3TER_OUTBOX_EVENTS_H */
