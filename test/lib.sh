@@ -10,19 +10,31 @@
 set -euo pipefail
 
 M3TER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=test/pg_source.sh
+source "$M3TER_ROOT/test/pg_source.sh"
+# M3TER_PG_VERSION: the PostgreSQL major to test on.  Debian 12 packages 15; another
+# major is built from Debian's source package (test/pg_source.sh).
 M3TER_PG_VERSION=${M3TER_PG_VERSION:-15}
+M3TER_PG_DEBIAN_MAJOR=15
 # M3TER_PG_ROOT: a directory holding a private copy of the PostgreSQL installation
 # (usr/lib/postgresql, usr/share/postgresql, usr/include/postgresql), made on first
 # use; PostgreSQL finds its files relative to its binaries, so the extension is
 # built and installed there and nothing under the system's PostgreSQL directories
-# changes, and two checkouts can test side by side.  Default: .pgroot in the checkout;
-# set to the empty string for the system's own directories (test/package.sh does).
-M3TER_PG_ROOT=${M3TER_PG_ROOT-$M3TER_ROOT/.pgroot}
+# changes, and two checkouts can test side by side.  Default: .pgroot in the checkout
+# for Debian's major, the build's own prefix for another; set to the empty string for
+# the system's own directories (test/package.sh does).
+if [ "$M3TER_PG_VERSION" = "$M3TER_PG_DEBIAN_MAJOR" ]; then
+    M3TER_PG_ROOT=${M3TER_PG_ROOT-$M3TER_ROOT/.pgroot}
+    M3TER_PG_PACKAGES="postgresql-$M3TER_PG_VERSION postgresql-server-dev-$M3TER_PG_VERSION \
+postgresql-$M3TER_PG_VERSION-pgtap postgresql-$M3TER_PG_VERSION-cron"
+else
+    M3TER_PG_ROOT=${M3TER_PG_ROOT-$M3TER_PG_CACHE/$M3TER_PG_VERSION}
+    M3TER_PG_PACKAGES=""
+fi
 export M3TER_PG_ROOT M3TER_PG_VERSION
-M3TER_PACKAGES="postgresql-$M3TER_PG_VERSION postgresql-server-dev-$M3TER_PG_VERSION \
-libcurl4-openssl-dev libcjson-dev postgresql-$M3TER_PG_VERSION-pgtap \
-postgresql-$M3TER_PG_VERSION-cron libtap-parser-sourcehandler-pgtap-perl \
-python3 curl make gcc openssl prometheus-postgres-exporter prometheus"
+M3TER_PACKAGES="$M3TER_PG_PACKAGES libcurl4-openssl-dev libcjson-dev \
+libtap-parser-sourcehandler-pgtap-perl python3 curl make gcc openssl \
+prometheus-postgres-exporter prometheus patroni etcd-server"
 M3TER_ORG_ID=5f3b8c2e-1d4a-4e6b-9c7d-0a1b2c3d4e5f
 M3TER_ACCESS_KEY_ID=standin-access-key
 M3TER_API_SECRET=standin-api-secret
@@ -47,10 +59,15 @@ m3ter_install_deps() {
 m3ter_pg_bindir() { "$(m3ter_pg_config)" --bindir; }
 m3ter_pg_config() { echo "$M3TER_PG_ROOT/usr/lib/postgresql/$M3TER_PG_VERSION/bin/pg_config"; }
 
-# Make the private copy of the installation that M3TER_PG_ROOT names, once
+# Make the private copy of the installation that M3TER_PG_ROOT names, once (for
+# a major Debian 12 lacks: build it from Debian's source package)
 m3ter_make_pg_root() {
     [ -n "$M3TER_PG_ROOT" ] || return 0
     [ -x "$(m3ter_pg_config)" ] && return 0
+    if [ "$M3TER_PG_VERSION" != "$M3TER_PG_DEBIAN_MAJOR" ]; then
+        M3TER_PG_CACHE=$(dirname "$M3TER_PG_ROOT") m3ter_build_pg_source "$M3TER_PG_VERSION"
+        return
+    fi
     log "copying the PostgreSQL installation into $M3TER_PG_ROOT"
     mkdir -p "$M3TER_PG_ROOT/usr/lib" "$M3TER_PG_ROOT/usr/share" "$M3TER_PG_ROOT/usr/include"
     cp -a /usr/lib/postgresql "$M3TER_PG_ROOT/usr/lib/"
@@ -63,7 +80,12 @@ m3ter_build() {
     log "building and installing the extension"
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo=sudo
+    # objects built for another major are built again
+    if [ "$(cat "$M3TER_ROOT/.built-for" 2>/dev/null)" != "$(m3ter_pg_config)" ]; then
+        make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" clean >/dev/null
+    fi
     make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" COPT=-Werror >/dev/null
+    m3ter_pg_config >"$M3TER_ROOT/.built-for"
     $sudo make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" COPT=-Werror install >/dev/null
 }
 

@@ -4,19 +4,26 @@
 # then runs pg_regress (sql/), pgTAP (test/pgtap/), both again with pg_cron on a
 # second cluster that does not preload m3ter (nopreload), the end-to-end outbox tests
 # (test/e2e/) and the reliability suite (test/reliability/: faults, crashes,
-# hostile input, secrets, load), and prints the reliability summary; last, the
+# hostile input, secrets, load), and prints the reliability summary; then the
 # package suite (test/package.sh: builds, installs, runs and purges the Debian
-# package in the system's PostgreSQL directories).
+# package in the system's PostgreSQL directories); last, the other majors
+# (M3TER_OTHER_MAJORS, default 18, built from Debian's source package by
+# test/pg_source.sh): every suite but the package one again, and PostgreSQL's own
+# regression suite (core) against a server that preloads m3ter.
 #
 #   test/run.sh                    everything
-#   test/run.sh reliability        only the named suites (regress pgtap nopreload e2e reliability package)
+#   test/run.sh reliability        only the named suites (layers regress pgtap nopreload e2e
+#                                  reliability package majors; core on a built major)
+#   M3TER_PG_VERSION=18 test/run.sh e2e   the suites on another major
 #   test/run.sh test/e2e/60_upgrade.py   only these files of the e2e and reliability suites
 #
 # Exits non-zero if any test fails.  test/valgrind.sh runs suites with the server under valgrind.
 source "$(dirname "$0")/lib.sh"
 
-# package last: it installs into and removes from the system's PostgreSQL directories
-suites=${*:-regress pgtap nopreload e2e reliability package}
+# package after the others: it installs into and removes from the system's
+# PostgreSQL directories; the other majors in runs of their own
+suites=${*:-layers regress pgtap nopreload e2e reliability package majors}
+M3TER_OTHER_MAJORS=${M3TER_OTHER_MAJORS-18}
 # files named on the command line run alone, in their suite
 files=""
 for a in $suites; do
@@ -74,6 +81,9 @@ cd "$M3TER_ROOT"
 if wants regress; then
     log "pg_regress: the SQL surface and its errors"
     regress_suite regress
+fi
+
+if wants layers; then
     log "layers: no file of src/ calls a layer above it or forms a circle"
     tap_suite layers prove -e python3 test/layers.py
 fi
@@ -115,6 +125,37 @@ fi
 if wants package; then
     log "package: the Debian package built, installed, run and purged; META.json"
     tap_suite package prove --comments -e bash test/package.sh
+fi
+
+# PostgreSQL's own regression suite, from the built source tree of this major,
+# against the cluster: m3ter preloaded, the extension installed, its worker running
+if wants core; then
+    log "PostgreSQL $M3TER_PG_VERSION's own regression suite with m3ter preloaded"
+    tree=$(m3ter_pg_source_tree "$M3TER_PG_VERSION")
+    q -c "CREATE EXTENSION IF NOT EXISTS m3ter"
+    out="$M3TER_TMP/core.out"
+    chown -R postgres: "$tree/src/test/regress" 2>/dev/null || true
+    as_pg make -s -C "$tree/src/test/regress" installcheck-parallel PGHOST="$PGHOST" \
+        PGPORT="$PGPORT" PGUSER=postgres >"$out" 2>&1
+    cat "$out"
+    q -Atc "SELECT 'the m3ter worker ran through it: ' || state FROM m3ter_worker_status()"
+    [ -f "$tree/src/test/regress/regression.diffs" ] && head -100 "$tree/src/test/regress/regression.diffs"
+    count "$(grep -cE '^ok ' "$out" || true)" "$(grep -cE '^not ok ' "$out" || true)"
+    grep -qE '^ok ' "$out" || count 0 1
+fi
+
+# The other majors: every suite but the package one in a run of their own, and core
+if wants majors; then
+    for major in $M3TER_OTHER_MAJORS; do
+        [ "$major" = "$M3TER_PG_VERSION" ] && continue
+        log "PostgreSQL $major: every suite again, and its own regression suite"
+        out="$M3TER_TMP/major-$major.out"
+        env -u M3TER_PG_ROOT M3TER_PG_VERSION="$major" M3TER_OTHER_MAJORS= \
+            "$M3TER_ROOT/test/run.sh" regress pgtap nopreload e2e reliability core 2>&1 | tee "$out"
+        n=$(sed -nE 's/^([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$out" | tail -1)
+        # shellcheck disable=SC2086
+        if [ -n "$n" ]; then count $n; else count 0 1; fi
+    done
 fi
 
 if [ -n "${M3TER_VALGRIND:-}" ]; then

@@ -11,7 +11,8 @@
  *	- PG_MODULE_MAGIC_EXT (18) also names the library and its version;
  *	- pg_b64_encode() takes uint8 input from 18 on, char before;
  *	- a virtual transaction id names its process by procNumber from 17 on,
- *	  by backendId before.
+ *	  by backendId before;
+ *	- the varlena macros (SET_VARSIZE, VARDATA) are in varatt.h from 16 on.
  * Included by the headers that need it (request.h for pg_noreturn).
  *
  *-------------------------------------------------------------------------
@@ -40,6 +41,10 @@
 #endif
 
 /* The input type of pg_b64_encode() */
+#if PG_VERSION_NUM >= 160000
+#include "varatt.h"
+#endif
+
 #if PG_VERSION_NUM >= 180000
 typedef uint8 m3ter_b64_byte;
 #else

@@ -8,6 +8,9 @@
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/array.h"
 #include "utils/lsyscache.h"
 
 #include "ground/spi_util.h"

@@ -22,6 +22,7 @@
 #include "utils/timestamp.h"
 
 #include "ground/uid.h"
+#include "ground/compat.h"
 
 PG_FUNCTION_INFO_V1(m3ter_new_uid_sql);
 
