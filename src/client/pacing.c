@@ -54,9 +54,6 @@
 #include "utils/timestamp.h"
 
 #include "client/pacing.h"
-#include "client/http.h"
-#include "client/request.h"
-#include "ground/json.h"
 #include "ground/settings.h"
 #include "ground/shmem.h"
 
@@ -132,115 +129,6 @@ m3ter_sleep_ms(int ms)
 						 left, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
-}
-
-/* Is body m3ter's JSON error (an object)? */
-static bool
-is_json_error(const char *body)
-{
-	cJSON	   *root = cJSON_Parse(body);
-	bool		yes = cJSON_IsObject(root);
-
-	cJSON_Delete(root);
-	return yes;
-}
-
-/* Is body an HTML or XML page (a proxy's, a portal's), not m3ter's JSON? */
-static bool
-is_markup(const char *body)
-{
-	while (*body == ' ' || *body == '\t' || *body == '\r' || *body == '\n')
-		body++;
-	return *body == '<';
-}
-
-/* Does a message speak of the payload's size (m3ter's 403 for it)? */
-static bool
-names_payload_size(const char *message)
-{
-	char	   *lower = pstrdup(message);
-	char	   *p;
-	bool		yes;
-
-	for (p = lower; *p; p++)
-		*p = pg_ascii_tolower((unsigned char) *p);
-	yes = strstr(lower, "payload") != NULL &&
-		(strstr(lower, "exceed") != NULL || strstr(lower, "large") != NULL ||
-		 strstr(lower, "limit") != NULL);
-
-	pfree(lower);
-	return yes;
-}
-
-/* Classify one HTTP answer and fill result from it (see the file header) */
-void
-m3ter_classify(const M3terHttpResponse *resp, M3terCallResult *result)
-{
-	long		status = resp->status;
-	char	   *msg = NULL;
-
-	result->status = status;
-	result->body = resp->body;
-	if (resp->retry_after_ms >= 0)
-		result->retry_after_ms = resp->retry_after_ms;
-	result->message = NULL;
-
-	if (status >= 200 && status < 300 && !is_markup(resp->body))
-	{
-		result->outcome = M3TER_OK;
-		return;
-	}
-	if (status == 0)
-	{
-		/* a URL libcurl cannot use is a setting to fix, not an outage */
-		result->outcome = resp->bad_url ? M3TER_UNEXPECTED : M3TER_TRANSIENT;
-		result->message = resp->bad_url ?
-			psprintf("the URL cannot be used (%s); check m3ter.ingest_url and m3ter.api_url",
-					 resp->transport_error) : resp->transport_error;
-		return;
-	}
-
-	msg = m3ter_answer_message(resp->body);
-	if (msg == NULL)
-		msg = psprintf("HTTP %ld with an empty body", status);
-
-	switch (status)
-	{
-		case 408:
-		case 429:
-		case 500:
-		case 502:
-		case 503:
-		case 504:
-			result->outcome = M3TER_TRANSIENT;
-			break;
-		case 413:
-			result->outcome = M3TER_TOO_LARGE;
-			break;
-		case 401:
-			result->outcome = M3TER_FORBIDDEN;
-			break;
-		case 403:
-			result->outcome = names_payload_size(msg) ? M3TER_TOO_LARGE : M3TER_FORBIDDEN;
-			break;
-		case 400:
-			if (is_json_error(resp->body))
-			{
-				result->outcome = M3TER_REJECTED;
-				break;
-			}
-			/* FALLTHROUGH */
-		default:
-			result->outcome = M3TER_UNEXPECTED;
-			if (status >= 300 && status < 400)
-				msg = psprintf("an unexpected redirect (HTTP %ld); check the URL settings: %s", status, msg);
-			else if (!is_json_error(resp->body))
-				msg = psprintf("an unexpected answer (HTTP %ld) that is not m3ter's JSON: %s", status, msg);
-			else
-				msg = psprintf("an unexpected answer (HTTP %ld): %s", status, msg);
-			break;
-	}
-	result->message = msg;
 }
 
 /* The state of an API, locked when shared; m3ter_pacing_unlock() releases */
