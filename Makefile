@@ -13,6 +13,7 @@ OBJS = \
 	src/entry/meter.o \
 	src/entry/outbox_check.o \
 	src/entry/submit.o \
+	src/entry/usage.o \
 	src/entry/worker.o \
 	src/outbox/catalog.o \
 	src/outbox/claim_state.o \

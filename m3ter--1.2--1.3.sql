@@ -139,3 +139,368 @@ BEGIN
     END IF;
 END
 $m3ter$;
+
+--
+-- Reconciliation (1.3): m3ter's usage totals, the figures invoices are built
+-- from, against what this database metered
+--
+
+-- One usage query (m3ter's Data Explorer), paced at its one request a second
+CREATE FUNCTION m3ter.usage_query(body jsonb)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'm3ter_usage_query'
+LANGUAGE C VOLATILE STRICT;
+
+REVOKE ALL ON FUNCTION m3ter.usage_query(jsonb) FROM PUBLIC;
+
+-- Look up account codes in m3ter into m3ter.catalog_accounts (their ids)
+CREATE FUNCTION m3ter.catalog_lookup_accounts(codes text[])
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'm3ter_catalog_lookup_accounts'
+LANGUAGE C VOLATILE STRICT;
+
+REVOKE ALL ON FUNCTION m3ter.catalog_lookup_accounts(text[]) FROM PUBLIC;
+
+CREATE TABLE m3ter.reconciliations (
+    id              bigserial PRIMARY KEY,
+    from_ts         timestamptz NOT NULL,
+    to_ts           timestamptz NOT NULL,
+    meters          text[],
+    started_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at     timestamptz,
+    queries         integer NOT NULL DEFAULT 0,
+    cells_compared  bigint,
+    cells_drifting  bigint,
+    drift_by_field  jsonb,
+    error           text
+);
+
+CREATE TABLE m3ter.reconciliation_drift (
+    reconciliation  bigint NOT NULL REFERENCES m3ter.reconciliations ON DELETE CASCADE,
+    meter           text NOT NULL,
+    account         text NOT NULL,
+    day             date NOT NULL,
+    field           text NOT NULL,
+    local_value     numeric NOT NULL,
+    m3ter_value     numeric NOT NULL,
+    drift           numeric NOT NULL,
+    note            text,
+    PRIMARY KEY (reconciliation, meter, account, day, field)
+);
+
+COMMENT ON TABLE m3ter.reconciliations IS
+    'Each run of m3ter_reconcile(): its window, the cells compared and drifting, the total drift by field, or its error.';
+COMMENT ON TABLE m3ter.reconciliation_drift IS
+    'The cells (meter, account, UTC day, field) whose m3ter total differed from the accepted rows here, per run.';
+
+SELECT pg_catalog.pg_extension_config_dump('m3ter.reconciliations', '');
+SELECT pg_catalog.pg_extension_config_dump('m3ter.reconciliations_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('m3ter.reconciliation_drift', '');
+
+-- The rows of a usage query's answer, read in one place and tolerantly: m3ter
+-- does not publish their shape.  Assumed: one row per group and aggregation,
+-- {"accountId", "meterId", "timestamp" (the start of the day), "fieldCode",
+-- "function", "value"}; a few other spellings are taken too.
+CREATE FUNCTION m3ter.usage_rows(answer jsonb)
+RETURNS TABLE (account_id text, meter_id text, day date, field text, value numeric)
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT coalesce(r->>'accountId', r->>'account_id', r#>>'{account,id}'),
+           coalesce(r->>'meterId', r->>'meter_id', r#>>'{meter,id}'),
+           (CASE jsonb_typeof(t)
+                 WHEN 'number' THEN to_timestamp((t #>> '{}')::numeric / 1000)
+                 ELSE (t #>> '{}')::timestamptz END AT TIME ZONE 'UTC')::date,
+           coalesce(r->>'fieldCode', r->>'field_code', r->>'field'),
+           coalesce(r->>'value', r->>'sum', r->>'SUM')::numeric
+      FROM jsonb_array_elements(CASE jsonb_typeof(answer->'data') WHEN 'array' THEN answer->'data'
+                                     ELSE '[]' END) r,
+           LATERAL (SELECT coalesce(r->'timestamp', r->'startDate', r->'date', r->'time') AS t) ts
+$$;
+
+-- The most items one usage query answers
+CREATE FUNCTION m3ter.usage_query_limit()
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT 20000 $$;
+
+-- Query m3ter's daily SUMs of fields for a meter and accounts over [from_ts, to_ts)
+-- into pg_temp.m3ter_remote; an answer that may be cut (hasMoreData, or a full
+-- page) is asked again in halves: of the days first, then of the accounts.
+-- Returns the queries made.
+CREATE FUNCTION m3ter.reconcile_query(meter_id text, fields text[], account_ids text[],
+                                      from_ts timestamptz, to_ts timestamptz)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    answer  jsonb;
+    mid     timestamptz;
+    half    integer;
+BEGIN
+    answer := m3ter.usage_query(jsonb_build_object(
+        'startDate', to_char(from_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+        'endDate', to_char(to_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+        'meterIds', jsonb_build_array(meter_id),
+        'accountIds', to_jsonb(account_ids),
+        'aggregations', (SELECT jsonb_agg(jsonb_build_object('meterId', meter_id, 'fieldCode', f,
+                                                             'fieldType', 'MEASURE', 'function', 'SUM'))
+                           FROM unnest(fields) f),
+        'groups', '[{"groupType": "ACCOUNT"}, {"groupType": "TIME", "frequency": "DAY"}]'::jsonb,
+        'limit', m3ter.usage_query_limit()));
+    IF coalesce((answer->>'hasMoreData')::boolean, false)
+       OR jsonb_array_length(coalesce(answer->'data', '[]')) >= m3ter.usage_query_limit() THEN
+        mid := date_trunc('day', from_ts + (to_ts - from_ts) / 2, 'UTC');
+        IF mid > from_ts AND mid < to_ts THEN
+            RETURN 1 + m3ter.reconcile_query(meter_id, fields, account_ids, from_ts, mid)
+                     + m3ter.reconcile_query(meter_id, fields, account_ids, mid, to_ts);
+        END IF;
+        half := cardinality(account_ids) / 2;
+        IF half >= 1 THEN
+            RETURN 1 + m3ter.reconcile_query(meter_id, fields, account_ids[1:half], from_ts, to_ts)
+                     + m3ter.reconcile_query(meter_id, fields, account_ids[half + 1:], from_ts, to_ts);
+        END IF;
+        RAISE EXCEPTION 'm3ter''s usage answer for one account and one day was cut'
+            USING ERRCODE = 'M3300',
+                  DETAIL = format('Meter %s, account %s, from %s: hasMoreData with %s items.',
+                                  meter_id, account_ids[1], from_ts, jsonb_array_length(answer->'data')),
+                  HINT = 'Reconcile fewer fields of this meter at a time.';
+    END IF;
+    INSERT INTO pg_temp.m3ter_remote
+    SELECT u.meter_id, u.account_id, u.day, u.field, sum(u.value)
+      FROM m3ter.usage_rows(answer) u
+     WHERE u.value IS NOT NULL
+     GROUP BY 1, 2, 3, 4;
+    RETURN 1;
+END
+$$;
+
+REVOKE ALL ON FUNCTION m3ter.reconcile_query(text, text[], text[], timestamptz, timestamptz) FROM PUBLIC;
+
+-- Is a drift only floating-point noise?  m3ter sums doubles: a difference of
+-- at most a billionth of the larger side (and of 1e-9 near zero) is no drift.
+CREATE FUNCTION m3ter.is_drift(local_value numeric, m3ter_value numeric)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE
+AS $$
+    SELECT abs(m3ter_value - local_value) > 1e-9 * greatest(abs(local_value), abs(m3ter_value), 1)
+$$;
+
+-- The accounts of accepted rows looked up per query
+CREATE FUNCTION m3ter.reconcile_accounts_per_query()
+RETURNS integer
+LANGUAGE sql IMMUTABLE
+AS $$ SELECT 100 $$;
+
+-- Compare m3ter's usage totals with this database's accepted rows
+CREATE FUNCTION m3ter_reconcile(from_ts timestamptz, to_ts timestamptz, meters text[] DEFAULT NULL,
+                                only_drift boolean DEFAULT true)
+RETURNS TABLE (meter text, account text, day date, field text,
+               local_value numeric, m3ter_value numeric, drift numeric)
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    run       bigint;
+    queries   integer := 0;
+    m         record;
+    ids       text[];
+    per_query integer := m3ter.reconcile_accounts_per_query();
+    i         integer;
+    unknown   text;
+BEGIN
+    PERFORM m3ter.require_primary('m3ter_reconcile()');
+    IF from_ts IS NULL OR to_ts IS NULL OR from_ts >= to_ts OR from_ts = '-infinity' OR to_ts = 'infinity' THEN
+        RAISE EXCEPTION 'invalid window for m3ter_reconcile(): from % to %', from_ts, to_ts
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give two finite timestamps, the first before the second: the window is [from_ts, to_ts) on the rows'' ts.';
+    END IF;
+
+    DROP TABLE IF EXISTS pg_temp.m3ter_local, pg_temp.m3ter_remote, pg_temp.m3ter_cells;
+    CREATE TEMP TABLE m3ter_local (meter text, account text, day date, field text, value numeric);
+    CREATE TEMP TABLE m3ter_remote (meter_id text, account_id text, day date, field text, value numeric);
+
+    -- this database's accepted rows (corrections included), summed by cell
+    INSERT INTO pg_temp.m3ter_local
+    SELECT o.meter, o.account, (o.ts AT TIME ZONE 'UTC')::date, kv.key, sum(kv.value::numeric)
+      FROM m3ter.outbox o,
+           LATERAL (SELECT key, value FROM jsonb_each_text(coalesce(o.measure, '{}'))
+                    UNION ALL SELECT key, value FROM jsonb_each_text(coalesce(o.cost, '{}'))
+                    UNION ALL SELECT key, value FROM jsonb_each_text(coalesce(o.income, '{}'))) kv
+     WHERE o.status = 'accepted' AND o.ts >= from_ts AND o.ts < to_ts
+       AND (meters IS NULL OR o.meter = ANY (meters))
+       AND NOT coalesce(o.metadata ? 'm3ter_settles', false)   -- m3ter_settle_drift()'s rows
+     GROUP BY 1, 2, 3, 4;
+
+    -- codes become ids: meters through the catalog (synced when one is missing),
+    -- accounts looked up in m3ter when the catalog has no id for them
+    IF EXISTS (SELECT FROM (SELECT DISTINCT l.meter FROM pg_temp.m3ter_local l
+                            UNION SELECT unnest(meters)) x
+                WHERE NOT EXISTS (SELECT FROM m3ter.catalog_meters c WHERE c.code = x.meter AND c.id IS NOT NULL)) THEN
+        EXECUTE format('SELECT %I.m3ter_sync_catalog(false)',
+                       (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+                         WHERE e.extname = 'm3ter'));
+    END IF;
+    SELECT array_agg(DISTINCT l.account) INTO ids
+      FROM pg_temp.m3ter_local l
+     WHERE NOT EXISTS (SELECT FROM m3ter.catalog_accounts a WHERE a.code = l.account AND a.id IS NOT NULL);
+    IF ids IS NOT NULL THEN
+        PERFORM m3ter.catalog_lookup_accounts(ids);
+    END IF;
+
+    -- m3ter's totals, meter by meter, for the accounts metered here
+    FOR m IN
+        SELECT c.code, c.id,
+               array(SELECT f FROM (SELECT DISTINCT l.field AS f FROM pg_temp.m3ter_local l WHERE l.meter = c.code
+                                    UNION
+                                    SELECT d->>'code' FROM jsonb_array_elements(c.data_fields) d
+                                     WHERE upper(d->>'category') IN ('MEASURE', 'COST', 'INCOME')) x
+                      WHERE f IS NOT NULL ORDER BY f) AS fields,
+               array(SELECT DISTINCT a.id FROM pg_temp.m3ter_local l
+                       JOIN m3ter.catalog_accounts a ON a.code = l.account AND a.id IS NOT NULL
+                      WHERE l.meter = c.code ORDER BY a.id) AS accounts
+          FROM m3ter.catalog_meters c
+         WHERE c.id IS NOT NULL
+           AND (c.code = ANY (meters) OR EXISTS (SELECT FROM pg_temp.m3ter_local l WHERE l.meter = c.code))
+         ORDER BY c.code
+    LOOP
+        CONTINUE WHEN cardinality(m.fields) = 0 OR cardinality(m.accounts) = 0;
+        i := 1;
+        WHILE i <= cardinality(m.accounts) LOOP
+            queries := queries + m3ter.reconcile_query(m.id, m.fields, m.accounts[i:i + per_query - 1],
+                                                       from_ts, to_ts);
+            i := i + per_query;
+        END LOOP;
+    END LOOP;
+
+    -- both sides, cell by cell; a cell missing on one side is 0 there
+    CREATE TEMP TABLE m3ter_cells AS
+    WITH remote AS (
+        SELECT c.code AS meter, a.code AS account, r.day, r.field, sum(r.value) AS value
+          FROM pg_temp.m3ter_remote r
+          JOIN m3ter.catalog_meters c ON c.id = r.meter_id
+          JOIN m3ter.catalog_accounts a ON a.id = r.account_id
+         GROUP BY 1, 2, 3, 4),
+    cells AS (
+        SELECT coalesce(l.meter, r.meter) AS meter, coalesce(l.account, r.account) AS account,
+               coalesce(l.day, r.day) AS day, coalesce(l.field, r.field) AS field,
+               coalesce(l.value, 0) AS local_value, coalesce(r.value, 0) AS m3ter_value
+          FROM pg_temp.m3ter_local l
+          FULL JOIN remote r ON r.meter = l.meter AND r.account = l.account AND r.day = l.day AND r.field = l.field)
+    SELECT c.*, c.m3ter_value - c.local_value AS drift,
+           m3ter.is_drift(c.local_value, c.m3ter_value) AS drifting,
+           CASE WHEN NOT EXISTS (SELECT FROM m3ter.catalog_meters k WHERE k.code = c.meter AND k.id IS NOT NULL)
+                THEN 'm3ter has no meter with this code'
+                WHEN NOT EXISTS (SELECT FROM m3ter.catalog_accounts k WHERE k.code = c.account AND k.id IS NOT NULL)
+                THEN 'm3ter has no account with this code' END AS note
+      FROM cells c;
+
+    INSERT INTO m3ter.reconciliations (from_ts, to_ts, meters, queries, finished_at, cells_compared,
+                                       cells_drifting, drift_by_field)
+    SELECT from_ts, to_ts, meters, queries, clock_timestamp(), count(*), count(*) FILTER (WHERE c.drifting),
+           (SELECT coalesce(jsonb_object_agg(f.field, f.drift), '{}')
+              FROM (SELECT d.field, sum(d.drift) AS drift FROM pg_temp.m3ter_cells d
+                     WHERE d.drifting GROUP BY d.field) f)
+      FROM pg_temp.m3ter_cells c
+    RETURNING id INTO run;
+    INSERT INTO m3ter.reconciliation_drift
+    SELECT run, c.meter, c.account, c.day, c.field, c.local_value, c.m3ter_value, c.drift, c.note
+      FROM pg_temp.m3ter_cells c WHERE c.drifting;
+
+    SELECT string_agg(DISTINCT format('%s (%s)', c.note, CASE WHEN c.note LIKE '%meter%' THEN c.meter
+                                                              ELSE c.account END), ', ')
+      INTO unknown
+      FROM pg_temp.m3ter_cells c WHERE c.note IS NOT NULL AND c.drifting;
+    IF unknown IS NOT NULL THEN
+        RAISE NOTICE 'some codes are unknown to m3ter: %', unknown
+            USING HINT = 'Their usage shows as drift with m3ter_value 0; see m3ter.reconciliation_drift.note.';
+    END IF;
+
+    RETURN QUERY SELECT c.meter, c.account, c.day, c.field, c.local_value, c.m3ter_value, c.drift
+                   FROM pg_temp.m3ter_cells c
+                  WHERE c.drifting OR NOT only_drift
+                  ORDER BY 1, 2, 3, 4;
+    DROP TABLE pg_temp.m3ter_local, pg_temp.m3ter_remote, pg_temp.m3ter_cells;
+END
+$$;
+
+REVOKE ALL ON FUNCTION m3ter_reconcile(timestamptz, timestamptz, text[], boolean) FROM PUBLIC;
+
+COMMENT ON FUNCTION m3ter_reconcile(timestamptz, timestamptz, text[], boolean) IS
+    'Compares m3ter''s daily usage totals with this database''s accepted rows, cell by cell (meter, account, UTC day, field); keeps each run in m3ter.reconciliations.';
+
+-- The numeric data fields of a category of a meter (from the catalog), each 0
+CREATE FUNCTION m3ter.zero_fields(meter text, category text)
+RETURNS jsonb
+LANGUAGE sql STABLE
+AS $$
+    SELECT coalesce(jsonb_object_agg(f->>'code', 0), '{}')
+      FROM m3ter.catalog_meters c, jsonb_array_elements(c.data_fields) f
+     WHERE c.code = meter AND upper(f->>'category') = category
+$$;
+
+-- Settle a run's drift in m3ter: for each drifting meter, account and day, one
+-- outbox row whose fields carry minus the drift (ts the start of the day, so
+-- it lands in the same cell), marked in its metadata (m3ter_settles: the run)
+-- so that reconciliation leaves it out of the local side.  Returns the rows.
+CREATE FUNCTION m3ter_settle_drift(reconciliation bigint DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    run   bigint := reconciliation;
+    n     integer;
+BEGIN
+    PERFORM m3ter.require_primary('m3ter_settle_drift()');
+    IF run IS NULL THEN
+        SELECT max(r.id) INTO run FROM m3ter.reconciliations r WHERE r.error IS NULL;
+    END IF;
+    IF NOT EXISTS (SELECT FROM m3ter.reconciliations r WHERE r.id = run AND r.error IS NULL) THEN
+        RAISE EXCEPTION 'no finished reconciliation has id %', coalesce(run::text, '(none)')
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'Run m3ter_reconcile() first; m3ter.reconciliations lists the runs.';
+    END IF;
+    IF EXISTS (SELECT FROM m3ter.outbox o WHERE o.metadata->>'m3ter_settles' = run::text) THEN
+        RAISE EXCEPTION 'reconciliation % is already settled', run
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Reconcile again to see what drift is left.';
+    END IF;
+    WITH cells AS (
+        SELECT d.meter, d.account, d.day,
+               upper(coalesce((SELECT f->>'category' FROM m3ter.catalog_meters c,
+                                      jsonb_array_elements(c.data_fields) f
+                                WHERE c.code = d.meter AND f->>'code' = d.field LIMIT 1), 'MEASURE')) AS category,
+               d.field, -d.drift AS value
+          FROM m3ter.reconciliation_drift d
+         WHERE d.reconciliation = run AND d.note IS NULL),
+    rows AS (
+        SELECT c.meter, c.account, c.day,
+               jsonb_object_agg(c.field, c.value) FILTER (WHERE c.category NOT IN ('COST', 'INCOME')) AS measure,
+               jsonb_object_agg(c.field, c.value) FILTER (WHERE c.category = 'COST') AS cost,
+               jsonb_object_agg(c.field, c.value) FILTER (WHERE c.category = 'INCOME') AS income
+          FROM cells c GROUP BY 1, 2, 3),
+    ins AS (
+        INSERT INTO m3ter.outbox (meter, account, ts, measure, cost, income, who, "where", what, other, metadata)
+        SELECT r.meter, r.account, r.day::timestamp AT TIME ZONE 'UTC',
+               nullif(m3ter.zero_fields(r.meter, 'MEASURE') || coalesce(r.measure, '{}'), '{}'),
+               nullif(m3ter.zero_fields(r.meter, 'COST') || coalesce(r.cost, '{}'), '{}'),
+               nullif(m3ter.zero_fields(r.meter, 'INCOME') || coalesce(r.income, '{}'), '{}'),
+               t.who, t."where", t.what, t.other,
+               coalesce(t.metadata, '{}') || jsonb_build_object('m3ter_settles', run::text)
+          FROM rows r
+          LEFT JOIN LATERAL (SELECT o.who, o."where", o.what, o.other, o.metadata FROM m3ter.outbox o
+                              WHERE o.meter = r.meter AND o.account = r.account AND o.status = 'accepted'
+                                AND o.ts >= r.day::timestamp AT TIME ZONE 'UTC'
+                                AND o.ts < (r.day + 1)::timestamp AT TIME ZONE 'UTC'
+                              LIMIT 1) t ON true
+        RETURNING 1)
+    SELECT count(*) INTO n FROM ins;
+    RETURN n;
+END
+$$;
+
+REVOKE ALL ON FUNCTION m3ter_settle_drift(bigint) FROM PUBLIC;
+
+COMMENT ON FUNCTION m3ter_settle_drift(bigint) IS
+    'Queues rows that bring m3ter''s totals back to this database''s for each drifting cell of a reconciliation (the last by default).';

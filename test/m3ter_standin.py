@@ -8,6 +8,7 @@ It behaves like m3ter for what the extension uses:
   GET  /organizations/{org}/meters          paginated with pageSize / nextToken
   GET  /organizations/{org}/organizationconfig
   + enrichment after "accepted", Events, failed-ingest downloads, accounts: standin_enrichment.py
+  + the usage query (Data Explorer), silent losses and changes: standin_usage.py
 Errors are m3ter's statuses with a JSON body {"message": ...}: 400 for bodies that
 break the API's rules, 403 for an unknown org, a bad or expired token, or an ingest
 payload of 512,000 bytes or more.
@@ -84,6 +85,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit, parse_qs
 
 import standin_enrichment
+import standin_usage
 from standin_limits import RateLimits
 
 MAX_PAYLOAD = 512000
@@ -106,6 +108,7 @@ class ApiError(Exception):
 LISTEN_BACKLOG = 1024
 
 standin_enrichment.ApiError = ApiError  # enrichment, events, accounts (standin_enrichment.py)
+standin_usage.ApiError = ApiError  # the usage query (standin_usage.py)
 
 def now_iso():
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -202,6 +205,8 @@ class State:
         self.stopping = False
         self.enrichment = getattr(self, "enrichment", None) or standin_enrichment.Enrichment()
         self.enrichment.reset()
+        self.usage = getattr(self, "usage", None) or standin_usage.Usage()
+        self.usage.reset()
 
     def save(self, path):
         """Keep what was accepted across a restart (the 'down and back' test)."""
@@ -508,6 +513,8 @@ class Handler(BaseHTTPRequestHandler):
         st = self.state
         doc = json.loads(body) if body else {}
         out = st.enrichment.control(self.command, path, doc)
+        if out is None:
+            out = st.usage.control(st, self.command, path, doc)
         if out is not None:
             return out
         with st.lock:
@@ -618,6 +625,8 @@ class Handler(BaseHTTPRequestHandler):
                     result = self.create_meter(body)
                 elif path.endswith("/meters") and self.command == "GET":
                     result = self.list_meters(parse_qs(parts.query))
+                elif path.endswith("/usage/query") and self.command == "POST":
+                    result = self.state.usage.query(self.state, self.state.enrichment.account_for, body)
                 elif path.endswith("/organizationconfig") and self.command == "GET":
                     result = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, self.state.org_id)),
                               "organizationId": self.state.org_id, "currency": "USD",

@@ -177,6 +177,13 @@ class Enrichment:
             return ("InvalidAccountCode", "No account with code %s exists" % code)
         return None
 
+    def account_for(self, code):
+        """The account of a code, created as m3ter does when it is unknown (the usage query)"""
+        with self.lock:
+            if code not in self.accounts:
+                self._create_account(code, code + "-autocreated")
+            return self.accounts[code]
+
     def _create_account(self, code, name):
         self.accounts[code] = {"id": str(uuid.uuid4()), "code": code, "name": name,
                                "dtCreated": _iso(), "version": 1}

@@ -11,6 +11,8 @@
 
 #include <cjson/cJSON.h>
 
+#include <cjson/cJSON.h>
+
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -21,6 +23,8 @@
 #include "client/pacing.h"
 #include "client/request.h"
 #include "client/token.h"
+#include "ground/json.h"
+#include "ground/settings.h"
 
 /*
  * Make one API call synchronously under m3ter's rules (see the file
@@ -75,4 +79,21 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 		}
 		explicit_bzero(token, strlen(token));
 	}
+}
+
+/*
+ * Make one call with m3ter.max_retries and return its answer parsed (the
+ * caller frees it with cJSON_Delete), raising the call's error on failure;
+ * what names the call in messages
+ */
+cJSON *
+m3ter_call_answer(M3terApi api, const char *method, const char *path, const char *body,
+				  const char *what)
+{
+	M3terCallResult res;
+
+	m3ter_call(api, method, path, body, body ? strlen(body) : 0, m3ter_max_retries, &res);
+	if (res.outcome != M3TER_OK)
+		m3ter_raise_call_error(&res, what);
+	return m3ter_parse_answer(res.body, what);
 }

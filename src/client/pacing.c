@@ -32,6 +32,9 @@
  *	  the last one over 5): once the others are gone, the whole rate is
  *	  back within seconds.
  *
+ * The usage query (reconciliation) goes to m3ter's Data Explorer, limited
+ * to one request a second: it is paced apart, at that rate.
+ *
  * With the library preloaded the state lives in shared memory under one
  * spinlock (held for a few dozen instructions); otherwise each process
  * paces itself.  Slots are handed out without sleeping, so a process with
@@ -54,6 +57,7 @@
 #include "utils/timestamp.h"
 
 #include "client/pacing.h"
+#include "ground/errors.h"
 #include "ground/settings.h"
 #include "ground/shmem.h"
 
@@ -87,11 +91,11 @@ typedef struct PaceState
 typedef struct PaceShared
 {
 	slock_t		mutex;
-	PaceState	api[2];
+	PaceState	api[M3TER_NUM_APIS];
 } PaceShared;
 
 static PaceShared *pace_shared = NULL;
-static PaceState local_state[2];
+static PaceState local_state[M3TER_NUM_APIS];
 static bool local_ready = false;
 
 /* Set up the shared state once, when it is created */
@@ -99,9 +103,11 @@ static void
 pacing_shmem_init(void *shared)
 {
 	PaceShared *ps = shared;
+	int			i;
 
 	SpinLockInit(&ps->mutex);
-	ps->api[0].scale = ps->api[1].scale = 1.0;
+	for (i = 0; i < M3TER_NUM_APIS; i++)
+		ps->api[i].scale = 1.0;
 }
 
 /* Share the pacing state across the cluster (while preloading) */
@@ -142,8 +148,11 @@ lock_state(M3terApi api)
 	}
 	if (!local_ready)
 	{
+		int			i;
+
 		memset(local_state, 0, sizeof(local_state));
-		local_state[0].scale = local_state[1].scale = 1.0;
+		for (i = 0; i < M3TER_NUM_APIS; i++)
+			local_state[i].scale = 1.0;
 		local_ready = true;
 	}
 	return &local_state[api];
@@ -156,10 +165,20 @@ unlock_state(void)
 		SpinLockRelease(&pace_shared->mutex);
 }
 
-/* The per-second rate and the 5-minute budget of an API (0: no limit) */
+/*
+ * The per-second rate and the 5-minute budget of an API (0: no limit); the
+ * usage query has the Data Explorer's own limit, one a second, and is off
+ * with the others
+ */
 static void
 limits(M3terApi api, int *per_second, int *per_window)
 {
+	if (api == M3TER_EXPLORER_API)
+	{
+		*per_second = m3ter_max_requests_per_second > 0 ? M3TER_EXPLORER_PER_SECOND : 0;
+		*per_window = 0;
+		return;
+	}
 	*per_second = m3ter_max_requests_per_second;
 	*per_window = api == M3TER_INGEST_API ? m3ter_max_requests_per_5min :
 		m3ter_max_requests_per_5min * 4;

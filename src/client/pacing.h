@@ -9,12 +9,15 @@
 #define M3TER_CLIENT_PACING_H
 
 #include "datatype/timestamp.h"
-/* m3ter's two APIs, paced apart */
+/* m3ter's APIs, paced apart */
 typedef enum M3terApi
 {
 	M3TER_CONFIG_API,
-	M3TER_INGEST_API
+	M3TER_INGEST_API,
+	M3TER_EXPLORER_API			/* the usage query: Config API host, its own limit */
 } M3terApi;
+
+#define M3TER_NUM_APIS 3
 
 extern void m3ter_pacing_shmem_install(void);
 extern bool m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms);

@@ -193,19 +193,6 @@ uuid_arg(FunctionCallInfo fcinfo, int argno)
 	return DatumGetCString(DirectFunctionCall1(uuid_out, PG_GETARG_DATUM(argno)));
 }
 
-/* Make one Config API call and return the answer as cJSON, raising on failure */
-static cJSON *
-config_call(const char *method, const char *path, const char *body, const char *what)
-{
-	M3terCallResult res;
-
-	m3ter_call(M3TER_CONFIG_API, method, path, body, body ? strlen(body) : 0,
-			   m3ter_max_retries, &res);
-	if (res.outcome != M3TER_OK)
-		m3ter_raise_call_error(&res, what);
-	return m3ter_parse_answer(res.body, what);
-}
-
 /* Add a string member to a cJSON object, or raise when out of memory */
 static void
 add_string(cJSON *object, const char *name, const char *value)
@@ -299,7 +286,8 @@ m3ter_create_meter(PG_FUNCTION_ARGS)
 		}
 
 		request = m3ter_cjson_print_utf8(body, "the meter");
-		answer = config_call("POST", m3ter_org_path("/meters"), request, "creating an m3ter meter");
+		answer = m3ter_call_answer(M3TER_CONFIG_API, "POST", m3ter_org_path("/meters"), request,
+								   "creating an m3ter meter");
 		result = m3ter_cjson_to_jsonb(answer);
 	}
 	PG_FINALLY();
@@ -368,7 +356,8 @@ m3ter_list_meters(PG_FUNCTION_ARGS)
 		char	   *path = next == NULL ? m3ter_org_path("/meters?pageSize=200") :
 			m3ter_org_path(psprintf("/meters?pageSize=200&nextToken=%s", m3ter_url_encode(next)));
 
-		next = put_meters(rsinfo, config_call("GET", path, NULL, "listing m3ter meters"));
+		next = put_meters(rsinfo, m3ter_call_answer(M3TER_CONFIG_API, "GET", path, NULL,
+													"listing m3ter meters"));
 	} while (next != NULL);
 
 	return (Datum) 0;
@@ -382,7 +371,7 @@ m3ter_organization_config(PG_FUNCTION_ARGS)
 	volatile Datum result = (Datum) 0;
 
 	m3ter_require_installed_version();
-	answer = config_call("GET", m3ter_org_path("/organizationconfig"), NULL,
+	answer = m3ter_call_answer(M3TER_CONFIG_API, "GET", m3ter_org_path("/organizationconfig"), NULL,
 						 "reading the m3ter organization config");
 	PG_TRY();
 	{

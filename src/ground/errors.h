@@ -13,6 +13,8 @@
 /* Limits of the Ingest API: 1..1000 measurements, payload under 512,000 bytes */
 #define M3TER_MAX_MEASUREMENTS	1000
 #define M3TER_MAX_PAYLOAD_BYTES 512000
+/* m3ter's Data Explorer (the usage query) takes one request a second */
+#define M3TER_EXPLORER_PER_SECOND 1
 
 /* SQLSTATEs for failures reported by (or on the way to) m3ter: class M3 */
 #define ERRCODE_M3TER_NETWORK		MAKE_SQLSTATE('M','3','0','0','0')

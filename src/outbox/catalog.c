@@ -61,6 +61,7 @@
 
 PG_FUNCTION_INFO_V1(m3ter_sync_catalog);
 PG_FUNCTION_INFO_V1(m3ter_catalog_counters);
+PG_FUNCTION_INFO_V1(m3ter_catalog_lookup_accounts);
 
 /* Codes longer than this are never in the in-memory catalog */
 #define CODE_KEYLEN 256
@@ -662,4 +663,39 @@ m3ter_catalog_counters(PG_FUNCTION_ARGS)
 	values[1] = Int64GetDatum((int64) pg_atomic_read_u64(&counters()->held));
 	values[2] = Int64GetDatum((int64) pg_atomic_read_u64(&counters()->unchecked));
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}
+
+/*
+ * m3ter.catalog_lookup_accounts(codes text[]) RETURNS bigint
+ *
+ * Look up these account codes in m3ter and record the ones found (code and
+ * id) in m3ter.catalog_accounts; returns how many were found.  Reconciliation
+ * needs the ids of the accounts of accepted rows.
+ */
+Datum
+m3ter_catalog_lookup_accounts(PG_FUNCTION_ARGS)
+{
+	ArrayType  *array = PG_GETARG_ARRAYTYPE_P(0);
+	Datum	   *elems;
+	bool	   *isnull;
+	int			n;
+	int			k = 0;
+	char	  **codes;
+	int64		found = 0;
+	int			i;
+
+	m3ter_require_primary("m3ter.catalog_lookup_accounts()");
+	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elems, &isnull, &n);
+	codes = palloc(Max(n, 1) * sizeof(char *));
+	for (i = 0; i < n; i++)
+		if (!isnull[i])
+			codes[k++] = TextDatumGetCString(elems[i]);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	for (i = 0; i < k; i += ACCOUNTS_PER_REQUEST)
+		found += lookup_accounts(codes + i, Min(k - i, ACCOUNTS_PER_REQUEST), m3ter_max_retries);
+	if (k > 0 && SPI_execute("UPDATE m3ter.catalog_state SET version = version + 1", false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "m3ter catalog state update failed");
+	SPI_finish();
+	PG_RETURN_INT64(found);
 }

@@ -87,8 +87,9 @@ ok(wait_until(lambda: outbox_counts()["accepted"] == 3000, timeout=120), "the wo
 is_(len(stored_uids("upgrade-")), 3000, "the stand-in stored every uid")
 is_(standin("GET", "/_control/summary")["duplicates"], 0, "none twice")
 is_(scalar("SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_extension e, unnest(e.extconfig) t(oid) "
-           "JOIN pg_class c ON c.oid = t.oid WHERE e.extname = 'm3ter'"), "outbox,outbox_id_seq",
-    "after the update pg_dump keeps the outbox and its sequence")
+           "JOIN pg_class c ON c.oid = t.oid WHERE e.extname = 'm3ter'"),
+    "outbox,outbox_id_seq,reconciliation_drift,reconciliations,reconciliations_id_seq",
+    "after the update pg_dump keeps the outbox, the reconciliations and their sequences")
 r = psql("SELECT m3ter_organization_config()", check=False)
 ok(r.returncode == 0, "the functions work after the update", r.stderr)
 same_as_fresh("postgres", "updated from 1.0, the extension defines what CREATE EXTENSION m3ter does")

@@ -1,0 +1,145 @@
+"""Billed = metered: m3ter_reconcile() compares m3ter's usage totals (the usage query,
+in the stand-in: what it stored) with the accepted rows, cell by cell (meter,
+account, UTC day, field).  10,000 rows over 3 meters x 20 accounts x 5 days; m3ter's
+enrichment drops 30 (events, rows rejected: no drift), then m3ter silently loses 7
+and changes 3 more: drift on exactly those 10 cells, by the right amounts.
+m3ter_settle_drift() queues the rows that settle it, and a second run finds none.
+With answers cut at 50 items the queries split (no answer cut) at one a second."""
+import json
+import os
+import sys
+import time
+from datetime import date, timedelta
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from m3ter_tap import *  # noqa: E402,F401,F403
+
+METERS = ["rc_calls", "rc_jobs", "rc_bytes"]
+ACCOUNTS = ["rc-acct-%d" % i for i in range(20)]
+DAY0 = date(2026, 11, 1)
+ROWS = 10000
+REJECTED = range(2050, 2080)    # i mod 300 (the cell) 250..279: no data field, dropped
+LOST = range(100, 107)          # cells 100..106
+CHANGED = range(107, 110)       # cells 107..109: +100 at m3ter
+WINDOW = "'2026-11-01Z', '2026-11-06Z'"
+
+
+def cell(i):
+    """meter, account, day of row i (300 cells, i mod 300)"""
+    return METERS[i % 3], ACCOUNTS[i // 3 % 20], DAY0 + timedelta(days=i // 60 % 5)
+
+
+def value(i):
+    return (i % 7) + 0.25
+
+
+def reconcile(extra=""):
+    out = psql("SELECT meter, account, day, field, local_value, m3ter_value, drift "
+               "FROM m3ter_reconcile(%s%s)" % (WINDOW, extra))
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def usage_queries():
+    return [q for q in standin("GET", "/_control/usage")["queries"]]
+
+
+reset()
+psql("DELETE FROM m3ter.catalog_meters; DELETE FROM m3ter.catalog_accounts; "
+     "UPDATE m3ter.catalog_state SET version = version + 1, meters_synced_at = NULL; "
+     "DELETE FROM m3ter.reconciliations")
+for code in METERS:
+    psql("SELECT m3ter_create_meter('%s', '%s', "
+         "'[{\"category\": \"MEASURE\", \"code\": \"n\", \"name\": \"N\"}]')" % (code, code))
+standin("POST", "/_control/accounts", {"accounts": ACCOUNTS})
+standin("POST", "/_control/enrichment", {"enabled": True, "delay": 0.2})
+set_and_reload(events_poll_interval="1s")
+
+psql("""INSERT INTO m3ter.outbox (uid, meter, account, ts, measure)
+        SELECT 'rc-' || i, (ARRAY%s)[i %% 3 + 1], 'rc-acct-' || (i / 3 %% 20),
+               '2026-11-01Z'::timestamptz + (i / 60 %% 5) * interval '1 day' + (i / 300) * interval '1 second',
+               CASE WHEN i BETWEEN %d AND %d THEN jsonb_build_object('x', 1)
+                    ELSE jsonb_build_object('n', (i %% 7) + 0.25) END
+          FROM generate_series(0, %d) i""" % (json.dumps(METERS).replace('"', "'"), REJECTED[0], REJECTED[-1],
+                                              ROWS - 1))
+ok(wait_until(lambda: psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'accepted'") == str(ROWS - 30)
+              and psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'rejected'") == "30", timeout=120),
+   "10,000 rows delivered; the 30 without a data field rejected after m3ter's events",
+   psql("SELECT status, count(*) FROM m3ter.outbox GROUP BY 1"))
+ok(wait_until(lambda: standin("GET", "/_control/enrichment")["pending"] == 0, timeout=30), "enrichment done")
+
+is_(reconcile(), [], "m3ter's totals equal the accepted rows: no drift (the rejected rows are no drift)")
+run = psql("SELECT id || '|' || cells_compared || '|' || cells_drifting FROM m3ter.reconciliations "
+           "ORDER BY id DESC LIMIT 1").split("|")
+is_(run[1:], ["300", "0"], "the run is kept: 300 cells compared, none drifting")
+
+# m3ter loses 7 measurements silently and changes 3
+r = standin("POST", "/_control/usage", {"lose": ["rc-%d" % i for i in LOST],
+                                        "change": {"rc-%d" % i: {"measure": {"n": value(i) + 100}}
+                                                   for i in CHANGED}})
+is_((r["lost"], r["changed"]), (7, 3), "the stand-in lost 7 measurements and changed 3")
+got = reconcile()
+want = []
+for i in list(LOST) + list(CHANGED):
+    meter, account, day = cell(i)
+    want.append([meter, account, day.isoformat(), "n", None, None, -value(i) if i in LOST else 100.0])
+got_keyed = {tuple(g[:4]): (float(g[4]), float(g[5]), float(g[6])) for g in got}
+is_(sorted(got_keyed), sorted(tuple(w[:4]) for w in want), "drift on exactly the cells of the 10 rows")
+ok(all(abs(got_keyed.get(tuple(w[:4]), (0, 0, 0))[2] - w[6]) < 1e-9 for w in want),
+   "with the right amounts: minus the lost value, plus the change", got)
+ok(all(abs(lv + d - mv) < 1e-9 for lv, mv, d in got_keyed.values()), "drift = m3ter_value - local_value")
+is_(psql("SELECT cells_drifting || '|' || (drift_by_field->>'n')::numeric FROM m3ter.reconciliations "
+         "ORDER BY id DESC LIMIT 1"),
+    "10|%s" % str(round(300 - sum(value(i) for i in LOST), 2)).rstrip("0").rstrip("."),
+    "the run keeps the cells drifting and the total drift by field")
+is_(len(reconcile(", only_drift => false")), 300, "only_drift => false returns every cell")
+
+# settle: one row a drifting cell, left out of the local side
+is_(psql("SELECT m3ter_settle_drift()"), "10", "m3ter_settle_drift() queues one row for each drifting cell")
+ok(wait_until(lambda: psql("SELECT count(*) FROM m3ter.outbox WHERE metadata ? 'm3ter_settles' "
+                           "AND status = 'accepted'") == "10", timeout=30), "and they are accepted")
+is_(reconcile(), [], "a second run reports no drift")
+is_(psql("SELECT m3ter_settle_drift(%s)" % run[0]), "0", "a run without drift settles nothing")
+drift_run = psql("SELECT max(id) FROM m3ter.reconciliations WHERE cells_drifting = 10")
+r = psql("SELECT m3ter_settle_drift(%s)" % drift_run, check=False)
+ok(r.returncode != 0 and "already settled" in r.stderr, "a run is settled once", r.stderr)
+
+# a meter m3ter does not know: its usage is drift, m3ter_value 0, with a notice
+standin("POST", "/_control/enrichment", {"enabled": False})
+psql("INSERT INTO m3ter.outbox (uid, meter, account, ts, measure) "
+     "VALUES ('rc-ghost', 'rc_ghost', 'rc-acct-1', '2026-11-02Z', '{\"n\": 5}')")
+ok(wait_until(lambda: psql("SELECT status FROM m3ter.outbox WHERE uid = 'rc-ghost'") == "accepted", timeout=30),
+   "a row of a meter m3ter does not know is accepted (its enrichment is off here)")
+r = psql("SELECT meter, m3ter_value, drift FROM m3ter_reconcile(%s, ARRAY['rc_ghost'])" % WINDOW, check=False)
+ok(r.returncode == 0 and r.stdout.strip() == "rc_ghost|0|-5" and "unknown to m3ter" in r.stderr,
+   "a meter m3ter does not know: drift, m3ter_value 0, a notice", r.stdout + r.stderr)
+is_(psql("SELECT note FROM m3ter.reconciliation_drift WHERE meter = 'rc_ghost'"),
+    "m3ter has no meter with this code", "the drift row notes why")
+psql("DELETE FROM m3ter.outbox WHERE uid = 'rc-ghost'")
+
+# answers cut at 50 items: the queries split, nothing is cut, one a second
+standin("POST", "/_control/usage", {"limit": 50})
+before = len(usage_queries())
+is_(reconcile(), [], "with answers of at most 50 items: still no drift (no answer cut)")
+qs = usage_queries()[before:]
+ok(len(qs) > 6, "the queries split (%d queries)" % len(qs))
+ok(all(not q["hasMoreData"] for q in qs if q["status"] == 200 and q["items"] < 50) and
+   any(q["hasMoreData"] for q in qs), "answers that were cut were asked again in parts")
+times = [q["t"] for q in qs]
+gaps = [b - a for a, b in zip(times, times[1:])]
+ok(min(gaps) >= 0.95, "no more than one query a second (smallest gap %.3f s)" % min(gaps))
+is_([q["status"] for q in qs if q["status"] != 200], [], "no 429 from the Data Explorer's limit")
+
+# a failure ends the run with an M3 SQLSTATE and writes nothing
+standin("POST", "/_control/usage", {"limit": 20000})
+runs = psql("SELECT count(*) FROM m3ter.reconciliations")
+standin("POST", "/_control/faults", {"faults": [{"match": "/usage/query", "status": 403, "count": 5}]})
+r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter_reconcile(%s)" % WINDOW, check=False)
+ok(r.returncode != 0 and "M3403" in r.stderr, "a refused usage query raises M3403", r.stderr)
+is_(psql("SELECT count(*) FROM m3ter.reconciliations"), runs, "and keeps no half-done run")
+standin("POST", "/_control/faults", {"clear": True})
+r = psql("SELECT * FROM m3ter_reconcile('2026-11-06Z', '2026-11-01Z')", check=False)
+ok(r.returncode != 0 and "invalid window" in r.stderr, "a window that ends before it starts is refused")
+
+psql("ALTER SYSTEM RESET m3ter.events_poll_interval")
+reset()
+done()
