@@ -292,6 +292,15 @@ RETURNS integer
 LANGUAGE sql IMMUTABLE
 AS $$ SELECT 100 $$;
 
+-- The schema of the functions users call (CREATE EXTENSION chose it)
+CREATE FUNCTION m3ter.extension_schema()
+RETURNS name
+LANGUAGE sql STABLE
+AS $$
+    SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+     WHERE e.extname = 'm3ter'
+$$;
+
 -- Compare m3ter's usage totals with this database's accepted rows
 CREATE FUNCTION m3ter_reconcile(from_ts timestamptz, to_ts timestamptz, meters text[] DEFAULT NULL,
                                 only_drift boolean DEFAULT true)
@@ -337,9 +346,7 @@ BEGIN
     IF EXISTS (SELECT FROM (SELECT DISTINCT l.meter FROM pg_temp.m3ter_local l
                             UNION SELECT unnest(meters)) x
                 WHERE NOT EXISTS (SELECT FROM m3ter.catalog_meters c WHERE c.code = x.meter AND c.id IS NOT NULL)) THEN
-        EXECUTE format('SELECT %I.m3ter_sync_catalog(false)',
-                       (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
-                         WHERE e.extname = 'm3ter'));
+        EXECUTE format('SELECT %I.m3ter_sync_catalog(false)', m3ter.extension_schema());
     END IF;
     SELECT array_agg(DISTINCT l.account) INTO ids
       FROM pg_temp.m3ter_local l
@@ -504,3 +511,30 @@ REVOKE ALL ON FUNCTION m3ter_settle_drift(bigint) FROM PUBLIC;
 
 COMMENT ON FUNCTION m3ter_settle_drift(bigint) IS
     'Queues rows that bring m3ter''s totals back to this database''s for each drifting cell of a reconciliation (the last by default).';
+
+-- The worker's scheduled reconciliation (m3ter.reconcile_interval): the days
+-- from days before the lag up to the start of the day the lag ago; a failed
+-- run is kept with its error
+CREATE FUNCTION m3ter.reconcile_scheduled(lag_s integer, days integer)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    window_end    timestamptz := date_trunc('day', now() - make_interval(secs => lag_s), 'UTC');
+    window_start  timestamptz := window_end - make_interval(days => days);
+BEGIN
+    EXECUTE format('SELECT count(*) FROM %I.m3ter_reconcile($1, $2)', m3ter.extension_schema())
+      USING window_start, window_end;
+EXCEPTION WHEN OTHERS THEN
+    INSERT INTO m3ter.reconciliations (from_ts, to_ts, finished_at, error)
+    VALUES (window_start, window_end, clock_timestamp(), SQLSTATE || ': ' || SQLERRM);
+    RAISE LOG 'm3ter scheduled reconciliation failed: %', SQLERRM;
+END
+$$;
+
+REVOKE ALL ON FUNCTION m3ter.reconcile_scheduled(integer, integer) FROM PUBLIC;
+
+-- the reconciliation's helpers are for its functions only
+REVOKE ALL ON FUNCTION m3ter.usage_rows(jsonb), m3ter.usage_query_limit(), m3ter.is_drift(numeric, numeric),
+    m3ter.reconcile_accounts_per_query(), m3ter.extension_schema(), m3ter.zero_fields(text, text) FROM PUBLIC;

@@ -70,6 +70,9 @@ int			m3ter_catalog_refresh_interval_s = 3600;
 int			m3ter_events_poll_interval_s = 60;
 int			m3ter_max_databases = 32;
 uint32		m3ter_credentials_file_generation = 0;
+int			m3ter_reconcile_interval_s = 0;
+int			m3ter_reconcile_lag_s = 86400;
+int			m3ter_reconcile_days = 7;
 
 static const struct config_enum_entry unknown_accounts_options[] = {
 	{"send", M3TER_ACCOUNTS_SEND, false},
@@ -505,6 +508,39 @@ m3ter_define_settings(void)
 							INT_MAX / 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("m3ter.reconcile_interval",
+							"Sets how often the background worker reconciles m3ter's usage totals with the outbox.",
+							"0 (the default) leaves it to m3ter_reconcile(); delivery waits while it runs (one usage query a second).",
+							&m3ter_reconcile_interval_s,
+							0,
+							0,
+							INT_MAX / 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("m3ter.reconcile_lag",
+							"Sets how recent usage a scheduled reconciliation leaves out.",
+							"m3ter aggregates with some delay: the window ends at the start of the day this long ago.",
+							&m3ter_reconcile_lag_s,
+							86400,
+							0,
+							INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("m3ter.reconcile_days",
+							"Sets how many days a scheduled reconciliation looks back.",
+							NULL,
+							&m3ter_reconcile_days,
+							7,
+							1,
+							366,
+							PGC_SIGHUP,
+							0,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("m3ter.events_poll_interval",

@@ -37,6 +37,9 @@ extern int	m3ter_retention_s;
 extern int	m3ter_max_databases;
 /* counts changes of m3ter.credentials_file: credentials.c reads the file again */
 extern uint32 m3ter_credentials_file_generation;
+extern int	m3ter_reconcile_interval_s;
+extern int	m3ter_reconcile_lag_s;
+extern int	m3ter_reconcile_days;
 
 typedef enum M3terUnknownAccounts
 {

@@ -660,9 +660,31 @@ poll_events(int max_retries, PollStats *stats)
 	save_cursor(resume, stats);
 }
 
-/* Run poll_events or a catalog sync in a subtransaction; log and swallow errors */
+/* The worker's periodic tasks */
+typedef enum PeriodicTask
+{
+	TASK_EVENT_POLL,
+	TASK_CATALOG_SYNC,
+	TASK_RECONCILE
+} PeriodicTask;
+
+/*
+ * Reconcile the days between m3ter.reconcile_days and m3ter.reconcile_lag
+ * ago; m3ter.reconcile_scheduled() keeps a failed run with its error
+ */
 static void
-run_guarded(bool poll, const char *what)
+reconcile_scheduled(void)
+{
+	char	   *sql = psprintf("SELECT m3ter.reconcile_scheduled(%d, %d)",
+							   m3ter_reconcile_lag_s, m3ter_reconcile_days);
+
+	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "m3ter scheduled reconciliation failed");
+}
+
+/* Run a periodic task in a subtransaction; log and swallow errors */
+static void
+run_guarded(PeriodicTask task, const char *what)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
@@ -671,7 +693,7 @@ run_guarded(bool poll, const char *what)
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		if (poll)
+		if (task == TASK_EVENT_POLL)
 		{
 			PollStats	stats;
 
@@ -680,8 +702,10 @@ run_guarded(bool poll, const char *what)
 			if (stats.error != NULL)
 				ereport(LOG, (errmsg("m3ter %s stopped early: %s", what, stats.error)));
 		}
-		else
+		else if (task == TASK_CATALOG_SYNC)
 			m3ter_catalog_sync(m3ter_unknown_accounts != M3TER_ACCOUNTS_SEND, 0, NULL);
+		else
+			reconcile_scheduled();
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
@@ -699,7 +723,7 @@ run_guarded(bool poll, const char *what)
 		ereport(LOG,
 				(errmsg("m3ter %s failed: %s", what, edata->message),
 				 edata->detail ? errdetail("%s", edata->detail) : 0));
-		if (!poll)
+		if (task == TASK_CATALOG_SYNC)
 			m3ter_catalog_note_error(edata->message);
 		FreeErrorData(edata);
 	}
@@ -737,6 +761,7 @@ m3ter_events_poll_if_due(bool rows_due)
 	static TimestampTz first_call = 0;
 	static TimestampTz last_poll = 0;
 	static TimestampTz last_sync = 0;
+	static TimestampTz last_reconcile = 0;
 
 	bool		ran = false;
 
@@ -745,7 +770,7 @@ m3ter_events_poll_if_due(bool rows_due)
 	if (interval_due(&last_poll, m3ter_events_poll_interval_s, rows_due, first_call) &&
 		m3ter_has_relation("event_cursor"))
 	{
-		run_guarded(true, "event poll");
+		run_guarded(TASK_EVENT_POLL, "event poll");
 		ran = true;
 	}
 	/* the checks of the rows about to be claimed want the catalog first */
@@ -753,9 +778,13 @@ m3ter_events_poll_if_due(bool rows_due)
 		interval_due(&last_sync, m3ter_catalog_refresh_interval_s, false, first_call) &&
 		m3ter_has_relation("catalog_state"))
 	{
-		run_guarded(false, "catalog sync");
+		run_guarded(TASK_CATALOG_SYNC, "catalog sync");
 		ran = true;
 	}
+	/* delivery waits while it runs: one usage query a second */
+	if (interval_due(&last_reconcile, m3ter_reconcile_interval_s, rows_due, first_call) &&
+		m3ter_has_relation("reconciliations"))
+		run_guarded(TASK_RECONCILE, "reconciliation");
 	return ran;
 }
 

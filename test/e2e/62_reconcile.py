@@ -140,6 +140,20 @@ standin("POST", "/_control/faults", {"clear": True})
 r = psql("SELECT * FROM m3ter_reconcile('2026-11-06Z', '2026-11-01Z')", check=False)
 ok(r.returncode != 0 and "invalid window" in r.stderr, "a window that ends before it starts is refused")
 
+# the worker's schedule (m3ter.reconcile_interval): a run kept, and a failed one with its error
+count_runs = "SELECT count(*) FROM m3ter.reconciliations"
+runs = int(psql(count_runs))
+set_and_reload(reconcile_interval="2s", reconcile_lag="0", reconcile_days="40")
+ok(wait_until(lambda: int(psql(count_runs)) > runs, timeout=30), "the worker reconciles on its schedule")
+is_(psql("SELECT (error IS NULL) || '|' || cells_drifting || '|' || (to_ts = date_trunc('day', now(), 'UTC')) "
+         "|| '|' || (from_ts = to_ts - interval '40 days') FROM m3ter.reconciliations ORDER BY id DESC LIMIT 1"),
+    "true|0|true|true", "over the days m3ter.reconcile_days back, up to m3ter.reconcile_lag ago: no drift")
+standin("POST", "/_control/faults", {"faults": [{"match": "/usage/query", "status": 403, "count": 1000}]})
+ok(wait_until(lambda: psql("SELECT error FROM m3ter.reconciliations ORDER BY id DESC LIMIT 1").startswith("M3403"),
+              timeout=30), "a scheduled run that fails is kept with its error")
+standin("POST", "/_control/faults", {"clear": True})
+set_and_reload(reconcile_interval=None, reconcile_lag=None, reconcile_days=None)
+
 psql("ALTER SYSTEM RESET m3ter.events_poll_interval")
 reset()
 done()
