@@ -16,11 +16,83 @@ ALTER TABLE m3ter.outbox ALTER COLUMN uid DROP NOT NULL,
                          ALTER COLUMN account DROP NOT NULL,
                          ALTER COLUMN ts DROP NOT NULL;
 
--- Privileges (1.3): the worker's figures are for the roles that may read the
--- other delivery figures (m3ter.databases: superusers and pg_monitor); a role
--- granted SELECT on m3ter.outbox_stats needs EXECUTE on it too
+-- The worker's figures (1.3): the delivery rate (rows accepted a second over
+-- about the last minute) and the time the backlog takes at it (NULL when
+-- idle).  They are for the roles that may read the other delivery figures
+-- (m3ter.databases: superusers and pg_monitor); a role granted SELECT on
+-- m3ter.outbox_stats needs EXECUTE on it too.  The views that read these
+-- functions are made again below.
+DROP VIEW m3ter.outbox_stats;
+DROP VIEW m3ter.databases;
+DROP FUNCTION m3ter_worker_status();
+DROP FUNCTION m3ter_databases();
+
+CREATE FUNCTION m3ter_worker_status(
+    OUT running boolean,
+    OUT pid int,
+    OUT state text,
+    OUT started_at timestamptz,
+    OUT last_drain_at timestamptz,
+    OUT last_accepted_at timestamptz,
+    OUT requests bigint,
+    OUT measurements bigint,
+    OUT accepted bigint,
+    OUT failed bigint,
+    OUT retried bigint,
+    OUT last_error text,
+    OUT last_error_at timestamptz,
+    OUT resent bigint,
+    OUT delivery_rate numeric,
+    OUT eta interval)
+RETURNS record
+AS 'MODULE_PATHNAME', 'm3ter_worker_status'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION m3ter_worker_status() IS
+    'This database''s outbox worker and the figures of deliveries made in this database since start, with the delivery rate and the time its backlog takes at it.';
 REVOKE EXECUTE ON FUNCTION m3ter_worker_status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION m3ter_worker_status() TO pg_monitor;
+
+CREATE FUNCTION m3ter_databases(
+    OUT datid oid,
+    OUT datname text,
+    OUT state text,
+    OUT running boolean,
+    OUT pid int,
+    OUT started_at timestamptz,
+    OUT last_drain_at timestamptz,
+    OUT last_accepted_at timestamptz,
+    OUT requests bigint,
+    OUT measurements bigint,
+    OUT accepted bigint,
+    OUT failed bigint,
+    OUT retried bigint,
+    OUT resent bigint,
+    OUT pending bigint,
+    OUT oldest_pending_at timestamptz,
+    OUT pending_counted_at timestamptz,
+    OUT last_error text,
+    OUT last_error_at timestamptz,
+    OUT delivery_rate numeric,
+    OUT eta interval,
+    OUT throttled bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'm3ter_databases'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION m3ter_databases() IS
+    'Every database''s outbox worker and delivery figures, cluster-wide; pending as last counted by its worker.';
+REVOKE EXECUTE ON FUNCTION m3ter_databases() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION m3ter_databases() TO pg_monitor;
+
+CREATE VIEW m3ter.databases AS
+SELECT datid, datname, state, running, pid, started_at, last_drain_at, last_accepted_at,
+       requests, measurements, accepted, failed, retried, resent,
+       pending, now() - oldest_pending_at AS oldest_pending_age, pending_counted_at,
+       last_error, last_error_at, delivery_rate, eta, throttled
+  FROM m3ter_databases();
+
+GRANT SELECT ON m3ter.databases TO pg_monitor;
 
 --
 -- Pacing (1.3): the last send slots the pacer gave, for checking that no
@@ -32,11 +104,15 @@ AS 'MODULE_PATHNAME', 'm3ter_pacing_slots'
 LANGUAGE C VOLATILE;
 REVOKE EXECUTE ON FUNCTION m3ter.pacing_slots() FROM PUBLIC;
 
---
--- Monitoring (1.3): pg_monitor reads this database's outbox figures too
--- (monitoring/postgres_exporter.yml)
---
-GRANT SELECT ON m3ter.outbox_stats TO pg_monitor;
+-- The Ingest API requests a second the pacer gives now (lowered after 429s)
+CREATE FUNCTION m3ter.pacing_pace()
+RETURNS float8
+AS 'MODULE_PATHNAME', 'm3ter_pacing_pace'
+LANGUAGE C VOLATILE;
+
+REVOKE EXECUTE ON FUNCTION m3ter.pacing_pace() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION m3ter.pacing_pace() TO pg_monitor;
+
 
 --
 -- Health (1.3): every unsafe or stuck set-up, said out loud
@@ -101,7 +177,7 @@ GRANT EXECUTE ON FUNCTION m3ter_health() TO pg_monitor;
 -- backlog takes at that rate (NULL while nothing is pending or nothing was
 -- accepted in the last minute)
 --
-CREATE OR REPLACE VIEW m3ter.outbox_stats AS
+CREATE VIEW m3ter.outbox_stats AS
 SELECT count(*) FILTER (WHERE o.status = 'pending')  AS pending,
        count(*) FILTER (WHERE o.status = 'accepted') AS accepted,
        count(*) FILTER (WHERE o.status = 'failed')   AS failed,
@@ -124,6 +200,9 @@ SELECT count(*) FILTER (WHERE o.status = 'pending')  AS pending,
        END AS eta
   FROM m3ter_worker_status() w LEFT JOIN m3ter.outbox o ON true  -- one row, also when the outbox is empty
  GROUP BY w.requests, w.measurements, w.running, w.resent, w.state;
+
+-- pg_monitor reads this database's outbox figures too (monitoring/postgres_exporter.yml)
+GRANT SELECT ON m3ter.outbox_stats TO pg_monitor;
 
 --
 -- Credentials every role can read (1.3): without the library preloaded,

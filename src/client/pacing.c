@@ -407,3 +407,26 @@ m3ter_pacing_slots(PG_FUNCTION_ARGS)
 	unlock_state();
 	PG_RETURN_ARRAYTYPE_P(construct_array(slots, n, TIMESTAMPTZOID, sizeof(TimestampTz), true, TYPALIGN_DOUBLE));
 }
+
+PG_FUNCTION_INFO_V1(m3ter_pacing_pace);
+
+/*
+ * m3ter.pacing_pace() RETURNS float8
+ *
+ * The Ingest API requests a second the pacer gives now: the limit with its
+ * headroom, lowered after 429s (0: no limit).  The cluster's when preloaded.
+ */
+Datum
+m3ter_pacing_pace(PG_FUNCTION_ARGS)
+{
+	int			per_second;
+	int			per_window;
+	double		scale;
+	PaceState  *st;
+
+	limits(M3TER_INGEST_API, &per_second, &per_window);
+	st = lock_state(M3TER_INGEST_API);
+	scale = st->scale;
+	unlock_state();
+	PG_RETURN_FLOAT8(per_second * HEADROOM * scale);
+}

@@ -21,6 +21,7 @@
  */
 #include "postgres.h"
 
+#include <math.h>
 #include <signal.h>
 
 #include "access/xact.h"
@@ -39,6 +40,7 @@
 #include "storage/spin.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -62,6 +64,70 @@ static bool xact_callback_registered = false;
 /* the worker's own slot, once attached */
 static M3terDbSlot *my_slot = NULL;
 static TimestampTz next_backlog_count = 0;
+
+/* The delivery rate: the accepted count sampled this often, over this window */
+#define RATE_SAMPLE_MS 5000
+#define RATE_WINDOW_S 60
+
+/* Sample the accepted count of a slot, at most every RATE_SAMPLE_MS (spinlock held) */
+static void
+sample_accepted(M3terDbSlot *slot, TimestampTz now)
+{
+	int			last = (slot->rate_next + M3TER_RATE_SAMPLES - 1) % M3TER_RATE_SAMPLES;
+
+	if (slot->rate_at[last] != 0 && now - slot->rate_at[last] < RATE_SAMPLE_MS * (int64) 1000)
+		return;
+	slot->rate_at[slot->rate_next] = now;
+	slot->rate_accepted[slot->rate_next] = slot->accepted;
+	slot->rate_next = (slot->rate_next + 1) % M3TER_RATE_SAMPLES;
+}
+
+/*
+ * Rows accepted a second over about the last minute: since the newest
+ * sample at least a minute old (or the oldest one, for a young worker)
+ */
+static double
+delivery_rate(const M3terDbSlot *slot, TimestampTz now)
+{
+	TimestampTz from = now - (int64) RATE_WINDOW_S * USECS_PER_SEC;
+	int			base = -1;
+	int			oldest = -1;
+	int			i;
+
+	for (i = 0; i < M3TER_RATE_SAMPLES; i++)
+	{
+		if (slot->rate_at[i] == 0)
+			continue;
+		if (slot->rate_at[i] <= from && (base < 0 || slot->rate_at[i] > slot->rate_at[base]))
+			base = i;
+		if (oldest < 0 || slot->rate_at[i] < slot->rate_at[oldest])
+			oldest = i;
+	}
+	if (base < 0)
+		base = oldest;
+	if (base < 0)
+		return 0;
+	return (slot->accepted - slot->rate_accepted[base]) /
+		Max((double) (now - slot->rate_at[base]) / USECS_PER_SEC, 1.0);
+}
+
+/* The rate (two decimals) and the time the backlog takes at it (NULL when idle) */
+static void
+rate_and_eta(const M3terDbSlot *slot, TimestampTz now, Datum *values, bool *nulls)
+{
+	double		rate = round(delivery_rate(slot, now) * 100) / 100;
+
+	values[0] = DirectFunctionCall1(float8_numeric, Float8GetDatum(rate));
+	nulls[0] = false;
+	nulls[1] = rate <= 0 || slot->backlog <= 0 || slot->backlog_at == 0;
+	if (!nulls[1])
+	{
+		Interval   *eta = palloc0(sizeof(Interval));
+
+		eta->time = (int64) ceil(slot->backlog / rate) * USECS_PER_SEC;
+		values[1] = IntervalPGetDatum(eta);
+	}
+}
 
 /* How often a worker counts its backlog, at least */
 #define BACKLOG_INTERVAL_MS 5000
@@ -153,6 +219,7 @@ m3ter_note_delivery(const M3terFlushStats *stats)
 		slot->failed += stats->failed;
 		slot->retried += stats->retried;
 		slot->resent += stats->resent;
+		slot->throttled += stats->throttled;
 		if (stats->error != NULL)
 		{
 			strlcpy(slot->last_error, stats->error, sizeof(slot->last_error));
@@ -160,6 +227,7 @@ m3ter_note_delivery(const M3terFlushStats *stats)
 		}
 		if (stats->accepted > 0)
 			slot->last_accepted_at = now;
+		sample_accepted(slot, now);
 	}
 	SpinLockRelease(&m3ter_shared->mutex);
 }
@@ -527,8 +595,8 @@ Datum
 m3ter_worker_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[14];
-	bool		nulls[14];
+	Datum		values[16];
+	bool		nulls[16];
 	M3terDbSlot copy;
 	bool		found = false;
 	bool		launcher = false;
@@ -588,6 +656,7 @@ m3ter_worker_status(PG_FUNCTION_ARGS)
 	nulls[11] = copy.last_error[0] == '\0';
 	TS_OR_NULL(12, copy.last_error_at);
 	values[13] = Int64GetDatum(copy.resent);
+	rate_and_eta(&copy, GetCurrentTimestamp(), &values[14], &nulls[14]);
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
@@ -603,6 +672,7 @@ Datum
 m3ter_databases(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	TimestampTz now;
 	M3terDbSlot *copies;
 	int			n = 0;
 	int			i;
@@ -611,6 +681,7 @@ m3ter_databases(PG_FUNCTION_ARGS)
 	if (m3ter_shared == NULL)
 		PG_RETURN_VOID();
 
+	now = GetCurrentTimestamp();
 	copies = palloc(sizeof(M3terDbSlot) * m3ter_shared->max_databases);
 	SpinLockAcquire(&m3ter_shared->mutex);
 	for (i = 0; i < m3ter_shared->max_databases; i++)
@@ -621,8 +692,8 @@ m3ter_databases(PG_FUNCTION_ARGS)
 	for (i = 0; i < n; i++)
 	{
 		M3terDbSlot *s = &copies[i];
-		Datum		values[19];
-		bool		nulls[19];
+		Datum		values[22];
+		bool		nulls[22];
 
 		memset(nulls, 0, sizeof(nulls));
 		values[0] = ObjectIdGetDatum(s->dboid);
@@ -647,6 +718,8 @@ m3ter_databases(PG_FUNCTION_ARGS)
 		values[17] = CStringGetTextDatum(s->last_error);
 		nulls[17] = s->last_error[0] == '\0';
 		TS_OR_NULL(18, s->last_error_at);
+		rate_and_eta(s, now, &values[19], &nulls[19]);
+		values[21] = Int64GetDatum(s->throttled);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	PG_RETURN_VOID();

@@ -44,6 +44,9 @@ typedef enum M3terExitReason
 	M3TER_EXIT_DUPLICATE		/* another worker already serves the database */
 } M3terExitReason;
 
+/* Samples of the accepted count kept per database (one every RATE_SAMPLE_MS) */
+#define M3TER_RATE_SAMPLES 16
+
 typedef struct M3terDbSlot
 {
 	Oid			dboid;			/* InvalidOid: free */
@@ -75,8 +78,14 @@ typedef struct M3terDbSlot
 	int64		failed;
 	int64		retried;
 	int64		resent;
+	int64		throttled;		/* 429s waited out */
 	char		last_error[256];
 	TimestampTz last_error_at;
+
+	/* the accepted count, sampled every few seconds: the delivery rate */
+	int64		rate_accepted[M3TER_RATE_SAMPLES];
+	TimestampTz rate_at[M3TER_RATE_SAMPLES];
+	int			rate_next;
 } M3terDbSlot;
 
 /* Pending launcher wake-ups (m3ter.launcher_wake() at commit) */

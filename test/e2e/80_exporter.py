@@ -90,7 +90,7 @@ ok(metric("m3ter_last_error_age_seconds") >= 0, "m3ter_last_error_age_seconds sa
 # while a slow delivery runs: the rate and the time the rest takes
 reset()
 set_and_reload(max_requests_per_second="1")
-insert_usage(4000, "eta-")
+insert_usage(12000, "eta-")
 ok(wait_until(lambda: 1000 <= outbox_counts()["accepted"] and outbox_counts()["pending"] >= 1000, timeout=30),
    "a delivery paced to a request a second is under way", outbox_counts())
 row = psql("SELECT delivery_rate || '|' || coalesce(extract(epoch FROM eta)::text, '') || '|' || pending "
@@ -98,7 +98,35 @@ row = psql("SELECT delivery_rate || '|' || coalesce(extract(epoch FROM eta)::tex
 rate, eta, pending = row.split("|")
 ok(float(rate) > 0 and eta != "" and abs(float(eta) - int(pending) / float(rate)) <= 2,
    "m3ter.outbox_stats shows the rate and the time the backlog takes at it (pending / rate)", row)
+# the worker's own figures: from its slot, with the backlog it last counted
+ok(wait_until(lambda: float(psql("SELECT delivery_rate FROM m3ter_worker_status()")) > 0
+              and psql("SELECT eta IS NOT NULL FROM m3ter_worker_status()") == "t", timeout=15),
+   "m3ter_worker_status() shows a delivery rate and an eta while the backlog drains",
+   psql("SELECT delivery_rate, eta FROM m3ter_worker_status()"))
+row = psql("SELECT delivery_rate || '|' || coalesce(extract(epoch FROM eta)::text, '') || '|' || pending "
+           "FROM m3ter.databases WHERE datname = current_database()")
+rate, eta, pending = row.split("|")
+ok(0 < float(rate) < 2000 and eta != "" and abs(float(eta) - int(pending) / float(rate)) <= 2,
+   "m3ter.databases: the rate (rows a second) and eta = pending / rate", row)
+ok(wait_until(lambda: metric("m3ter_delivery_rate_rows_per_second") > 0 and metric("m3ter_eta_seconds") > 0,
+              timeout=20), "the exporter shows both (m3ter_delivery_rate_rows_per_second, m3ter_eta_seconds)")
+is_(metric("m3ter_pace_requests_per_second"), 0.96, "m3ter_pace_requests_per_second: the pace in force")
 set_and_reload(max_requests_per_second=None)
+ok(wait_until(lambda: metric("m3ter_pace_requests_per_second") == 48.0, timeout=20),
+   "back to 48 a second (50 with the headroom) once the limit is reset")
+ok(wait_until(lambda: outbox_counts()["pending"] == 0, timeout=60), "the backlog drains")
+ok(wait_until(lambda: psql("SELECT eta IS NULL FROM m3ter_worker_status()") == "t", timeout=20),
+   "an idle worker has no eta")
+
+# 429s waited out are counted
+before = int(psql("SELECT throttled FROM m3ter.databases WHERE datname = current_database()"))
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": 1,
+                                                 "count": 2}]})
+insert_usage(10, "throttled-")
+ok(wait_until(lambda: len(stored_uids("throttled-")) == 10, timeout=30), "rows refused twice with 429 get in")
+ok(wait_until(lambda: int(psql("SELECT throttled FROM m3ter.databases WHERE datname = current_database()"))
+              >= before + 2 and metric("m3ter_requests_throttled_total") >= before + 2, timeout=20),
+   "m3ter.databases.throttled and m3ter_requests_throttled_total count the 429s")
 
 exporter.terminate()
 exporter.wait(timeout=10)
