@@ -8,7 +8,8 @@
 # package suite (test/package.sh: builds, installs, runs and purges the Debian
 # package in the system's PostgreSQL directories); last, the other majors
 # (M3TER_OTHER_MAJORS, default 18, built from Debian's source package by
-# test/pg_source.sh): every suite but the package one again, and PostgreSQL's own
+# test/pg_source.sh): every suite again (the package one builds and runs
+# postgresql-<major>-m3ter: test/package_major.sh), and PostgreSQL's own
 # regression suite (core) against a server that preloads m3ter.
 #
 #   test/run.sh                    everything
@@ -123,8 +124,13 @@ if wants reliability; then
 fi
 
 if wants package; then
-    log "package: the Debian package built, installed, run and purged; META.json"
-    tap_suite package prove --comments -e bash test/package.sh
+    if [ "$M3TER_PG_VERSION" = "$M3TER_PG_DEBIAN_MAJOR" ]; then
+        log "package: the Debian package built, installed, run and purged; META.json"
+        tap_suite package prove --comments -e bash test/package.sh
+    else
+        log "package: postgresql-$M3TER_PG_VERSION-m3ter built and run"
+        tap_suite package prove --comments -e bash test/package_major.sh
+    fi
 fi
 
 # PostgreSQL's own regression suite, from the built source tree of this major,
@@ -146,14 +152,14 @@ if wants core; then
     grep -qE '^ok ' "$out" || count 0 1
 fi
 
-# The other majors: every suite but the package one in a run of their own, and core
+# The other majors: every suite in a run of their own, core included
 if wants majors; then
     for major in $M3TER_OTHER_MAJORS; do
         [ "$major" = "$M3TER_PG_VERSION" ] && continue
         log "PostgreSQL $major: every suite again, and its own regression suite"
         out="$M3TER_TMP/major-$major.out"
         env -u M3TER_PG_ROOT M3TER_PG_VERSION="$major" M3TER_OTHER_MAJORS= \
-            "$M3TER_ROOT/test/run.sh" regress pgtap nopreload e2e reliability core 2>&1 | tee "$out"
+            "$M3TER_ROOT/test/run.sh" regress pgtap nopreload e2e reliability core package 2>&1 | tee "$out"
         n=$(sed -nE 's/^([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$out" | tail -1)
         # shellcheck disable=SC2086
         if [ -n "$n" ]; then count $n; else count 0 1; fi
