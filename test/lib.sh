@@ -75,18 +75,20 @@ m3ter_make_pg_root() {
     cp -a /usr/include/postgresql "$M3TER_PG_ROOT/usr/include/"
 }
 
-# Build and install the extension (warnings are errors)
+# Build and install the extension: warnings are errors, and the test hooks are in
+# (m3ter.test_fault_uid; builds for users have none)
+M3TER_COPT="-Werror -DM3TER_TEST_HOOKS"
 m3ter_build() {
     log "building and installing the extension"
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo=sudo
-    # objects built for another major are built again
-    if [ "$(cat "$M3TER_ROOT/.built-for" 2>/dev/null)" != "$(m3ter_pg_config)" ]; then
+    # objects built for another major, or with other flags, are built again
+    if [ "$(cat "$M3TER_ROOT/.built-for" 2>/dev/null)" != "$(m3ter_pg_config) $M3TER_COPT" ]; then
         make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" clean >/dev/null
     fi
-    make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" COPT=-Werror >/dev/null
-    m3ter_pg_config >"$M3TER_ROOT/.built-for"
-    $sudo make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" COPT=-Werror install >/dev/null
+    make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" COPT="$M3TER_COPT" >/dev/null
+    echo "$(m3ter_pg_config) $M3TER_COPT" >"$M3TER_ROOT/.built-for"
+    $sudo make -C "$M3TER_ROOT" -s PG_CONFIG="$(m3ter_pg_config)" COPT="$M3TER_COPT" install >/dev/null
 }
 
 # Run a command as the cluster's OS user (PostgreSQL refuses to run as root)

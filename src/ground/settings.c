@@ -57,7 +57,9 @@ int			m3ter_max_attempts = 0;
 int			m3ter_give_up_after_s = 7 * 86400;
 int			m3ter_resend_window_s = 34 * 86400;
 int			m3ter_batch_rows = 5000;
+#ifdef M3TER_TEST_HOOKS
 char	   *m3ter_test_fault_uid = NULL;
+#endif
 char	   *m3ter_database = NULL;
 bool		m3ter_worker_enabled = true;
 int			m3ter_worker_naptime_ms = 1000;
@@ -408,6 +410,8 @@ m3ter_define_settings(void)
 							0,
 							NULL, NULL, NULL);
 
+#ifdef M3TER_TEST_HOOKS
+	/* a test hook, only in builds for the test suite (test/lib.sh) */
 	DefineCustomStringVariable("m3ter.test_fault_uid",
 							   "Makes writing the outbox row with this uid as JSON raise an error (for tests).",
 							   NULL,
@@ -416,6 +420,7 @@ m3ter_define_settings(void)
 							   PGC_SUSET,
 							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
 							   NULL, NULL, NULL);
+#endif
 
 	DefineCustomStringVariable("m3ter.database",
 							   "Sets the databases whose m3ter.outbox a background worker drains.",

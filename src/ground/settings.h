@@ -27,7 +27,9 @@ extern int	m3ter_max_attempts;
 extern int	m3ter_give_up_after_s;
 extern int	m3ter_resend_window_s;
 extern int	m3ter_batch_rows;
+#ifdef M3TER_TEST_HOOKS
 extern char *m3ter_test_fault_uid;
+#endif
 extern char *m3ter_database;
 extern bool m3ter_worker_enabled;
 extern int	m3ter_worker_naptime_ms;

@@ -313,11 +313,13 @@ m3ter_outbox_read_row(M3terOutboxRow *row, int64 *reading)
 	*reading = row->id;			/* known before anything else can raise */
 	row->attempts = DatumGetInt32(row_values[COL_ATTEMPTS - 1]);
 	m->uid = TextDatumGetCString(row_values[COL_UID - 1]);
+#ifdef M3TER_TEST_HOOKS
 	if (m3ter_test_fault_uid[0] != '\0' && strcmp(m->uid, m3ter_test_fault_uid) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_EXCEPTION),
 				 errmsg("the outbox row \"%s\" cannot be written as JSON", m->uid),
 				 errdetail("m3ter.test_fault_uid names it.")));
+#endif
 	m->meter = TextDatumGetCString(row_values[COL_METER - 1]);
 	m->account = TextDatumGetCString(row_values[COL_ACCOUNT - 1]);
 	m3ter_format_timestamp(DatumGetTimestampTz(row_values[COL_TS - 1]), row->ts, sizeof(row->ts));
