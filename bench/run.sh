@@ -4,17 +4,19 @@
 # parts (all of them by default), each printing its table and writing JSON to
 # bench/results/:
 #
-#   bench/run.sh                 suite network dbcost
+#   bench/run.sh                 suite network dbcost reconcile
 #   bench/run.sh suite           bench/bench.py: drains, fullness, INSERT cost, latency, limits
 #   bench/run.sh network         bench/network.py: latencies x burst and drain under m3ter's
 #                                limits, the Python relay, two clusters in one organization,
 #                                token requests (starts a second cluster for it)
 #   bench/run.sh dbcost          bench/dbcost.py: the database side at two table sizes
+#   bench/run.sh reconcile       bench/reconcile.py: m3ter_reconcile() over a month of a
+#                                million rows (the stand-in stores them: not its fast mode)
 #
 # Sizes are environment variables, see each script's header; BENCH_PG_CONF adds
 # postgresql.conf lines to the clusters.
 source "$(dirname "$0")/../test/lib.sh"
-parts=${*:-suite network dbcost}
+parts=${*:-suite network dbcost reconcile}
 M3TER_PACKAGES="$M3TER_PACKAGES python3-psycopg2"
 # BENCH_PG_CONF: more postgresql.conf lines (later lines win), e.g. shared_buffers = 2GB
 PG_CONF="shared_buffers = 512MB
@@ -57,4 +59,7 @@ if wants network; then
 fi
 if wants dbcost; then
     python3 "$M3TER_ROOT/bench/dbcost.py"
+fi
+if wants reconcile; then
+    python3 "$M3TER_ROOT/bench/reconcile.py"
 fi
