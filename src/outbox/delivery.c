@@ -369,47 +369,236 @@ grow_claim(Claim *c)
 }
 
 /*
+ * One claim as it reads the rows: what it packed so far, where it is in the
+ * claim's parts, the ids it read in the gaps
+ */
+typedef struct ClaimScan
+{
+	int64		limit;			/* rows to read at most */
+	int			max_sends;		/* requests' worth to claim at most */
+	int64		read;			/* rows read (consumed) */
+	int64		bytes;			/* bytes of the measurements taken */
+	int64		send_bytes;		/* the last request, as the sender packs it */
+	int			send_items;
+	int			sends;
+	bool		full;			/* take no more rows */
+	M3terClaimState state;
+	int64		last_fresh;		/* the last fresh id read */
+	int64	   *seen;			/* ids read in the gaps: visible now */
+	int			n_seen;
+	int			seen_cap;
+	bool		ended;			/* the sampled transactions had ended */
+	bool		gaps_read;		/* the claim read past every gap */
+	StringInfoData buf;			/* the row in hand as JSON */
+	MemoryContext row_cxt;
+} ClaimScan;
+
+/* The rows one claim may take: requests' worth, batch and delivery limits */
+static int64
+claim_limit(M3terDelivery *d, int max_requests)
+{
+	int64		limit = Min((int64) max_requests * M3TER_MAX_MEASUREMENTS, (int64) m3ter_batch_rows);
+
+	if (progress.narrow_rows > 0)
+		limit = Min(limit, (int64) progress.narrow_rows);
+	if (d->max_rows > 0)
+		limit = Min(limit, d->max_rows - d->stats.claimed);
+	return limit;
+}
+
+/* An empty claim of up to limit rows, in the delivery's context */
+static Claim *
+new_claim(M3terDelivery *d, int64 limit)
+{
+	Claim	   *c = MemoryContextAllocZero(d->cxt, sizeof(Claim));
+
+	m3ter_group_init(&c->group, d->cxt, (int) Min(limit, 1024));
+	c->ids_cap = (int) Min(limit, 1024);
+	c->ids = MemoryContextAlloc(c->group.cxt, c->ids_cap * sizeof(int64));
+	c->attempts = MemoryContextAlloc(c->group.cxt, c->ids_cap * sizeof(int32));
+	return c;
+}
+
+/*
+ * Read the row in hand and check it; *verdict is why it is not sent (held
+ * when *hold), else scan->buf holds it as JSON.  False when it would open
+ * one request more than m3ter.claim_bytes allows (or pass the bytes
+ * themselves: rows too large to send): it waits for the next claim, and
+ * every request of this one is full.
+ */
+static bool
+take_row(ClaimScan *scan, Claim *c, M3terOutboxRow *row, const char **verdict, bool *hold)
+{
+	MemoryContext old = MemoryContextSwitchTo(scan->row_cxt);
+	int			k = c->group.n;
+
+	m3ter_outbox_read_row(row, &progress.row_in_hand);
+	*verdict = too_old_to_send(row);
+	if (*verdict == NULL)
+		*verdict = m3ter_catalog_verdict(&row->m, hold);
+	if (*verdict == NULL)
+	{
+		resetStringInfo(&scan->buf);
+		m3ter_append_measurement(&scan->buf, &row->m);
+	}
+	MemoryContextSwitchTo(old);
+
+	/* packed as the sender will pack it: the first row counts too */
+	if (*verdict == NULL && !m3ter_pack_item(&scan->send_bytes, &scan->send_items, scan->buf.len) && k > 0)
+		scan->sends++;
+	return !(k > 0 && *verdict == NULL &&
+			 (scan->sends > scan->max_sends || scan->bytes + scan->buf.len > (int64) m3ter_claim_bytes));
+}
+
+/* The row is consumed: move the claim's position in its part past it */
+static void
+pass_row(M3terDelivery *d, ClaimScan *scan, const M3terOutboxRow *row, M3terClaimPart part)
+{
+	scan->read++;
+	if (part == M3TER_PART_DEFERRED)
+	{
+		d->cursor_due = row->due;
+		d->cursor_id = row->id;
+	}
+	else if (part == M3TER_PART_GAP)
+	{
+		if (scan->n_seen == scan->seen_cap)
+		{
+			scan->seen_cap *= 2;
+			scan->seen = repalloc(scan->seen, scan->seen_cap * sizeof(int64));
+		}
+		scan->seen[scan->n_seen++] = row->id;
+	}
+	else
+	{
+		scan->gaps_read = true;
+		if (row->id > scan->last_fresh + 1)
+			m3ter_claim_state_add_gap(&scan->state, scan->last_fresh + 1, row->id - 1);
+		scan->last_fresh = row->id;
+	}
+}
+
+/* What becomes of a row read: deferred, held, failed by a check, or claimed */
+static void
+place_row(M3terDelivery *d, ClaimScan *scan, Claim *c, const M3terOutboxRow *row,
+		  M3terRowState rstate, bool theirs, const char *verdict, bool hold)
+{
+	if (rstate == M3TER_ROW_PASS || theirs)
+		;						/* done, deferred, or another sender has it in flight */
+	else if (rstate == M3TER_ROW_NOT_DUE)
+		m3ter_outbox_write(M3TER_ROWS_DEFER, &row->id, 1, 0, NULL, 0, 0, false);
+	else if (verdict != NULL && hold)
+		m3ter_outbox_write(M3TER_ROWS_CHECK_HELD, &row->id, 1, 0, verdict,
+						   m3ter_catalog_refresh_interval_s > 0 ? m3ter_catalog_refresh_interval_s : 600,
+						   0, false);
+	else if (verdict != NULL)
+	{
+		m3ter_outbox_write(M3TER_ROWS_FAILED, &row->id, 1, 0, verdict, 0, 0, false);
+		d->stats.failed++;
+		d->stats.error = MemoryContextStrdup(d->cxt, verdict);
+	}
+	else
+	{
+		int			k = c->group.n;
+
+		grow_claim(c);
+		m3ter_group_add(&c->group, scan->buf.data, scan->buf.len);
+		c->ids[k] = row->id;
+		c->attempts[k] = row->attempts;
+		scan->bytes += scan->buf.len;
+	}
+}
+
+/* Read the claim's rows through its cursor until the claim is full or none are left */
+static void
+scan_rows(M3terDelivery *d, ClaimScan *scan, Claim *c, Portal portal,
+		  const int64 *others, int n_others, bool *short_claim)
+{
+	int			chunk = 64;
+
+	while (!scan->full)
+	{
+		uint64		i;
+
+		SPI_cursor_fetch(portal, true, (long) Min((int64) chunk, scan->limit - scan->read));
+		if (SPI_processed == 0)
+		{
+			*short_claim = true;
+			scan->gaps_read = true;
+			break;
+		}
+		for (i = 0; i < SPI_processed && !scan->full; i++)
+		{
+			M3terOutboxRow row;
+			M3terClaimPart part;
+			M3terRowState rstate;
+			const char *verdict = NULL;
+			bool		hold = false;
+			bool		theirs;
+
+			m3ter_outbox_peek_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &row, &part, &rstate);
+			theirs = rstate == M3TER_ROW_TAKE && among(others, n_others, row.id);
+			if (rstate == M3TER_ROW_TAKE && !theirs && !take_row(scan, c, &row, &verdict, &hold))
+			{
+				scan->full = true;
+				MemoryContextReset(scan->row_cxt);
+				break;
+			}
+			pass_row(d, scan, &row, part);
+			place_row(d, scan, c, &row, rstate, theirs, verdict, hold);
+			MemoryContextReset(scan->row_cxt);
+			if (scan->read >= scan->limit)
+				scan->full = true;
+		}
+		SPI_freetuptable(SPI_tuptable);
+		/* read big rows a few at a time */
+		if (c->group.n > 0)
+			chunk = (int) Max(1, Min(256, (256 * 1024) / Max(scan->bytes / c->group.n, 1)));
+	}
+}
+
+/* The frontier and gaps after the claim's reading */
+static void
+settle_claim_state(ClaimScan *scan)
+{
+	if (scan->last_fresh != scan->state.frontier)
+	{
+		scan->state.frontier = scan->last_fresh;
+		scan->state.changed = true;
+	}
+	qsort(scan->seen, scan->n_seen, sizeof(int64), cmp_int64);
+	m3ter_claim_state_drop_ids(&scan->state, scan->seen, scan->n_seen);
+	m3ter_claim_state_settle(&scan->state, scan->ended && scan->gaps_read);
+	m3ter_claim_state_write(&scan->state);
+}
+
+/*
  * Claim up to max_requests requests' worth of due rows in one transaction
  * and queue them.  Returns the number of rows claimed; sets *short_claim
- * when fewer were due than asked for.
+ * when fewer were due than asked for.  The steps: take the claim lock, clean
+ * up stale in-flight records, read the rows through the claim's cursor
+ * (scan_rows), record the claimed ones in flight, settle the frontier.
  */
 static int
 claim(M3terDelivery *d, int max_requests, bool *short_claim)
 {
-	int64		limit = Min((int64) max_requests * M3TER_MAX_MEASUREMENTS, (int64) m3ter_batch_rows);
-	int			max_sends = (int) Min((int64) max_requests,
-									  Max((int64) m3ter_claim_bytes / M3TER_MAX_PAYLOAD_BYTES, 1));
-	int64		bytes = 0;
-	int64		send_bytes = M3TER_PAYLOAD_OVERHEAD;	/* the last request, as the sender packs it */
-	int			send_items = 0;
-	int			sends = 1;
-	int64		read = 0;
+	ClaimScan	scan;
 	int			n_live;
 	int64	   *live;
 	int			n_others;
 	int64	   *others;
 	Claim	   *c;
 	Portal		portal;
-	int			chunk = 64;
-	bool		full = false;
-	M3terClaimState state;
-	int64		last_fresh;
-	int64	   *seen;			/* ids read in the gaps: visible now */
-	int			n_seen = 0;
-	int			seen_cap;
-	bool		ended;			/* the sampled transactions had ended */
-	bool		gaps_read = false;	/* the claim read past every gap */
-	StringInfoData buf;
-	MemoryContext old;
-	MemoryContext row_cxt;
 
 	*short_claim = false;
-	if (progress.narrow_rows > 0)
-		limit = Min(limit, (int64) progress.narrow_rows);
-	if (d->max_rows > 0)
-		limit = Min(limit, d->max_rows - d->stats.claimed);
-	if (limit <= 0)
+	memset(&scan, 0, sizeof(scan));
+	scan.limit = claim_limit(d, max_requests);
+	if (scan.limit <= 0)
 		return 0;
+	scan.max_sends = (int) Min((int64) max_requests,
+							   Max((int64) m3ter_claim_bytes / M3TER_MAX_PAYLOAD_BYTES, 1));
+	scan.send_bytes = M3TER_PAYLOAD_OVERHEAD;
+	scan.sends = 1;
 
 	begin_work(d);
 	if (!m3ter_outbox_lock_claims())
@@ -426,149 +615,28 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 	others = m3ter_outbox_others_inflight(&n_others);
 	qsort(others, n_others, sizeof(int64), cmp_int64);
 
-	c = MemoryContextAllocZero(d->cxt, sizeof(Claim));
-	m3ter_group_init(&c->group, d->cxt, (int) Min(limit, 1024));
-	c->ids_cap = (int) Min(limit, 1024);
-	c->ids = MemoryContextAlloc(c->group.cxt, c->ids_cap * sizeof(int64));
-	c->attempts = MemoryContextAlloc(c->group.cxt, c->ids_cap * sizeof(int32));
-	row_cxt = AllocSetContextCreate(CurrentMemoryContext, "m3ter claim row", ALLOCSET_DEFAULT_SIZES);
-	initStringInfo(&buf);
+	c = new_claim(d, scan.limit);
+	scan.row_cxt = AllocSetContextCreate(CurrentMemoryContext, "m3ter claim row", ALLOCSET_DEFAULT_SIZES);
+	initStringInfo(&scan.buf);
 
 	progress.in_claim = true;
-	m3ter_claim_state_read(&state);
-	(void) m3ter_outbox_sweep(&state);	/* when due: flushes sweep too */
-	ended = m3ter_claim_state_sample_ended(&state);	/* before the cursor's snapshot */
-	last_fresh = state.frontier;
-	seen = palloc(Max(state.n_gaps, 1) * sizeof(int64) * 4);
-	seen_cap = Max(state.n_gaps, 1) * 4;
-	portal = m3ter_outbox_open_claim(d->cursor_due, d->cursor_id, limit, &state);
-	while (!full)
-	{
-		uint64		i;
-
-		SPI_cursor_fetch(portal, true, (long) Min((int64) chunk, limit - read));
-		if (SPI_processed == 0)
-		{
-			*short_claim = true;
-			gaps_read = true;
-			break;
-		}
-		for (i = 0; i < SPI_processed && !full; i++)
-		{
-			M3terOutboxRow row;
-			M3terClaimPart part;
-			M3terRowState rstate;
-			const char *verdict = NULL;
-			bool		hold = false;
-			bool		theirs;
-			int			k = c->group.n;
-
-			m3ter_outbox_peek_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &row, &part, &rstate);
-			theirs = rstate == M3TER_ROW_TAKE && among(others, n_others, row.id);
-			if (rstate == M3TER_ROW_TAKE && !theirs)
-			{
-				old = MemoryContextSwitchTo(row_cxt);
-				m3ter_outbox_read_row(&row, &progress.row_in_hand);
-				verdict = too_old_to_send(&row);
-				if (verdict == NULL)
-					verdict = m3ter_catalog_verdict(&row.m, &hold);
-				if (verdict == NULL)
-				{
-					resetStringInfo(&buf);
-					m3ter_append_measurement(&buf, &row.m);
-				}
-				MemoryContextSwitchTo(old);
-
-				/* packed as the sender will pack it: the first row counts too */
-				if (verdict == NULL && !m3ter_pack_item(&send_bytes, &send_items, buf.len) && k > 0)
-					sends++;
-				if (k > 0 && verdict == NULL &&
-					(sends > max_sends || bytes + buf.len > (int64) m3ter_claim_bytes))
-				{
-					/*
-					 * It would open one request more than m3ter.claim_bytes
-					 * allows (or pass the bytes themselves: rows too large to
-					 * send): it waits for the next claim, and every request of
-					 * this one is full
-					 */
-					full = true;
-					MemoryContextReset(row_cxt);
-					break;
-				}
-			}
-
-			/* the row is consumed: move past it */
-			read++;
-			if (part == M3TER_PART_DEFERRED)
-			{
-				d->cursor_due = row.due;
-				d->cursor_id = row.id;
-			}
-			else if (part == M3TER_PART_GAP)
-			{
-				if (n_seen == seen_cap)
-				{
-					seen_cap *= 2;
-					seen = repalloc(seen, seen_cap * sizeof(int64));
-				}
-				seen[n_seen++] = row.id;
-			}
-			else
-			{
-				gaps_read = true;
-				if (row.id > last_fresh + 1)
-					m3ter_claim_state_add_gap(&state, last_fresh + 1, row.id - 1);
-				last_fresh = row.id;
-			}
-
-			if (rstate == M3TER_ROW_PASS || theirs)
-				;				/* done, deferred, or another sender has it in flight */
-			else if (rstate == M3TER_ROW_NOT_DUE)
-				m3ter_outbox_write(M3TER_ROWS_DEFER, &row.id, 1, 0, NULL, 0, 0, false);
-			else if (verdict != NULL && hold)
-				m3ter_outbox_write(M3TER_ROWS_CHECK_HELD, &row.id, 1, 0, verdict,
-								   m3ter_catalog_refresh_interval_s > 0 ? m3ter_catalog_refresh_interval_s : 600,
-								   0, false);
-			else if (verdict != NULL)
-			{
-				m3ter_outbox_write(M3TER_ROWS_FAILED, &row.id, 1, 0, verdict, 0, 0, false);
-				d->stats.failed++;
-				d->stats.error = MemoryContextStrdup(d->cxt, verdict);
-			}
-			else
-			{
-				grow_claim(c);
-				m3ter_group_add(&c->group, buf.data, buf.len);
-				c->ids[k] = row.id;
-				c->attempts[k] = row.attempts;
-				bytes += buf.len;
-			}
-			MemoryContextReset(row_cxt);
-			if (read >= limit)
-				full = true;
-		}
-		SPI_freetuptable(SPI_tuptable);
-		/* read big rows a few at a time */
-		if (c->group.n > 0)
-			chunk = (int) Max(1, Min(256, (256 * 1024) / Max(bytes / c->group.n, 1)));
-	}
+	m3ter_claim_state_read(&scan.state);
+	(void) m3ter_outbox_sweep(&scan.state);	/* when due: flushes sweep too */
+	scan.ended = m3ter_claim_state_sample_ended(&scan.state);	/* before the cursor's snapshot */
+	scan.last_fresh = scan.state.frontier;
+	scan.seen_cap = Max(scan.state.n_gaps, 1) * 4;
+	scan.seen = palloc(scan.seen_cap * sizeof(int64));
+	portal = m3ter_outbox_open_claim(d->cursor_due, d->cursor_id, scan.limit, &scan.state);
+	scan_rows(d, &scan, c, portal, others, n_others, short_claim);
 	SPI_cursor_close(portal);
 	progress.in_claim = false;
 	progress.row_in_hand = 0;
-	MemoryContextDelete(row_cxt);
-	pfree(buf.data);
+	MemoryContextDelete(scan.row_cxt);
+	pfree(scan.buf.data);
 
 	if (c->group.n > 0)
 		c->record_id = m3ter_outbox_record_inflight(c->ids, c->group.n);
-	if (last_fresh != state.frontier)
-	{
-		state.frontier = last_fresh;
-		state.changed = true;
-	}
-	qsort(seen, n_seen, sizeof(int64), cmp_int64);
-	m3ter_claim_state_drop_ids(&state, seen, n_seen);
-	m3ter_claim_state_settle(&state, ended && gaps_read);
-	m3ter_claim_state_write(&state);
+	settle_claim_state(&scan);
 	end_work(d);
 
 	d->stats.claimed += c->group.n;
