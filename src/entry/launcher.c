@@ -707,6 +707,7 @@ m3ter_launcher_main(Datum main_arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	ConfigReloadPending = true;	/* a reload signalled while starting (see worker.c) */
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	pgstat_report_appname("m3ter launcher");
 

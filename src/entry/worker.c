@@ -233,6 +233,13 @@ m3ter_worker_main(Datum main_arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	/*
+	 * Read the configuration once more before the first pass: a reload the
+	 * postmaster signalled while this process was starting (before its
+	 * handler was installed) would be lost, and the settings it forked with
+	 * are those from before that reload
+	 */
+	ConfigReloadPending = true;
 
 	BackgroundWorkerInitializeConnectionByOid(DatumGetObjectId(main_arg), InvalidOid, 0);
 	/* our own queries only: a database's search_path must not pick what they call */
@@ -396,8 +403,12 @@ m3ter_worker_main(Datum main_arg)
 				failed.failed = 1;
 			m3ter_note_delivery(&failed);
 			m3ter_worker_note("error; retrying", false);
-			/* a claim that raised goes again at once, narrowed */
-			sleep_ms = row_failed || edata->sqlerrcode != ERRCODE_OUT_OF_MEMORY ? 100 :
+			/*
+			 * a claim that raised goes again at once, narrowed; a missing
+			 * setting (m3ter.org_id, a URL) or memory waits for the idle naptime
+			 */
+			sleep_ms = row_failed || (edata->sqlerrcode != ERRCODE_OUT_OF_MEMORY &&
+									  edata->sqlerrcode != ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE) ? 100 :
 				m3ter_worker_idle_naptime_ms;
 			busy = false;
 		}
