@@ -415,6 +415,8 @@ m3ter_sender_pump(M3terSender *s, int wait_ms)
 		wait_ms = Min(wait_ms, Max(next_ms, 1));
 	if (dlist_is_empty(&s->done) && s->n_in_flight > 0)
 		(void) m3ter_http_wait(wait_ms);
+	else if (dlist_is_empty(&s->done) && next_ms > 0)
+		m3ter_sleep_ms(wait_ms);	/* only delayed sends (a retry's back-off): no busy loop */
 	while (m3ter_http_collect(&resp, &tag))
 	{
 		if (tag == NULL)
