@@ -272,6 +272,8 @@ COMMENT ON TABLE m3ter.reconciliations IS
 COMMENT ON TABLE m3ter.reconciliation_drift IS
     'The cells (meter, account, UTC day, field) whose m3ter total differed from the accepted rows here, per run.';
 
+GRANT SELECT ON m3ter.reconciliations, m3ter.reconciliation_drift TO pg_monitor;
+
 SELECT pg_catalog.pg_extension_config_dump('m3ter.reconciliations', '');
 SELECT pg_catalog.pg_extension_config_dump('m3ter.reconciliations_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('m3ter.reconciliation_drift', '');
@@ -390,6 +392,7 @@ SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     run       bigint;
+    started   timestamptz := clock_timestamp();
     queries   integer := 0;
     m         record;
     ids       text[];
@@ -403,8 +406,19 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Give two finite timestamps, the first before the second: the window is [from_ts, to_ts) on the rows'' ts.';
     END IF;
+    IF meters IS NOT NULL AND (cardinality(meters) = 0 OR array_position(meters, NULL) IS NOT NULL) THEN
+        RAISE EXCEPTION 'invalid meters for m3ter_reconcile(): %', meters
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Name one meter code or more, or pass NULL for every meter of the window.';
+    END IF;
 
-    DROP TABLE IF EXISTS pg_temp.m3ter_local, pg_temp.m3ter_remote, pg_temp.m3ter_cells;
+    -- left by a call that failed earlier in this session
+    IF to_regclass('pg_temp.m3ter_local') IS NOT NULL THEN
+        DROP TABLE pg_temp.m3ter_local, pg_temp.m3ter_remote;
+    END IF;
+    IF to_regclass('pg_temp.m3ter_cells') IS NOT NULL THEN
+        DROP TABLE pg_temp.m3ter_cells;
+    END IF;
     CREATE TEMP TABLE m3ter_local (meter text, account text, day date, field text, value numeric);
     CREATE TEMP TABLE m3ter_remote (meter_id text, account_id text, day date, field text, value numeric);
 
@@ -433,6 +447,15 @@ BEGIN
     IF ids IS NOT NULL THEN
         PERFORM m3ter.catalog_lookup_accounts(ids);
     END IF;
+
+    SELECT string_agg(x.code, ', ') INTO unknown
+      FROM unnest(meters) x(code)
+     WHERE NOT EXISTS (SELECT FROM m3ter.catalog_meters c WHERE c.code = x.code AND c.id IS NOT NULL);
+    IF unknown IS NOT NULL THEN
+        RAISE NOTICE 'm3ter has no meter with the code %', unknown
+            USING HINT = 'Its usage here, if any, shows as drift with m3ter_value 0.';
+    END IF;
+    unknown := NULL;
 
     -- m3ter's totals, meter by meter, for the accounts metered here
     FOR m IN
@@ -481,9 +504,9 @@ BEGIN
                 THEN 'm3ter has no account with this code' END AS note
       FROM cells c;
 
-    INSERT INTO m3ter.reconciliations (from_ts, to_ts, meters, queries, finished_at, cells_compared,
+    INSERT INTO m3ter.reconciliations (from_ts, to_ts, meters, queries, started_at, finished_at, cells_compared,
                                        cells_drifting, drift_by_field)
-    SELECT from_ts, to_ts, meters, queries, clock_timestamp(), count(*), count(*) FILTER (WHERE c.drifting),
+    SELECT from_ts, to_ts, meters, queries, started, clock_timestamp(), count(*), count(*) FILTER (WHERE c.drifting),
            (SELECT coalesce(jsonb_object_agg(f.field, f.drift), '{}')
               FROM (SELECT d.field, sum(d.drift) AS drift FROM pg_temp.m3ter_cells d
                      WHERE d.drifting GROUP BY d.field) f)
@@ -552,6 +575,27 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Reconcile again to see what drift is left.';
     END IF;
+    -- the same drift must not be settled twice: settle only what the newest run of
+    -- these days saw, and only once the earlier settlements are in m3ter's totals
+    IF EXISTS (SELECT FROM m3ter.reconciliations r, m3ter.reconciliations o
+                WHERE o.id = run AND r.id > run AND r.error IS NULL
+                  AND r.from_ts < o.to_ts AND o.from_ts < r.to_ts) THEN
+        RAISE EXCEPTION 'reconciliation % is out of date: a later run covers its days', run
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Settle the latest run of these days instead.';
+    END IF;
+    IF EXISTS (SELECT FROM m3ter.outbox o WHERE o.metadata ? 'm3ter_settles' AND o.status = 'pending') THEN
+        RAISE EXCEPTION 'earlier settlements are still pending'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Wait until they are accepted, reconcile again, then settle what that run finds.';
+    END IF;
+    IF EXISTS (SELECT FROM m3ter.outbox o, m3ter.reconciliations r
+                WHERE r.id = run AND o.metadata ? 'm3ter_settles' AND o.status = 'accepted'
+                  AND o.accepted_at > r.started_at) THEN
+        RAISE EXCEPTION 'reconciliation % started before settlements that m3ter has since accepted', run
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Reconcile again, then settle what that run finds.';
+    END IF;
     WITH cells AS (
         SELECT d.meter, d.account, d.day,
                upper(coalesce((SELECT f->>'category' FROM m3ter.catalog_meters c,
@@ -568,7 +612,8 @@ BEGIN
           FROM cells c GROUP BY 1, 2, 3),
     ins AS (
         INSERT INTO m3ter.outbox (meter, account, ts, measure, cost, income, who, "where", what, other, metadata)
-        SELECT r.meter, r.account, r.day::timestamp AT TIME ZONE 'UTC',
+        SELECT r.meter, r.account,
+               greatest(r.day::timestamp AT TIME ZONE 'UTC', (SELECT w.from_ts FROM m3ter.reconciliations w WHERE w.id = run)),
                nullif(m3ter.zero_fields(r.meter, 'MEASURE') || coalesce(r.measure, '{}'), '{}'),
                nullif(m3ter.zero_fields(r.meter, 'COST') || coalesce(r.cost, '{}'), '{}'),
                nullif(m3ter.zero_fields(r.meter, 'INCOME') || coalesce(r.income, '{}'), '{}'),

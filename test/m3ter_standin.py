@@ -429,6 +429,7 @@ class Handler(BaseHTTPRequestHandler):
                 else:
                     self.state.measurements[m["uid"]] = m
                     self.state.enrichment.ingested(self.state, m, False)
+                    self.state.enrichment.account_at_ingest(m["account"])
             self.state.accepted_total += len(items)
         return len(items)
 

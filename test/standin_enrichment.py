@@ -177,12 +177,18 @@ class Enrichment:
             return ("InvalidAccountCode", "No account with code %s exists" % code)
         return None
 
-    def account_for(self, code):
-        """The account of a code, created as m3ter does when it is unknown (the usage query)"""
+    def account_at_ingest(self, code):
+        """Without the enrichment stage, an unknown account code creates its account at
+        ingest, as m3ter's default rule does (with it, the stage decides)"""
         with self.lock:
-            if code not in self.accounts:
+            if not self.enabled and code not in self.accounts:
                 self._create_account(code, code + "-autocreated")
-            return self.accounts[code]
+
+    def account_for(self, code):
+        """The account of a code for the usage query; one m3ter does not know has an id
+        no listing returns"""
+        with self.lock:
+            return self.accounts.get(code) or {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "account:" + code))}
 
     def _create_account(self, code, name):
         self.accounts[code] = {"id": str(uuid.uuid4()), "code": code, "name": name,
