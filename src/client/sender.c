@@ -54,6 +54,7 @@ m3ter_sender_init(M3terSender *s, int max_in_flight)
 	dlist_init(&s->queued);
 	dlist_init(&s->done);
 	s->max_in_flight = Max(max_in_flight, 1);
+	s->max_token_failures = -1;
 	s->url = MemoryContextStrdup(TopMemoryContext,
 								 psprintf("%s%s", m3ter_api_base(M3TER_INGEST_API),
 										  m3ter_org_path("/measurements")));
@@ -334,7 +335,8 @@ start_due(M3terSender *s)
 			s->token_requests += why.requests;
 			if (token == NULL)
 			{
-				if (why.outcome == M3TER_TRANSIENT)
+				if (why.outcome == M3TER_TRANSIENT &&
+					(s->max_token_failures < 0 || s->token_failures < s->max_token_failures))
 				{
 					/* the token endpoint is down: wait, spend nothing */
 					int			delay = m3ter_backoff_ms(s->token_failures++, why.retry_after_ms);
@@ -345,6 +347,7 @@ start_due(M3terSender *s)
 																 why.message ? why.message : "no answer"));
 					return delay;
 				}
+				why.retries = s->token_failures;
 				stop(s, &why);
 				return -1;
 			}

@@ -50,6 +50,7 @@ typedef struct M3terSender
 	char	   *url;
 	TimestampTz token_retry_at; /* the token endpoint failed: wait until then */
 	int			token_failures;
+	int			max_token_failures; /* then give up (a synchronous call); -1: never */
 	bool		stopped;		/* a configuration fault: start nothing */
 	M3terCallResult stop;		/* ... and the answer that said so */
 	char	   *last_error;

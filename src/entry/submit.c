@@ -181,7 +181,8 @@ answered(SubmitState *st, M3terSender *s, M3terSend *send)
 			}
 			break;
 		case M3TER_TRANSIENT:
-			if (send->tries < m3ter_max_retries)
+			/* untried: handed back by a stop (the token endpoint gave up) */
+			if (!send->untried && send->tries < m3ter_max_retries)
 			{
 				m3ter_sender_requeue(s, send, m3ter_backoff_ms(send->tries, r->retry_after_ms));
 				return;
@@ -201,6 +202,7 @@ send_all(SubmitState *st)
 	M3terSender s;
 
 	m3ter_sender_init(&s, m3ter_max_in_flight);
+	s.max_token_failures = m3ter_max_retries;	/* a call gives up, as others do */
 	PG_TRY();
 	{
 		m3ter_sender_queue(&s, &st->group, 0, st->group.n);

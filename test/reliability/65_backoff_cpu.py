@@ -47,5 +47,17 @@ ok(used < 0.3, "the worker waiting out the back-off uses no CPU (%.2f s in 2.5 s
 
 standin("POST", "/_control/faults", {"clear": True})
 ok(wait_until(lambda: len(stored_uids("backoff-")) == 100, timeout=60), "the rows go once m3ter answers again")
+
+# a token endpoint that cannot be reached: m3ter_submit() gives up after m3ter.max_retries
+closed = "http://127.0.0.1:%d" % free_port()
+for retries in (0, 1):
+    t0 = time.time()
+    r = psql("\\set VERBOSITY verbose\nSET m3ter.max_retries = %d; SET m3ter.api_url = '%s'; "
+             "SET m3ter.ingest_url = '%s'; SELECT m3ter_submit('{\"meter\": \"api_requests\", "
+             "\"account\": \"acme\", \"ts\": \"2024-01-02T03:04:05Z\"}')" % (retries, closed, closed),
+             check=False, timeout=60)
+    ok(r.returncode != 0 and "M3000" in r.stderr and time.time() - t0 < 10,
+       "with the token endpoint down and m3ter.max_retries = %d, m3ter_submit() raises M3000 (%.1f s)"
+       % (retries, time.time() - t0), r.stderr)
 reset()
 done()
