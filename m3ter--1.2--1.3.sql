@@ -138,6 +138,14 @@ BEGIN
             'm3ter is not in shared_preload_libraries: until a session loads the library, m3ter.api_secret and m3ter.access_key_id from postgresql.conf are placeholders that any role can SHOW.',
             'Move them into the file named by m3ter.credentials_file, or add m3ter to session_preload_libraries (a reload).';
     END IF;
+    -- stored without the library loaded (its check refuses them once it is), in a
+    -- catalog every role can read
+    IF EXISTS (SELECT FROM pg_db_role_setting s, unnest(s.setconfig) c
+                WHERE c LIKE 'm3ter.api\_secret=%' OR c LIKE 'm3ter.access\_key\_id=%') THEN
+        RETURN QUERY SELECT 'warning', 'credentials stored per role or database',
+            'ALTER ROLE or ALTER DATABASE ... SET put an m3ter credential into pg_db_role_setting, which every role can read.',
+            'Remove it (ALTER ROLE/DATABASE ... RESET m3ter.api_secret, m3ter.access_key_id) and use the file named by m3ter.credentials_file.';
+    END IF;
     IF NOT preloaded THEN
         RETURN QUERY SELECT 'info', 'no background worker',
             'm3ter is not in shared_preload_libraries: no worker delivers the outbox, and pacing and the token are per session.',

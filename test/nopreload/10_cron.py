@@ -35,6 +35,16 @@ psql("DROP DATABASE m3ter_warn")
 health = psql("SELECT finding FROM m3ter_health()")
 ok("credentials readable by every role" in health and "no background worker" in health,
    "m3ter_health() says the credentials are readable and no worker runs", health)
+# a session that has not loaded the library cannot refuse ALTER DATABASE ... SET of a
+# credential (its check hook is not there yet): m3ter_health() finds it in pg_db_role_setting
+psql("DROP DATABASE IF EXISTS m3ter_stored; CREATE DATABASE m3ter_stored")
+psql("ALTER DATABASE m3ter_stored SET m3ter.api_secret = 'stored-secret'")
+health = psql("SELECT finding FROM m3ter_health()")
+ok("credentials stored per role or database" in health, "m3ter_health() finds a credential stored per database",
+   health)
+psql("DROP DATABASE m3ter_stored")
+ok("credentials stored per role or database" not in psql("SELECT finding FROM m3ter_health()"),
+   "and the finding goes with it")
 psql("ALTER SYSTEM SET session_preload_libraries = 'm3ter'; SELECT pg_reload_conf()")
 time.sleep(0.5)
 health = psql("SELECT finding FROM m3ter_health()")
