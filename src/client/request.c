@@ -283,7 +283,9 @@ m3ter_call_sqlstate(const M3terCallResult *result, const char **hint)
 			*hint = "Check m3ter.org_id and the Service User's permissions; the bearer token was already renewed once.";
 			return ERRCODE_M3TER_FORBIDDEN;
 		case M3TER_AUTH_FAILED:
-			*hint = "Check m3ter.access_key_id and m3ter.api_secret.";
+			*hint = m3ter_credentials_file != NULL && m3ter_credentials_file[0] != '\0' ?
+				"Check access_key_id and api_secret in the file named by m3ter.credentials_file." :
+				"Check m3ter.access_key_id and m3ter.api_secret.";
 			return ERRCODE_M3TER_AUTH;
 		case M3TER_TOO_LARGE:
 			*hint = "Ask for less in one call.";

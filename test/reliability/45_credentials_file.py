@@ -67,6 +67,8 @@ r = psql("SELECT m3ter_organization_config() IS NOT NULL; "
          "SELECT m3ter_organization_config()" % (KEY_ID, WRONG, path), check=False)
 ok(r.returncode != 0 and "M3401" not in r.stdout and ("401" in r.stderr or "credentials" in r.stderr),
    "rewritten with a wrong secret, the next call in the same session fails", r.stderr[-300:])
+ok("in the file named by m3ter.credentials_file" in r.stderr and "Check m3ter.access_key_id" not in r.stderr,
+   "and its hint points at the file, not at the settings it replaces", r.stderr[-300:])
 write(path, SECRET)
 # another file, taken on reload
 path2 = os.path.join(d, "m3ter2.credentials")
