@@ -11,13 +11,7 @@
 
 #include <cjson/cJSON.h>
 
-#include <cjson/cJSON.h>
-
 #include "fmgr.h"
-#include "miscadmin.h"
-#include "pgstat.h"
-#include "storage/latch.h"
-#include "utils/timestamp.h"
 
 #include "client/client.h"
 #include "client/pacing.h"
@@ -96,4 +90,24 @@ m3ter_call_answer(M3terApi api, const char *method, const char *path, const char
 	if (res.outcome != M3TER_OK)
 		m3ter_raise_call_error(&res, what);
 	return m3ter_parse_answer(res.body, what);
+}
+
+/* m3ter_call_answer() with the answer as a jsonb Datum (the cJSON freed) */
+Datum
+m3ter_call_jsonb(M3terApi api, const char *method, const char *path, const char *body,
+				 const char *what)
+{
+	cJSON	   *volatile answer = m3ter_call_answer(api, method, path, body, what);
+	volatile Datum result = (Datum) 0;
+
+	PG_TRY();
+	{
+		result = m3ter_cjson_to_jsonb(answer);
+	}
+	PG_FINALLY();
+	{
+		cJSON_Delete(answer);
+	}
+	PG_END_TRY();
+	return result;
 }

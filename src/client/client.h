@@ -17,5 +17,7 @@ extern void m3ter_call(M3terApi api, const char *method, const char *path,
 					   M3terCallResult *result);
 extern cJSON *m3ter_call_answer(M3terApi api, const char *method, const char *path,
 								 const char *body, const char *what);
+extern Datum m3ter_call_jsonb(M3terApi api, const char *method, const char *path,
+							  const char *body, const char *what);
 
 #endif							/* M3TER_CLIENT_CLIENT_H */

@@ -367,20 +367,7 @@ m3ter_list_meters(PG_FUNCTION_ARGS)
 Datum
 m3ter_organization_config(PG_FUNCTION_ARGS)
 {
-	cJSON	   *volatile answer;
-	volatile Datum result = (Datum) 0;
-
 	m3ter_require_installed_version();
-	answer = m3ter_call_answer(M3TER_CONFIG_API, "GET", m3ter_org_path("/organizationconfig"), NULL,
-						 "reading the m3ter organization config");
-	PG_TRY();
-	{
-		result = m3ter_cjson_to_jsonb(answer);
-	}
-	PG_FINALLY();
-	{
-		cJSON_Delete(answer);
-	}
-	PG_END_TRY();
-	PG_RETURN_DATUM(result);
+	PG_RETURN_DATUM(m3ter_call_jsonb(M3TER_CONFIG_API, "GET", m3ter_org_path("/organizationconfig"), NULL,
+									 "reading the m3ter organization config"));
 }

@@ -52,21 +52,9 @@ Datum
 m3ter_usage_query(PG_FUNCTION_ARGS)
 {
 	char	   *text;
-	cJSON	   *volatile answer;
-	volatile Datum result = (Datum) 0;
 
 	m3ter_require_installed_version();
 	text = request_text(PG_GETARG_JSONB_P(0));
-	answer = m3ter_call_answer(M3TER_EXPLORER_API, "POST", m3ter_org_path("/usage/query"), text,
-							   "querying m3ter's usage");
-	PG_TRY();
-	{
-		result = m3ter_cjson_to_jsonb(answer);
-	}
-	PG_FINALLY();
-	{
-		cJSON_Delete(answer);
-	}
-	PG_END_TRY();
-	PG_RETURN_DATUM(result);
+	PG_RETURN_DATUM(m3ter_call_jsonb(M3TER_EXPLORER_API, "POST", m3ter_org_path("/usage/query"), text,
+									 "querying m3ter's usage"));
 }
