@@ -2,7 +2,8 @@
 """Reconciling a month: m3ter_reconcile() over BENCH_RC_ROWS rows (default 1,000,000)
 spread over BENCH_RC_DAYS days (30) x BENCH_RC_METERS meters (10) x BENCH_RC_ACCOUNTS
 accounts (1,000).  Runs on the cluster and stand-in that bench/run.sh starts; the rows
-are delivered by the worker to the stand-in, which stores them (not its fast mode: the
+(every meter, account and day mixed: some 300,000 cells) are delivered by the worker to
+the stand-in, which stores them (not its fast mode: the
 usage query answers from what it stored).  Reports the queries sent (the Data
 Explorer's one a second bounds the run), the seconds the run took, the database's
 share (the local side: summing the accepted rows by cell, timed on its own) and the
@@ -47,7 +48,7 @@ def main():
     log("inserting %d rows over %d days x %d meters x %d accounts" % (ROWS, DAYS, METERS, ACCOUNTS))
     psql("""INSERT INTO m3ter.outbox (uid, meter, account, ts, measure)
             SELECT 'rc-' || i, 'rc' || (i %% %d), 'a' || (i / %d %% %d),
-                   '%s'::timestamptz + (i %% %d) * interval '1 day' + (i / 1000) * interval '1 second',
+                   '%s'::timestamptz + (i / 7 %% %d) * interval '1 day' + (i %% 86400) * interval '1 second',
                    jsonb_build_object('n', (i %% 97) + 0.5)
               FROM generate_series(1, %d) i""" % (METERS, METERS, ACCOUNTS, START, DAYS, ROWS), timeout=900)
     t0 = time.time()

@@ -185,7 +185,7 @@ def reset(db="postgres"):
     psql("DELETE FROM m3ter.outbox", db)
     for k in ("worker_enabled", "max_requests_per_second", "org_id", "retention", "batch_rows",
               "worker_naptime", "worker_idle_naptime", "retry_max_delay", "request_timeout", "max_attempts",
-              "max_in_flight", "give_up_after", "claim_bytes", "test_fault_uid", "max_requests_per_5min",
+              "max_in_flight", "give_up_after", "claim_bytes", "test_fault_uid", "max_requests_per_5min", "requests_window",
               "ingest_url"):
         psql("ALTER SYSTEM RESET m3ter.%s" % k)
     psql("ALTER SYSTEM SET m3ter.worker_idle_naptime = '1s'")

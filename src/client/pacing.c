@@ -16,8 +16,10 @@
  *	  second only, but any trailing second of the cluster's own send times
  *	  (m3ter does not say how it counts a second: by the clock, in a
  *	  sliding window, or as a token bucket; this holds under each);
- *	- a slot is only given while fewer than the 5-minute budget were given
- *	  in the 300 seconds before it (counted in one-second buckets);
+ *	- a slot is only given once the slot that many places back in the
+ *	  5-minute budget lies a whole window before it, and half a second more
+ *	  (requests reach m3ter with delays that differ): no window of
+ *	  m3ter.requests_window, sliding or fixed, holds more than the budget;
  *	- adaptive: a 429 shows that something else spends the same budget
  *	  (another server, the application itself).  The pace then drops to
  *	  what m3ter admitted from this cluster in the last second (a little
@@ -61,7 +63,6 @@
 #include "ground/settings.h"
 #include "ground/shmem.h"
 
-#define WINDOW_S 300
 #define MIN_SCALE 0.05
 #define SCALE_DOWN 0.8
 #define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second, */
@@ -70,8 +71,10 @@
 #define CATCH_UP_US 10000
 /* slots a little under the limit: answers arrive with jitter, and m3ter counts arrivals */
 #define HEADROOM 0.96
-/* the recent send times kept for the trailing-second check (a per-second cap above it is cut to it) */
-#define RECENT_SLOTS 256
+/* the send times kept: the 5-minute budget (and a per-second cap) is cut to it */
+#define KEPT_SLOTS 20000
+/* a budget's window is kept this much (µs) longer: arrival delays differ */
+#define WINDOW_MARGIN_US 500000
 
 typedef struct PaceState
 {
@@ -82,10 +85,8 @@ typedef struct PaceState
 	TimestampTz dropped_at;		/* when a 429 last lowered it */
 	int64		admitted_second[2]; /* 2xx answers counted in this second and the last */
 	int			admitted_count[2];
-	int64		bucket_second[WINDOW_S];	/* which second each bucket counts */
-	int			bucket_count[WINDOW_S];
-	TimestampTz recent[RECENT_SLOTS];	/* the last slots given, a ring */
-	int			recent_next;	/* where the next slot given is written */
+	TimestampTz given[KEPT_SLOTS];	/* when the last slots were given, a ring */
+	int			given_next;		/* where the next slot given is written */
 } PaceState;
 
 typedef struct PaceShared
@@ -179,22 +180,17 @@ limits(M3terApi api, int *per_second, int *per_window)
 		*per_window = 0;
 		return;
 	}
-	*per_second = m3ter_max_requests_per_second;
+	*per_second = Min(m3ter_max_requests_per_second, KEPT_SLOTS);
 	*per_window = api == M3TER_INGEST_API ? m3ter_max_requests_per_5min :
 		m3ter_max_requests_per_5min * 4;
+	*per_window = Min(*per_window, KEPT_SLOTS);
 }
 
-/* Requests counted in the window that ends at second sec */
-static int
-window_count(PaceState *st, int64 sec)
+/* When the slot n places back was given (0: none was) */
+static TimestampTz
+given_back(PaceState *st, int n)
 {
-	int			n = 0;
-	int			i;
-
-	for (i = 0; i < WINDOW_S; i++)
-		if (st->bucket_second[i] > sec - WINDOW_S && st->bucket_second[i] <= sec)
-			n += st->bucket_count[i];
-	return n;
+	return st->given[(st->given_next + KEPT_SLOTS - n) % KEPT_SLOTS];
 }
 
 /*
@@ -209,7 +205,6 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 	PaceState  *st;
 	int			per_second;
 	int			per_window;
-	int64		sec;
 	double		rate;			/* slots a second, headroom and scale applied */
 	int64		interval;
 	bool		ok = true;
@@ -232,7 +227,6 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 	 */
 	slot = st->next_slot >= now - Min(interval / 2, CATCH_UP_US) ? st->next_slot : now;
 	slot = Max(slot, st->blocked_until);
-	sec = Max(slot, now) / USECS_PER_SEC;
 	if (per_second > 0)
 	{
 		/*
@@ -241,24 +235,18 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 		 * for rounding) before this one.  Slots are given in time order,
 		 * so this bounds every trailing second, wall-clock seconds too.
 		 */
-		int			cap = Min(Max((int) rate, 1), RECENT_SLOTS);
-		TimestampTz earlier = st->recent[(st->recent_next + RECENT_SLOTS - cap) % RECENT_SLOTS];
+		TimestampTz earlier = given_back(st, Max((int) rate, 1));
 
 		if (earlier != 0)
 			slot = Max(slot, earlier + USECS_PER_SEC + 1000);
-		sec = Max(slot, now) / USECS_PER_SEC;
 	}
-	if (per_window > 0 && window_count(st, sec) >= per_window)
+	if (per_window > 0)
 	{
-		/* the budget is spent: the next slot is when its oldest second leaves */
-		int64		oldest = sec;
-		int			i;
+		/* the same for the budget: once its oldest slot has left the window */
+		TimestampTz earlier = given_back(st, per_window);
 
-		for (i = 0; i < WINDOW_S; i++)
-			if (st->bucket_second[i] > sec - WINDOW_S && st->bucket_count[i] > 0)
-				oldest = Min(oldest, st->bucket_second[i]);
-		slot = Max(slot, (oldest + WINDOW_S) * USECS_PER_SEC);
-		sec = slot / USECS_PER_SEC;
+		if (earlier != 0)
+			slot = Max(slot, earlier + (int64) m3ter_requests_window_s * USECS_PER_SEC + WINDOW_MARGIN_US);
 	}
 	if (slot > now + (int64) horizon_ms * 1000)
 	{
@@ -267,20 +255,10 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 	}
 	else
 	{
-		int			b = (int) (sec % WINDOW_S);
-
 		if (per_second > 0)
-		{
 			st->next_slot = slot + interval;
-			st->recent[st->recent_next] = Max(slot, now);	/* when it is given */
-			st->recent_next = (st->recent_next + 1) % RECENT_SLOTS;
-		}
-		if (st->bucket_second[b] != sec)
-		{
-			st->bucket_second[b] = sec;
-			st->bucket_count[b] = 0;
-		}
-		st->bucket_count[b]++;
+		st->given[st->given_next] = Max(slot, now);	/* when it is given */
+		st->given_next = (st->given_next + 1) % KEPT_SLOTS;
 	}
 	unlock_state();
 	return ok;
@@ -386,20 +364,20 @@ PG_FUNCTION_INFO_V1(m3ter_pacing_slots);
  * m3ter.pacing_slots() RETURNS timestamptz[]
  *
  * When the pacer gave its last send slots for the Ingest API, oldest first
- * (up to RECENT_SLOTS; this process's own without the preload): what a
- * test checks the per-second limit against.
+ * (up to KEPT_SLOTS; this process's own without the preload): what a test
+ * checks the limits against.
  */
 Datum
 m3ter_pacing_slots(PG_FUNCTION_ARGS)
 {
-	Datum		slots[RECENT_SLOTS];
+	Datum	   *slots = palloc(KEPT_SLOTS * sizeof(Datum));	/* not under the spinlock */
 	int			n = 0;
 	int			i;
 	PaceState  *st = lock_state(M3TER_INGEST_API);
 
-	for (i = 0; i < RECENT_SLOTS; i++)
+	for (i = KEPT_SLOTS; i > 0; i--)
 	{
-		TimestampTz t = st->recent[(st->recent_next + i) % RECENT_SLOTS];
+		TimestampTz t = given_back(st, i);
 
 		if (t != 0)
 			slots[n++] = TimestampTzGetDatum(t);

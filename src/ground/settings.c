@@ -51,6 +51,7 @@ int			m3ter_max_retries = 4;
 int			m3ter_retry_max_delay_ms = 300000;
 int			m3ter_max_requests_per_second = 50;
 int			m3ter_max_requests_per_5min = 5000;
+int			m3ter_requests_window_s = 300;
 int			m3ter_max_in_flight = 32;
 int			m3ter_claim_bytes = 4 * 1024 * 1024;
 int			m3ter_max_attempts = 0;
@@ -335,13 +336,24 @@ m3ter_define_settings(void)
 	DefineCustomIntVariable("m3ter.max_requests_per_5min",
 							"Sets how many ingest requests the cluster sends in any 5 minutes at most.",
 							"m3ter allows 5,000 per rolling 5 minutes from one source address (the Config API 20,000; "
-							"four times this setting); 0 turns this limit off.",
+							"four times this setting, at most 20,000); 0 turns this limit off.",
 							&m3ter_max_requests_per_5min,
 							5000,
 							0,
 							1000000,
 							PGC_SUSET,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("m3ter.requests_window",
+							"Sets the rolling window that m3ter.max_requests_per_5min counts requests over.",
+							"m3ter's is 5 minutes; change it only if m3ter's changes.",
+							&m3ter_requests_window_s,
+							300,
+							1,
+							86400,
+							PGC_SUSET,
+							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("m3ter.max_in_flight",

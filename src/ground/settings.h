@@ -21,6 +21,7 @@ extern int	m3ter_max_retries;
 extern int	m3ter_retry_max_delay_ms;
 extern int	m3ter_max_requests_per_second;
 extern int	m3ter_max_requests_per_5min;
+extern int	m3ter_requests_window_s;
 extern int	m3ter_max_in_flight;
 extern int	m3ter_claim_bytes;
 extern int	m3ter_max_attempts;

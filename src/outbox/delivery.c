@@ -783,7 +783,8 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 			 * spending the budget in minutes.
 			 */
 			d->next_claim_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-														   300000 / m3ter_max_requests_per_5min);
+														   (int64) m3ter_requests_window_s * 1000 /
+														   m3ter_max_requests_per_5min);
 		}
 		if (got > 0)
 			d->exhausted = false;

@@ -1,0 +1,51 @@
+"""The 5-minute budget in a long drain, scaled down so that it runs in a minute.
+
+m3ter allows 5,000 requests per rolling 5 minutes from one source address. A
+drain longer than that spends the budget at the per-second rate first, then
+holds the sustained rate with no 429. Here the stand-in counts a budget of 200
+requests in any 20 seconds (a sliding window, with arrival jitter) and the
+extension is told the same (m3ter.max_requests_per_5min, m3ter.requests_window);
+requests of 10 rows make 5,000 rows 500 requests: 200 at once, then 200 more
+once the first have left the window, then the rest. Functional, not timed: no
+429, every row accepted once, and no window of the pacer's own slots over the
+budget. bench/network.py ("long") prints the ratio to the ceiling."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from m3ter_tap import *  # noqa: E402,F401,F403
+
+WINDOW, BUDGET, ROWS = 20, 200, 5000
+
+reset()
+set_and_reload(worker_enabled="off", batch_rows="10", max_requests_per_5min=str(BUDGET),
+               requests_window="%ds" % WINDOW)
+standin("POST", "/_control/config", {"rate_limit": {"model": "sliding", "window": WINDOW, "window_max": BUDGET,
+                                                    "jitter_ms": 5, "stall_every": 11, "stall_ms": 30}})
+insert_usage(ROWS, "budget-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == ROWS, timeout=150),
+   "all %d rows accepted through a budget of %d requests in %d s" % (ROWS, BUDGET, WINDOW), outbox_counts())
+
+sent = ingest_requests()
+refused = [r for r in sent if r["status"] == 429]
+is_(len(refused), 0, "no request was refused: the budget held under a sliding %d-second window" % WINDOW)
+is_(len(stored_uids("budget-")), ROWS, "the stand-in stored every uid")
+is_(standin("GET", "/_control/summary")["duplicates"], 0, "none twice")
+admitted = sorted(r["t"] for r in sent if 200 <= r["status"] < 300)
+ok(len(admitted) > 2 * BUDGET, "the drain took more requests than two budgets (%d)" % len(admitted))
+
+# the pacer's own record: no window of its slots holds more than the budget
+slots = sorted(float(x) for x in psql("SELECT extract(epoch FROM s) FROM unnest(m3ter.pacing_slots()) s").split())
+worst = max(sum(1 for u in slots if t - WINDOW < u <= t) for t in slots)
+note("%d slots; at most %d in any %d seconds; last admission %.1f s after the first"
+     % (len(slots), worst, WINDOW, admitted[-1] - admitted[0]))
+ok(len(slots) >= len(admitted) and worst <= BUDGET,
+   "no %d seconds of the pacer's slots hold more than %d" % (WINDOW, BUDGET), "%d at worst" % worst)
+# and it spent the budget at the per-second rate first (not spread evenly)
+first = [t for t in admitted if t < admitted[0] + 10]
+ok(len(first) >= BUDGET, "the first budget went out within 10 seconds (%d requests)" % len(first))
+
+standin("POST", "/_control/config", {"rate_limit": None})
+set_and_reload(requests_window=None)
+done()
