@@ -18,6 +18,10 @@ Cases, for each latency in BENCH_NET_LATENCIES (ms, default "0,50,150,400"):
 and once:
   two clusters  BENCH_NET_TWO_ROWS (the drain size) rows in each cluster, both
           workers switched on together, at BENCH_NET_TWO_LATENCY ms (150)
+  long    the 5-minute budget in a long drain, scaled down to BENCH_NET_LONG_MAX
+          (300) requests in BENCH_NET_LONG_WINDOW (30) seconds at m3ter and in the
+          extension (m3ter.max_requests_per_5min, m3ter.requests_window):
+          BENCH_NET_LONG_REQUESTS (700) full requests, at BENCH_NET_TWO_LATENCY ms
   tokens  BENCH_NET_SESSIONS (20) sessions calling m3ter_submit at once, then
           BENCH_NET_CRON_RUNS (6) flushes each in a new session BENCH_NET_CRON_INTERVAL
           (1) seconds apart, as pg_cron runs a job (pg_cron 1.4 has no
@@ -26,7 +30,9 @@ BENCH_NET_BANDWIDTH (bytes/s per connection, default 0: unlimited) applies to al
 BENCH_NET_MODEL (fixed, sliding or token_bucket; default fixed) says how the stand-in counts
 m3ter's per-second limit, with BENCH_NET_BURST (token bucket size, default 5) and
 BENCH_NET_JITTER_MS (each arrival delayed by a random 0..N ms, default 0; see test/standin_limits.py);
-BENCH_NET_CASES (default "burst,drain,relay,two,tokens") picks the cases; BENCH_NET_DUMP
+a list of models ("fixed,sliding,token_bucket") runs the cases under each in turn and ends with
+a matrix of ratios and 429s;
+BENCH_NET_CASES (default "burst,drain,relay,two,long,tokens") picks the cases; BENCH_NET_DUMP
 names a file to append each timed case's request log to (JSON lines).
 
 The ceiling is what m3ter's limits allow: requests = ceil(rows / 1000), sent at
@@ -59,7 +65,8 @@ def env_list(name, default, kind=float):
 
 
 LATENCIES = env_list("BENCH_NET_LATENCIES", "0,50,150,400")
-LIMIT = {"model": os.environ.get("BENCH_NET_MODEL", "fixed"), "burst": int(os.environ.get("BENCH_NET_BURST", 5)),
+MODELS = env_list("BENCH_NET_MODEL", "fixed", str)
+LIMIT = {"model": MODELS[0], "burst": int(os.environ.get("BENCH_NET_BURST", 5)),
          "jitter_ms": float(os.environ.get("BENCH_NET_JITTER_MS", 0))}
 BURST = int(os.environ.get("BENCH_NET_BURST_ROWS", 100000))
 DRAIN = int(os.environ.get("BENCH_NET_DRAIN_ROWS", 1000000))
@@ -70,7 +77,10 @@ SESSIONS = int(os.environ.get("BENCH_NET_SESSIONS", 20))
 CRON_RUNS = int(os.environ.get("BENCH_NET_CRON_RUNS", 6))
 CRON_INTERVAL = float(os.environ.get("BENCH_NET_CRON_INTERVAL", 1))
 BANDWIDTH = float(os.environ.get("BENCH_NET_BANDWIDTH", 0))
-CASES = set(env_list("BENCH_NET_CASES", "burst,drain,relay,two,tokens", str))
+CASES = set(env_list("BENCH_NET_CASES", "burst,drain,relay,two,long,tokens", str))
+LONG_WINDOW = int(os.environ.get("BENCH_NET_LONG_WINDOW", 30))
+LONG_MAX = int(os.environ.get("BENCH_NET_LONG_MAX", 300))
+LONG_REQUESTS = int(os.environ.get("BENCH_NET_LONG_REQUESTS", 700))
 
 # m3ter's published Ingest API limits
 PER_SECOND = 50
@@ -131,13 +141,13 @@ class Cluster:
                 "pending": int(pending)}
 
 
-def ceiling_seconds(requests_per_source, latency_ms):
+def ceiling_seconds(requests_per_source, latency_ms, window=WINDOW, window_max=WINDOW_MAX):
     """Seconds m3ter's limits need for these requests (one count per source)."""
     t = sum(requests_per_source) / PER_SECOND
     for r in requests_per_source:
-        if r > WINDOW_MAX:
+        if r > window_max:
             # the budget refills as the window rolls on
-            t = max(t, WINDOW * ((r - 1) // WINDOW_MAX) + ((r - 1) % WINDOW_MAX + 1) / PER_SECOND)
+            t = max(t, window * ((r - 1) // window_max) + ((r - 1) % window_max + 1) / PER_SECOND)
     return t + latency_ms / 1000.0
 
 
@@ -145,9 +155,9 @@ def requests_for(rows):
     return math.ceil(rows / ROWS_PER_REQUEST)
 
 
-def standin_config(latency):
+def standin_config(latency, **limit):
     standin("POST", "/_control/reset")
-    standin("POST", "/_control/config", {"fast": True, "rate_limit": LIMIT, "latency_ms": latency,
+    standin("POST", "/_control/config", {"fast": True, "rate_limit": dict(LIMIT, **limit), "latency_ms": latency,
                                          "bandwidth_bytes_per_s": BANDWIDTH})
 
 
@@ -258,6 +268,22 @@ def case_two_clusters(clusters, latency):
     return out
 
 
+def case_long(c, latency):
+    log("long: %d requests through a budget of %d in %d s, %g ms latency"
+        % (LONG_REQUESTS, LONG_MAX, LONG_WINDOW, latency))
+    rows = LONG_REQUESTS * ROWS_PER_REQUEST
+    c.fill(rows)
+    c.settings(max_requests_per_5min=LONG_MAX, requests_window="%ds" % LONG_WINDOW)
+    standin_config(latency, window=LONG_WINDOW, window_max=LONG_MAX)
+    t0 = c.settings(worker_enabled=None)
+    outcome = c.wait_drained()
+    c.settings(max_requests_per_5min=None, requests_window=None)
+    out = figures(rows, outcome["last_accepted"] - t0,
+                  ceiling_seconds([LONG_REQUESTS], latency, LONG_WINDOW, LONG_MAX), outcome, t0)
+    out.update(window_s=LONG_WINDOW, window_max=LONG_MAX, latency_ms=latency)
+    return out
+
+
 def case_tokens(c):
     log("tokens: %d sessions calling m3ter_submit, then %d flushes in new sessions" % (SESSIONS, CRON_RUNS))
     c.settings(worker_enabled="off")
@@ -284,6 +310,19 @@ def case_tokens(c):
 
 
 def main():
+    """Every case under each limiter model named; a matrix at the end when more than one."""
+    by_model = {}
+    for model in MODELS:
+        LIMIT["model"] = model
+        by_model[model] = run_cases()
+    if len(by_model) > 1:
+        matrix(by_model)
+        os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+        with open(os.path.join(HERE, "results", "network-models.json"), "w") as f:
+            json.dump({"limit": LIMIT, "models": by_model}, f, indent=2)
+
+
+def run_cases():
     main_cluster = Cluster("main", os.environ["PGHOST"], os.environ["PGPORT"])
     clusters = [main_cluster]
     if os.environ.get("BENCH_SECOND_PGPORT"):
@@ -301,6 +340,8 @@ def main():
     if len(clusters) == 2 and "two" in CASES:
         results["two_clusters"] = case_two_clusters(clusters, TWO_LATENCY)
         results["two_clusters"]["latency_ms"] = TWO_LATENCY
+    if "long" in CASES:
+        results["long"] = case_long(main_cluster, TWO_LATENCY)
     if "tokens" in CASES:
         results["tokens"] = case_tokens(main_cluster)
     main_cluster.settings(worker_enabled=None)
@@ -310,6 +351,32 @@ def main():
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "network.json"), "w") as f:
         json.dump(results, f, indent=2)
+    return results
+
+
+def matrix(by_model):
+    """Ratio to the ceiling and 429s per case and latency (rows) under each model (columns)."""
+    models = list(by_model)
+    print()
+    print("Ratio to the ceiling (429s), per limiter model; jitter %g ms, token bucket burst %d"
+          % (LIMIT["jitter_ms"], LIMIT["burst"]))
+    print()
+    print("| Case | Latency ms | " + " | ".join(models) + " |")
+    print("|---|---:|" + "---:|" * len(models))
+    first = by_model[models[0]]
+    lines = [("burst", lat, lambda r, lat=lat: r["burst"].get(lat)) for lat in first["burst"]]
+    lines += [("drain", lat, lambda r, lat=lat: r["drain"].get(lat)) for lat in first["drain"]]
+    if "two_clusters" in first:
+        lines.append(("two clusters", "%g" % first["two_clusters"]["latency_ms"], lambda r: r.get("two_clusters")))
+    if "long" in first:
+        lines.append(("long drain, %d in %d s" % (first["long"]["window_max"], first["long"]["window_s"]),
+                      "%g" % first["long"]["latency_ms"], lambda r: r.get("long")))
+    for name, lat, pick in lines:
+        cells = []
+        for m in models:
+            d = pick(by_model[m])
+            cells.append("%.2f (%d)" % (d["ratio"], d["status_429"]) if d else "")
+        print("| %s | %s | %s |" % (name, lat, " | ".join(cells)))
 
 
 def verdicts(r):
@@ -327,7 +394,9 @@ def verdicts(r):
             d["rows_per_s"], d["ratio"], "ratio >= 0.9", d["ratio"] >= 0.9)
         add("drain %s rows at %s ms: 429 answers" % (format(d["rows"], ","), lat), d["status_429"], None, "0",
             d["status_429"] == 0)
-    # the issue's targets for the burst and the relay are at 150 ms; the other latencies are in the table
+    for lat, d in r["burst"].items():
+        add("burst %s rows at %s ms: ratio to the ceiling, no 429" % (format(d["rows"], ","), lat), d["seconds"],
+            d["ratio"], "ratio >= 0.9, no 429", d["ratio"] >= 0.9 and d["status_429"] == 0)
     b = r["burst"].get("150")
     if b:
         # 3 s for 100,000 rows at 150 ms, where the ceiling is 2.15 s
@@ -339,12 +408,17 @@ def verdicts(r):
         ratio = r["drain"]["150"]["rows_per_s"] / rl["rows_per_s"]
         add("worker drain / Python relay at 150 ms (relay %s rows/s)" % format(rl["rows_per_s"], ","),
             r["drain"]["150"]["rows_per_s"], ratio, "ratio >= 5", ratio >= 5)
+    g = r.get("long")
+    if g:
+        add("long drain, %d requests through %d in %d s: ratio to the scaled budget" % (
+            math.ceil(g["rows"] / ROWS_PER_REQUEST), g["window_max"], g["window_s"]), g["rows_per_s"], g["ratio"],
+            "ratio >= 0.95, no 429", g["ratio"] >= 0.95 and g["status_429"] == 0)
     t = r.get("two_clusters")
     if t:
         add("two clusters, one organization, %g ms: rows/s together (ceiling %s)" % (
-            t["latency_ms"], format(t["ceiling_rows_per_s"], ",")), t["rows_per_s"], t["ratio"], "ratio >= 0.8",
-            t["ratio"] >= 0.8)
-        add("two clusters: 429s as % of requests", t["pct_429"], None, "< 2", t["pct_429"] < 2)
+            t["latency_ms"], format(t["ceiling_rows_per_s"], ",")), t["rows_per_s"], t["ratio"], "ratio >= 0.85",
+            t["ratio"] >= 0.85)
+        add("two clusters: 429s as % of requests", t["pct_429"], None, "< 1", t["pct_429"] < 1)
         add("two clusters: rows failed", t["failed"], None, "0", t["failed"] == 0)
     k = r.get("tokens")
     if k:
@@ -365,6 +439,9 @@ def report(r):
            [("Python relay (SDK submit_all shape)", lat, d) for lat, d in r["relay"].items()]
     if "two_clusters" in r:
         rows.append(("two clusters, one organization", "%g" % r["two_clusters"]["latency_ms"], r["two_clusters"]))
+    if "long" in r:
+        rows.append(("long drain, budget %d in %d s" % (r["long"]["window_max"], r["long"]["window_s"]),
+                     "%g" % r["long"]["latency_ms"], r["long"]))
     for name, lat, d in rows:
         print("| %s | %s | %s | %.2f | %s | %s | %.2f | %d | %d | %d |" % (
             name, lat, format(d["rows"], ","), d["seconds"], format(d["rows_per_s"], ","),
