@@ -414,6 +414,11 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Give two finite timestamps, the first before the second: the window is [from_ts, to_ts) on the rows'' ts.';
     END IF;
+    IF from_ts < '0001-01-01 00:00:00+00' OR to_ts > '10000-01-01 00:00:00+00' THEN
+        RAISE EXCEPTION 'timestamp out of range for m3ter'
+            USING ERRCODE = 'datetime_field_overflow',
+                  DETAIL = 'm3ter takes timestamps from year 1 to year 9999.';
+    END IF;
     IF meters IS NOT NULL AND (cardinality(meters) = 0 OR array_position(meters, NULL) IS NOT NULL) THEN
         RAISE EXCEPTION 'invalid meters for m3ter_reconcile(): %', meters
             USING ERRCODE = 'invalid_parameter_value',

@@ -140,6 +140,12 @@ is_(psql("SELECT count(*) FROM m3ter.reconciliations"), runs, "and keeps no half
 standin("POST", "/_control/faults", {"clear": True})
 r = psql("SELECT * FROM m3ter_reconcile('2026-11-06Z', '2026-11-01Z')", check=False)
 ok(r.returncode != 0 and "invalid window" in r.stderr, "a window that ends before it starts is refused")
+queries = len(standin("GET", "/_control/usage")["queries"])
+for window in ("'0044-03-15 BC', '2026-11-01Z'", "'2026-11-01Z', '200000-01-01Z'"):
+    r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter_reconcile(%s)" % window, check=False)
+    ok(r.returncode != 0 and "22008" in r.stderr and "out of range for m3ter" in r.stderr,
+       "a window beyond m3ter's years (%s) is refused with 22008" % window, r.stderr)
+is_(len(standin("GET", "/_control/usage")["queries"]), queries, "and nothing was asked of m3ter")
 
 # the worker's schedule (m3ter.reconcile_interval): a run kept, and a failed one with its error
 count_runs = "SELECT count(*) FROM m3ter.reconciliations"
