@@ -57,7 +57,7 @@
 #include "ground/version.h"
 #include "outbox/claim_state.h"
 #include "outbox/delivery.h"
-#include "outbox/events.h"
+#include "entry/periodic.h"
 #include "outbox/outbox.h"
 #include "outbox/slots.h"
 
@@ -178,11 +178,11 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 			*last_sweep = now;
 		}
 		if (delivering)
-			(void) m3ter_events_poll_if_due(true);
+			(void) m3ter_periodic_tasks_if_due(true);
 		else
 		{
 			*next_due = m3ter_outbox_next_due();
-			if (m3ter_events_poll_if_due(*next_due != 0 && *next_due <= GetCurrentTimestamp()))
+			if (m3ter_periodic_tasks_if_due(*next_due != 0 && *next_due <= GetCurrentTimestamp()))
 				*next_due = m3ter_outbox_next_due();	/* it may have released held rows */
 		}
 	}

@@ -34,14 +34,14 @@
  *	- m3ter does not publish the JSON of an event's m3terEvent nor of the
  *	  log file: every assumption about them lives in the "assumed shapes"
  *	  section below, and is tolerant (any nesting, several member names).
- *	- From the worker, the poll runs in a subtransaction: its failure is
- *	  logged and rolled back without touching the drain of the same pass.
+ *	- From the worker, the poll runs in a subtransaction (entry/periodic.c):
+ *	  its failure is logged and rolled back without touching the drain of
+ *	  the same pass.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -50,7 +50,6 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
-#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 #include "outbox/events.h"
@@ -64,7 +63,6 @@
 #include "ground/settings.h"
 #include "ground/spi_util.h"
 #include "ground/standby.h"
-#include "outbox/catalog.h"
 
 PG_FUNCTION_INFO_V1(m3ter_poll_events);
 
@@ -660,132 +658,16 @@ poll_events(int max_retries, PollStats *stats)
 	save_cursor(resume, stats);
 }
 
-/* The worker's periodic tasks */
-typedef enum PeriodicTask
+/* A poll from the worker: a failure part-way is logged, what was read stays */
+void
+m3ter_events_poll_logged(void)
 {
-	TASK_EVENT_POLL,
-	TASK_CATALOG_SYNC,
-	TASK_RECONCILE
-} PeriodicTask;
+	PollStats	stats;
 
-/*
- * Reconcile the days between m3ter.reconcile_days and m3ter.reconcile_lag
- * ago; m3ter.reconcile_scheduled() keeps a failed run with its error
- */
-static void
-reconcile_scheduled(void)
-{
-	char	   *sql = psprintf("SELECT m3ter.reconcile_scheduled(%d, %d)",
-							   m3ter_reconcile_lag_s, m3ter_reconcile_days);
-
-	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "m3ter scheduled reconciliation failed");
-}
-
-/* Run a periodic task in a subtransaction; log and swallow errors */
-static void
-run_guarded(PeriodicTask task, const char *what)
-{
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		if (task == TASK_EVENT_POLL)
-		{
-			PollStats	stats;
-
-			memset(&stats, 0, sizeof(stats));
-			poll_events(0, &stats);
-			if (stats.error != NULL)
-				ereport(LOG, (errmsg("m3ter %s stopped early: %s", what, stats.error)));
-		}
-		else if (task == TASK_CATALOG_SYNC)
-			m3ter_catalog_sync(m3ter_unknown_accounts != M3TER_ACCOUNTS_SEND, 0, NULL);
-		else
-			reconcile_scheduled();
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-		ereport(LOG,
-				(errmsg("m3ter %s failed: %s", what, edata->message),
-				 edata->detail ? errdetail("%s", edata->detail) : 0));
-		if (task == TASK_CATALOG_SYNC)
-			m3ter_catalog_note_error(edata->message);
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
-}
-
-/*
- * Has a periodic task of interval_s fallen due since *last (0: never run,
- * due at once)?  With rows waiting to be sent it waits one interval more:
- * its requests to m3ter would delay the rows' and spend the same limits.
- */
-static bool
-interval_due(TimestampTz *last, int interval_s, bool rows_due, TimestampTz first_call)
-{
-	TimestampTz now = GetCurrentTimestamp();
-	TimestampTz since = *last != 0 ? *last : first_call - (int64) interval_s * USECS_PER_SEC;
-
-	if (interval_s <= 0 ||
-		!TimestampDifferenceExceeds(since, now, (int) Min((int64) interval_s * 1000 * (rows_due ? 2 : 1),
-														  (int64) INT_MAX)))
-		return false;
-	*last = now;
-	return true;
-}
-
-/*
- * Called by the worker once per pass, in a transaction with SPI connected:
- * poll the Events API (later while rows_due: rows to send come first) and
- * refresh the catalog when their intervals passed.  Returns true when it
- * ran either (rows may have changed).
- */
-bool
-m3ter_events_poll_if_due(bool rows_due)
-{
-	static TimestampTz first_call = 0;
-	static TimestampTz last_poll = 0;
-	static TimestampTz last_sync = 0;
-	static TimestampTz last_reconcile = 0;
-
-	bool		ran = false;
-
-	if (first_call == 0)
-		first_call = GetCurrentTimestamp();
-	if (interval_due(&last_poll, m3ter_events_poll_interval_s, rows_due, first_call) &&
-		m3ter_has_relation("event_cursor"))
-	{
-		run_guarded(TASK_EVENT_POLL, "event poll");
-		ran = true;
-	}
-	/* the checks of the rows about to be claimed want the catalog first */
-	if (m3ter_catalog_checks &&
-		interval_due(&last_sync, m3ter_catalog_refresh_interval_s, false, first_call) &&
-		m3ter_has_relation("catalog_state"))
-	{
-		run_guarded(TASK_CATALOG_SYNC, "catalog sync");
-		ran = true;
-	}
-	/* delivery waits while it runs: one usage query a second */
-	if (interval_due(&last_reconcile, m3ter_reconcile_interval_s, rows_due, first_call) &&
-		m3ter_has_relation("reconciliations"))
-		run_guarded(TASK_RECONCILE, "reconciliation");
-	return ran;
+	memset(&stats, 0, sizeof(stats));
+	poll_events(0, &stats);
+	if (stats.error != NULL)
+		ereport(LOG, (errmsg("m3ter event poll stopped early: %s", stats.error)));
 }
 
 /* m3ter_poll_events() RETURNS jsonb */

@@ -8,6 +8,6 @@
 #ifndef M3TER_OUTBOX_EVENTS_H
 #define M3TER_OUTBOX_EVENTS_H
 
-extern bool m3ter_events_poll_if_due(bool rows_due);
+extern void m3ter_events_poll_logged(void);
 
 #endif							/* M3TER_OUTBOX_EVENTS_H */
