@@ -10,7 +10,6 @@ the layer map and TAP lines; exits non-zero when a rule is broken.
     test/layers.py            after make
 """
 import collections
-import glob
 import os
 import subprocess
 import sys
@@ -20,15 +19,31 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def layer(name):
-    return LAYERS.index(name.split("/")[0])
+    top = name.split("/")[0]
+    if top not in LAYERS:
+        sys.exit("src/%s is in no layer: put it in one of %s (and name the layer in test/layers.py)"
+                 % (name, ", ".join(LAYERS)))
+    return LAYERS.index(top)
+
+
+def built_objects():
+    """The objects the Makefile builds (OBJS), not whatever .o lies under src/:
+    an object left behind by a file that moved must not stand in for it"""
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        text = f.read().replace("\\\n", " ")
+    for line in text.splitlines():
+        if line.startswith("OBJS"):
+            return [os.path.join(ROOT, o) for o in line.split("=", 1)[1].split() if o.startswith("src/")]
+    sys.exit("no OBJS in the Makefile")
 
 
 def calls():
     """{file: {file it calls}} over the objects of src/"""
     defined, needed = {}, {}
-    objects = sorted(glob.glob(os.path.join(ROOT, "src", "**", "*.o"), recursive=True))
-    if not objects:
-        sys.exit("no objects under src/: run make first")
+    objects = built_objects()
+    missing = [o for o in objects if not os.path.exists(o)]
+    if missing:
+        sys.exit("not built: %s: run make first" % " ".join(os.path.relpath(o, ROOT) for o in missing))
     for obj in objects:
         name = os.path.splitext(os.path.relpath(obj, os.path.join(ROOT, "src")))[0]
         needed[name] = set()

@@ -31,7 +31,13 @@ for a in $suites; do
     case $a in test/e2e/*) suites+=" e2e"; files+=" $a" ;; test/reliability/*) suites+=" reliability"; files+=" $a" ;; esac
 done
 # the files of suite $1 to run: those named, or all
-suite_files() { local f; for f in $files; do [[ $f == test/$1/* ]] && echo "$f"; done | grep . || ls test/"$1"/*.py; }
+suite_files() {
+    local f picked=""
+    for f in $files; do
+        if [[ $f == test/$1/* ]]; then picked+=" $f"; fi
+    done
+    if [ -n "$picked" ]; then echo $picked; else ls test/"$1"/*.py; fi
+}
 m3ter_start
 
 passed=0
@@ -86,7 +92,7 @@ fi
 
 if wants layers; then
     log "layers: no file of src/ calls a layer above it or forms a circle"
-    tap_suite layers prove -e python3 test/layers.py
+    tap_suite layers prove --comments -e python3 test/layers.py
 fi
 
 if wants pgtap; then
