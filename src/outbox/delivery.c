@@ -64,6 +64,7 @@
 #include "ground/errors.h"
 #include "ground/measurement.h"
 #include "ground/settings.h"
+#include "ground/subscriber.h"
 #include "ground/version.h"
 #include "outbox/catalog.h"
 #include "outbox/claim_state.h"
@@ -609,6 +610,13 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 		return 0;
 	}
 	d->claim_lock_busy = false;
+	if (m3ter_outbox_subscription() != NULL)
+	{
+		/* enabled since the delivery began: the publisher delivers (subscriber.c) */
+		end_work(d);
+		d->subscribed = true;
+		return 0;
+	}
 	m3ter_catalog_prepare();
 	live = live_records(d, &n_live);
 	d->stats.orphaned += m3ter_outbox_clean_inflight(live, n_live);
@@ -746,7 +754,7 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 
 		m3ter_sleep_ms((int) Min(ms, (long) Max(wait_ms, 1)));
 	}
-	if (!d->sender.stopped && !d->stats.stopped && free_requests > 0 &&
+	if (!d->sender.stopped && !d->stats.stopped && !d->subscribed && free_requests > 0 &&
 		d->next_claim_at <= GetCurrentTimestamp() &&
 		(d->max_rows <= 0 || d->stats.claimed < d->max_rows) &&
 		!(d->wrap_wanted && d->n_claims > 0))
@@ -803,7 +811,7 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 		d->stats.error = d->sender.last_error;
 	if (m3ter_sender_busy(&d->sender) > 0 || d->n_claims > 0)
 		return true;
-	if (d->stats.stopped || (d->max_rows > 0 && d->stats.claimed >= d->max_rows))
+	if (d->stats.stopped || d->subscribed || (d->max_rows > 0 && d->stats.claimed >= d->max_rows))
 		return false;
 	return !d->exhausted;
 }

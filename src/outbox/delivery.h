@@ -46,6 +46,7 @@ typedef struct M3terDelivery
 	bool		wrap_wanted;	/* start over once nothing is in flight */
 	bool		exhausted;		/* a pass from the front found nothing due */
 	bool		claim_lock_busy;	/* an atomic flush holds the claim lock */
+	bool		subscribed;		/* a subscription fills the outbox now: claim no more */
 	TimestampTz next_claim_at;	/* after a part-full request: claim from then on */
 	int64		max_rows;		/* stop after claiming this many (0: no limit) */
 	M3terFlushStats stats;

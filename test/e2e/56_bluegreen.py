@@ -71,6 +71,30 @@ is_(len(stored_uids("cutover-")) + len(stored_uids("green-")), 800, "m3ter has e
 is_(standin("GET", "/_control/summary")["duplicates"], 0, "none sent twice")
 ok("resumed" in green.log_text(), "green's log says delivery resumed")
 
+# a subscription enabled while green is delivering its own rows: green stops claiming at
+# once (not at its next upkeep), so the rows that arrive from blue are not sent by green
+blue.psql("SELECT setval('m3ter.outbox_id_seq', 1000000)")
+insert_usage(500, "blue2-", db=blue.conninfo())
+green.psql("ALTER SYSTEM SET m3ter.batch_rows = 10; ALTER SYSTEM SET m3ter.max_requests_per_second = 4; "
+           "SELECT pg_reload_conf()")
+time.sleep(1)
+insert_usage(400, "green2-", db=green.conninfo())
+ok(wait_until(lambda: counts(green, "green2-")["accepted"] > 0, timeout=30), "green delivers its own rows slowly")
+green.psql("ALTER SUBSCRIPTION m3ter_outbox_sub ENABLE")
+ok(wait_until(lambda: counts(green, "blue2-")["pending"] == 500, timeout=30),
+   "blue's rows arrive while green is delivering", counts(green, "blue2-"))
+# (a delivery that went on would finish green's rows in about 10 s, then take blue's)
+wait_until(lambda: counts(green, "green2-")["accepted"] == 400, timeout=15)
+time.sleep(4)
+is_(len(stored_uids("blue2-")), 0, "green sent none of them: its delivery stopped claiming")
+ok(counts(green, "green2-")["pending"] > 0, "and it paused with its own rows still pending", counts(green, "green2-"))
+green.psql("ALTER SUBSCRIPTION m3ter_outbox_sub DISABLE")
+green.psql("ALTER SYSTEM RESET m3ter.batch_rows; ALTER SYSTEM RESET m3ter.max_requests_per_second; "
+           "SELECT pg_reload_conf()")
+ok(wait_until(lambda: counts(green, "blue2-")["accepted"] == 500 and counts(green, "green2-")["accepted"] == 400,
+              timeout=60), "after the second cutover green delivers both", counts(green, "green2-"))
+is_(standin("GET", "/_control/summary")["duplicates"], 0, "none sent twice")
+
 green.psql("DROP SUBSCRIPTION m3ter_outbox_sub")
 green.remove()
 blue.remove()
