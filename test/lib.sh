@@ -21,14 +21,15 @@ M3TER_PG_DEBIAN_MAJOR=15
 # use; PostgreSQL finds its files relative to its binaries, so the extension is
 # built and installed there and nothing under the system's PostgreSQL directories
 # changes, and two checkouts can test side by side.  Default: .pgroot in the checkout
-# for Debian's major, the build's own prefix for another; set to the empty string for
-# the system's own directories (test/package.sh does).
+# for Debian's major, .pgroot-<major> for another (a copy of the build kept in
+# M3TER_PG_CACHE); set to the empty string for the system's own directories
+# (test/package.sh does).
 if [ "$M3TER_PG_VERSION" = "$M3TER_PG_DEBIAN_MAJOR" ]; then
     M3TER_PG_ROOT=${M3TER_PG_ROOT-$M3TER_ROOT/.pgroot}
     M3TER_PG_PACKAGES="postgresql-$M3TER_PG_VERSION postgresql-server-dev-$M3TER_PG_VERSION \
 postgresql-$M3TER_PG_VERSION-pgtap postgresql-$M3TER_PG_VERSION-cron"
 else
-    M3TER_PG_ROOT=${M3TER_PG_ROOT-$M3TER_PG_CACHE/$M3TER_PG_VERSION}
+    M3TER_PG_ROOT=${M3TER_PG_ROOT-$M3TER_ROOT/.pgroot-$M3TER_PG_VERSION}
     M3TER_PG_PACKAGES=""
 fi
 export M3TER_PG_ROOT M3TER_PG_VERSION
@@ -65,7 +66,12 @@ m3ter_make_pg_root() {
     [ -n "$M3TER_PG_ROOT" ] || return 0
     [ -x "$(m3ter_pg_config)" ] && return 0
     if [ "$M3TER_PG_VERSION" != "$M3TER_PG_DEBIAN_MAJOR" ]; then
-        M3TER_PG_CACHE=$(dirname "$M3TER_PG_ROOT") m3ter_build_pg_source "$M3TER_PG_VERSION"
+        # built once into the cache; each checkout installs into a copy of its own
+        m3ter_build_pg_source "$M3TER_PG_VERSION"
+        [ "$M3TER_PG_ROOT" -ef "$M3TER_PG_CACHE/$M3TER_PG_VERSION" ] && return
+        log "copying PostgreSQL $M3TER_PG_VERSION into $M3TER_PG_ROOT"
+        mkdir -p "$M3TER_PG_ROOT"
+        cp -a "$M3TER_PG_CACHE/$M3TER_PG_VERSION/usr" "$M3TER_PG_ROOT/"
         return
     fi
     log "copying the PostgreSQL installation into $M3TER_PG_ROOT"
