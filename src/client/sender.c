@@ -105,7 +105,7 @@ m3ter_group_add(M3terGroup *g, const char *item, int len)
 }
 
 /* Bytes of measurement i written as JSON */
-int
+static int
 m3ter_group_item_len(const M3terGroup *g, int i)
 {
 	return g->offsets[i + 1] - g->offsets[i] - 1;

@@ -64,7 +64,6 @@ extern void m3ter_sender_free(M3terSender *s);
 extern void m3ter_group_init(M3terGroup *g, MemoryContext parent, int capacity);
 extern void m3ter_group_add(M3terGroup *g, const char *item, int len);
 extern bool m3ter_pack_item(int64 *bytes, int *items, int len);
-extern int	m3ter_group_item_len(const M3terGroup *g, int i);
 extern void m3ter_sender_queue(M3terSender *s, M3terGroup *g, int start, int end);
 extern void m3ter_sender_requeue(M3terSender *s, M3terSend *send, int delay_ms);
 extern void m3ter_sender_split(M3terSender *s, M3terSend *send);

@@ -85,7 +85,7 @@ append_unconvertible(StringInfo out, const unsigned char *p, int avail,
  * NUL-terminated.  Needs a transaction when the database encoding is neither
  * UTF8 nor SQL_ASCII.
  */
-char *
+static char *
 m3ter_utf8_to_server(const char *s, int len)
 {
 	int			enc = GetDatabaseEncoding();
@@ -167,7 +167,7 @@ m3ter_utf8_to_server(const char *s, int len)
  * it needs no change).  what names the text in the error raised when a
  * SQL_ASCII database holds bytes that are not UTF-8.
  */
-char *
+static char *
 m3ter_server_to_utf8(const char *s, int len, const char *what)
 {
 	int			enc = GetDatabaseEncoding();

@@ -18,7 +18,5 @@ extern Datum m3ter_cjson_to_jsonb(const cJSON *item);
 extern cJSON *m3ter_jsonb_to_cjson(Jsonb *jb, const char *what);
 extern char *m3ter_cjson_print_utf8(const cJSON *item, const char *what);
 
-extern char *m3ter_utf8_to_server(const char *s, int len);
-extern char *m3ter_server_to_utf8(const char *s, int len, const char *what);
 
 #endif							/* M3TER_GROUND_JSON_H */
