@@ -204,7 +204,7 @@ record_outcome(M3terDelivery *d, M3terSend *send)
 	switch (r->outcome)
 	{
 		case M3TER_OK:
-			m3ter_outbox_write(M3TER_ROWS_ACCEPTED, ids, n, r->status, NULL, 1, 0, false);
+			m3ter_outbox_write(M3TER_ROWS_ACCEPTED, ids, n, &(M3terRowOutcome) {.http_status = r->status});
 			st->accepted += n;
 			for (i = send->start; i < send->end; i++)
 				c->attempts[i]++;
@@ -218,8 +218,9 @@ record_outcome(M3terDelivery *d, M3terSend *send)
 				m3ter_sender_split(&d->sender, send);
 				return;
 			}
-			m3ter_outbox_write(M3TER_ROWS_FAILED, ids, n, r->status, r->message,
-							   r->status != 0 ? 1 : 0, 0, false);
+			m3ter_outbox_write(M3TER_ROWS_FAILED, ids, n,
+							   &(M3terRowOutcome) {.http_status = r->status, .error = r->message,
+							   .sent = r->status != 0});
 			st->failed += n;
 			st->error = r->message;
 			m3ter_sender_finish(&d->sender, send);
@@ -234,9 +235,10 @@ record_outcome(M3terDelivery *d, M3terSend *send)
 				return;
 			}
 			{
-				int64		gave_up = m3ter_outbox_write(M3TER_ROWS_RETRY, ids, n, r->status,
-														 r->message, 1, r->retry_after_ms,
-														 r->status == 429);
+				int64		gave_up = m3ter_outbox_write(M3TER_ROWS_RETRY, ids, n,
+														 &(M3terRowOutcome) {.http_status = r->status,
+														 .error = r->message, .retry_after_ms = r->retry_after_ms,
+														 .throttled = r->status == 429});
 
 				st->failed += gave_up;
 				st->retried += n - gave_up;
@@ -257,7 +259,7 @@ record_outcome(M3terDelivery *d, M3terSend *send)
 	st->stopped = true;
 	st->stop_sqlstate = m3ter_call_sqlstate(r, NULL);
 	st->error = psprintf("%s (HTTP %ld)", r->message ? r->message : "refused", r->status);
-	m3ter_outbox_write(M3TER_ROWS_HELD, ids, n, r->status, st->error, 0, 0, false);
+	m3ter_outbox_write(M3TER_ROWS_HELD, ids, n, &(M3terRowOutcome) {.http_status = r->status, .error = st->error});
 	m3ter_sender_finish(&d->sender, send);
 }
 
@@ -487,14 +489,14 @@ place_row(M3terDelivery *d, ClaimScan *scan, Claim *c, const M3terOutboxRow *row
 	if (rstate == M3TER_ROW_PASS || theirs)
 		;						/* done, deferred, or another sender has it in flight */
 	else if (rstate == M3TER_ROW_NOT_DUE)
-		m3ter_outbox_write(M3TER_ROWS_DEFER, &row->id, 1, 0, NULL, 0, 0, false);
+		m3ter_outbox_write(M3TER_ROWS_DEFER, &row->id, 1, &(M3terRowOutcome) {0});
 	else if (verdict != NULL && hold)
-		m3ter_outbox_write(M3TER_ROWS_CHECK_HELD, &row->id, 1, 0, verdict,
-						   m3ter_catalog_refresh_interval_s > 0 ? m3ter_catalog_refresh_interval_s : 600,
-						   0, false);
+		m3ter_outbox_write(M3TER_ROWS_CHECK_HELD, &row->id, 1,
+						   &(M3terRowOutcome) {.error = verdict,
+						   .hold_s = m3ter_catalog_refresh_interval_s > 0 ? m3ter_catalog_refresh_interval_s : 600});
 	else if (verdict != NULL)
 	{
-		m3ter_outbox_write(M3TER_ROWS_FAILED, &row->id, 1, 0, verdict, 0, 0, false);
+		m3ter_outbox_write(M3TER_ROWS_FAILED, &row->id, 1, &(M3terRowOutcome) {.error = verdict});
 		d->stats.failed++;
 		d->stats.error = MemoryContextStrdup(d->cxt, verdict);
 	}

@@ -392,12 +392,10 @@ m3ter_outbox_record_exists(int64 record_id)
 
 /*
  * Write an outcome for rows ids[0..n).  For M3TER_ROWS_RETRY returns how
- * many rows gave up and became 'failed'.  sent: 1 when the rows were sent
- * (failed rows), the seconds to hold them (M3TER_ROWS_CHECK_HELD).
+ * many rows gave up and became 'failed'.
  */
 int64
-m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n, long http_status,
-				   const char *error, int sent, int retry_after_ms, bool throttled)
+m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n, const M3terRowOutcome *outcome)
 {
 	static SPIPlanPtr plans[6];
 	static const char *const sqls[6] = {accepted_sql, failed_sql, retry_sql, held_sql, check_held_sql,
@@ -413,20 +411,20 @@ m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n, long http_stat
 	if (which == M3TER_ROWS_FAILED)
 		types[3] = INT4OID;
 	values[0] = m3ter_int8_array(ids, n);
-	values[1] = Int32GetDatum((int32) http_status);
-	nulls[1] = http_status == 0 ? 'n' : ' ';
-	values[2] = error ? CStringGetTextDatum(error) : (Datum) 0;
-	nulls[2] = error ? ' ' : 'n';
+	values[1] = Int32GetDatum((int32) outcome->http_status);
+	nulls[1] = outcome->http_status == 0 ? 'n' : ' ';
+	values[2] = outcome->error ? CStringGetTextDatum(outcome->error) : (Datum) 0;
+	nulls[2] = outcome->error ? ' ' : 'n';
 	if (which == M3TER_ROWS_FAILED)
-		values[3] = Int32GetDatum(sent);
+		values[3] = Int32GetDatum(outcome->sent ? 1 : 0);
 	else if (which == M3TER_ROWS_CHECK_HELD)
-		values[3] = Float8GetDatum((double) sent);	/* seconds to hold */
+		values[3] = Float8GetDatum((double) outcome->hold_s);
 	else
 		values[3] = Float8GetDatum(m3ter_give_up_after_s);
 	values[4] = Int32GetDatum(m3ter_max_attempts);
-	values[5] = Float8GetDatum(Max(retry_after_ms, 0) / 1000.0);
+	values[5] = Float8GetDatum(Max(outcome->retry_after_ms, 0) / 1000.0);
 	values[6] = Float8GetDatum(m3ter_retry_max_delay_ms / 1000.0);
-	values[7] = BoolGetDatum(throttled);
+	values[7] = BoolGetDatum(outcome->throttled);
 	values[8] = TimestampTzGetDatum(GetCurrentTimestamp());	/* one time for all the rows */
 
 	rc = SPI_execute_plan(m3ter_keep_plan(&plans[which], sqls[which], nargs[which], types),

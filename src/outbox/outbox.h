@@ -52,6 +52,17 @@ typedef struct M3terOutboxRow
 	char		ets[40];
 } M3terOutboxRow;
 
+/* What m3ter_outbox_write() writes besides the rows' new state */
+typedef struct M3terRowOutcome
+{
+	long		http_status;	/* m3ter's answer, 0: none */
+	const char *error;			/* why, or NULL */
+	bool		sent;			/* failed rows: a request carried them */
+	int			hold_s;			/* held rows: seconds before they are looked at again */
+	int			retry_after_ms; /* retried rows: m3ter's Retry-After */
+	bool		throttled;		/* retried rows: the answer was a 429 */
+} M3terRowOutcome;
+
 extern bool m3ter_outbox_lock_claims(void);
 extern int64 m3ter_outbox_clean_inflight(const int64 *live_ids, int n_live);
 extern int64 *m3ter_outbox_others_inflight(int *n);
@@ -64,8 +75,7 @@ extern int64 m3ter_outbox_record_inflight(const int64 *ids, int n);
 extern void m3ter_outbox_release(int64 record_id);
 extern bool m3ter_outbox_record_exists(int64 record_id);
 extern int64 m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n,
-								long http_status, const char *error, int sent,
-								int retry_after_ms, bool throttled);
+								const M3terRowOutcome *outcome);
 extern void m3ter_outbox_fail_row(int64 id, const char *why);
 extern TimestampTz m3ter_outbox_next_due(void);
 extern bool m3ter_outbox_delete_expired(int retention_s);
