@@ -675,3 +675,8 @@ REVOKE ALL ON FUNCTION m3ter.reconcile_scheduled(integer, integer) FROM PUBLIC;
 -- the reconciliation's helpers are for its functions only
 REVOKE ALL ON FUNCTION m3ter.usage_rows(jsonb), m3ter.usage_query_limit(), m3ter.is_drift(numeric, numeric),
     m3ter.reconcile_accounts_per_query(), m3ter.extension_schema(), m3ter.zero_fields(text, text) FROM PUBLIC;
+
+--
+-- Monitoring: the catalog's age for the exporter's pg_monitor role
+--
+GRANT SELECT ON m3ter.catalog_state TO pg_monitor;

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -63,8 +64,11 @@ ok(wait_until(lambda: metric("m3ter_outbox_pending") == 300, timeout=20), "m3ter
    metric("m3ter_outbox_pending"))
 ok(metric("m3ter_outbox_oldest_pending_age_seconds") > 0, "m3ter_outbox_oldest_pending_age_seconds is set")
 values, states, _ = scrape()
-ok(("m3ter_worker_running", "postgres") in values and "postgres" in states,
-   "m3ter_worker_running carries the worker's state as a label (%s)" % states.get("postgres"))
+ok(("m3ter_worker_state_info", "postgres") in values and "postgres" in states,
+   "m3ter_worker_state_info carries the worker's state as a label (%s)" % states.get("postgres"))
+ok(not re.search(r"^m3ter_(rows|requests)\w*\{[^}]*state=", scrape()[2], re.M),
+   "the counters carry no state label (a state change starts no new series)")
+ok(metric("m3ter_outbox_catalog_age_seconds") is not None, "m3ter_outbox_catalog_age_seconds is served")
 
 # a failed row (m3ter refuses its meter) and a rejected row (enrichment drops it)
 standin("POST", "/_control/config", {"reject_meters": ["retired_meter"]})
@@ -130,6 +134,42 @@ ok(wait_until(lambda: int(psql("SELECT throttled FROM m3ter.databases WHERE datn
 
 exporter.terminate()
 exporter.wait(timeout=10)
+
+# --auto-discover-databases with two databases that have the extension: the
+# cluster-wide queries run once, the outbox's in each database
+psql("DROP DATABASE IF EXISTS m3ter_exp2")
+psql("CREATE DATABASE m3ter_exp2")
+psql("CREATE EXTENSION m3ter", db="m3ter_exp2")
+insert_usage(7, "exp2-", db="m3ter_exp2")
+port = free_port()
+exporter = subprocess.Popen([EXPORTER, "--web.listen-address=127.0.0.1:%d" % port, "--disable-default-metrics",
+                             "--disable-settings-metrics", "--auto-discover-databases",
+                             "--exclude-databases=template0,template1",
+                             "--extend.query-path=" + os.path.join(ROOT, "monitoring", "postgres_exporter.yml")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def scrape_status():
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as f:
+            return f.status, f.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return None, ""
+
+
+ok(wait_until(lambda: scrape_status()[0] is not None and "m3ter_exp2" in scrape_status()[1], timeout=20),
+   "an exporter that discovers the databases serves both", scrape_status()[1][-800:])
+status, text = scrape_status()
+is_(status, 200, "and answers 200 (no metric twice)")
+ok(re.search(r'^m3ter_outbox_pending\{[^}]*datname="m3ter_exp2"[^}]*\} 7$', text, re.M) is not None,
+   "the second database's outbox is counted in it (7 pending)")
+is_(len(re.findall(r'^m3ter_worker_running\{[^}]*datname="postgres"', text, re.M)), 1,
+    "the cluster-wide m3ter_worker_running appears once per database")
+exporter.terminate()
+exporter.wait(timeout=10)
+psql("DROP DATABASE m3ter_exp2")
 standin("POST", "/_control/enrichment", {"enabled": False})
 set_and_reload(events_poll_interval=None)
 psql("DROP ROLE m3ter_exporter")
