@@ -228,6 +228,7 @@ m3ter_worker_main(Datum main_arg)
 	static TimestampTz last_retention = 0;
 	static TimestampTz last_sweep = 0;
 	static TimestampTz last_upkeep = 0;
+	static TimestampTz last_report = 0;
 
 	idle_ms = m3ter_worker_naptime_ms;
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -340,8 +341,13 @@ m3ter_worker_main(Datum main_arg)
 				}
 				if (d.claim_lock_busy)
 					m3ter_worker_note("waiting: a transaction that called m3ter_flush() holds the claim lock", false);
-				if (!busy || d.stats.requests - reported.requests >= 50)
+				/* every 50 requests, and each second while requests come slowly */
+				if (!busy || d.stats.requests - reported.requests >= 50 ||
+					TimestampDifferenceExceeds(last_report, GetCurrentTimestamp(), 1000))
+				{
 					report(&d.stats, &reported);
+					last_report = GetCurrentTimestamp();
+				}
 				if (!busy)
 				{
 					bool		stopped = d.stats.stopped;
