@@ -104,10 +104,10 @@ ROUNDS = 3
 DELETE = "DELETE FROM m3ter.outbox WHERE id = ANY(ARRAY(SELECT generate_series({lo}, {lo} + 999)::bigint))"
 VARIANTS = [
     ("as the worker does it", "", ACCEPTED),
-    ("without the CHECK (m3ter.check_usage)", "ALTER TABLE m3ter.outbox DROP CONSTRAINT outbox_usage_check;",
+    ("without the CHECK (m3ter.check_outbox_row)", "ALTER TABLE m3ter.outbox DROP CONSTRAINT outbox_row_check;",
      ACCEPTED),
     ("without the CHECK and the uid index",
-     "ALTER TABLE m3ter.outbox DROP CONSTRAINT outbox_usage_check, DROP CONSTRAINT outbox_uid_key;", ACCEPTED),
+     "ALTER TABLE m3ter.outbox DROP CONSTRAINT outbox_row_check, DROP CONSTRAINT outbox_uid_key;", ACCEPTED),
     ("DELETE the rows instead (for comparison)", "", DELETE),
 ]
 
