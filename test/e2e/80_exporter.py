@@ -21,6 +21,10 @@ EXPORTER = "/usr/bin/prometheus-postgres-exporter"
 r = subprocess.run(["promtool", "check", "rules", os.path.join(ROOT, "monitoring", "alerts.yml")],
                    capture_output=True, text=True)
 ok(r.returncode == 0, "promtool check rules monitoring/alerts.yml", r.stdout + r.stderr)
+r = subprocess.run(["promtool", "test", "rules", os.path.join(ROOT, "monitoring", "alerts_test.yml")],
+                   capture_output=True, text=True)
+ok(r.returncode == 0, "promtool test rules monitoring/alerts_test.yml: delivery stopped where no worker runs, "
+   "a stopped worker named, a slow backlog", r.stdout + r.stderr)
 
 psql("DROP ROLE IF EXISTS m3ter_exporter; CREATE ROLE m3ter_exporter LOGIN IN ROLE pg_monitor")
 port = free_port()
