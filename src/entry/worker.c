@@ -211,26 +211,32 @@ idle_sleep(long *idle_ms, TimestampTz next_due)
 	return sleep_ms;
 }
 
-/* Entry point of the worker */
-void
-m3ter_worker_main(Datum main_arg)
+/*
+ * The worker's state across passes of its loop (static: it lives across
+ * the PG_TRY of a pass)
+ */
+typedef struct WorkerLoop
 {
-	MemoryContext loop_cxt;
+	bool		active;			/* a delivery is under way */
+	bool		busy;			/* it has more to do now: do not sleep */
+	long		idle_ms;		/* the idle sleep, doubling */
+	long		sleep_ms;		/* the next sleep */
+	char	   *last_logged;	/* the stop last logged, until delivery resumes */
+	M3terDelivery d;
+	M3terFlushStats reported;	/* the figures already added to the slot */
+	TimestampTz last_retention;
+	TimestampTz last_sweep;
+	TimestampTz last_upkeep;
+	TimestampTz last_report;
+} WorkerLoop;
 
-	/* static: they live across the PG_TRY below */
-	static char *last_logged = NULL;
-	static long idle_ms;
-	static long sleep_ms = 0;
-	static bool active = false;
-	static bool busy = false;
-	static M3terDelivery d;
-	static M3terFlushStats reported;
-	static TimestampTz last_retention = 0;
-	static TimestampTz last_sweep = 0;
-	static TimestampTz last_upkeep = 0;
-	static TimestampTz last_report = 0;
+static WorkerLoop w;
 
-	idle_ms = m3ter_worker_naptime_ms;
+/* Signals, the database connection and the settings of our own queries */
+static void
+worker_setup(Datum main_arg)
+{
+	w.idle_ms = m3ter_worker_naptime_ms;
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -252,39 +258,186 @@ m3ter_worker_main(Datum main_arg)
 	m3ter_worker_attach();		/* ends the worker if the extension is not installed */
 	m3ter_worker_note("starting", false);
 	ereport(LOG, (errmsg("m3ter outbox worker started for database \"%s\"", MyBgworkerEntry->bgw_extra)));
+}
 
-	loop_cxt = AllocSetContextCreate(TopMemoryContext, "m3ter worker loop",
-									 ALLOCSET_DEFAULT_SIZES);
+/* Sleep unless busy (a latch set by new rows or a signal wakes it), then reload */
+static void
+wait_for_work(void)
+{
+	if (!w.busy)
+	{
+		int			rc = WaitLatch(MyLatch,
+								   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								   w.sleep_ms, PG_WAIT_EXTENSION);
 
+		ResetLatch(MyLatch);
+		if (rc & WL_LATCH_SET)
+			w.idle_ms = m3ter_worker_naptime_ms;
+	}
+	else if (MyLatch->is_set)
+		ResetLatch(MyLatch);	/* new rows: the delivery in progress finds them */
+	CHECK_FOR_INTERRUPTS();
+
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+		w.idle_ms = m3ter_worker_naptime_ms;
+	}
+}
+
+/* Not delivering: upkeep, then start a delivery if rows are due, or sleep */
+static void
+start_or_rest(void)
+{
+	TimestampTz next_due;
+
+	w.last_upkeep = GetCurrentTimestamp();
+	w.busy = false;
+	if (!upkeep(&next_due, &w.last_retention, &w.last_sweep, &w.last_logged, false))
+	{
+		m3ter_worker_note("waiting for CREATE EXTENSION m3ter", false);
+		w.sleep_ms = m3ter_worker_idle_naptime_ms;
+	}
+	else if (subscribed_to[0] != '\0')
+	{
+		m3ter_worker_note("paused: the outbox is a subscription's table", false);
+		w.sleep_ms = m3ter_worker_idle_naptime_ms;
+	}
+	else if (next_due == 0 || next_due > GetCurrentTimestamp())
+	{
+		m3ter_worker_note(w.last_logged ? "stopped: m3ter refused the delivery" : "idle", true);
+		w.sleep_ms = idle_sleep(&w.idle_ms, next_due);
+	}
+	else
+	{
+		/* after a stop, one row tries whether m3ter takes them again */
+		m3ter_delivery_start(&w.d, M3TER_TXN_WORKER, w.last_logged != NULL ? 1 : 0);
+		memset(&w.reported, 0, sizeof(w.reported));
+		w.active = true;
+		pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
+		m3ter_worker_note("delivering", true);
+	}
+}
+
+/* A delivery ended: log a stop (once) or its end, and choose the next sleep */
+static void
+end_delivery(void)
+{
+	bool		stopped = w.d.stats.stopped;
+	bool		worked = w.d.stats.claimed > 0;
+	char	   *error = w.d.stats.error ? pstrdup(w.d.stats.error) : NULL;
+	int			stop_sqlstate = w.d.stats.stop_sqlstate ? w.d.stats.stop_sqlstate : ERRCODE_M3TER_FORBIDDEN;
+
+	m3ter_delivery_end(&w.d);
+	w.active = false;
+	pgstat_report_activity(STATE_IDLE, NULL);
+	if (stopped)
+	{
+		log_once(error ? error : "refused", stop_sqlstate, &w.last_logged);
+		m3ter_worker_note("stopped: m3ter refused the delivery", true);
+		w.sleep_ms = m3ter_worker_idle_naptime_ms;
+		return;
+	}
+	if (w.last_logged != NULL)
+	{
+		ereport(LOG, (errmsg("m3ter outbox delivery resumed")));
+		pfree(w.last_logged);
+		w.last_logged = NULL;
+	}
+	m3ter_worker_note("idle", true);
+	if (worked)
+		w.idle_ms = m3ter_worker_naptime_ms;
+	w.sleep_ms = 0;				/* upkeep says how long to sleep */
+}
+
+/* One step of the delivery under way, with upkeep and figures now and then */
+static void
+deliver_step(void)
+{
+	if (!m3ter_worker_enabled)
+		w.d.max_rows = Max(w.d.stats.claimed, 1);	/* finish what is in flight */
+	w.busy = m3ter_delivery_step(&w.d, 10);
+	if (w.busy && TimestampDifferenceExceeds(w.last_upkeep, GetCurrentTimestamp(), UPKEEP_INTERVAL_MS))
+	{
+		TimestampTz unused;
+
+		w.last_upkeep = GetCurrentTimestamp();
+		(void) upkeep(&unused, &w.last_retention, &w.last_sweep, &w.last_logged, true);
+		pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
+	}
+	if (w.d.claim_lock_busy)
+		m3ter_worker_note("waiting: a transaction that called m3ter_flush() holds the claim lock", false);
+	/* every 50 requests, and each second while requests come slowly */
+	if (!w.busy || w.d.stats.requests - w.reported.requests >= 50 ||
+		TimestampDifferenceExceeds(w.last_report, GetCurrentTimestamp(), 1000))
+	{
+		report(&w.d.stats, &w.reported);
+		w.last_report = GetCurrentTimestamp();
+	}
+	if (!w.busy)
+		end_delivery();
+}
+
+/*
+ * A pass raised: log it, roll back (the rows stay pending), narrow or fail
+ * a claim that raised, and carry on after a pause that suits the error
+ */
+static void
+recover(MemoryContext loop_cxt)
+{
+	ErrorData  *edata;
+	M3terFlushStats failed;
+	bool		row_failed;
+
+	MemoryContextSwitchTo(loop_cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	ereport(LOG,
+			(errmsg("m3ter outbox worker: %s", edata->message),
+			 edata->detail ? errdetail("%s", edata->detail) : 0,
+			 edata->hint ? errhint("%s", edata->hint) : 0));
+	AbortCurrentTransaction();
+	if (w.active)
+	{
+		m3ter_delivery_end(&w.d);
+		w.active = false;
+	}
+	pgstat_report_activity(STATE_IDLE, NULL);
+	memset(&failed, 0, sizeof(failed));
+	failed.error = edata->message;
+	row_failed = m3ter_delivery_claim_failed(M3TER_TXN_WORKER, edata->message);
+	if (row_failed)
+		failed.failed = 1;
+	m3ter_note_delivery(&failed);
+	m3ter_worker_note("error; retrying", false);
+	/*
+	 * a claim that raised goes again at once, narrowed; a missing setting
+	 * (m3ter.org_id, a URL) or memory waits for the idle naptime
+	 */
+	w.sleep_ms = row_failed || (edata->sqlerrcode != ERRCODE_OUT_OF_MEMORY &&
+								edata->sqlerrcode != ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE) ? 100 :
+		m3ter_worker_idle_naptime_ms;
+	w.busy = false;
+}
+
+/* Entry point of the worker: wait, then start, step or end a delivery, forever */
+void
+m3ter_worker_main(Datum main_arg)
+{
+	MemoryContext loop_cxt;
+
+	worker_setup(main_arg);
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "m3ter worker loop", ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
-		if (!busy)
-		{
-			int			rc = WaitLatch(MyLatch,
-									   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-									   sleep_ms, PG_WAIT_EXTENSION);
-
-			ResetLatch(MyLatch);
-			if (rc & WL_LATCH_SET)
-				idle_ms = m3ter_worker_naptime_ms;
-		}
-		else if (MyLatch->is_set)
-			ResetLatch(MyLatch);	/* new rows: the delivery in progress finds them */
-		CHECK_FOR_INTERRUPTS();
-
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			idle_ms = m3ter_worker_naptime_ms;
-		}
-
-		m3ter_worker_listen(m3ter_worker_enabled, active);
-		if (!m3ter_worker_enabled && !active)
+		wait_for_work();
+		m3ter_worker_listen(m3ter_worker_enabled, w.active);
+		if (!m3ter_worker_enabled && !w.active)
 		{
 			m3ter_worker_note("disabled by m3ter.worker_enabled", false);
-			sleep_ms = m3ter_worker_idle_naptime_ms;
-			busy = false;
+			w.sleep_ms = m3ter_worker_idle_naptime_ms;
+			w.busy = false;
 			continue;
 		}
 
@@ -293,130 +446,15 @@ m3ter_worker_main(Datum main_arg)
 		{
 			MemoryContext old = MemoryContextSwitchTo(loop_cxt);
 
-			if (!active)
-			{
-				TimestampTz next_due;
-
-				last_upkeep = GetCurrentTimestamp();
-				if (!upkeep(&next_due, &last_retention, &last_sweep, &last_logged, false))
-				{
-					m3ter_worker_note("waiting for CREATE EXTENSION m3ter", false);
-					sleep_ms = m3ter_worker_idle_naptime_ms;
-					busy = false;
-				}
-				else if (subscribed_to[0] != '\0')
-				{
-					m3ter_worker_note("paused: the outbox is a subscription's table", false);
-					sleep_ms = m3ter_worker_idle_naptime_ms;
-					busy = false;
-				}
-				else if (next_due == 0 || next_due > GetCurrentTimestamp())
-				{
-					m3ter_worker_note(last_logged ? "stopped: m3ter refused the delivery" : "idle", true);
-					sleep_ms = idle_sleep(&idle_ms, next_due);
-					busy = false;
-				}
-				else
-				{
-					/* after a stop, one row tries whether m3ter takes them again */
-					m3ter_delivery_start(&d, M3TER_TXN_WORKER, last_logged != NULL ? 1 : 0);
-					memset(&reported, 0, sizeof(reported));
-					active = true;
-					pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
-					m3ter_worker_note("delivering", true);
-				}
-			}
-			if (active)
-			{
-				if (!m3ter_worker_enabled)
-					d.max_rows = Max(d.stats.claimed, 1);	/* finish what is in flight */
-				busy = m3ter_delivery_step(&d, 10);
-				if (busy && TimestampDifferenceExceeds(last_upkeep, GetCurrentTimestamp(), UPKEEP_INTERVAL_MS))
-				{
-					TimestampTz unused;
-
-					last_upkeep = GetCurrentTimestamp();
-					(void) upkeep(&unused, &last_retention, &last_sweep, &last_logged, true);
-					pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
-				}
-				if (d.claim_lock_busy)
-					m3ter_worker_note("waiting: a transaction that called m3ter_flush() holds the claim lock", false);
-				/* every 50 requests, and each second while requests come slowly */
-				if (!busy || d.stats.requests - reported.requests >= 50 ||
-					TimestampDifferenceExceeds(last_report, GetCurrentTimestamp(), 1000))
-				{
-					report(&d.stats, &reported);
-					last_report = GetCurrentTimestamp();
-				}
-				if (!busy)
-				{
-					bool		stopped = d.stats.stopped;
-					bool		worked = d.stats.claimed > 0;
-					char	   *error = d.stats.error ? pstrdup(d.stats.error) : NULL;
-					int			stop_sqlstate = d.stats.stop_sqlstate ? d.stats.stop_sqlstate : ERRCODE_M3TER_FORBIDDEN;
-
-					m3ter_delivery_end(&d);
-					active = false;
-					pgstat_report_activity(STATE_IDLE, NULL);
-					if (stopped)
-					{
-						log_once(error ? error : "refused", stop_sqlstate, &last_logged);
-						m3ter_worker_note("stopped: m3ter refused the delivery", true);
-						sleep_ms = m3ter_worker_idle_naptime_ms;
-					}
-					else
-					{
-						if (last_logged != NULL)
-						{
-							ereport(LOG, (errmsg("m3ter outbox delivery resumed")));
-							pfree(last_logged);
-							last_logged = NULL;
-						}
-						m3ter_worker_note("idle", true);
-						if (worked)
-							idle_ms = m3ter_worker_naptime_ms;
-						sleep_ms = 0;	/* upkeep says how long to sleep */
-					}
-				}
-			}
+			if (!w.active)
+				start_or_rest();
+			if (w.active)
+				deliver_step();
 			MemoryContextSwitchTo(old);
 		}
 		PG_CATCH();
 		{
-			ErrorData  *edata;
-			M3terFlushStats failed;
-			bool		row_failed;
-
-			/* log it, roll back (the rows stay pending), carry on */
-			MemoryContextSwitchTo(loop_cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			ereport(LOG,
-					(errmsg("m3ter outbox worker: %s", edata->message),
-					 edata->detail ? errdetail("%s", edata->detail) : 0,
-					 edata->hint ? errhint("%s", edata->hint) : 0));
-			AbortCurrentTransaction();
-			if (active)
-			{
-				m3ter_delivery_end(&d);
-				active = false;
-			}
-			pgstat_report_activity(STATE_IDLE, NULL);
-			memset(&failed, 0, sizeof(failed));
-			failed.error = edata->message;
-			row_failed = m3ter_delivery_claim_failed(M3TER_TXN_WORKER, edata->message);
-			if (row_failed)
-				failed.failed = 1;
-			m3ter_note_delivery(&failed);
-			m3ter_worker_note("error; retrying", false);
-			/*
-			 * a claim that raised goes again at once, narrowed; a missing
-			 * setting (m3ter.org_id, a URL) or memory waits for the idle naptime
-			 */
-			sleep_ms = row_failed || (edata->sqlerrcode != ERRCODE_OUT_OF_MEMORY &&
-									  edata->sqlerrcode != ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE) ? 100 :
-				m3ter_worker_idle_naptime_ms;
-			busy = false;
+			recover(loop_cxt);
 		}
 		PG_END_TRY();
 	}
