@@ -691,7 +691,7 @@ GRANT SELECT ON m3ter.catalog_state TO pg_monitor;
 CREATE FUNCTION m3ter.check_outbox_row(m3ter.outbox)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'm3ter_check_outbox_row'
-LANGUAGE C VOLATILE;
+LANGUAGE C VOLATILE STRICT;
 
 ALTER TABLE m3ter.outbox
     DROP CONSTRAINT outbox_usage_check,

@@ -54,3 +54,13 @@ SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account) VALUES (NULL, 'api',
 SELECT err($$INSERT INTO m3ter.outbox (meter, account, ts) VALUES ('api', 'acme', NULL)$$);
 SELECT err($$INSERT INTO m3ter.outbox (meter, account) VALUES ('api', NULL)$$);
 SELECT err($$INSERT INTO m3ter.outbox (meter, account) VALUES ('', 'acme')$$);
+-- the CHECK's function called by hand with no row answers NULL (it must not crash the server)
+SELECT m3ter.check_outbox_row(NULL) IS NULL AS no_row_no_answer;
+-- a column altered by hand to another type is refused, not read as the check reads it
+BEGIN;
+ALTER TABLE m3ter.outbox RENAME COLUMN metadata TO metadata_old;
+ALTER TABLE m3ter.outbox ADD COLUMN metadata text;
+SELECT err($$INSERT INTO m3ter.outbox (meter, account, metadata) VALUES ('api', 'acme', 'x')$$);
+ROLLBACK;
+-- a long bad status is not repeated in full
+SELECT err($$INSERT INTO m3ter.outbox (meter, account, status) VALUES ('api', 'acme', repeat('x', 1000))$$);

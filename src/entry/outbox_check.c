@@ -25,6 +25,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -53,10 +54,14 @@ typedef struct UsageFields
 	bool		nulls[NUM_FIELDS];
 } UsageFields;
 
-/* The outbox's columns by the names above, then status and attempts */
+/* The outbox's columns by the names above, and their types */
 static const char *const field_columns[NUM_FIELDS] = {
 	"uid", "meter", "account", "ts", "ets",
 	"measure", "cost", "income", "who", "where", "what", "other", "metadata"
+};
+static const Oid field_types[NUM_FIELDS] = {
+	TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+	JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID
 };
 
 /* The hint for a bad map, by kind (M3terMapKind) */
@@ -197,9 +202,13 @@ typedef struct RowLayout
 	bool	   *nulls;
 } RowLayout;
 
-/* The column of the row type called name, 0-based, or -1 */
+/*
+ * The column of the row type called name, 0-based, or -1 when there is none;
+ * one of another type (the table altered by hand) is refused: its value
+ * cannot be read as the check reads it
+ */
 static int
-column_index(TupleDesc desc, const char *name)
+column_index(TupleDesc desc, const char *name, Oid type)
 {
 	int			i;
 
@@ -207,8 +216,16 @@ column_index(TupleDesc desc, const char *name)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 
-		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
-			return i;
+		if (att->attisdropped || strcmp(NameStr(att->attname), name) != 0)
+			continue;
+		if (att->atttypid != type)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column \"%s\" of m3ter.outbox is of type %s, not %s", name,
+							format_type_be(att->atttypid), format_type_be(type)),
+					 errdetail("The outbox's CHECK reads the column as m3ter's extension script created it."),
+					 errhint("Give the column back its type, or reinstall the extension.")));
+		return i;
 	}
 	return -1;
 }
@@ -232,9 +249,9 @@ row_layout(FunctionCallInfo fcinfo, Oid typid, int32 typmod)
 	layout->desc = CreateTupleDescCopy(desc);
 	MemoryContextSwitchTo(old);
 	for (i = 0; i < NUM_FIELDS; i++)
-		layout->field_attno[i] = column_index(desc, field_columns[i]);
-	layout->status_attno = column_index(desc, "status");
-	layout->attempts_attno = column_index(desc, "attempts");
+		layout->field_attno[i] = column_index(desc, field_columns[i], field_types[i]);
+	layout->status_attno = column_index(desc, "status", TEXTOID);
+	layout->attempts_attno = column_index(desc, "attempts", INT4OID);
 	layout->values = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, desc->natts * sizeof(Datum));
 	layout->nulls = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, desc->natts * sizeof(bool));
 	ReleaseTupleDesc(desc);
@@ -266,7 +283,7 @@ check_state(const RowLayout *layout)
 	if (s >= 0 && !layout->nulls[s] && !known_status(DatumGetTextPP(layout->values[s])))
 		ereport(ERROR,
 				(errcode(ERRCODE_CHECK_VIOLATION),
-				 errmsg("invalid status for m3ter.outbox: \"%s\"", TextDatumGetCString(layout->values[s])),
+				 errmsg("invalid status for m3ter.outbox: \"%.64s\"", TextDatumGetCString(layout->values[s])),
 				 errdetail("A row's status is pending, accepted, failed or rejected."),
 				 errhint("Set status to 'pending' to send a row again, or call m3ter_retry_failed().")));
 	if (a >= 0 && !layout->nulls[a] && DatumGetInt32(layout->values[a]) < 0)
@@ -284,11 +301,16 @@ check_state(const RowLayout *layout)
 Datum
 m3ter_check_outbox_row(PG_FUNCTION_ARGS)
 {
-	HeapTupleHeader row = PG_GETARG_HEAPTUPLEHEADER(0);
-	RowLayout  *layout = row_layout(fcinfo, HeapTupleHeaderGetTypeId(row), HeapTupleHeaderGetTypMod(row));
+	HeapTupleHeader row;
+	RowLayout  *layout;
 	HeapTupleData tuple;
 	UsageFields f;
 	int			i;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();		/* no row: nothing to say (a CHECK never passes one) */
+	row = PG_GETARG_HEAPTUPLEHEADER(0);
+	layout = row_layout(fcinfo, HeapTupleHeaderGetTypeId(row), HeapTupleHeaderGetTypMod(row));
 
 	tuple.t_len = HeapTupleHeaderGetDatumLength(row);
 	ItemPointerSetInvalid(&tuple.t_self);

@@ -334,9 +334,9 @@ m3ter_define_settings(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("m3ter.max_requests_per_5min",
-							"Sets how many ingest requests the cluster sends in any 5 minutes at most.",
+							"Sets how many ingest requests the cluster sends in any window of m3ter.requests_window at most.",
 							"m3ter allows 5,000 per rolling 5 minutes from one source address (the Config API 20,000; "
-							"four times this setting, at most 20,000); 0 turns this limit off.",
+							"four times this setting); either is kept at 20,000 at most; 0 turns this limit off.",
 							&m3ter_max_requests_per_5min,
 							5000,
 							0,
@@ -347,7 +347,7 @@ m3ter_define_settings(void)
 
 	DefineCustomIntVariable("m3ter.requests_window",
 							"Sets the rolling window that m3ter.max_requests_per_5min counts requests over.",
-							"m3ter's is 5 minutes; change it only if m3ter's changes.",
+							"m3ter's is 5 minutes; change it only if m3ter's changes. The pacer keeps half a second more.",
 							&m3ter_requests_window_s,
 							300,
 							1,
