@@ -22,6 +22,7 @@ OBJS = \
 	src/outbox/events.o \
 	src/outbox/outbox.o \
 	src/outbox/slots.o \
+	src/outbox/status.o \
 	src/client/client.o \
 	src/client/credentials.o \
 	src/client/http.o \
