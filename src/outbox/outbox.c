@@ -601,7 +601,7 @@ m3ter_outbox_sweep(M3terClaimState *s)
 	if (found > 0)
 		ereport(WARNING,
 				(errmsg("m3ter found " INT64_FORMAT " pending outbox rows behind the claims' frontier; they go now", found),
-				 errdetail("Rows inserted with an explicit id (OVERRIDING SYSTEM VALUE) or after the id sequence was set back are not in the claims' way."),
-				 errhint("Let m3ter.outbox give ids from its sequence.")));
+				 errdetail("Rows inserted with an explicit id (OVERRIDING SYSTEM VALUE) or after the id sequence was set back, and rows a restored backup brings back pending, are not in the claims' way."),
+				 errhint("Nothing is lost: they are sent now. If the application gives ids itself, let m3ter.outbox give them from its sequence.")));
 	return found;
 }
