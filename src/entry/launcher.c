@@ -70,7 +70,6 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
-#include "utils/varlena.h"
 
 #include "entry/launcher.h"
 #include "ground/settings.h"
@@ -116,35 +115,6 @@ static int	maxdbs = 0;
 static bool slots_full_logged = false;
 
 static ProcessUtility_hook_type prev_utility_hook = NULL;
-
-/* ---------------------------------------------------------------------
- * Settings
- * ---------------------------------------------------------------------
- */
-
-/* Does m3ter.database let this database have a worker? */
-static bool
-database_wanted_by_setting(const char *name)
-{
-	char	   *copy;
-	List	   *names = NIL;
-	ListCell   *lc;
-	bool		found = false;
-
-	if (m3ter_database == NULL || m3ter_database[0] == '\0')
-		return true;
-	copy = pstrdup(m3ter_database);
-	if (!SplitIdentifierString(copy, ',', &names))
-		found = true;			/* cannot happen: the check hook refused it */
-	foreach(lc, names)
-	{
-		if (strcmp((char *) lfirst(lc), name) == 0)
-			found = true;
-	}
-	list_free(names);
-	pfree(copy);
-	return found;
-}
 
 /* ---------------------------------------------------------------------
  * The launcher's list of databases
@@ -344,7 +314,7 @@ reconcile(void)
 	{
 		LauncherDb *db = find_db(scanned[i].dboid);
 		bool		eligible = scanned[i].eligible &&
-			database_wanted_by_setting(scanned[i].name);
+			m3ter_database_wanted(scanned[i].name);
 
 		if (!eligible)
 			continue;

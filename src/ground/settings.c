@@ -587,3 +587,27 @@ m3ter_require_org_id(void)
 				 errhint("Set it as a superuser, for example: ALTER SYSTEM SET m3ter.org_id = '<your organization id>'; SELECT pg_reload_conf();")));
 	return m3ter_org_id;
 }
+
+/* Does m3ter.database let this database have a worker? */
+bool
+m3ter_database_wanted(const char *name)
+{
+	char	   *copy;
+	List	   *names = NIL;
+	ListCell   *lc;
+	bool		found = false;
+
+	if (m3ter_database == NULL || m3ter_database[0] == '\0')
+		return true;
+	copy = pstrdup(m3ter_database);
+	if (!SplitIdentifierString(copy, ',', &names))
+		found = true;			/* cannot happen: the check hook refused it */
+	foreach(lc, names)
+	{
+		if (strcmp((char *) lfirst(lc), name) == 0)
+			found = true;
+	}
+	list_free(names);
+	pfree(copy);
+	return found;
+}

@@ -18,6 +18,7 @@
 
 #include "access/htup_details.h"
 #include "access/xlog.h"
+#include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -27,6 +28,7 @@
 #include "utils/timestamp.h"
 
 #include "outbox/slots.h"
+#include "ground/settings.h"
 
 PG_FUNCTION_INFO_V1(m3ter_worker_status);
 PG_FUNCTION_INFO_V1(m3ter_databases);
@@ -87,6 +89,8 @@ state_text(const M3terDbSlot *slot)
 {
 	if (slot->worker_pid != 0)
 		return slot->worker_state;
+	if (slot->dbname[0] != '\0' && !m3ter_database_wanted(slot->dbname))
+		return "not in m3ter.database";
 	switch (slot->launcher_state)
 	{
 		case M3TER_DB_STARTING:
@@ -173,6 +177,8 @@ m3ter_worker_status(PG_FUNCTION_ARGS)
 	nulls[1] = copy.worker_pid == 0;
 	if (copy.worker_pid == 0 && RecoveryInProgress())
 		values[2] = CStringGetTextDatum("standby: delivery starts on promotion");
+	else if (!found && launcher && !m3ter_database_wanted(get_database_name(MyDatabaseId)))
+		values[2] = CStringGetTextDatum("not in m3ter.database");
 	else if (!found && launcher)
 		values[2] = CStringGetTextDatum("no worker for this database yet");
 	else

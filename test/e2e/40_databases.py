@@ -107,6 +107,8 @@ ok(wait_until(lambda: worker_pid(THREE) is None and worker_pid(FOUR) is None, ti
 insert_usage(50, "filtered-", db=THREE)
 time.sleep(2)
 is_(counts(THREE)["pending"], 50, "their rows wait")
+is_(psql("SELECT state FROM m3ter_worker_status()", THREE), "not in m3ter.database",
+    "m3ter_worker_status() there says why no worker runs")
 ok(worker_pid(TWO) is not None and worker_pid("postgres") is not None, "the named databases keep theirs")
 set_and_reload(database="")
 ok(wait_until(lambda: counts(THREE)["accepted"] == 150, timeout=20), "unset again, the rows are delivered")
