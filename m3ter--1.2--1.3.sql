@@ -166,6 +166,10 @@ BEGIN
             RETURN QUERY SELECT 'warning', 'delivery stopped',
                 format('Database %I: %s.', r.datname, r.state),
                 'See last_error in m3ter.databases and the server log; rows stay pending until the cause is fixed.';
+        ELSIF r.state LIKE 'disabled by m3ter.worker_enabled%' OR r.state = 'not in m3ter.database' THEN
+            RETURN QUERY SELECT 'info', 'no worker delivers',
+                format('Database %I: %s; its rows wait.', r.datname, r.state),
+                'Schedule CALL m3ter.flush() with pg_cron there, or change the setting if the worker should deliver.';
         END IF;
     END LOOP;
     IF (SELECT c.checks_on AND c.stale FROM @extschema@.m3ter_catalog_status() c) THEN

@@ -109,6 +109,8 @@ time.sleep(2)
 is_(counts(THREE)["pending"], 50, "their rows wait")
 is_(psql("SELECT state FROM m3ter_worker_status()", THREE), "not in m3ter.database",
     "m3ter_worker_status() there says why no worker runs")
+ok(THREE in psql("SELECT string_agg(detail, ' ') FROM m3ter_health() WHERE finding = 'no worker delivers'"),
+   "m3ter_health() lists it: no worker delivers")
 ok(worker_pid(TWO) is not None and worker_pid("postgres") is not None, "the named databases keep theirs")
 set_and_reload(database="")
 ok(wait_until(lambda: counts(THREE)["accepted"] == 150, timeout=20), "unset again, the rows are delivered")
