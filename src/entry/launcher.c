@@ -92,6 +92,23 @@ PG_FUNCTION_INFO_V1(m3ter_launcher_wake);
 /* How long a dropped database's worker stays paused if the DROP commits */
 #define M3TER_DROP_PAUSE_MS		60000
 
+/*
+ * Where a database's worker stands, as the launcher sees it:
+ *	NONE --start_worker--> STARTED, or PAUSED (a command on the database),
+ *	or NO_SLOT (no background worker slot); an earlier launcher's running
+ *	worker is ADOPTED at start; STARTED or ADOPTED --worker_ended--> NONE
+ *	(to be started again at next_try), or PAUSED.  PAUSED and NO_SLOT are
+ *	NONE with a reason to wait.
+ */
+typedef enum WorkerPhase
+{
+	WORKER_NONE,				/* none runs; started at next_try */
+	WORKER_STARTED,				/* ours: handle is set */
+	WORKER_ADOPTED,				/* started by an earlier launcher */
+	WORKER_PAUSED,				/* waiting for slot->paused_until */
+	WORKER_NO_SLOT				/* waiting for a background worker slot */
+} WorkerPhase;
+
 /* A database the launcher looks after */
 typedef struct LauncherDb
 {
@@ -99,15 +116,16 @@ typedef struct LauncherDb
 	char		name[NAMEDATALEN];
 	bool		seen;			/* in the last scan, eligible */
 	bool		wanted;			/* should have a worker (not known uninstalled) */
-	BackgroundWorkerHandle *handle; /* our worker, or NULL */
-	bool		adopted;		/* a worker started by an earlier launcher */
+	WorkerPhase phase;
+	BackgroundWorkerHandle *handle; /* our worker (WORKER_STARTED), or NULL */
 	TimestampTz started_at;
 	TimestampTz next_try;		/* 0: as soon as wanted */
 	int			backoff_ms;
 	bool		logged;			/* the current trouble was logged */
-	bool		paused;			/* waiting for slot->paused_until */
-	bool		no_slot;		/* waiting for a background worker slot */
 } LauncherDb;
+
+/* Does a worker run for the database (ours or adopted), as far as we know? */
+#define HAS_WORKER(db) ((db)->phase == WORKER_STARTED || (db)->phase == WORKER_ADOPTED)
 
 static LauncherDb *dbs = NULL;
 static int	ndbs = 0;
@@ -200,13 +218,13 @@ release_slot(Oid dboid, bool keep_figures)
 static bool
 worker_alive(LauncherDb *db)
 {
-	if (db->handle != NULL)
+	if (db->phase == WORKER_STARTED)
 	{
 		pid_t		pid;
 
 		return GetBackgroundWorkerPid(db->handle, &pid) != BGWH_STOPPED;
 	}
-	if (db->adopted)
+	if (db->phase == WORKER_ADOPTED)
 	{
 		M3terDbSlot *slot;
 		bool		alive = false;
@@ -446,11 +464,11 @@ start_worker(LauncherDb *db, TimestampTz now)
 	if (paused_until > now)
 	{
 		db->next_try = paused_until;
-		db->paused = true;
+		db->phase = WORKER_PAUSED;
 		publish_state(db, M3TER_DB_PAUSED);
 		return;
 	}
-	db->paused = false;
+	db->phase = WORKER_NONE;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -480,14 +498,13 @@ start_worker(LauncherDb *db, TimestampTz now)
 							   max_worker_processes),
 					 errhint("Raise max_worker_processes (a restart is needed). m3ter retries meanwhile.")));
 		db->logged = true;
-		db->no_slot = true;
+		db->phase = WORKER_NO_SLOT;
 		db->next_try = TimestampTzPlusMilliseconds(now, next_backoff(db, 5000, M3TER_NO_SLOT_MAX_MS));
 		publish_state(db, M3TER_DB_NO_WORKER_SLOT);
 		return;
 	}
 	db->started_at = now;
-	db->adopted = false;
-	db->no_slot = false;
+	db->phase = WORKER_STARTED;
 	db->next_try = 0;
 }
 
@@ -503,7 +520,7 @@ worker_ended(LauncherDb *db, TimestampTz now)
 	if (db->handle != NULL)
 		pfree(db->handle);
 	db->handle = NULL;
-	db->adopted = false;
+	db->phase = WORKER_NONE;
 
 	SpinLockAcquire(&m3ter_shared->mutex);
 	slot = m3ter_slot_lookup(db->dboid);
@@ -528,7 +545,7 @@ worker_ended(LauncherDb *db, TimestampTz now)
 	if (paused_until > now)
 	{
 		db->next_try = paused_until;
-		db->paused = true;
+		db->phase = WORKER_PAUSED;
 		publish_state(db, M3TER_DB_PAUSED);
 		return;
 	}
@@ -573,7 +590,7 @@ tend_workers(void)
 	{
 		LauncherDb *db = &dbs[i];
 
-		if ((db->handle != NULL || db->adopted) && !worker_alive(db))
+		if (HAS_WORKER(db) && !worker_alive(db))
 		{
 			worker_ended(db, now);
 			freed = true;
@@ -581,14 +598,14 @@ tend_workers(void)
 	}
 	/* a worker that ended freed a background worker slot: try the waiting at once */
 	for (i = 0; freed && i < ndbs; i++)
-		if (dbs[i].no_slot)
+		if (dbs[i].phase == WORKER_NO_SLOT)
 			dbs[i].next_try = now;
 
 	for (i = 0; i < ndbs; i++)
 	{
 		LauncherDb *db = &dbs[i];
 
-		if (db->handle != NULL || db->adopted)
+		if (HAS_WORKER(db))
 		{
 			/* a worker that connected once is no longer in trouble */
 			if (db->logged)
@@ -614,7 +631,7 @@ tend_workers(void)
 		}
 		if (!db->wanted || !db->seen)
 			continue;
-		if (db->paused)
+		if (db->phase == WORKER_PAUSED)
 		{
 			/* the command that paused it may have ended early */
 			M3terDbSlot *slot;
@@ -627,7 +644,7 @@ tend_workers(void)
 		}
 		if (db->next_try <= now)
 			start_worker(db, now);
-		if (db->handle == NULL && db->next_try > now)
+		if (db->phase != WORKER_STARTED && db->next_try > now)
 			sleep_ms = Min(sleep_ms, Max(TimestampDifferenceMilliseconds(now, db->next_try), 10L));
 	}
 	return sleep_ms;
@@ -650,7 +667,7 @@ adopt_workers(void)
 		{
 			LauncherDb *db = add_db(copy.dboid, copy.dbname);
 
-			db->adopted = true;
+			db->phase = WORKER_ADOPTED;
 			db->started_at = copy.worker_started_at;
 		}
 	}
