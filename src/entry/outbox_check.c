@@ -220,7 +220,7 @@ column_index(TupleDesc desc, const char *name, Oid type)
 			continue;
 		if (att->atttypid != type)
 			ereport(ERROR,
-					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("column \"%s\" of m3ter.outbox is of type %s, not %s", name,
 							format_type_be(att->atttypid), format_type_be(type)),
 					 errdetail("The outbox's CHECK reads the column as m3ter's extension script created it."),
