@@ -29,6 +29,7 @@ conninfo = m.group(2) if m else ""
 standin_url = re.search(r"(http://127\.0\.0\.1:\d+)/_control/summary", r.stdout).group(1)
 
 readme = open(os.path.join(ROOT, "README.md")).read()
+ok(readme.count("\n") <= 400, "the README stays within 400 lines (the rest is in docs/): %d" % readme.count("\n"))
 section = readme[readme.index("## Getting started"):]
 section = section[:section.index("\n## ")]
 blocks = re.findall(r"```sql\n(.*?)```", section, re.S)[:2]
