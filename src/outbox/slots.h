@@ -2,7 +2,7 @@
  *
  * slots.h
  *		The workers' shared slots (slots.c), for the launcher, the worker,
- *		flushes and the outbox CHECK.
+ *		flushes, the outbox CHECK and the status functions (status.c).
  *
  * One M3terShared per cluster: the launcher's latch,
  * and m3ter.max_databases slots, one per database that has (or had) a
