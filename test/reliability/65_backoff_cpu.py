@@ -17,9 +17,15 @@ def cpu_seconds(pid):
 
 
 def cpu_over(pid, seconds):
-    before = cpu_seconds(pid)
-    time.sleep(seconds)
-    return cpu_seconds(pid) - before
+    """CPU used over the quieter of two windows of the given length: a process that
+    spins uses it in both; one busy with a moment's upkeep (a retention pass after an
+    earlier test's rows were deleted) in one only"""
+    used = []
+    for _ in range(2):
+        before = cpu_seconds(pid)
+        time.sleep(seconds)
+        used.append(cpu_seconds(pid) - before)
+    return min(used)
 
 
 reset()
@@ -35,15 +41,15 @@ for _ in range(50):
         break
     time.sleep(0.1)
 ok(bool(pid), "m3ter_submit() is retrying")
-used = cpu_over(int(pid), 2.5) if pid else 99
-ok(used < 0.3, "a session waiting out the back-off uses no CPU (%.2f s in 2.5 s)" % used)
+used = cpu_over(int(pid), 1.2) if pid else 99
+ok(used < 0.15, "a session waiting out the back-off uses no CPU (%.2f s in 1.2 s)" % used)
 call.wait(timeout=60)
 
 # the worker waiting between retries of its requests
 insert_usage(100, "backoff-")
 ok(wait_until(lambda: len(ingest_requests()) >= 2, timeout=20), "the worker is retrying")
 used = cpu_over(int(worker_pid()), 2.5)
-ok(used < 0.3, "the worker waiting out the back-off uses no CPU (%.2f s in 2.5 s)" % used)
+ok(used < 0.3, "the worker waiting out the back-off uses no CPU (%.2f s in 2.5 s, the quieter of two)" % used)
 
 standin("POST", "/_control/faults", {"clear": True})
 ok(wait_until(lambda: len(stored_uids("backoff-")) == 100, timeout=60), "the rows go once m3ter answers again")
