@@ -29,7 +29,6 @@
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
-#include "utils/lsyscache.h"
 #include "utils/typcache.h"
 
 #include "ground/measurement.h"
@@ -54,11 +53,8 @@ typedef struct UsageFields
 	bool		nulls[NUM_FIELDS];
 } UsageFields;
 
-/* The outbox's columns by the names above, and their types */
-static const char *const field_columns[NUM_FIELDS] = {
-	"uid", "meter", "account", "ts", "ets",
-	"measure", "cost", "income", "who", "where", "what", "other", "metadata"
-};
+/* The outbox's columns before the maps (the maps are m3ter_map_names), and all their types */
+static const char *const field_columns[ARG_FIRST_MAP] = {"uid", "meter", "account", "ts", "ets"};
 static const Oid field_types[NUM_FIELDS] = {
 	TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
 	JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID
@@ -249,7 +245,8 @@ row_layout(FunctionCallInfo fcinfo, Oid typid, int32 typmod)
 	layout->desc = CreateTupleDescCopy(desc);
 	MemoryContextSwitchTo(old);
 	for (i = 0; i < NUM_FIELDS; i++)
-		layout->field_attno[i] = column_index(desc, field_columns[i], field_types[i]);
+		layout->field_attno[i] = column_index(desc, i < ARG_FIRST_MAP ? field_columns[i] :
+											  m3ter_map_names[i - ARG_FIRST_MAP], field_types[i]);
 	layout->status_attno = column_index(desc, "status", TEXTOID);
 	layout->attempts_attno = column_index(desc, "attempts", INT4OID);
 	layout->values = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, desc->natts * sizeof(Datum));
