@@ -34,12 +34,14 @@
  *	  for the rest of the second in which the refused request reached m3ter
  *	  (taken as the middle of its round trip; m3ter refuses the rest of an
  *	  overloaded second).  Nor before a Retry-After longer than a second.  One overload drops it once:
- *	  429s for requests sent before that drop tell the same.  The pace then
- *	  climbs back 1% of the rate a second (slowly: servers sharing an
- *	  organization settle near their shares instead of overshooting every
- *	  few seconds), faster the longer no 429 came (times the seconds since
- *	  the last one over 5): once the others are gone, the whole rate is
- *	  back within seconds.
+ *	  429s for requests sent before that drop tell the same; a 429 with a
+ *	  Retry-After longer than a second names its own wait, and one for a
+ *	  request sent while the cluster sent at less than half its pace (a
+ *	  storm of refusals that are not about the rate) says nothing about it.  The pace then climbs back 1% of the rate a second
+ *	  (slowly: servers sharing an organization settle near their shares
+ *	  instead of overshooting every few seconds), faster the longer no 429
+ *	  came (times the square of the seconds since the last one over 5):
+ *	  once the others are gone, the whole rate is back within 15-20 s.
  *
  * The usage query (reconciliation) goes to m3ter's Data Explorer, limited
  * to one request a second: it is paced apart, at that rate.
@@ -77,7 +79,7 @@
 #define OVERLOAD_US 1000000		/* 429s this close together are one overload */
 #define EVEN_HOLD_US (300 * USECS_PER_SEC)	/* slots stay evenly spaced this long */
 #define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second, */
-#define RECOVER_FASTER_S 5		/* and faster for each 5 s without a 429 */
+#define RECOVER_FASTER_S 5		/* and faster after 5 s without a 429 (by the square) */
 /* a slot asked for this late (µs) is still given on schedule */
 #define CATCH_UP_US 10000
 /* slots a little under the limit: answers arrive with jitter, and m3ter counts arrivals */
@@ -167,7 +169,6 @@ lock_state(M3terApi api)
 	{
 		int			i;
 
-		memset(local_state, 0, sizeof(local_state));
 		for (i = 0; i < M3TER_NUM_APIS; i++)
 			local_state[i].scale = 1.0;
 		local_ready = true;
@@ -315,6 +316,25 @@ admitted_last_second(PaceState *st, TimestampTz now)
 	return n;
 }
 
+/* Slots given in the second before t (the ring is in time order) */
+static int
+given_in_second_before(PaceState *st, TimestampTz t)
+{
+	int			n = 0;
+	int			back;
+
+	for (back = 1; back <= KEPT_SLOTS; back++)
+	{
+		TimestampTz g = given_back(st, back);
+
+		if (g == 0 || g <= t - USECS_PER_SEC)
+			break;
+		if (g <= t)
+			n++;
+	}
+	return n;
+}
+
 /*
  * Tell the pacer how a request sent at sent_at went: 429s slow everyone
  * down, 2xx are counted and recover the pace.
@@ -340,6 +360,11 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 									now + (int64) Min(retry_after_ms, m3ter_retry_max_delay_ms) * 1000);
 		if (sent_at < st->shared_at)
 			;					/* sent before the drop for this overload */
+		else if (retry_after_ms > 1000 ||
+				 (per_second > 0 &&
+				  given_in_second_before(st, sent_at) < per_second * HEADROOM * st->scale *
+				  Min(sent_at - st->busy_since, USECS_PER_SEC) / USECS_PER_SEC / 2))
+			;					/* a wait it names, or sent far under the pace: not about it */
 		else if (st->overload_at == 0 || now - st->overload_at > OVERLOAD_US)
 		{
 			/* the first: perhaps only jitter or bunching; a little slower, evenly */
@@ -360,7 +385,7 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 			 * What m3ter admitted in the last second is our part only after a
 			 * whole second of sending (early in a burst it is only what was
 			 * sent so far); and a pause in that second (a block, retries
-			 * waiting) makes it less than our part: never below half at once
+			 * waiting) makes it less than our part: never below a quarter at once
 			 */
 			if (per_second > 0 && admitted >= 1.0 && sent_at - st->busy_since >= USECS_PER_SEC)
 				scale = Min(st->scale, admitted * HEADROOM / per_second);
@@ -389,8 +414,9 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 			double		seconds = (double) (now - st->raised_at) / USECS_PER_SEC;
 			double		quiet = (double) (now - st->dropped_at) / USECS_PER_SEC;
 
-			st->scale = Min(1.0, st->scale + RECOVER_PER_S * Max(seconds, 0.0) *
-							Max(1.0, quiet / RECOVER_FASTER_S));
+			double		faster = Max(1.0, quiet / RECOVER_FASTER_S);
+
+			st->scale = Min(1.0, st->scale + RECOVER_PER_S * Max(seconds, 0.0) * faster * faster);
 			st->raised_at = now;
 		}
 	}
