@@ -20,14 +20,21 @@
  *	  5-minute budget lies a whole window before it, and half a second more
  *	  (requests reach m3ter with delays that differ): no window of
  *	  m3ter.requests_window, sliding or fixed, holds more than the budget;
- *	- adaptive: a 429 shows that something else spends the same budget
- *	  (another server, the application itself).  The pace then drops to
- *	  what m3ter admitted from this cluster in the last second (a little
- *	  under it), and by a fifth at least: the others keep their part.  One
- *	  overload drops it once: 429s for requests sent before the drop tell
- *	  the same.  No slot is given for the rest of the second in which the
- *	  refused request reached m3ter (taken as the middle of its round
- *	  trip), nor before a Retry-After longer than a second.  The pace then
+ *	- adaptive, in two steps, since one 429 alone says little: arrival
+ *	  jitter or a token bucket smaller than the pacer's catch-up allows can
+ *	  refuse a single request of a pace under the limit.  The first 429 of
+ *	  an overload lowers the pace by 3% and spaces slots evenly from then on
+ *	  (no slot caught up closer than a whole interval); it closes no time,
+ *	  so it costs the refused request alone (which m3ter's rule makes wait
+ *	  a second).  A second 429 within the second shows that something else
+ *	  spends the same budget (another server, the application itself): the
+ *	  pace drops to what m3ter admitted from this cluster in the last second
+ *	  (a little under it; by a fifth when it has not sent for a whole second
+ *	  yet, and never to less than a quarter at once), and no slot is given
+ *	  for the rest of the second in which the refused request reached m3ter
+ *	  (taken as the middle of its round trip; m3ter refuses the rest of an
+ *	  overloaded second).  Nor before a Retry-After longer than a second.  One overload drops it once:
+ *	  429s for requests sent before that drop tell the same.  The pace then
  *	  climbs back 1% of the rate a second (slowly: servers sharing an
  *	  organization settle near their shares instead of overshooting every
  *	  few seconds), faster the longer no 429 came (times the seconds since
@@ -64,7 +71,11 @@
 #include "ground/shmem.h"
 
 #define MIN_SCALE 0.05
-#define SCALE_DOWN 0.8
+#define SCALE_DOWN 0.8			/* a share drop with no whole second to go by */
+#define SHARE_FLOOR 0.25		/* a share drop keeps a quarter of the pace at least */
+#define NEAR_LIMIT_DOWN 0.97	/* the first 429 of an overload */
+#define OVERLOAD_US 1000000		/* 429s this close together are one overload */
+#define EVEN_HOLD_US (300 * USECS_PER_SEC)	/* slots stay evenly spaced this long */
 #define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second, */
 #define RECOVER_FASTER_S 5		/* and faster for each 5 s without a 429 */
 /* a slot asked for this late (µs) is still given on schedule */
@@ -83,6 +94,11 @@ typedef struct PaceState
 	double		scale;			/* adaptive share of the per-second rate */
 	TimestampTz raised_at;		/* when the scale last changed */
 	TimestampTz dropped_at;		/* when a 429 last lowered it */
+	TimestampTz overload_at;	/* the first 429 of the overload under way (0: none) */
+	int			overload_refused;	/* 429s in it so far */
+	TimestampTz shared_at;		/* when 429s last showed others spend the budget */
+	TimestampTz even_until;		/* no slot caught up closer than an interval before */
+	TimestampTz busy_since;		/* when slots began to be given after a pause */
 	int64		admitted_second[2]; /* 2xx answers counted in this second and the last */
 	int			admitted_count[2];
 	TimestampTz given[KEPT_SLOTS];	/* when the last slots were given, a ring */
@@ -224,8 +240,14 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 	 * and 10 ms, is given now and the next one stays where it was, so the
 	 * rate holds at any latency and no two requests go closer than half an
 	 * interval.  After a longer pause the schedule starts again from now.
+	 * Once a 429 came, slots keep a whole interval apart (even_until).
 	 */
-	slot = st->next_slot >= now - Min(interval / 2, CATCH_UP_US) ? st->next_slot : now;
+	if (st->next_slot < now - USECS_PER_SEC)
+		st->busy_since = now;
+	if (now < st->even_until)
+		slot = Max(st->next_slot, now);
+	else
+		slot = st->next_slot >= now - Min(interval / 2, CATCH_UP_US) ? st->next_slot : now;
 	slot = Max(slot, st->blocked_until);
 	if (per_second > 0)
 	{
@@ -312,25 +334,42 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 	st = lock_state(api);
 	if (status == 429)
 	{
-		/* the rest of the second in which it reached m3ter, or a longer Retry-After */
-		TimestampTz reached = sent_at + (now - sent_at) / 2;
-		TimestampTz until = (reached / USECS_PER_SEC + 1) * USECS_PER_SEC;
-
-		/* (the refused rows wait for all of it; the cluster at most m3ter.retry_max_delay) */
+		/* (the refused rows wait a second at least; the cluster at most m3ter.retry_max_delay) */
 		if (retry_after_ms > 1000)
-			until = Max(until, now + (int64) Min(retry_after_ms, m3ter_retry_max_delay_ms) * 1000);
-		if (sent_at >= st->dropped_at)
+			st->blocked_until = Max(st->blocked_until,
+									now + (int64) Min(retry_after_ms, m3ter_retry_max_delay_ms) * 1000);
+		if (sent_at < st->shared_at)
+			;					/* sent before the drop for this overload */
+		else if (st->overload_at == 0 || now - st->overload_at > OVERLOAD_US)
 		{
+			/* the first: perhaps only jitter or bunching; a little slower, evenly */
+			st->overload_at = now;
+			st->overload_refused = 1;
+			st->scale = Max(MIN_SCALE, st->scale * NEAR_LIMIT_DOWN);
+			st->even_until = now + EVEN_HOLD_US;
+			st->dropped_at = now;
+		}
+		else if (++st->overload_refused == 2)
+		{
+			/* others spend the budget too: keep to what m3ter admitted from us */
+			TimestampTz reached = sent_at + (now - sent_at) / 2;
 			double		scale = st->scale * SCALE_DOWN;
 			double		admitted = admitted_last_second(st, now);
 
-			/* nothing admitted yet (a cold start) says nothing about the others' part */
-			if (per_second > 0 && admitted >= 1.0)
-				scale = Min(scale, admitted * HEADROOM / per_second);
-			st->scale = Max(MIN_SCALE, scale);
-			st->dropped_at = now;
+			/*
+			 * What m3ter admitted in the last second is our part only after a
+			 * whole second of sending (early in a burst it is only what was
+			 * sent so far); and a pause in that second (a block, retries
+			 * waiting) makes it less than our part: never below half at once
+			 */
+			if (per_second > 0 && admitted >= 1.0 && sent_at - st->busy_since >= USECS_PER_SEC)
+				scale = Min(st->scale, admitted * HEADROOM / per_second);
+			st->scale = Max(MIN_SCALE, Max(scale, st->scale * SHARE_FLOOR));
+			st->dropped_at = st->shared_at = now;
+			st->overload_at = 0;
+			/* the rest of the second in which it reached m3ter */
+			st->blocked_until = Max(st->blocked_until, (reached / USECS_PER_SEC + 1) * USECS_PER_SEC);
 		}
-		st->blocked_until = Max(st->blocked_until, until);
 		st->raised_at = now;
 	}
 	else

@@ -1,7 +1,8 @@
 """Pacing under a per-second limit that something else shares: the stand-in admits
 only 5 requests a second for the organization while the extension paces for m3ter's
-50.  A 429 drops the pace once to what m3ter admitted (not a fifth per overloaded
-second), the rows spend no attempt, and none is lost."""
+50.  The first 429 of an overload slows the pace a little (it may be jitter); the
+second drops it once to what m3ter admitted (not a fifth per overloaded second), the
+rows spend no attempt, and none is lost."""
 import os
 import sys
 
@@ -29,8 +30,11 @@ throttled = sum(1 for r in reqs if r["status"] == 429)
 admitted = [r for r in reqs if r["status"] == 200]
 is_(len(admitted), REQUESTS, "in %d full requests" % REQUESTS)
 note("429s: %d" % throttled)
-# a fifth per overload would take about ten overloads (and 429s) to get from 48 to 5 a second
-ok(1 <= throttled <= 4, "the first 429 brought the pace down to what m3ter admitted: few 429s in all",
+# Two 429s make an overload: a fifth per overload would take about ten overloads (20 429s) to get
+# from 48 to 5 a second, 3% per 429 about eighty; a drop to what m3ter admitted takes three (a
+# fifth in the first second, at most to a quarter), and the climb back overshoots a few times
+# (10-12 429s in all)
+ok(2 <= throttled <= 16, "the second 429 brought the pace down to what m3ter admitted: few 429s in all",
    "%d 429s" % throttled)
 is_(scalar("SELECT max(attempts) FROM m3ter.outbox"), "1", "the 429s spent no attempt")
 is_(standin("GET", "/_control/summary")["duplicates"], 0, "and nothing was stored twice")
@@ -60,5 +64,24 @@ ok(wait_until(lambda: outbox_counts()["accepted"] == 2000, timeout=20),
 ok(float(scalar("SELECT extract(epoch FROM min(next_attempt_at) - now()) FROM m3ter.outbox "
                 "WHERE status = 'pending'")) > 3000, "the refused ones wait out the hour")
 set_and_reload(retry_max_delay=None, max_in_flight=None)
+
+# One 429 alone (arrival jitter, a token bucket's bunching) costs the refused request, not the pace
+reset()
+set_and_reload(worker_enabled="off", batch_rows="10")
+insert_usage(10, "warm-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == 10, timeout=20), "a few rows after a quiet while")
+ok(float(scalar("SELECT m3ter.pacing_pace()")) > 47, "the pace is back at the limit (48 a second)",
+   scalar("SELECT m3ter.pacing_pace()"))
+set_and_reload(worker_enabled="off")
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429}]})
+insert_usage(600, "one429-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == 610, timeout=30), "60 requests, one refused, all delivered",
+   outbox_counts())
+is_(sum(1 for r in ingest_requests() if r["status"] == 429), 1, "one 429")
+pace = float(scalar("SELECT m3ter.pacing_pace()"))
+ok(pace > 45, "it lowered the pace by a few percent, not a fifth or to what m3ter had admitted", pace)
+set_and_reload(batch_rows=None)
 
 done()
