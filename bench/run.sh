@@ -10,6 +10,8 @@
 #                                limits, the Python relay, two clusters in one organization,
 #                                token requests (starts a second cluster for it)
 #   bench/run.sh dbcost          bench/dbcost.py: the database side at two table sizes
+#   bench/run.sh insert          bench/insert.py: pgbench's single-row INSERTs into the outbox
+#                                (worker on) against a plain table with the same columns
 #   bench/run.sh reconcile       bench/reconcile.py: m3ter_reconcile() over a month of a
 #                                million rows (the stand-in stores them: not its fast mode)
 #
@@ -59,6 +61,9 @@ if wants network; then
 fi
 if wants dbcost; then
     python3 "$M3TER_ROOT/bench/dbcost.py"
+fi
+if wants insert; then
+    python3 "$M3TER_ROOT/bench/insert.py"
 fi
 if wants reconcile; then
     python3 "$M3TER_ROOT/bench/reconcile.py"

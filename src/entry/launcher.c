@@ -259,7 +259,7 @@ request_stop(Oid dboid)
 	if (latch != NULL)
 		SetLatch(latch);
 	else if (pid != 0)
-		kill(pid, SIGUSR1);		/* a disabled worker does not publish its latch */
+		kill(pid, SIGUSR1);		/* a disabled or delivering worker does not publish its latch */
 }
 
 /* ---------------------------------------------------------------------

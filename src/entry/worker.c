@@ -13,7 +13,10 @@
  *
  * When to wake:
  *	- at once when a transaction that inserted into m3ter.outbox commits
- *	  (the outbox CHECK marks the transaction, its commit sets our latch);
+ *	  (the outbox CHECK marks the transaction, its commit sets our latch).
+ *	  The latch is published only between deliveries, before the upkeep
+ *	  looks for due rows: a delivery keeps claiming until nothing is due,
+ *	  so a commit during one costs no signal and no wake-up of ours;
  *	- at the earliest next_attempt_at of a row waiting for a retry;
  *	- otherwise after m3ter.worker_naptime, doubling while idle up to
  *	  m3ter.worker_idle_naptime.
@@ -432,7 +435,8 @@ m3ter_worker_main(Datum main_arg)
 	for (;;)
 	{
 		wait_for_work();
-		m3ter_worker_listen(m3ter_worker_enabled, w.active);
+		/* a delivery finds new rows itself: only an idle worker is woken */
+		m3ter_worker_listen(m3ter_worker_enabled && !w.active, w.active);
 		if (!m3ter_worker_enabled && !w.active)
 		{
 			m3ter_worker_note("disabled by m3ter.worker_enabled", false);

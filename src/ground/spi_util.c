@@ -32,6 +32,27 @@ m3ter_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 	return *slot;
 }
 
+/*
+ * Prepare and keep a plan once per process, planned once for any
+ * arguments: for statements whose plan cannot depend on them (a write of
+ * rows by primary key), so that each run skips the planner
+ */
+SPIPlanPtr
+m3ter_keep_generic_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*slot == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for m3ter query: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		*slot = plan;
+	}
+	return *slot;
+}
+
 /* An int8[] of n values (ids, gap bounds, virtual transaction ids) */
 Datum
 m3ter_int8_array(const int64 *ids, int n)

@@ -427,7 +427,8 @@ m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n, const M3terRow
 	values[7] = BoolGetDatum(outcome->throttled);
 	values[8] = TimestampTzGetDatum(GetCurrentTimestamp());	/* one time for all the rows */
 
-	rc = SPI_execute_plan(m3ter_keep_plan(&plans[which], sqls[which], nargs[which], types),
+	/* by primary key whatever the ids: a custom plan for each write only costs planning */
+	rc = SPI_execute_plan(m3ter_keep_generic_plan(&plans[which], sqls[which], nargs[which], types),
 						  values, nulls, false, 0);
 	if (rc < 0)
 		elog(ERROR, "m3ter outbox update failed: %s", SPI_result_code_string(rc));

@@ -459,10 +459,12 @@ m3ter_worker_attach(void)
 
 /*
  * Called by the worker before each pass: take wake-ups from committing
- * backends or not (a disabled worker does not listen, so commits do not
- * signal it).  It also ends the worker (exit code 0) when the launcher
- * or a command on its database asked it to stop, or the extension was
- * dropped.
+ * backends or not (a disabled worker does not listen, and neither does one
+ * in the middle of a delivery, so commits do not signal it).  A worker
+ * that listens does so before it looks for due rows: a row committed
+ * earlier is found by that look, a later one sets the latch.  It also
+ * ends the worker (exit code 0) when the launcher or a command on its
+ * database asked it to stop, or the extension was dropped.
  */
 void
 m3ter_worker_listen(bool listen, bool delivering)

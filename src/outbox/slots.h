@@ -61,7 +61,7 @@ typedef struct M3terDbSlot
 	bool		attached;		/* the worker connected at least once */
 	M3terExitReason exit_reason;
 	bool		stop_requested; /* set by the launcher or a DDL: end at the next pass */
-	Latch	   *worker_latch;	/* set to wake it; NULL when not running or disabled */
+	Latch	   *worker_latch;	/* set to wake it; NULL when not running, disabled or delivering */
 	pid_t		worker_pid;
 	TimestampTz worker_started_at;
 	TimestampTz last_drain_at;

@@ -92,6 +92,19 @@ ok(extra <= 8, "it does not hammer m3ter while stopped: at most one pass a secon
 set_and_reload(org_id=None)
 ok(wait_until(lambda: outbox_counts()["accepted"] == 10, timeout=20), "once the setting is fixed they are delivered")
 
+# a worker back from a delivery is woken by the next commit: it takes wake-ups only
+# between deliveries, and with naptimes of a minute only the wake brings it
+reset()
+set_and_reload(worker_naptime="60s", worker_idle_naptime="60s")
+insert_usage(3000, "busy-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 3000, timeout=30), "a delivery of 3,000 rows ends")
+time.sleep(1)
+t0 = time.time()
+insert_usage(1, "woken-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 3001, timeout=10, interval=0.02),
+   "the next row after it is accepted within seconds, not at the 60 s naptime (%.0f ms)"
+   % ((time.time() - t0) * 1000))
+
 # retention: accepted rows older than m3ter.retention are deleted by the worker
 reset()
 insert_usage(20, "keep-")
