@@ -316,9 +316,9 @@ admitted_last_second(PaceState *st, TimestampTz now)
 	return n;
 }
 
-/* Slots given in the second before t (the ring is in time order) */
+/* Slots given after from and up to t (the ring is in time order) */
 static int
-given_in_second_before(PaceState *st, TimestampTz t)
+given_between(PaceState *st, TimestampTz from, TimestampTz t)
 {
 	int			n = 0;
 	int			back;
@@ -327,12 +327,27 @@ given_in_second_before(PaceState *st, TimestampTz t)
 	{
 		TimestampTz g = given_back(st, back);
 
-		if (g == 0 || g <= t - USECS_PER_SEC)
+		if (g == 0 || g <= from)
 			break;
 		if (g <= t)
 			n++;
 	}
 	return n;
+}
+
+/*
+ * Did the cluster send at less than half its pace in the second before
+ * sent_at (counting only since it began sending, and since a block ended)?
+ */
+static bool
+sent_far_under_pace(PaceState *st, int per_second, TimestampTz sent_at)
+{
+	TimestampTz from = Max(sent_at - USECS_PER_SEC, st->busy_since);
+
+	if (st->blocked_until <= sent_at)
+		from = Max(from, st->blocked_until);
+	return given_between(st, from, sent_at) <
+		per_second * HEADROOM * st->scale * (sent_at - from) / USECS_PER_SEC / 2;
 }
 
 /*
@@ -360,10 +375,7 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 									now + (int64) Min(retry_after_ms, m3ter_retry_max_delay_ms) * 1000);
 		if (sent_at < st->shared_at)
 			;					/* sent before the drop for this overload */
-		else if (retry_after_ms > 1000 ||
-				 (per_second > 0 &&
-				  given_in_second_before(st, sent_at) < per_second * HEADROOM * st->scale *
-				  Min(sent_at - st->busy_since, USECS_PER_SEC) / USECS_PER_SEC / 2))
+		else if (retry_after_ms > 1000 || (per_second > 0 && sent_far_under_pace(st, per_second, sent_at)))
 			;					/* a wait it names, or sent far under the pace: not about it */
 		else if (st->overload_at == 0 || now - st->overload_at > OVERLOAD_US)
 		{
