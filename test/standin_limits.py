@@ -47,7 +47,7 @@ class RateLimits:
         self.burst = max(1, int(c["burst"]))
         self.rng = random.Random(c["seed"])
         self.arrivals = 0
-        self.org_second = {}    # fixed: org -> [wall-clock second, admitted in it]
+        self.org_second = {}    # fixed: org -> {wall-clock second: admitted in it}
         self.org_times = {}     # sliding: org -> deque of admission times
         self.org_bucket = {}    # token_bucket: org -> [tokens, at]
         self.source_times = {}  # source -> deque of admission times within the window
@@ -78,8 +78,7 @@ class RateLimits:
     def _org_refuses(self, org, t):
         """Would the organization's per-second limit refuse an arrival at t?"""
         if self.model == "fixed":
-            slot = self.org_second.get(org)
-            return slot is not None and slot[0] == int(t) and slot[1] >= self.per_second
+            return self.org_second.get(org, {}).get(int(t), 0) >= self.per_second
         if self.model == "sliding":
             times = self.org_times.setdefault(org, deque())
             return sum(1 for x in times if t - 1.0 < x <= t) >= self.per_second
@@ -90,10 +89,11 @@ class RateLimits:
 
     def _org_admit(self, org, t):
         if self.model == "fixed":
-            slot = self.org_second.get(org)
-            if slot is None or slot[0] != int(t):
-                slot = self.org_second[org] = [int(t), 0]
-            slot[1] += 1
+            # counted per second, so an arrival jitter put late in an earlier second counts there
+            seconds = self.org_second.setdefault(org, {})
+            seconds[int(t)] = seconds.get(int(t), 0) + 1
+            for old in [s for s in seconds if s < int(t) - 2]:
+                del seconds[old]
         elif self.model == "sliding":
             times = self.org_times.setdefault(org, deque())
             times.append(t)

@@ -211,6 +211,26 @@ given_back(PaceState *st, int n)
 }
 
 /*
+ * The scale as the climb back has taken it by now: 1% of the rate a second
+ * since it last changed, idle time included, faster by the square of the
+ * quiet seconds (since the last drop) over RECOVER_FASTER_S.  A 2xx answer
+ * keeps it; slots and m3ter.pacing_pace() read it, so an idle cluster is
+ * back at its pace before its first request.
+ */
+static double
+climbed_scale(PaceState *st, TimestampTz now)
+{
+	double		seconds;
+	double		faster;
+
+	if (st->scale >= 1.0)
+		return st->scale;
+	seconds = (double) (now - st->raised_at) / USECS_PER_SEC;
+	faster = Max(1.0, (double) (now - st->dropped_at) / USECS_PER_SEC / RECOVER_FASTER_S);
+	return Min(1.0, st->scale + RECOVER_PER_S * Max(seconds, 0.0) * faster * faster);
+}
+
+/*
  * Ask for a send slot no later than now + horizon_ms.  Returns true and
  * takes it, or false with *wait_ms set to how long until one may be had.
  */
@@ -232,7 +252,7 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 		return true;
 
 	st = lock_state(api);
-	rate = per_second * HEADROOM * st->scale;
+	rate = per_second * HEADROOM * climbed_scale(st, now);
 	interval = per_second > 0 ? (int64) (USECS_PER_SEC / rate) : 0;
 
 	/*
@@ -422,13 +442,7 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 		st->admitted_count[b]++;
 		if (st->scale < 1.0)
 		{
-			/* by the time gone since the last change, idle time included */
-			double		seconds = (double) (now - st->raised_at) / USECS_PER_SEC;
-			double		quiet = (double) (now - st->dropped_at) / USECS_PER_SEC;
-
-			double		faster = Max(1.0, quiet / RECOVER_FASTER_S);
-
-			st->scale = Min(1.0, st->scale + RECOVER_PER_S * Max(seconds, 0.0) * faster * faster);
+			st->scale = climbed_scale(st, now);
 			st->raised_at = now;
 		}
 	}
@@ -481,7 +495,7 @@ m3ter_pacing_pace(PG_FUNCTION_ARGS)
 
 	limits(M3TER_INGEST_API, &per_second, &per_window);
 	st = lock_state(M3TER_INGEST_API);
-	scale = st->scale;
+	scale = climbed_scale(st, GetCurrentTimestamp());
 	unlock_state();
 	PG_RETURN_FLOAT8(per_second * HEADROOM * scale);
 }

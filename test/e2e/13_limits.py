@@ -22,6 +22,9 @@ def run(model, times, **config):
 # fixed: per wall-clock second
 got = run("fixed", [10.0 + i * 0.019 for i in range(51)] + [11.0])
 ok(all(got[:50]) and not got[50] and got[51], "fixed window: 50 in a second, the 51st refused, the next second admits")
+# an arrival jitter put late in the second before counts there, not against this one
+got = run("fixed", [0.991, 1.001, 0.995, 1.002, 1.003, 1.004], per_second=3)
+ok(got == [True] * 5 + [False], "fixed window: arrivals out of order are counted in their own seconds", got)
 # sliding: any 50 within one second
 got = run("sliding", [10.5 + i * 0.01 for i in range(50)] + [11.2, 11.49, 11.51])
 ok(all(got[:50]) and got[50:] == [False, False, True],
