@@ -33,15 +33,17 @@
  *	  yet, and never to less than a quarter at once), and no slot is given
  *	  for the rest of the second in which the refused request reached m3ter
  *	  (taken as the middle of its round trip; m3ter refuses the rest of an
- *	  overloaded second).  Nor before a Retry-After longer than a second.  One overload drops it once:
- *	  429s for requests sent before that drop tell the same; a 429 with a
- *	  Retry-After longer than a second names its own wait, and one for a
- *	  request sent while the cluster sent at less than half its pace (a
- *	  storm of refusals that are not about the rate) says nothing about it.  The pace then climbs back 1% of the rate a second
- *	  (slowly: servers sharing an organization settle near their shares
- *	  instead of overshooting every few seconds), faster the longer no 429
- *	  came (times the square of the seconds since the last one over 5):
- *	  once the others are gone, the whole rate is back within 15-20 s.
+ *	  overloaded second), nor before a Retry-After longer than a second.
+ *	  One overload drops it once: 429s for requests sent before that drop
+ *	  tell the same; a 429 with a Retry-After longer than a second names
+ *	  its own wait, and one for a request sent while the cluster sent at
+ *	  less than half its pace (a storm of refusals that are not about the
+ *	  rate) says nothing about it.  The pace then climbs back 1% of the
+ *	  rate a second (slowly: servers sharing an organization settle near
+ *	  their shares instead of overshooting every few seconds), faster the
+ *	  longer no 429 came (times the square of the seconds since the last
+ *	  one over 5): once the others are gone, the whole rate is back within
+ *	  15-20 s.
  *
  * The usage query (reconciliation) goes to m3ter's Data Explorer, limited
  * to one request a second: it is paced apart, at that rate.

@@ -15,13 +15,13 @@
 
 #include "ground/spi_util.h"
 
-/* Prepare and keep a plan once per process */
-SPIPlanPtr
-m3ter_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+/* Prepare and keep a plan once per process, with the cursor options given */
+static SPIPlanPtr
+keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes, int cursor_options)
 {
 	if (*slot == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, cursor_options);
 
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed for m3ter query: %s",
@@ -32,6 +32,13 @@ m3ter_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 	return *slot;
 }
 
+/* Prepare and keep a plan once per process */
+SPIPlanPtr
+m3ter_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
+{
+	return keep_plan(slot, sql, nargs, argtypes, 0);
+}
+
 /*
  * Prepare and keep a plan once per process, planned once for any
  * arguments: for statements whose plan cannot depend on them (a write of
@@ -40,17 +47,7 @@ m3ter_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 SPIPlanPtr
 m3ter_keep_generic_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes)
 {
-	if (*slot == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for m3ter query: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		*slot = plan;
-	}
-	return *slot;
+	return keep_plan(slot, sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 }
 
 /* An int8[] of n values (ids, gap bounds, virtual transaction ids) */
