@@ -391,6 +391,8 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 	st = lock_state(api);
 	if (status == 429)
 	{
+		/* the climb so far is kept, whether this 429 lowers the pace or not */
+		st->scale = climbed_scale(st, now);
 		/* (the refused rows wait a second at least; the cluster at most m3ter.retry_max_delay) */
 		if (retry_after_ms > 1000)
 			st->blocked_until = Max(st->blocked_until,

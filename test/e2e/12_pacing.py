@@ -5,6 +5,7 @@ second drops it once to what m3ter admitted (not a fifth per overloaded second),
 rows spend no attempt, and none is lost."""
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from m3ter_tap import *  # noqa: E402,F401,F403
@@ -39,6 +40,21 @@ ok(2 <= throttled <= 24, "the second 429 brought the pace down to what m3ter adm
 is_(scalar("SELECT max(attempts) FROM m3ter.outbox"), "1", "the 429s spent no attempt")
 is_(standin("GET", "/_control/summary")["duplicates"], 0, "and nothing was stored twice")
 standin("POST", "/_control/config", {"rate_limit": None})
+
+# The pace climbs back while idle, and a 429 that leaves the pace (it names a longer wait) keeps
+# that climb: it does not start again from the pace of the last answer before the pause
+set_and_reload(worker_enabled="off")
+time.sleep(8)
+climbed = float(scalar("SELECT m3ter.pacing_pace()"))
+ok(climbed < 45, "the pace is still below the limit after 8 s idle", climbed)
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429,
+                                                 "retry_after": 2, "count": 1}]})
+insert_usage(1000, "kept-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == REQUESTS * 1000 + 1000, timeout=30),
+   "the request refused with Retry-After: 2 got in after", outbox_counts())
+after = float(scalar("SELECT m3ter.pacing_pace()"))
+ok(after >= climbed, "the pace after it is no lower than before it (%.1f before)" % climbed, after)
 # A long delivery (paced to 2 a second) still polls Events and sweeps: it never waits for an idle moment
 reset()
 set_and_reload(worker_enabled="off", max_requests_per_second="2", events_poll_interval="2s")
