@@ -310,6 +310,7 @@ start_or_rest(void)
 	else if (next_due == 0 || next_due > GetCurrentTimestamp())
 	{
 		m3ter_worker_note(w.last_logged ? "stopped: m3ter refused the delivery" : "idle", true);
+		m3ter_worker_listen(true, M3TER_BACKLOG_COUNT);	/* nothing due: count what waits */
 		w.sleep_ms = idle_sleep(&w.idle_ms, next_due);
 	}
 	else
@@ -436,7 +437,9 @@ m3ter_worker_main(Datum main_arg)
 	{
 		wait_for_work();
 		/* a delivery finds new rows itself: only an idle worker is woken */
-		m3ter_worker_listen(m3ter_worker_enabled && !w.active, w.active);
+		m3ter_worker_listen(m3ter_worker_enabled && !w.active,
+							w.active ? M3TER_BACKLOG_ESTIMATE :
+							!m3ter_worker_enabled ? M3TER_BACKLOG_COUNT : M3TER_BACKLOG_NONE);
 		if (!m3ter_worker_enabled && !w.active)
 		{
 			m3ter_worker_note("disabled by m3ter.worker_enabled", false);

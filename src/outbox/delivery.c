@@ -263,7 +263,12 @@ record_outcome(M3terDelivery *d, M3terSend *send)
 	m3ter_sender_finish(&d->sender, send);
 }
 
-/* Write the outcomes of all finished sends in one transaction */
+/*
+ * Write the outcomes of all finished sends in one transaction.  Each write
+ * takes milliseconds (a full request's is a thousand rows): between them,
+ * a request whose pacing slot has come starts, so a batch of answers does
+ * not leave a gap in the pace.
+ */
 static void
 write_outcomes(M3terDelivery *d)
 {
@@ -274,7 +279,11 @@ write_outcomes(M3terDelivery *d)
 		return;
 	begin_work(d);
 	while ((send = m3ter_sender_next_done(&d->sender)) != NULL)
+	{
 		record_outcome(d, send);
+		if (d->sender.n_queued > 0)
+			m3ter_sender_pump(&d->sender, 0);
+	}
 	dlist_foreach_modify(it, &d->claims)
 	{
 		Claim	   *c = dlist_container(Claim, node, it.cur);

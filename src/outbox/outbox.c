@@ -107,7 +107,12 @@ static const char claim_sql[] =
 "(SELECT 3, " ROW_STATE ", " ROW_COLUMNS " FROM m3ter.outbox WHERE id > $6 ORDER BY id LIMIT $3) "
 "LIMIT $3";
 
-/* Records of senders that are no longer running; their rows count as sent once */
+/*
+ * Records of senders that are no longer running; their rows count as sent
+ * once.  The rows are found by id from an array: a join with the (nearly
+ * always empty) CTE may be planned as a merge join that walks the primary
+ * key past every accepted row first, at every claim.
+ */
 static const char clean_sql[] =
 "WITH stale AS ("
 " DELETE FROM m3ter.inflight f"
@@ -119,8 +124,7 @@ static const char clean_sql[] =
 " RETURNING f.ids) "
 "UPDATE m3ter.outbox o SET attempts = o.attempts + 1, next_attempt_at = m3ter.due_now(o.created_at), "
 "       error = 'sent without an answer before its sender stopped; it goes again with the same uid' "
-"  FROM (SELECT pg_catalog.unnest(ids) AS id FROM stale) s "
-" WHERE o.id = s.id AND o.status = 'pending'";
+"  WHERE o.id = ANY (ARRAY(SELECT pg_catalog.unnest(s.ids) FROM stale s)) AND o.status = 'pending'";
 
 static const char others_sql[] =
 "SELECT pg_catalog.unnest(ids) FROM m3ter.inflight WHERE NOT (owner_pid = pg_catalog.pg_backend_pid() AND owner_start = $1)";
@@ -462,7 +466,9 @@ m3ter_outbox_fail_row(int64 id, const char *why)
  * When the next pending row that no sender has in flight falls due, or 0
  * when none is pending: now when rows wait after the frontier (or the id
  * sequence was set back behind it), the first
- * deferred row's time, or when gaps are to be read again.
+ * deferred row's time, or when gaps are to be read again.  Rows after the
+ * frontier are found by max(id), one step down the primary key: an EXISTS
+ * may be planned as a scan that reads every row delivered before it.
  */
 TimestampTz
 m3ter_outbox_next_due(void)
@@ -479,7 +485,7 @@ m3ter_outbox_next_due(void)
 					 "     AND NOT EXISTS (SELECT 1 FROM m3ter.inflight f WHERE o.id = ANY (f.ids))"
 					 "   ORDER BY o.next_attempt_at, o.id LIMIT 1),"
 					 " (SELECT pg_catalog.now() FROM m3ter.claim_state s"
-					 "   WHERE EXISTS (SELECT 1 FROM m3ter.outbox o WHERE o.id > s.frontier)"
+					 "   WHERE coalesce((SELECT pg_catalog.max(o.id) FROM m3ter.outbox o), 0) > s.frontier"
 					 "      OR coalesce(pg_catalog.pg_sequence_last_value('m3ter.outbox_id_seq'::pg_catalog.regclass), 0)"
 					 "         < s.frontier)),"
 					 " (SELECT s.gap_lo <> '{}' OR s.sample_id IS NOT NULL FROM m3ter.claim_state s)",

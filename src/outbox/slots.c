@@ -37,6 +37,7 @@
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -320,11 +321,14 @@ static const char backlog_estimate_sql[] =
 
 /*
  * Look at the database between passes: is the extension still there (the
- * worker ends if not), and, now and then, how many rows are pending.
+ * worker ends if not), and, now and then, how many rows are pending.  Never
+ * just before a delivery starts: counting a fresh backlog reads every row of
+ * it, and the first request would wait for that.
  */
 static void
-worker_check_database(bool delivering)
+worker_check_database(M3terBacklogCount count)
 {
+	bool		delivering = count == M3TER_BACKLOG_ESTIMATE;
 	static int64 deferred = 0;	/* deferred rows at the last count */
 	static TimestampTz deferred_oldest = 0;
 	MemoryContext oldcxt = CurrentMemoryContext;
@@ -333,7 +337,7 @@ worker_check_database(bool delivering)
 	volatile int64 backlog = -1;
 	volatile TimestampTz oldest = 0;
 	TimestampTz now = GetCurrentTimestamp();
-	bool		count_due = now >= next_backlog_count;
+	bool		count_due = count != M3TER_BACKLOG_NONE && now >= next_backlog_count;
 
 	PG_TRY();
 	{
@@ -344,6 +348,12 @@ worker_check_database(bool delivering)
 		{
 			SPI_connect();
 			PushActiveSnapshot(GetTransactionSnapshot());
+			/*
+			 * the view's branches go by the claims' index paths; with no
+			 * pending rows the planner may still guess a full scan cheaper
+			 */
+			(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
+									 true, 0, false);
 			if (SPI_execute(delivering ? backlog_estimate_sql : backlog_count_sql, true, 0) == SPI_OK_SELECT &&
 				SPI_processed == 1)
 			{
@@ -467,7 +477,7 @@ m3ter_worker_attach(void)
  * database asked it to stop, or the extension was dropped.
  */
 void
-m3ter_worker_listen(bool listen, bool delivering)
+m3ter_worker_listen(bool listen, M3terBacklogCount count)
 {
 	bool		stop;
 
@@ -482,7 +492,7 @@ m3ter_worker_listen(bool listen, bool delivering)
 		proc_exit(0);
 	}
 	if (!IsTransactionState())
-		worker_check_database(delivering);
+		worker_check_database(count);
 }
 
 /* Called by the worker: what it is doing now */

@@ -119,7 +119,15 @@ extern void m3ter_slot_reset(M3terDbSlot *slot);
 
 /* called by the worker */
 extern void m3ter_worker_attach(void);
-extern void m3ter_worker_listen(bool listen, bool delivering);
+/* What a worker's look at its database counts, besides whether m3ter is installed */
+typedef enum M3terBacklogCount
+{
+	M3TER_BACKLOG_NONE,			/* nothing: rows may be waiting to be sent */
+	M3TER_BACKLOG_ESTIMATE,		/* delivering: the ids past the claims' frontier */
+	M3TER_BACKLOG_COUNT			/* idle or disabled: every pending row */
+} M3terBacklogCount;
+
+extern void m3ter_worker_listen(bool listen, M3terBacklogCount count);
 extern void m3ter_worker_note(const char *state, bool drained);
 extern void m3ter_wake_launcher(void);
 extern void m3ter_wake_launcher_at_commit(void);
