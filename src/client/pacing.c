@@ -23,8 +23,9 @@
  *	- adaptive, in two steps, since one 429 alone says little: arrival
  *	  jitter or a token bucket smaller than the pacer's catch-up allows can
  *	  refuse a single request of a pace under the limit.  The first 429 of
- *	  an overload lowers the pace by 3% and spaces slots evenly from then on
- *	  (no slot caught up closer than a whole interval); it closes no time,
+ *	  an overload lowers the pace by 3% and spaces slots evenly for 30 s
+ *	  (no slot caught up closer than a whole interval: that costs a few
+ *	  percent of the rate, as a late slot is not made up); it closes no time,
  *	  so it costs the refused request alone (which m3ter's rule makes wait
  *	  a second).  A second 429 within the second shows that something else
  *	  spends the same budget (another server, the application itself): the
@@ -81,7 +82,7 @@
 #define SHARE_FLOOR 0.25		/* a share drop keeps a quarter of the pace at least */
 #define NEAR_LIMIT_DOWN 0.97	/* the first 429 of an overload */
 #define OVERLOAD_US 1000000		/* 429s this close together are one overload */
-#define EVEN_HOLD_US (300 * USECS_PER_SEC)	/* slots stay evenly spaced this long */
+#define EVEN_HOLD_US (30 * USECS_PER_SEC)	/* slots stay evenly spaced this long */
 #define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second, */
 #define RECOVER_FASTER_S 5		/* and faster after 5 s without a 429 (by the square) */
 /* a slot asked for this late (µs) is still given on schedule */

@@ -109,9 +109,10 @@ static const char claim_sql[] =
 
 /*
  * Records of senders that are no longer running; their rows count as sent
- * once.  The rows are found by id from an array: a join with the (nearly
- * always empty) CTE may be planned as a merge join that walks the primary
- * key past every accepted row first, at every claim.
+ * once.  This runs at every claim and nearly always finds none: the EXISTS
+ * becomes a one-time filter, so the UPDATE reads no row then, whatever plan
+ * the table's size and statistics give it (a join with the CTE was planned
+ * as a merge join, or a scan of the whole outbox, at every claim).
  */
 static const char clean_sql[] =
 "WITH stale AS ("
@@ -124,7 +125,8 @@ static const char clean_sql[] =
 " RETURNING f.ids) "
 "UPDATE m3ter.outbox o SET attempts = o.attempts + 1, next_attempt_at = m3ter.due_now(o.created_at), "
 "       error = 'sent without an answer before its sender stopped; it goes again with the same uid' "
-"  WHERE o.id = ANY (ARRAY(SELECT pg_catalog.unnest(s.ids) FROM stale s)) AND o.status = 'pending'";
+"  WHERE EXISTS (SELECT 1 FROM stale) "
+"    AND o.id = ANY (ARRAY(SELECT pg_catalog.unnest(s.ids) FROM stale s)) AND o.status = 'pending'";
 
 static const char others_sql[] =
 "SELECT pg_catalog.unnest(ids) FROM m3ter.inflight WHERE NOT (owner_pid = pg_catalog.pg_backend_pid() AND owner_start = $1)";
