@@ -439,7 +439,7 @@ m3ter_worker_main(Datum main_arg)
 		/* a delivery finds new rows itself: only an idle worker is woken */
 		m3ter_worker_listen(m3ter_worker_enabled && !w.active,
 							w.active ? M3TER_BACKLOG_ESTIMATE :
-							!m3ter_worker_enabled ? M3TER_BACKLOG_COUNT : M3TER_BACKLOG_NONE);
+							!m3ter_worker_enabled ? M3TER_BACKLOG_COUNT : M3TER_BACKLOG_IF_STALE);
 		if (!m3ter_worker_enabled && !w.active)
 		{
 			m3ter_worker_note("disabled by m3ter.worker_enabled", false);

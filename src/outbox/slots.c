@@ -59,6 +59,9 @@ static bool xact_callback_registered = false;
 /* the worker's own slot, once attached */
 static M3terDbSlot *my_slot = NULL;
 static TimestampTz next_backlog_count = 0;
+static TimestampTz last_backlog_count = 0;	/* of every pending row */
+static TimestampTz backlog_count_floor = 0;	/* no count before: 5% of the time at most */
+static bool delivered_since_count = false;	/* a delivery ran since that count */
 
 /* The delivery rate: the accepted count sampled this often (status.c reads it) */
 #define RATE_SAMPLE_MS 5000
@@ -78,6 +81,8 @@ sample_accepted(M3terDbSlot *slot, TimestampTz now)
 
 /* How often a worker counts its backlog, at least */
 #define BACKLOG_INTERVAL_MS 5000
+/* a count this old is made even when rows wait to be sent */
+#define BACKLOG_STALE_MS 15000
 
 /* Set up the shared struct once, when it is created */
 static void
@@ -337,7 +342,20 @@ worker_check_database(M3terBacklogCount count)
 	volatile int64 backlog = -1;
 	volatile TimestampTz oldest = 0;
 	TimestampTz now = GetCurrentTimestamp();
-	bool		count_due = count != M3TER_BACKLOG_NONE && now >= next_backlog_count;
+	bool		count_due;
+
+	if (delivering)
+		delivered_since_count = true;
+	/*
+	 * Counting reads every pending row: not just before a delivery, unless
+	 * the last count is stale (rows arriving all the time keep a worker from
+	 * ever being idle); at once when a delivery has just ended
+	 */
+	if (count == M3TER_BACKLOG_IF_STALE)
+		count_due = now >= last_backlog_count + BACKLOG_STALE_MS * (int64) 1000 && now >= next_backlog_count;
+	else
+		count_due = now >= next_backlog_count ||
+			(count == M3TER_BACKLOG_COUNT && delivered_since_count && now >= backlog_count_floor);
 
 	PG_TRY();
 	{
@@ -405,9 +423,13 @@ worker_check_database(M3terBacklogCount count)
 		TimestampTz end = GetCurrentTimestamp();
 
 		/* count at most every 5 s, and spend at most 5% of the time on it */
-		next_backlog_count = TimestampTzPlusMilliseconds(end,
-														 Max(BACKLOG_INTERVAL_MS,
-															 20 * TimestampDifferenceMilliseconds(now, end)));
+		if (!delivering)
+		{
+			last_backlog_count = end;
+			delivered_since_count = false;
+		}
+		backlog_count_floor = TimestampTzPlusMilliseconds(end, 20 * TimestampDifferenceMilliseconds(now, end));
+		next_backlog_count = Max(backlog_count_floor, TimestampTzPlusMilliseconds(end, BACKLOG_INTERVAL_MS));
 		SpinLockAcquire(&m3ter_shared->mutex);
 		my_slot->backlog = backlog;
 		my_slot->oldest_pending_at = oldest;

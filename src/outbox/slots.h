@@ -122,7 +122,7 @@ extern void m3ter_worker_attach(void);
 /* What a worker's look at its database counts, besides whether m3ter is installed */
 typedef enum M3terBacklogCount
 {
-	M3TER_BACKLOG_NONE,			/* nothing: rows may be waiting to be sent */
+	M3TER_BACKLOG_IF_STALE,		/* rows may be waiting to be sent: count only a stale figure */
 	M3TER_BACKLOG_ESTIMATE,		/* delivering: the ids past the claims' frontier */
 	M3TER_BACKLOG_COUNT			/* idle or disabled: every pending row */
 } M3terBacklogCount;
