@@ -30,8 +30,11 @@
  *	  a second).  A second 429 within the second shows that something else
  *	  spends the same budget (another server, the application itself): the
  *	  pace drops to what m3ter admitted from this cluster in the last second
- *	  (a little under it; by a fifth when it has not sent for a whole second
- *	  yet, and never to less than a quarter at once), and no slot is given
+ *	  (a little under it; by half when it has not sent for a whole second
+ *	  yet: two servers that start together each take half instead of
+ *	  colliding again the next second; by a fifth when another drop came
+ *	  within 10 s, so that a small limit is not halved again and again;
+ *	  never to less than a quarter at once), and no slot is given
  *	  for the rest of the second in which the refused request reached m3ter
  *	  (taken as the middle of its round trip; m3ter refuses the rest of an
  *	  overloaded second), nor before a Retry-After longer than a second.
@@ -76,7 +79,9 @@
 #include "ground/shmem.h"
 
 #define MIN_SCALE 0.05
-#define SCALE_DOWN 0.8			/* a share drop with no whole second to go by */
+#define FIRST_SHARE_DOWN 0.5	/* a share drop with no whole second to go by: half, */
+#define SCALE_DOWN 0.8			/* or a fifth within REPEAT_SHARE_US of the last one */
+#define REPEAT_SHARE_US (10 * USECS_PER_SEC)
 #define SHARE_FLOOR 0.25		/* a share drop keeps a quarter of the pace at least */
 #define NEAR_LIMIT_DOWN 0.97	/* the first 429 of an overload */
 #define OVERLOAD_US 1000000		/* 429s this close together are one overload */
@@ -415,7 +420,7 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 		{
 			/* others spend the budget too: keep to what m3ter admitted from us */
 			TimestampTz reached = sent_at + (now - sent_at) / 2;
-			double		scale = st->scale * SCALE_DOWN;
+			double		scale = st->scale * (now - st->shared_at < REPEAT_SHARE_US ? SCALE_DOWN : FIRST_SHARE_DOWN);
 			double		admitted = admitted_last_second(st, now);
 
 			/*
