@@ -326,9 +326,9 @@ static const char backlog_estimate_sql[] =
 
 /*
  * Look at the database between passes: is the extension still there (the
- * worker ends if not), and, now and then, how many rows are pending.  Never
- * just before a delivery starts: counting a fresh backlog reads every row of
- * it, and the first request would wait for that.
+ * worker ends if not), and, now and then, how many rows are pending.  Just
+ * before a delivery starts only when the last count is stale: counting a
+ * fresh backlog reads every row of it, and the first request would wait.
  */
 static void
 worker_check_database(M3terBacklogCount count)
