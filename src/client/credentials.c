@@ -258,6 +258,7 @@ m3ter_require_credentials(void)
 	const char *key_id;
 	const char *secret;
 
+	m3ter_settings_catch_up();
 	current_credentials(&key_id, &secret);
 	if (key_id[0] == '\0' || secret[0] == '\0')
 		ereport(ERROR,

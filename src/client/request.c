@@ -52,8 +52,12 @@ PG_FUNCTION_INFO_V1(m3ter_backoff_delay);
 char *
 m3ter_api_base(M3terApi api)
 {
-	const char *base = (api == M3TER_INGEST_API) ? m3ter_ingest_url : m3ter_api_url;
-	int			len = strlen(base);
+	const char *base;
+	int			len;
+
+	m3ter_settings_catch_up();
+	base = (api == M3TER_INGEST_API) ? m3ter_ingest_url : m3ter_api_url;
+	len = strlen(base);
 
 	while (len > 0 && base[len - 1] == '/')
 		len--;

@@ -32,7 +32,11 @@
 
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
+#include "pgstat.h"
+#include "postmaster/interrupt.h"
+#include "storage/latch.h"
 #include "utils/guc.h"
+#include "utils/timestamp.h"
 #include "utils/varlena.h"
 
 #include "ground/settings.h"
@@ -575,10 +579,63 @@ m3ter_define_settings(void)
 	MarkGUCPrefixReserved("m3ter");
 }
 
+/* Are the organization id or the credentials unset? */
+static bool
+settings_missing(void)
+{
+	if (m3ter_org_id == NULL || m3ter_org_id[0] == '\0')
+		return true;
+	if (m3ter_credentials_file != NULL && m3ter_credentials_file[0] != '\0')
+		return false;
+	return m3ter_access_key_id == NULL || m3ter_access_key_id[0] == '\0' ||
+		m3ter_api_secret == NULL || m3ter_api_secret[0] == '\0';
+}
+
+/*
+ * Take a reload of the configuration that this session has been signalled
+ * but not yet taken.  A session takes a reload between statements, and the
+ * postmaster's signal comes a few milliseconds after pg_reload_conf()
+ * returns: a script that sets the organization and credentials with ALTER
+ * SYSTEM, reloads and calls m3ter in its next statement (the README's
+ * Getting started pasted whole) would still see them unset.  So while they
+ * are unset, wait up to a second for the signal before reporting them
+ * missing.  Only a client session does this: the workers take reloads in
+ * their own loops.
+ */
+void
+m3ter_settings_catch_up(void)
+{
+	TimestampTz until;
+
+	if (MyBackendType != B_BACKEND)
+		return;
+	if (!ConfigReloadPending && settings_missing())
+	{
+		until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+		while (!ConfigReloadPending)
+		{
+			long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
+
+			if (left <= 0)
+				break;
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 Min(left, 10), PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
 /* The organization id, or an error that says how to set it */
 const char *
 m3ter_require_org_id(void)
 {
+	m3ter_settings_catch_up();
 	if (m3ter_org_id == NULL || m3ter_org_id[0] == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

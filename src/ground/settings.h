@@ -59,6 +59,7 @@ extern int	m3ter_events_poll_interval_s;
 
 
 extern void m3ter_define_settings(void);
+extern void m3ter_settings_catch_up(void);
 extern const char *m3ter_require_org_id(void);
 
 extern bool m3ter_database_wanted(const char *name);
