@@ -69,6 +69,9 @@ PGDLLEXPORT void m3ter_worker_main(Datum main_arg);
 /* The subscription that fills this database's outbox ("" when none) */
 static char subscribed_to[NAMEDATALEN];
 
+/* Is the extension installed at an SQL version the library does not take? */
+static bool needs_update;
+
 /*
  * Log an error once, not on every pass while it persists; sqlstate is the
  * cause's, the same a call or a flush raises for it
@@ -136,7 +139,8 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 
 	installed = m3ter_lock_extension();	/* also: is it installed? */
 	*next_due = 0;
-	if (installed && !m3ter_installed_version_ok(&why))
+	needs_update = installed && !m3ter_installed_version_ok(&why);
+	if (needs_update)
 	{
 		/* an older SQL version: ALTER EXTENSION m3ter UPDATE fixes it, no restart */
 		log_once(why, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, last_logged);
@@ -299,7 +303,8 @@ start_or_rest(void)
 	w.busy = false;
 	if (!upkeep(&next_due, &w.last_retention, &w.last_sweep, &w.last_logged, false))
 	{
-		m3ter_worker_note("waiting for CREATE EXTENSION m3ter", false);
+		m3ter_worker_note(needs_update ? "waiting for ALTER EXTENSION m3ter UPDATE" :
+						  "waiting for CREATE EXTENSION m3ter", false);
 		w.sleep_ms = m3ter_worker_idle_naptime_ms;
 	}
 	else if (subscribed_to[0] != '\0')

@@ -78,6 +78,15 @@ before = psql("SELECT count(*) || ':' || min(id) || ':' || max(id) FROM m3ter.ou
 # the worker runs while the update happens
 set_and_reload(worker_enabled=None)
 ok(wait_until(lambda: worker_pid() is not None, timeout=10), "the worker is running")
+# seen from a database with 1.3, the worker's state names the fix
+psql("DROP DATABASE IF EXISTS m3ter_fresh")
+psql("CREATE DATABASE m3ter_fresh")
+psql("CREATE EXTENSION m3ter", db="m3ter_fresh")
+state_sql = "SELECT state FROM m3ter.databases WHERE datname = current_database()"
+ok(wait_until(lambda: psql(state_sql.replace("current_database()", "'postgres'"), db="m3ter_fresh")
+              == "waiting for ALTER EXTENSION m3ter UPDATE", timeout=10),
+   "while 1.0 is installed the worker's state is 'waiting for ALTER EXTENSION m3ter UPDATE'",
+   psql(state_sql.replace("current_database()", "'postgres'"), db="m3ter_fresh"))
 psql("ALTER EXTENSION m3ter UPDATE")
 is_(scalar("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'"), "1.3", "ALTER EXTENSION m3ter UPDATE to 1.3")
 is_(psql("SELECT count(*) || ':' || min(id) || ':' || max(id) FROM m3ter.outbox"), before,
