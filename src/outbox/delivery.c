@@ -227,10 +227,11 @@ record_outcome(M3terDelivery *d, M3terSend *send)
 			return;
 
 		case M3TER_TRANSIENT:
+			if (r->status == 429)
+				st->throttled++;
 			if (r->status == 429 && send->tries < 3 && r->retry_after_ms <= 2000)
 			{
 				/* the pacing slowed down: wait a moment in memory, spend no write */
-				st->throttled++;
 				m3ter_sender_requeue(&d->sender, send, Max(r->retry_after_ms, 1000));
 				return;
 			}

@@ -19,7 +19,7 @@ typedef struct M3terFlushStats
 	int64		requests;		/* ingest requests made */
 	int64		sent;			/* measurements sent, re-sends included */
 	int64		resent;			/* measurements sent again after an earlier send */
-	int64		throttled;		/* 429s waited out in memory */
+	int64		throttled;		/* 429 answers (waited out in memory or retried later) */
 	int64		orphaned;		/* rows of stale in-flight records */
 	bool		stopped;		/* a configuration fault stopped delivery */
 	int			stop_sqlstate;	/* the SQLSTATE of what stopped it (as a call raises) */

@@ -78,7 +78,7 @@ typedef struct M3terDbSlot
 	int64		failed;
 	int64		retried;
 	int64		resent;
-	int64		throttled;		/* 429s waited out */
+	int64		throttled;		/* 429 answers */
 	char		last_error[256];
 	TimestampTz last_error_at;
 

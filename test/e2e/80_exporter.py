@@ -135,6 +135,16 @@ ok(wait_until(lambda: len(stored_uids("throttled-")) == 10, timeout=30), "rows r
 ok(wait_until(lambda: int(psql("SELECT throttled FROM m3ter.databases WHERE datname = current_database()"))
               >= before + 2 and metric("m3ter_requests_throttled_total") >= before + 2, timeout=20),
    "m3ter.databases.throttled and m3ter_requests_throttled_total count the 429s")
+# and a 429 whose Retry-After puts the rows back pending for later
+before = int(psql("SELECT throttled FROM m3ter.databases WHERE datname = current_database()"))
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": 3,
+                                                 "count": 1}]})
+insert_usage(10, "throttled-long-")
+ok(wait_until(lambda: len(stored_uids("throttled-long-")) == 10, timeout=30), "rows refused with a 3 s 429 get in")
+ok(wait_until(lambda: int(psql("SELECT throttled FROM m3ter.databases WHERE datname = current_database()"))
+              >= before + 1, timeout=20),
+   "m3ter.databases.throttled counts a 429 with a long Retry-After too",
+   psql("SELECT throttled, retried FROM m3ter.databases WHERE datname = current_database()"))
 
 exporter.terminate()
 exporter.wait(timeout=10)
