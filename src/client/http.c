@@ -33,6 +33,8 @@
  */
 #include "postgres.h"
 
+#include <time.h>
+
 #include <curl/curl.h>
 
 #include "lib/ilist.h"
@@ -102,7 +104,7 @@ write_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
-/* Pick Retry-After (delay in seconds; the HTTP-date form is ignored) */
+/* Pick Retry-After: a delay in seconds, or an HTTP date (RFC 9110) */
 static size_t
 read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
@@ -112,7 +114,7 @@ read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 
 	if (n > sizeof(name) - 1 && pg_strncasecmp(ptr, name, sizeof(name) - 1) == 0)
 	{
-		char		value[32];
+		char		value[64];
 		size_t		vlen = Min(n - (sizeof(name) - 1), sizeof(value) - 1);
 		char	   *end;
 		double		seconds;
@@ -120,6 +122,14 @@ read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 		memcpy(value, ptr + sizeof(name) - 1, vlen);
 		value[vlen] = '\0';
 		seconds = strtod(value, &end);
+		if (end == value)
+		{
+			/* "Sun, 06 Dec 2026 08:49:37 GMT": the time left until then */
+			time_t		when = curl_getdate(value, NULL);
+
+			seconds = when == -1 ? -1 : Max(difftime(when, time(NULL)), 0.0);
+			end = value + vlen;
+		}
 		if (end != value && seconds >= 0 && seconds < 86400)
 			req->retry_after_ms = (int) (seconds * 1000.0);
 	}

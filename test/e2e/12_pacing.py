@@ -3,6 +3,7 @@ only 5 requests a second for the organization while the extension paces for m3te
 50.  The first 429 of an overload slows the pace a little (it may be jitter); the
 second drops it once to what m3ter admitted (not a fifth per overloaded second), the
 rows spend no attempt, and none is lost."""
+import email.utils
 import os
 import sys
 import time
@@ -79,6 +80,19 @@ ok(wait_until(lambda: outbox_counts()["accepted"] == 2000, timeout=20),
    "the other rows are delivered within seconds", outbox_counts())
 ok(float(scalar("SELECT extract(epoch FROM min(next_attempt_at) - now()) FROM m3ter.outbox "
                 "WHERE status = 'pending'")) > 3000, "the refused ones wait out the hour")
+# the same with Retry-After as an HTTP date an hour ahead (RFC 9110's other form)
+reset()
+set_and_reload(worker_enabled="off", retry_max_delay="2s", max_in_flight="1")
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429,
+                                                 "retry_after": email.utils.formatdate(time.time() + 3600,
+                                                                                       usegmt=True)}]})
+insert_usage(3000, "date-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == 2000, timeout=20),
+   "with a dated Retry-After the other rows are delivered within seconds",
+   "%s %s" % (outbox_counts(), [(r["status"], r.get("note")) for r in ingest_requests()]))
+ok(float(scalar("SELECT coalesce(extract(epoch FROM min(next_attempt_at) - now()), 0) FROM m3ter.outbox "
+                "WHERE status = 'pending'")) > 3000, "the refused ones wait until the date, an hour")
 set_and_reload(retry_max_delay=None, max_in_flight=None)
 
 
