@@ -8,6 +8,11 @@ pacing and 5-minute budget, as an application would run it.  Rounds alternate
 plain and outbox; the figure is the median of the rounds' ratios.  Figures
 only: nothing here asserts.
 
+Each set of rounds runs twice (BENCH_INSERT_FSYNC, default "on,off"): with fsync on,
+as a server runs, where every commit waits for its WAL flush; and with fsync off (as
+the test clusters run), where the machine's CPU alone bounds both tables and every
+microsecond a row costs shows.
+
 For each run it also prints what the rows cost: WAL bytes and records a row
 (pg_stat_wal), full-page images a row, and the CPU a row of the worker and of
 the stand-in (from /proc), the parts the plain table does not pay.
@@ -35,6 +40,7 @@ ROUNDS = int(os.environ.get("BENCH_INSERT_ROUNDS", 3))
 SECONDS = int(os.environ.get("BENCH_INSERT_SECONDS", 20))
 CLIENTS = int(os.environ.get("BENCH_INSERT_CLIENTS", 8))
 BUDGET = os.environ.get("BENCH_INSERT_BUDGET", "5000")
+FSYNC = [x.strip() for x in os.environ.get("BENCH_INSERT_FSYNC", "on,off").split(",") if x.strip()]
 
 # one usage row a statement, as an application writes it (uid, ts and the rest defaulted)
 SCRIPT = """\\set aid random(1, 1000)
@@ -116,31 +122,27 @@ def run(table, script_dir):
     return out
 
 
-def main():
-    t0 = time.time()
-    set_and_reload(worker_enabled="on", max_requests_per_5min=BUDGET, max_requests_per_second=None)
-    standin("POST", "/_control/reset")
-    standin("POST", "/_control/config", {"fast": True})
-    psql("DROP TABLE IF EXISTS bench_plain; "
-         "CREATE TABLE bench_plain (LIKE m3ter.outbox INCLUDING DEFAULTS INCLUDING IDENTITY); "
-         "ALTER TABLE bench_plain ADD PRIMARY KEY (id)")
+def rounds_with(fsync, script_dir):
+    """ROUNDS rounds of plain then outbox with fsync as given (a reload)"""
+    psql("ALTER SYSTEM SET fsync = %s" % fsync)
+    psql("SELECT pg_reload_conf()")
+    time.sleep(0.5)
     rounds = []
-    with tempfile.TemporaryDirectory() as d:
-        for i in range(ROUNDS):
-            log("round %d of %d: %d s a table, %d clients" % (i + 1, ROUNDS, SECONDS, CLIENTS))
-            plain = run("bench_plain", d)
-            outbox = run("m3ter.outbox", d)
-            rounds.append({"plain": plain, "outbox": outbox,
-                           "ratio": round(outbox["rows_per_s"] / plain["rows_per_s"], 3)})
-    psql("TRUNCATE m3ter.outbox; DROP TABLE bench_plain")
-    set_and_reload(max_requests_per_5min=None)
+    for i in range(ROUNDS):
+        log("fsync %s, round %d of %d: %d s a table, %d clients" % (fsync, i + 1, ROUNDS, SECONDS, CLIENTS))
+        plain = run("bench_plain", script_dir)
+        outbox = run("m3ter.outbox", script_dir)
+        rounds.append({"plain": plain, "outbox": outbox,
+                       "ratio": round(outbox["rows_per_s"] / plain["rows_per_s"], 3)})
+    psql("ALTER SYSTEM RESET fsync")
+    psql("SELECT pg_reload_conf()")
+    return rounds
 
-    ratios = [r["ratio"] for r in rounds]
-    result = {"clients": CLIENTS, "seconds": SECONDS, "budget": int(BUDGET), "rounds": rounds,
-              "median_ratio": statistics.median(ratios), "total_seconds": round(time.time() - t0)}
+
+def print_rounds(fsync, rounds, median):
     print()
-    print("INSERT rows/s, one row a statement, %d clients, %d s a run, worker on (outbox / plain table)"
-          % (CLIENTS, SECONDS))
+    print("INSERT rows/s, one row a statement, %d clients, %d s a run, worker on, fsync %s (outbox / plain table)"
+          % (CLIENTS, SECONDS, fsync))
     print("%-6s %10s %10s %7s   %s" % ("round", "plain", "outbox", "ratio",
                                        "outbox: WAL B/row (plain), records/row, FPI/row, worker / stand-in "
                                        "CPU us/row, delivered during the run, HOT share"))
@@ -151,7 +153,29 @@ def main():
                  p["wal_bytes_per_row"], o["wal_records_per_row"], o["fpi_per_row"],
                  o["worker_cpu_us_per_row"], o["standin_cpu_us_per_row"], o["accepted_during_run"],
                  o["hot_share"]))
-    print("median ratio %.3f (rounds %s)" % (result["median_ratio"], ", ".join("%.3f" % x for x in ratios)))
+    print("fsync %s: median ratio %.3f (rounds %s)" % (fsync, median, ", ".join("%.3f" % r["ratio"] for r in rounds)))
+
+
+def main():
+    t0 = time.time()
+    set_and_reload(worker_enabled="on", max_requests_per_5min=BUDGET, max_requests_per_second=None)
+    standin("POST", "/_control/reset")
+    standin("POST", "/_control/config", {"fast": True})
+    psql("DROP TABLE IF EXISTS bench_plain; "
+         "CREATE TABLE bench_plain (LIKE m3ter.outbox INCLUDING DEFAULTS INCLUDING IDENTITY); "
+         "ALTER TABLE bench_plain ADD PRIMARY KEY (id)")
+    by_fsync = {}
+    with tempfile.TemporaryDirectory() as d:
+        for fsync in FSYNC:
+            rounds = rounds_with(fsync, d)
+            by_fsync[fsync] = {"rounds": rounds, "median_ratio": statistics.median(r["ratio"] for r in rounds)}
+    psql("TRUNCATE m3ter.outbox; DROP TABLE bench_plain")
+    set_and_reload(max_requests_per_5min=None)
+
+    result = {"clients": CLIENTS, "seconds": SECONDS, "budget": int(BUDGET), "fsync": by_fsync,
+              "total_seconds": round(time.time() - t0)}
+    for fsync, r in by_fsync.items():
+        print_rounds(fsync, r["rounds"], r["median_ratio"])
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "insert.json"), "w") as f:
         json.dump(result, f, indent=2)
