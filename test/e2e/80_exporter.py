@@ -126,23 +126,29 @@ ok(wait_until(lambda: outbox_counts()["pending"] == 0, timeout=60), "the backlog
 ok(wait_until(lambda: psql("SELECT eta IS NULL FROM m3ter_worker_status()") == "t", timeout=20),
    "an idle worker has no eta")
 
+THROTTLED_SQL = "SELECT throttled FROM m3ter.databases WHERE datname = current_database()"
+
+
+def refused(prefix, retry_after, count):
+    """10 rows whose first count requests m3ter refuses with a 429 and that Retry-After:
+    they get in, and the throttled count before it"""
+    before = int(psql(THROTTLED_SQL))
+    standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429,
+                                                     "retry_after": retry_after, "count": count}]})
+    insert_usage(10, prefix)
+    ok(wait_until(lambda: len(stored_uids(prefix)) == 10, timeout=30),
+       "rows refused %d times with a %d s 429 get in" % (count, retry_after))
+    return before
+
+
 # 429s waited out are counted
-before = int(psql("SELECT throttled FROM m3ter.databases WHERE datname = current_database()"))
-standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": 1,
-                                                 "count": 2}]})
-insert_usage(10, "throttled-")
-ok(wait_until(lambda: len(stored_uids("throttled-")) == 10, timeout=30), "rows refused twice with 429 get in")
-ok(wait_until(lambda: int(psql("SELECT throttled FROM m3ter.databases WHERE datname = current_database()"))
-              >= before + 2 and metric("m3ter_requests_throttled_total") >= before + 2, timeout=20),
+before = refused("throttled-", 1, 2)
+ok(wait_until(lambda: int(psql(THROTTLED_SQL)) >= before + 2 and metric("m3ter_requests_throttled_total")
+              >= before + 2, timeout=20),
    "m3ter.databases.throttled and m3ter_requests_throttled_total count the 429s")
 # and a 429 whose Retry-After puts the rows back pending for later
-before = int(psql("SELECT throttled FROM m3ter.databases WHERE datname = current_database()"))
-standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": 3,
-                                                 "count": 1}]})
-insert_usage(10, "throttled-long-")
-ok(wait_until(lambda: len(stored_uids("throttled-long-")) == 10, timeout=30), "rows refused with a 3 s 429 get in")
-ok(wait_until(lambda: int(psql("SELECT throttled FROM m3ter.databases WHERE datname = current_database()"))
-              >= before + 1, timeout=20),
+before = refused("throttled-long-", 3, 1)
+ok(wait_until(lambda: int(psql(THROTTLED_SQL)) >= before + 1, timeout=20),
    "m3ter.databases.throttled counts a 429 with a long Retry-After too",
    psql("SELECT throttled, retried FROM m3ter.databases WHERE datname = current_database()"))
 
