@@ -18,7 +18,7 @@ Tests steer it through /_control (no auth):
   POST /_control/faults   {"faults":[...], "clear": bool}  queue faults (after
         dropping the queued ones when "clear" is true); each has "match" (a path
         substring, default any), "count" (default 1) and one of: "status" (with
-        optional "retry_after", "body"), "delay" (seconds before answering),
+        optional "retry_after", "retry_after_ms" (a Retry-After-Ms header), "body"), "delay" (seconds before answering),
         "drop" (close without answering), "reset_mid_body" (with "after_accept":
         after storing the measurements), "trickle" (seconds
         spent sending the body), "empty_body", "malformed_body" (with a 200)
@@ -348,6 +348,8 @@ class Handler(BaseHTTPRequestHandler):
             headers = {}
             if "retry_after" in fault:
                 headers["Retry-After"] = str(fault["retry_after"])
+            if "retry_after_ms" in fault:
+                headers["Retry-After-Ms"] = str(fault["retry_after_ms"])
             body = fault.get("body", {"message": f"Injected fault: HTTP {status}"})
             self.record(status, nbytes=nbytes, note="injected")
             self.send_json(status, body if not isinstance(body, str) else body.encode(), headers)

@@ -65,6 +65,7 @@ struct M3terHttpRequest
 	bool		overflow;
 	bool		aborted;		/* stopped by the progress callback */
 	int			retry_after_ms;
+	bool		retry_after_ms_given;	/* Retry-After-Ms came: it wins */
 	char		errbuf[CURL_ERROR_SIZE];
 	CURLcode	rc;
 	long		status;
@@ -104,34 +105,64 @@ write_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return n;
 }
 
-/* Pick Retry-After: a delay in seconds, or an HTTP date (RFC 9110) */
+/*
+ * The delay a Retry-After value names in seconds: a number, or an HTTP date
+ * (RFC 9110), as the time left until then; -1 when it is neither
+ */
+static double
+retry_after_seconds(const char *value)
+{
+	char	   *end;
+	double		seconds = strtod(value, &end);
+
+	if (end == value)
+	{
+		/* "Sun, 06 Dec 2026 08:49:37 GMT" */
+		time_t		when = curl_getdate(value, NULL);
+
+		return when == -1 ? -1 : Max(difftime(when, time(NULL)), 0.0);
+	}
+	return seconds;
+}
+
+/*
+ * Pick the wait an answer names: Retry-After (seconds or an HTTP date), or
+ * Retry-After-Ms (milliseconds, as m3ter's generated SDKs read it), which
+ * wins when both come.
+ */
 static size_t
 read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
 	M3terHttpRequest *req = (M3terHttpRequest *) userdata;
 	size_t		n = size * nmemb;
 	static const char name[] = "retry-after:";
+	static const char name_ms[] = "retry-after-ms:";
+	bool		in_ms = n > sizeof(name_ms) - 1 && pg_strncasecmp(ptr, name_ms, sizeof(name_ms) - 1) == 0;
 
-	if (n > sizeof(name) - 1 && pg_strncasecmp(ptr, name, sizeof(name) - 1) == 0)
+	if (in_ms || (n > sizeof(name) - 1 && pg_strncasecmp(ptr, name, sizeof(name) - 1) == 0))
 	{
+		size_t		skip = in_ms ? sizeof(name_ms) - 1 : sizeof(name) - 1;
 		char		value[64];
-		size_t		vlen = Min(n - (sizeof(name) - 1), sizeof(value) - 1);
-		char	   *end;
+		size_t		vlen = Min(n - skip, sizeof(value) - 1);
 		double		seconds;
 
-		memcpy(value, ptr + sizeof(name) - 1, vlen);
+		memcpy(value, ptr + skip, vlen);
 		value[vlen] = '\0';
-		seconds = strtod(value, &end);
-		if (end == value)
+		if (in_ms)
 		{
-			/* "Sun, 06 Dec 2026 08:49:37 GMT": the time left until then */
-			time_t		when = curl_getdate(value, NULL);
+			char	   *end;
 
-			seconds = when == -1 ? -1 : Max(difftime(when, time(NULL)), 0.0);
-			end = value + vlen;
+			seconds = strtod(value, &end) / 1000.0;
+			if (end == value)
+				seconds = -1;
 		}
-		if (end != value && seconds >= 0 && seconds < 86400)
+		else
+			seconds = retry_after_seconds(value);
+		if (seconds >= 0 && seconds < 86400 && (in_ms || !req->retry_after_ms_given))
+		{
 			req->retry_after_ms = (int) (seconds * 1000.0);
+			req->retry_after_ms_given = in_ms;
+		}
 	}
 	return n;
 }
@@ -230,6 +261,7 @@ m3ter_http_start(const char *method, const char *url, const char *authorization,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory for an HTTP request")));
 	req->retry_after_ms = -1;
+	req->retry_after_ms_given = false;
 	req->tag = tag;
 
 	PG_TRY();
