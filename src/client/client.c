@@ -44,7 +44,7 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 
 		if (token == NULL)
 		{
-			if (result->outcome == M3TER_TRANSIENT && attempt < max_retries)
+			if (result->outcome == M3TER_TRANSIENT && attempt < max_retries && !m3ter_waits_too_long(result))
 			{
 				m3ter_sleep_ms(m3ter_backoff_ms(attempt++, result->retry_after_ms));
 				result->retries = attempt;
@@ -61,7 +61,7 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 			m3ter_token_forget(token);
 			refreshed = true;
 		}
-		else if (result->outcome == M3TER_TRANSIENT && attempt < max_retries)
+		else if (result->outcome == M3TER_TRANSIENT && attempt < max_retries && !m3ter_waits_too_long(result))
 		{
 			m3ter_sleep_ms(m3ter_backoff_ms(attempt++, result->retry_after_ms));
 			result->retries = attempt;

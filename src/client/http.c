@@ -33,6 +33,7 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
 #include <time.h>
 
 #include <curl/curl.h>
@@ -106,23 +107,46 @@ write_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 }
 
 /*
- * The delay a Retry-After value names in seconds: a number, or an HTTP date
- * (RFC 9110), as the time left until then; -1 when it is neither
+ * A header value that is a plain decimal number (digits, maybe a fraction,
+ * spaces around it), or -1: no hex, exponent, sign or trailing words
+ */
+static double
+plain_number(const char *value)
+{
+	const char *p = value;
+	const char *start;
+	bool		point = false;
+
+	while (*p == ' ' || *p == '\t')
+		p++;
+	start = p;
+	if (!isdigit((unsigned char) *p))
+		return -1;
+	for (; isdigit((unsigned char) *p) || (*p == '.' && !point); p++)
+		point |= *p == '.';
+	while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+		p++;
+	return *p == '\0' ? strtod(start, NULL) : -1;
+}
+
+/*
+ * The delay a Retry-After value names in seconds: delay-seconds, or an HTTP
+ * date (RFC 9110) as the time left until then; -1 when it is neither
  */
 static double
 retry_after_seconds(const char *value)
 {
-	char	   *end;
-	double		seconds = strtod(value, &end);
+	time_t		when;
 
-	if (end == value)
-	{
-		/* "Sun, 06 Dec 2026 08:49:37 GMT" */
-		time_t		when = curl_getdate(value, NULL);
-
-		return when == -1 ? -1 : Max(difftime(when, time(NULL)), 0.0);
-	}
-	return seconds;
+	if (plain_number(value) >= 0)
+		return plain_number(value);
+	/* "Sun, 06 Dec 2026 08:49:37 GMT": a date starts with a day's name */
+	while (*value == ' ' || *value == '\t')
+		value++;
+	if (!isalpha((unsigned char) *value))
+		return -1;
+	when = curl_getdate(value, NULL);
+	return when == -1 ? -1 : Max(difftime(when, time(NULL)), 0.0);
 }
 
 /*
@@ -149,13 +173,7 @@ read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 		memcpy(value, ptr + skip, vlen);
 		value[vlen] = '\0';
 		if (in_ms)
-		{
-			char	   *end;
-
-			seconds = strtod(value, &end) / 1000.0;
-			if (end == value)
-				seconds = -1;
-		}
+			seconds = plain_number(value) >= 0 ? plain_number(value) / 1000.0 : -1;
 		else
 			seconds = retry_after_seconds(value);
 		if (seconds >= 0 && seconds < 86400 && (in_ms || !req->retry_after_ms_given))

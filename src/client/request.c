@@ -95,6 +95,17 @@ m3ter_url_encode(const char *s)
 	return buf.data;
 }
 
+/*
+ * Does the answer name a wait (Retry-After) longer than m3ter.retry_max_delay?
+ * A call made from SQL then gives up at once instead of holding its session:
+ * the outbox puts such rows back pending for then.
+ */
+bool
+m3ter_waits_too_long(const M3terCallResult *result)
+{
+	return result->outcome == M3TER_TRANSIENT && result->retry_after_ms > m3ter_retry_max_delay_ms;
+}
+
 /* Delay before retry number attempt (0-based): 1 s, 3 s, 9 s, ... */
 int
 m3ter_backoff_ms(int attempt, int retry_after_ms)
@@ -276,7 +287,10 @@ m3ter_call_sqlstate(const M3terCallResult *result, const char **hint)
 	switch (result->outcome)
 	{
 		case M3TER_TRANSIENT:
-			if (result->retries == 0)
+			if (m3ter_waits_too_long(result))
+				*hint = psprintf("m3ter asked to wait %d s (Retry-After), longer than m3ter.retry_max_delay; try again then.",
+								 (result->retry_after_ms + 999) / 1000);
+			else if (result->retries == 0)
 				*hint = "The call was not retried; try again later, or raise m3ter.max_retries.";
 			else
 				*hint = psprintf("The call was retried %d time%s with growing delays; raise m3ter.max_retries or try again later.",

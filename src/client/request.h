@@ -42,6 +42,7 @@ extern void m3ter_send_once(M3terApi api, const char *method, const char *url,
 extern int	m3ter_call_sqlstate(const M3terCallResult *result, const char **hint);
 pg_noreturn extern void m3ter_raise_call_error(const M3terCallResult *result,
 											   const char *what);
+extern bool m3ter_waits_too_long(const M3terCallResult *result);
 extern int	m3ter_backoff_ms(int attempt, int retry_after_ms);
 extern char *m3ter_org_path(const char *suffix);
 extern char *m3ter_url_encode(const char *s);

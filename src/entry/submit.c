@@ -182,7 +182,7 @@ answered(SubmitState *st, M3terSender *s, M3terSend *send)
 			break;
 		case M3TER_TRANSIENT:
 			/* untried: handed back by a stop (the token endpoint gave up) */
-			if (!send->untried && send->tries < m3ter_max_retries)
+			if (!send->untried && send->tries < m3ter_max_retries && !m3ter_waits_too_long(r))
 			{
 				m3ter_sender_requeue(s, send, m3ter_backoff_ms(send->tries, r->retry_after_ms));
 				return;

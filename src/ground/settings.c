@@ -30,6 +30,7 @@
 #include <ctype.h>
 #include <limits.h>
 
+#include "access/xact.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
 #include "pgstat.h"
@@ -593,24 +594,28 @@ settings_missing(void)
 
 /*
  * Take a reload of the configuration that this session has been signalled
- * but not yet taken.  A session takes a reload between statements, and the
- * postmaster's signal comes a few milliseconds after pg_reload_conf()
- * returns: a script that sets the organization and credentials with ALTER
- * SYSTEM, reloads and calls m3ter in its next statement (the README's
- * Getting started pasted whole) would still see them unset.  So while they
- * are unset, wait up to a second for the signal before reporting them
- * missing.  Only a client session does this: the workers take reloads in
- * their own loops.
+ * but not yet taken, while the organization id or the credentials are
+ * unset.  A session takes a reload between statements, and the postmaster's
+ * signal comes a few milliseconds after pg_reload_conf() returns: a script
+ * that sets them with ALTER SYSTEM, reloads and calls m3ter in its next
+ * statement (the README's Getting started pasted whole) would still see them
+ * unset.  So wait up to a second for the signal, once a statement, before
+ * they are reported missing.  Taken here, the reload applies every changed
+ * setting in the middle of the statement, as it would have before the next
+ * one; only a session that has not set up m3ter yet meets that.  Workers
+ * take reloads in their own loops.
  */
 void
 m3ter_settings_catch_up(void)
 {
+	static TimestampTz waited_in = 0;	/* the statement that waited */
 	TimestampTz until;
 
-	if (MyBackendType != B_BACKEND)
+	if (MyBackendType != B_BACKEND || !settings_missing())
 		return;
-	if (!ConfigReloadPending && settings_missing())
+	if (!ConfigReloadPending && waited_in != GetCurrentStatementStartTimestamp())
 	{
+		waited_in = GetCurrentStatementStartTimestamp();
 		until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
 		while (!ConfigReloadPending)
 		{

@@ -90,6 +90,27 @@ held_an_hour("date-", {"retry_after": email.utils.formatdate(time.time() + 3600,
              "Retry-After as a date an hour ahead")
 # Retry-After-Ms (as m3ter's generated SDKs read it) wins over Retry-After
 held_an_hour("ms-", {"retry_after": 1, "retry_after_ms": 3600000}, "Retry-After-Ms: 3600000 and Retry-After: 1")
+
+# a value that is neither delay-seconds nor a date names no wait: the 429 is waited out as one without
+reset()
+set_and_reload(worker_enabled="off", retry_max_delay="2s", max_in_flight="1")
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": v}
+                                                for v in ("1e4", "0x5000", "9000 seconds")]})
+insert_usage(3000, "odd-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == 3000, timeout=30),
+   "Retry-After: 1e4, 0x5000 or '9000 seconds' holds no row", outbox_counts())
+
+# m3ter_submit does not sit out a Retry-After longer than m3ter.retry_max_delay in its session:
+# it fails at once with the wait in its hint, and sends no second request
+reset()
+set_and_reload(retry_max_delay="2s")
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": 3600}]})
+r = psql("\\set VERBOSITY verbose\nSELECT m3ter_submit('{\"meter\": \"api_requests\", \"account\": \"acme\", "
+         "\"ts\": \"2024-01-02T03:04:05Z\", \"measure\": {\"requests\": 1}}')", check=False)
+ok(r.returncode != 0 and "M3429" in r.stderr and "wait 3600 s (Retry-After)" in r.stderr,
+   "m3ter_submit fails with M3429 and the wait in its hint", r.stderr)
+is_(len(ingest_requests()), 1, "after one request")
 set_and_reload(retry_max_delay=None, max_in_flight=None)
 
 
