@@ -49,12 +49,18 @@ access_key_id = '$M3TER_ACCESS_KEY_ID'
 api_secret = '$M3TER_API_SECRET'
 EOF
     as_pg chmod 0600 "$SANDBOX/m3ter.credentials"
+    # the roles that Getting started grants to, as an application's would be
+    q -c "CREATE ROLE app; CREATE ROLE ops; CREATE ROLE reporting" >/dev/null
+    where=""
+    [ "$SANDBOX" = /tmp/m3ter-sandbox ] ||
+        where="
+(this sandbox is in $SANDBOX: read /tmp/m3ter-sandbox there as $SANDBOX)"
     cat <<EOF
 
 The sandbox is running: PostgreSQL $M3TER_PG_VERSION with m3ter preloaded, and the m3ter stand-in
 at $STANDIN_URL (Organization $M3TER_ORG_ID), both on this machine only.
 
-Connect, then follow the README's "Getting started" word for word:
+Connect, then follow the README's "Getting started" word for word:$where
 
     $(m3ter_pg_bindir)/psql "host=$SANDBOX port=$PGPORT user=postgres dbname=postgres"
 
