@@ -166,6 +166,10 @@ BEGIN
             RETURN QUERY SELECT 'warning', 'delivery stopped',
                 format('Database %I: %s.', r.datname, r.state),
                 'See last_error in m3ter.databases and the server log; rows stay pending until the cause is fixed.';
+        ELSIF r.state = 'waiting for ALTER EXTENSION m3ter UPDATE' THEN
+            RETURN QUERY SELECT 'warning', 'extension not updated',
+                format('Database %I has an older SQL version of m3ter than the library: its rows wait.', r.datname),
+                'Run ALTER EXTENSION m3ter UPDATE in that database.';
         ELSIF r.state LIKE 'disabled by m3ter.worker_enabled%' OR r.state = 'not in m3ter.database' THEN
             RETURN QUERY SELECT 'info', 'no worker delivers',
                 format('Database %I: %s; its rows wait.', r.datname, r.state),
@@ -180,7 +184,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION m3ter_health() IS
-    'Every unsafe or stuck set-up of m3ter found: readable credentials, no worker, TLS verification off, worker slots short, delivery stopped, a stale catalog.';
+    'Every unsafe or stuck set-up of m3ter found: readable credentials, no worker, TLS verification off, worker slots short, delivery stopped, a database not updated, a stale catalog.';
 REVOKE EXECUTE ON FUNCTION m3ter_health() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION m3ter_health() TO pg_monitor;
 

@@ -87,6 +87,10 @@ ok(wait_until(lambda: psql(state_sql.replace("current_database()", "'postgres'")
               == "waiting for ALTER EXTENSION m3ter UPDATE", timeout=10),
    "while 1.0 is installed the worker's state is 'waiting for ALTER EXTENSION m3ter UPDATE'",
    psql(state_sql.replace("current_database()", "'postgres'"), db="m3ter_fresh"))
+is_(psql("SELECT severity || ': ' || detail FROM m3ter_health() WHERE finding = 'extension not updated'",
+         db="m3ter_fresh"),
+    "warning: Database postgres has an older SQL version of m3ter than the library: its rows wait.",
+    "m3ter_health() names the database that waits for the update")
 psql("ALTER EXTENSION m3ter UPDATE")
 is_(scalar("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'"), "1.3", "ALTER EXTENSION m3ter UPDATE to 1.3")
 is_(psql("SELECT count(*) || ':' || min(id) || ':' || max(id) FROM m3ter.outbox"), before,
