@@ -100,7 +100,8 @@ fingerprint(void)
 /*
  * POST {api_url}/oauth/token with the Basic credentials.  Returns the token
  * (palloc'd) and its lifetime, or NULL with result describing the failure
- * (M3TER_TRANSIENT, or M3TER_AUTH_FAILED for a refusal).
+ * (M3TER_TRANSIENT, M3TER_AUTH_FAILED for a refusal, or M3TER_UNEXPECTED when
+ * something other than m3ter's token endpoint answered).
  */
 static char *
 fetch_token(M3terCallResult *result, int *expires_in_s)
@@ -118,7 +119,9 @@ fetch_token(M3terCallResult *result, int *expires_in_s)
 		return NULL;
 	if (result->outcome != M3TER_OK)
 	{
-		result->outcome = M3TER_AUTH_FAILED;
+		/* a refusal is the credentials'; a page or redirect not m3ter's, the URL's */
+		if (result->outcome != M3TER_UNEXPECTED)
+			result->outcome = M3TER_AUTH_FAILED;
 		return NULL;
 	}
 
@@ -145,7 +148,8 @@ fetch_token(M3terCallResult *result, int *expires_in_s)
 	explicit_bzero(result->body, strlen(result->body));
 	if (copy == NULL)
 	{
-		result->outcome = M3TER_AUTH_FAILED;
+		/* a 2xx without a token: something other than m3ter answered */
+		result->outcome = M3TER_UNEXPECTED;
 		result->message = pstrdup("the token endpoint answered without an access_token");
 	}
 	return copy;

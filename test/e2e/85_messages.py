@@ -36,6 +36,16 @@ ok("WARNING:  M3401:" in err and "M3403" not in err, "CALL m3ter.flush() warns M
 rc, err = verbose("SET m3ter.api_secret = '%s';\nSELECT m3ter_flush();" % WRONG)
 ok("WARNING:  M3401:" in err, "m3ter_flush() warns M3401 too", err)
 is_(outbox_counts()["pending"], 3, "the rows stay pending")
+# a token URL that is not m3ter's (a 404, a token-less 200) is the URL's fault, not the credentials'
+# (each with a new api_url, so that the call asks for a new token)
+standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "status": 404}]})
+rc, err = verbose("SET m3ter.api_url = '%s/';\n%s" % (STANDIN_URL, SUBMIT))
+ok(rc != 0 and "M3404" in err and "m3ter.api_url" in err, "a 404 from the token URL raises M3404, naming api_url",
+   err)
+standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "status": 200, "body": {"ok": True}}]})
+rc, err = verbose("SET m3ter.api_url = '%s//';\n%s" % (STANDIN_URL, SUBMIT))
+ok(rc != 0 and "M3300" in err and "without an access_token" in err,
+   "a token-less 200 from the token URL raises M3300, not M3401", err)
 
 # the worker logs the same SQLSTATE (log_error_verbosity = verbose writes it)
 psql("ALTER SYSTEM SET log_error_verbosity = 'verbose'")
