@@ -136,10 +136,11 @@ plain_number(const char *value)
 static double
 retry_after_seconds(const char *value)
 {
+	double		seconds = plain_number(value);
 	time_t		when;
 
-	if (plain_number(value) >= 0)
-		return plain_number(value);
+	if (seconds >= 0)
+		return seconds;
 	/* "Sun, 06 Dec 2026 08:49:37 GMT": a date starts with a day's name */
 	while (*value == ' ' || *value == '\t')
 		value++;
@@ -173,7 +174,11 @@ read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 		memcpy(value, ptr + skip, vlen);
 		value[vlen] = '\0';
 		if (in_ms)
-			seconds = plain_number(value) >= 0 ? plain_number(value) / 1000.0 : -1;
+		{
+			seconds = plain_number(value);
+			if (seconds >= 0)
+				seconds /= 1000.0;
+		}
 		else
 			seconds = retry_after_seconds(value);
 		if (seconds >= 0 && seconds < 86400 && (in_ms || !req->retry_after_ms_given))
