@@ -170,6 +170,10 @@ BEGIN
             RETURN QUERY SELECT 'warning', 'extension not updated',
                 format('Database %I has an older SQL version of m3ter than the library: its rows wait.', r.datname),
                 'Run ALTER EXTENSION m3ter UPDATE in that database.';
+        ELSIF r.state LIKE 'waiting for a restart%' THEN
+            RETURN QUERY SELECT 'warning', 'library older than extension',
+                format('Database %I has a newer SQL version of m3ter than the library loaded: its rows wait.', r.datname),
+                'Restart PostgreSQL so that it loads the m3ter library installed with that version.';
         ELSIF r.state LIKE 'disabled by m3ter.worker_enabled%' OR r.state = 'not in m3ter.database' THEN
             RETURN QUERY SELECT 'info', 'no worker delivers',
                 format('Database %I: %s; its rows wait.', r.datname, r.state),

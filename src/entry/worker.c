@@ -69,22 +69,23 @@ PGDLLEXPORT void m3ter_worker_main(Datum main_arg);
 /* The subscription that fills this database's outbox ("" when none) */
 static char subscribed_to[NAMEDATALEN];
 
-/* Is the extension installed at an SQL version the library does not take? */
-static bool needs_update;
+/* The extension in this database against the library (not OK: rows wait) */
+static M3terVersionState version_state;
+static bool version_stopped;	/* the stop logged last is the version's */
 
 /*
  * Log an error once, not on every pass while it persists; sqlstate is the
  * cause's, the same a call or a flush raises for it
  */
 static void
-log_once(const char *message, int sqlstate, char **last_logged)
+log_once(const char *message, int sqlstate, const char *hint, char **last_logged)
 {
 	if (*last_logged != NULL && strcmp(*last_logged, message) == 0)
 		return;
 	ereport(WARNING,
 			(errcode(sqlstate),
 			 errmsg("m3ter outbox delivery stopped: %s", message),
-			 errhint("The rows stay pending. Fix the settings and reload (SELECT pg_reload_conf()).")));
+			 errhint("%s", hint)));
 	if (*last_logged != NULL)
 		pfree(*last_logged);
 	*last_logged = MemoryContextStrdup(TopMemoryContext, message);
@@ -139,11 +140,29 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 
 	installed = m3ter_lock_extension();	/* also: is it installed? */
 	*next_due = 0;
-	needs_update = installed && !m3ter_installed_version_ok(&why);
-	if (needs_update)
+	version_state = installed ? m3ter_installed_version_state(&why) : M3TER_VERSION_ABSENT;
+	if (version_stopped && version_state != M3TER_VERSION_OLDER && version_state != M3TER_VERSION_NEWER)
 	{
-		/* an older SQL version: ALTER EXTENSION m3ter UPDATE fixes it, no restart */
-		log_once(why, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, last_logged);
+		/* updated, restarted or dropped: that stop is over (m3ter refused nothing) */
+		if (*last_logged != NULL)
+			pfree(*last_logged);
+		*last_logged = NULL;
+		version_stopped = false;
+	}
+	if (installed && version_state != M3TER_VERSION_OK)
+	{
+		/* ALTER EXTENSION m3ter UPDATE (older SQL) or a restart (older library) fixes it */
+		if (*last_logged == NULL || strcmp(*last_logged, why) != 0)
+		{
+			/* this database's last_error too, as a delivery's own error is */
+			M3terFlushStats none = {0};
+
+			none.error = why;
+			m3ter_note_delivery(&none);
+		}
+		log_once(why, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+				 "The rows stay pending; delivery resumes by itself once the versions match.", last_logged);
+		version_stopped = true;
 		installed = false;
 	}
 	else if (installed && !delivering && (subscription = m3ter_outbox_subscription()) != NULL)
@@ -303,7 +322,8 @@ start_or_rest(void)
 	w.busy = false;
 	if (!upkeep(&next_due, &w.last_retention, &w.last_sweep, &w.last_logged, false))
 	{
-		m3ter_worker_note(needs_update ? "waiting for ALTER EXTENSION m3ter UPDATE" :
+		m3ter_worker_note(version_state == M3TER_VERSION_OLDER ? "waiting for ALTER EXTENSION m3ter UPDATE" :
+						  version_state == M3TER_VERSION_NEWER ? "waiting for a restart with the newer library" :
 						  "waiting for CREATE EXTENSION m3ter", false);
 		w.sleep_ms = m3ter_worker_idle_naptime_ms;
 	}
@@ -343,7 +363,8 @@ end_delivery(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (stopped)
 	{
-		log_once(error ? error : "refused", stop_sqlstate, &w.last_logged);
+		log_once(error ? error : "refused", stop_sqlstate,
+				 "The rows stay pending. Fix the settings and reload (SELECT pg_reload_conf()).", &w.last_logged);
 		m3ter_worker_note("stopped: m3ter refused the delivery", true);
 		w.sleep_ms = m3ter_worker_idle_naptime_ms;
 		return;

@@ -121,33 +121,55 @@ supported(const char *v)
 }
 
 /*
- * For the worker: true when this database has a version of m3ter this
- * library supports; else false and *why (palloc'd) says what is wrong.
- * Needs a transaction.
+ * Is version v newer than every version this library supports?  Versions
+ * are "major.minor" (a part that is not a number counts as 0).
  */
-bool
-m3ter_installed_version_ok(char **why)
+static bool
+newer_than_library(const char *v)
+{
+	const char *newest = supported_versions[0];
+	long		major = strtol(v, NULL, 10);
+	long		newest_major = strtol(newest, NULL, 10);
+	const char *dot = strchr(v, '.');
+	const char *newest_dot = strchr(newest, '.');
+
+	if (major != newest_major)
+		return major > newest_major;
+	return (dot ? strtol(dot + 1, NULL, 10) : 0) > (newest_dot ? strtol(newest_dot + 1, NULL, 10) : 0);
+}
+
+/*
+ * For the worker: the state of m3ter in this database; unless it is
+ * supported, *why (palloc'd) says what is wrong.  Needs a transaction.
+ */
+M3terVersionState
+m3ter_installed_version_state(char **why)
 {
 	const char *v;
 
 	if (creating_extension)
-		return true;
+		return M3TER_VERSION_OK;
 	v = installed_version();
 	if (v[0] == '\0')
 	{
 		if (why)
 			*why = psprintf("extension m3ter is not installed in database \"%s\"",
 							get_database_name(MyDatabaseId));
-		return false;
+		return M3TER_VERSION_ABSENT;
 	}
-	if (!supported(v))
+	if (supported(v))
+		return M3TER_VERSION_OK;
+	if (newer_than_library(v))
 	{
 		if (why)
-			*why = psprintf("the installed SQL version %s of extension m3ter is not supported by its library (version %s); run ALTER EXTENSION m3ter UPDATE",
-							v, supported_versions[0]);
-		return false;
+			*why = psprintf("the installed SQL version %s of extension m3ter is newer than its library (version %s); install the library of version %s and restart PostgreSQL",
+							v, supported_versions[0], v);
+		return M3TER_VERSION_NEWER;
 	}
-	return true;
+	if (why)
+		*why = psprintf("the installed SQL version %s of extension m3ter is older than its library (version %s); run ALTER EXTENSION m3ter UPDATE",
+						v, supported_versions[0]);
+	return M3TER_VERSION_OLDER;
 }
 
 /* For SQL-callable functions: raise unless the installed version is supported */
@@ -164,6 +186,12 @@ m3ter_require_installed_version(void)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension m3ter is not installed in this database"),
 				 errhint("Run CREATE EXTENSION m3ter.")));
+	if (!supported(v) && newer_than_library(v))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension m3ter has version %s installed, which its library does not support", v),
+				 errdetail("The m3ter library loaded is of version %s, older than the SQL objects.", supported_versions[0]),
+				 errhint("Install the m3ter library of version %s and restart PostgreSQL.", v)));
 	if (!supported(v))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

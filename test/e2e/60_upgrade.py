@@ -2,6 +2,7 @@
 the rows stay, keep their ids and uids, and are delivered once; the library refuses
 the SQL functions while 1.0 is installed, with a hint to update."""
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -91,6 +92,9 @@ is_(psql("SELECT severity || ': ' || detail FROM m3ter_health() WHERE finding = 
          db="m3ter_fresh"),
     "warning: Database postgres has an older SQL version of m3ter than the library: its rows wait.",
     "m3ter_health() names the database that waits for the update")
+last_error = psql("SELECT last_error FROM m3ter.databases WHERE datname = 'postgres'", db="m3ter_fresh")
+ok(re.search(r"older than its library .*run ALTER EXTENSION m3ter UPDATE", last_error),
+   "last_error says why its rows wait", last_error)
 psql("ALTER EXTENSION m3ter UPDATE")
 is_(scalar("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'"), "1.3", "ALTER EXTENSION m3ter UPDATE to 1.3")
 is_(psql("SELECT count(*) || ':' || min(id) || ':' || max(id) FROM m3ter.outbox"), before,
@@ -106,6 +110,27 @@ is_(scalar("SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_extensi
 r = psql("SELECT m3ter_organization_config()", check=False)
 ok(r.returncode == 0, "the functions work after the update", r.stderr)
 same_as_fresh("postgres", "updated from 1.0, the extension defines what CREATE EXTENSION m3ter does")
+
+# an SQL version newer than the library loaded (installed, the server not restarted),
+# seen from a database with 1.3
+psql("CREATE DATABASE m3ter_fresh")
+psql("CREATE EXTENSION m3ter", db="m3ter_fresh")
+psql("UPDATE pg_extension SET extversion = '9.9' WHERE extname = 'm3ter'")
+ok(wait_until(lambda: psql(state_sql.replace("current_database()", "'postgres'"), db="m3ter_fresh")
+              == "waiting for a restart with the newer library", timeout=10),
+   "with 9.9 installed the worker's state asks for a restart, not an update",
+   psql(state_sql.replace("current_database()", "'postgres'"), db="m3ter_fresh"))
+is_(psql("SELECT severity || ': ' || finding FROM m3ter_health() WHERE finding LIKE 'library%'", db="m3ter_fresh"),
+    "warning: library older than extension", "m3ter_health() names it")
+r = psql("SELECT m3ter_organization_config()", check=False)
+ok("HINT:  Install the m3ter library of version 9.9 and restart PostgreSQL" in r.stderr,
+   "a function's hint asks for the library, not for ALTER EXTENSION UPDATE", r.stderr)
+psql("UPDATE pg_extension SET extversion = '1.3' WHERE extname = 'm3ter'")
+ok(wait_until(lambda: psql(state_sql.replace("current_database()", "'postgres'"), db="m3ter_fresh") == "idle",
+              timeout=10),
+   "back on 1.3 the worker is idle (m3ter refused nothing)",
+   psql(state_sql.replace("current_database()", "'postgres'"), db="m3ter_fresh"))
+psql("DROP DATABASE m3ter_fresh")
 
 # from 1.1, with rows in each state: accepted, waiting for a retry, failed, fresh
 reset()
