@@ -315,6 +315,17 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 	return ok;
 }
 
+/* Until when no slot is given at all (a Retry-After's hold); 0 if none */
+TimestampTz
+m3ter_pace_held_until(M3terApi api)
+{
+	PaceState  *st = lock_state(api);
+	TimestampTz until = st->blocked_until;
+
+	unlock_state();
+	return until > GetCurrentTimestamp() ? until : 0;
+}
+
 /* Wait for a send slot, staying responsive to cancel and shutdown */
 void
 m3ter_pace(M3terApi api)

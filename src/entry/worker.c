@@ -54,6 +54,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "client/pacing.h"
 #include "ground/errors.h"
 #include "ground/settings.h"
 #include "ground/subscriber.h"
@@ -254,6 +255,7 @@ typedef struct WorkerLoop
 	TimestampTz last_sweep;
 	TimestampTz last_upkeep;
 	TimestampTz last_report;
+	const char *shown;			/* the state shown while delivering */
 } WorkerLoop;
 
 static WorkerLoop w;
@@ -346,6 +348,7 @@ start_or_rest(void)
 		w.active = true;
 		pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
 		m3ter_worker_note("delivering", true);
+		w.shown = "delivering";
 	}
 }
 
@@ -381,6 +384,24 @@ end_delivery(void)
 	w.sleep_ms = 0;				/* upkeep says how long to sleep */
 }
 
+/*
+ * The state while delivering: what it waits for when that is not m3ter's
+ * next answer (a claim lock, a wait m3ter asked for with Retry-After)
+ */
+static void
+show_delivery_state(void)
+{
+	const char *state = "delivering";
+
+	if (w.d.claim_lock_busy)
+		state = "waiting: a transaction that called m3ter_flush() holds the claim lock";
+	else if (m3ter_pace_held_until(M3TER_INGEST_API) > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000))
+		state = "delivering: m3ter asked to wait (Retry-After)";
+	if (state != w.shown)
+		m3ter_worker_note(state, false);
+	w.shown = state;
+}
+
 /* One step of the delivery under way, with upkeep and figures now and then */
 static void
 deliver_step(void)
@@ -396,8 +417,7 @@ deliver_step(void)
 		(void) upkeep(&unused, &w.last_retention, &w.last_sweep, &w.last_logged, true);
 		pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
 	}
-	if (w.d.claim_lock_busy)
-		m3ter_worker_note("waiting: a transaction that called m3ter_flush() holds the claim lock", false);
+	show_delivery_state();
 	/* every 50 requests, and each second while requests come slowly */
 	if (!w.busy || w.d.stats.requests - w.reported.requests >= 50 ||
 		TimestampDifferenceExceeds(w.last_report, GetCurrentTimestamp(), 1000))

@@ -65,7 +65,7 @@ typedef struct M3terDbSlot
 	pid_t		worker_pid;
 	TimestampTz worker_started_at;
 	TimestampTz last_drain_at;
-	char		worker_state[64];
+	char		worker_state[96];
 	int64		backlog;		/* pending rows when last counted, -1 unknown */
 	TimestampTz oldest_pending_at;
 	TimestampTz backlog_at;		/* when they were counted */

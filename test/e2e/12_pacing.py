@@ -113,6 +113,20 @@ ok(r.returncode != 0 and "M3429" in r.stderr and "wait 3600 s (Retry-After)" in 
 is_(len(ingest_requests()), 1, "after one request")
 set_and_reload(retry_max_delay=None, max_in_flight=None)
 
+# While a Retry-After holds the cluster's sends, the worker's state says so: not a bare
+# "delivering" with nothing moving; then idle again once the rows are in
+reset()
+set_and_reload(worker_enabled="off")
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": 6,
+                                                 "count": 1}]})
+insert_usage(2000, "hold-")
+set_and_reload(worker_enabled=None)
+state_sql = "SELECT state FROM m3ter.databases WHERE datname = current_database()"
+ok(wait_until(lambda: scalar(state_sql) == "delivering: m3ter asked to wait (Retry-After)", timeout=10,
+              interval=0.2), "during a 6 s Retry-After the state says m3ter asked to wait", scalar(state_sql))
+ok(wait_until(lambda: outbox_counts()["accepted"] == 2000, timeout=30), "the rows get in after it", outbox_counts())
+ok(wait_until(lambda: scalar(state_sql) == "idle", timeout=10), "and the worker is idle", scalar(state_sql))
+
 
 def refused_then_pace(prefix, fault, refusals, accepted):
     """600 rows in 60 requests with the fault queued at the stand-in (worker off meanwhile):

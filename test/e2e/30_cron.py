@@ -21,6 +21,23 @@ ok(wait_until(lambda: outbox_counts()["accepted"] == 10000, timeout=120), "all 1
 is_(standin("GET", "/_control/summary")["duplicates"], 0, "no row was sent twice")
 is_(len(stored_uids("race-")), 10000, "every uid arrived")
 
+# a transaction that called m3ter_flush() holds the claims until it ends: the worker's state
+# names it, in full, and the worker delivers once it commits
+reset()
+set_and_reload(worker_enabled="off")
+insert_usage(1000, "held-")
+holder = psql_async("BEGIN; SELECT m3ter_flush(1); SELECT pg_sleep(6); COMMIT;")
+time.sleep(1)
+set_and_reload(worker_enabled=None)
+state_sql = "SELECT state FROM m3ter.databases WHERE datname = current_database()"
+ok(wait_until(lambda: scalar(state_sql)
+              == "waiting: a transaction that called m3ter_flush() holds the claim lock", timeout=5),
+   "while it is open the worker says what it waits for", scalar(state_sql))
+holder.wait(timeout=30)
+ok(wait_until(lambda: outbox_counts()["accepted"] == 1000, timeout=30), "then the worker delivers the rest",
+   outbox_counts())
+ok(wait_until(lambda: scalar(state_sql) == "idle", timeout=10), "and is idle", scalar(state_sql))
+
 # pg_cron drives m3ter_flush() where the worker is not wanted
 reset()
 set_and_reload(worker_enabled="off")
