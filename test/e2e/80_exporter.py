@@ -24,7 +24,7 @@ ok(r.returncode == 0, "promtool check rules monitoring/alerts.yml", r.stdout + r
 r = subprocess.run(["promtool", "test", "rules", os.path.join(ROOT, "monitoring", "alerts_test.yml")],
                    capture_output=True, text=True)
 ok(r.returncode == 0, "promtool test rules monitoring/alerts_test.yml: delivery stopped where no worker runs, "
-   "a stopped worker named, a slow backlog", r.stdout + r.stderr)
+   "a stopped worker named, a database waiting for its update, a slow backlog", r.stdout + r.stderr)
 
 psql("DROP ROLE IF EXISTS m3ter_exporter; CREATE ROLE m3ter_exporter LOGIN IN ROLE pg_monitor")
 port = free_port()
