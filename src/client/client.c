@@ -21,6 +21,21 @@
 #include "ground/settings.h"
 
 /*
+ * After a transient fault, wait out its back-off and return true when
+ * another attempt is due (retries left, and m3ter asks for no longer a
+ * wait than m3ter.retry_max_delay)
+ */
+static bool
+backed_off_for_retry(M3terCallResult *result, int *attempt, int max_retries)
+{
+	if (result->outcome != M3TER_TRANSIENT || *attempt >= max_retries || m3ter_waits_too_long(result))
+		return false;
+	m3ter_sleep_ms(m3ter_backoff_ms((*attempt)++, result->retry_after_ms));
+	result->retries = *attempt;
+	return true;
+}
+
+/*
  * Make one API call synchronously under m3ter's rules (see the file
  * header), retrying transient faults up to max_retries times.  path starts
  * with '/'.  Never raises for an HTTP outcome; raises for missing settings
@@ -44,12 +59,8 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 
 		if (token == NULL)
 		{
-			if (result->outcome == M3TER_TRANSIENT && attempt < max_retries && !m3ter_waits_too_long(result))
-			{
-				m3ter_sleep_ms(m3ter_backoff_ms(attempt++, result->retry_after_ms));
-				result->retries = attempt;
+			if (backed_off_for_retry(result, &attempt, max_retries))
 				continue;
-			}
 			return;
 		}
 
@@ -61,12 +72,7 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 			m3ter_token_forget(token);
 			refreshed = true;
 		}
-		else if (result->outcome == M3TER_TRANSIENT && attempt < max_retries && !m3ter_waits_too_long(result))
-		{
-			m3ter_sleep_ms(m3ter_backoff_ms(attempt++, result->retry_after_ms));
-			result->retries = attempt;
-		}
-		else
+		else if (!backed_off_for_retry(result, &attempt, max_retries))
 		{
 			explicit_bzero(token, strlen(token));
 			return;
