@@ -30,7 +30,10 @@ ok(wait_until(lambda: outbox_counts()["accepted"] == REQUESTS * 1000, timeout=90
 reqs = ingest_requests()
 throttled = sum(1 for r in reqs if r["status"] == 429)
 admitted = [r for r in reqs if r["status"] == 200]
-is_(len(admitted), REQUESTS, "in %d full requests" % REQUESTS)
+# full requests: a request refused three times goes back to the outbox and may share a later one
+ok(REQUESTS <= len(admitted) <= REQUESTS + 2 and sum(r["measurements"] for r in admitted) == REQUESTS * 1000,
+   "in %d full requests (or one or two more)" % REQUESTS,
+   "%d requests: %s" % (len(admitted), [r["measurements"] for r in admitted]))
 note("429s: %d" % throttled)
 # Two 429s make an overload: 3% per 429 would take about eighty to get from 48 to 5 a second; a
 # drop to what m3ter admitted takes three overloads (a fifth in the first second, at most to a
