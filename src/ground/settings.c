@@ -29,6 +29,7 @@
 
 #include <ctype.h>
 #include <limits.h>
+#include <sys/stat.h>
 
 #include "access/xact.h"
 #include "miscadmin.h"
@@ -593,17 +594,44 @@ settings_missing(void)
 }
 
 /*
+ * Was a configuration file (postgresql.conf, or ALTER SYSTEM's
+ * postgresql.auto.conf) written in the last two seconds, after this session
+ * last read the configuration?  Then a reload may be on its way.
+ */
+static bool
+config_written_lately(void)
+{
+	const char *files[] = {ConfigFileName, PG_AUTOCONF_FILENAME};
+	TimestampTz lately = GetCurrentTimestamp() - 2 * USECS_PER_SEC;
+	int			i;
+
+	for (i = 0; i < lengthof(files); i++)
+	{
+		struct stat st;
+		TimestampTz written;
+
+		if (files[i] == NULL || stat(files[i], &st) != 0)
+			continue;
+		written = time_t_to_timestamptz(st.st_mtim.tv_sec) + st.st_mtim.tv_nsec / 1000;
+		if (written > PgReloadTime && written > lately)
+			return true;
+	}
+	return false;
+}
+
+/*
  * Take a reload of the configuration that this session has been signalled
  * but not yet taken, while the organization id or the credentials are
- * unset.  A session takes a reload between statements, and the postmaster's
- * signal comes a few milliseconds after pg_reload_conf() returns: a script
- * that sets them with ALTER SYSTEM, reloads and calls m3ter in its next
- * statement (the README's Getting started pasted whole) would still see them
- * unset.  So wait up to a second for the signal, once a statement, before
- * they are reported missing.  Taken here, the reload applies every changed
- * setting in the middle of the statement, as it would have before the next
- * one; only a session that has not set up m3ter yet meets that.  Workers
- * take reloads in their own loops.
+ * unset, or just after the configuration was written.  A session takes a
+ * reload between statements, and the postmaster's signal comes a few
+ * milliseconds after pg_reload_conf() returns: a script that sets them with
+ * ALTER SYSTEM, reloads and calls m3ter in its next statement (the README's
+ * Getting started pasted whole, or a wrong organization id put right) would
+ * still see the old values.  So wait up to a second for the signal, once a
+ * statement, before they are used.  Taken here, the reload applies every
+ * changed setting in the middle of the statement, as it would have before
+ * the next one; only a session that calls m3ter right after a change meets
+ * that.  Workers take reloads in their own loops.
  */
 void
 m3ter_settings_catch_up(void)
@@ -611,7 +639,7 @@ m3ter_settings_catch_up(void)
 	static TimestampTz waited_in = 0;	/* the statement that waited */
 	TimestampTz until;
 
-	if (MyBackendType != B_BACKEND || !settings_missing())
+	if (MyBackendType != B_BACKEND || (!settings_missing() && !config_written_lately()))
 		return;
 	if (!ConfigReloadPending && waited_in != GetCurrentStatementStartTimestamp())
 	{

@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -57,6 +58,25 @@ ok(wait_until(lambda: summary()["accepted"] == 2, timeout=30),
 ok(wait_until(lambda: psql("SELECT status FROM m3ter.outbox", conninfo) == "accepted", timeout=10),
    "the outbox row is accepted", psql("SELECT status, error FROM m3ter.outbox", conninfo) + "\n" +
    "".join(open(os.path.join(SANDBOX, "postgres.log")).readlines()[-40:]))
+
+# A wrong organization id put right in one script: the call right after pg_reload_conf()
+# uses the new value (the session takes the reload the file's change announces).  The
+# reload and the call share one statement here, so the session has had no moment between
+# statements to take the reload: the race's worst case, every time.
+right = psql("SHOW m3ter.org_id", conninfo)
+submit = ("m3ter_submit('{\"meter\": \"api_requests\", \"account\": \"acme\", "
+          "\"ts\": \"2024-01-02T03:04:05Z\", \"measure\": {\"requests\": 1}}')->>'result'")
+results = []
+for i in range(3):
+    psql("ALTER SYSTEM SET m3ter.org_id = '5f3b8c2e-0000-4000-8000-00000000000%d'; SELECT pg_reload_conf()" % i,
+         conninfo)
+    time.sleep(1.2)
+    r = subprocess.run([m.group(1) if m else "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-"],
+                       input="ALTER SYSTEM SET m3ter.org_id = '%s';\nSELECT pg_reload_conf(), %s;" % (right, submit),
+                       capture_output=True, text=True, timeout=60)
+    results.append(r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip()
+                   else r.stderr.strip()[:200])
+is_(results, ["t|accepted"] * 3, "a wrong m3ter.org_id replaced and reloaded in one script is used by its next call")
 
 r = subprocess.run([os.path.join(ROOT, "test", "sandbox.sh"), "stop"], env=env, capture_output=True, text=True,
                    timeout=120)
