@@ -304,10 +304,9 @@ m3ter_create_meter(PG_FUNCTION_ARGS)
 
 /* Put the meters of one page into the result; returns its nextToken or NULL */
 static char *
-put_page(ReturnSetInfo *rsinfo, cJSON *page)
+put_page(ReturnSetInfo *rsinfo, cJSON *page, const char *this_token, int pages)
 {
 	cJSON	   *data = cJSON_GetObjectItemCaseSensitive(page, "data");
-	cJSON	   *token = cJSON_GetObjectItemCaseSensitive(page, "nextToken");
 	cJSON	   *meter;
 
 	cJSON_ArrayForEach(meter, data)
@@ -317,20 +316,18 @@ put_page(ReturnSetInfo *rsinfo, cJSON *page)
 
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &value, &isnull);
 	}
-	if (cJSON_IsString(token) && token->valuestring[0] != '\0')
-		return pstrdup(token->valuestring);
-	return NULL;
+	return m3ter_next_page_token(page, this_token, pages, "listing m3ter meters");
 }
 
 /* put_page(), then free the page whatever happens */
 static char *
-put_meters(ReturnSetInfo *rsinfo, cJSON *page)
+put_meters(ReturnSetInfo *rsinfo, cJSON *page, const char *this_token, int pages)
 {
 	char	   *next = NULL;
 
 	PG_TRY();
 	{
-		next = put_page(rsinfo, page);
+		next = put_page(rsinfo, page, this_token, pages);
 	}
 	PG_CATCH();
 	{
@@ -348,6 +345,7 @@ m3ter_list_meters(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *next = NULL;
+	int			pages = 0;
 
 	m3ter_require_installed_version();
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
@@ -357,7 +355,7 @@ m3ter_list_meters(PG_FUNCTION_ARGS)
 			m3ter_org_path(psprintf("/meters?pageSize=200&nextToken=%s", m3ter_url_encode(next)));
 
 		next = put_meters(rsinfo, m3ter_call_answer(M3TER_CONFIG_API, "GET", path, NULL,
-													"listing m3ter meters"));
+													"listing m3ter meters"), next, ++pages);
 	} while (next != NULL);
 
 	return (Datum) 0;

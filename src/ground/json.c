@@ -330,6 +330,31 @@ m3ter_parse_answer(const char *body, const char *what)
 	return root;
 }
 
+/*
+ * The nextToken of a page of a listing (palloc'd), or NULL on its last page.
+ * this_token fetched the page (NULL: the first) and pages counts the pages
+ * so far.  m3ter's pages do not promise that a listing ends: a token that
+ * fetches its own page again, or more than M3TER_MAX_LIST_PAGES pages,
+ * raises instead of listing forever.
+ */
+char *
+m3ter_next_page_token(const cJSON *page, const char *this_token, int pages, const char *what)
+{
+	const cJSON *token = cJSON_GetObjectItemCaseSensitive(page, "nextToken");
+
+	if (!cJSON_IsString(token) || token->valuestring[0] == '\0')
+		return NULL;
+	if ((this_token != NULL && strcmp(token->valuestring, this_token) == 0) || pages >= M3TER_MAX_LIST_PAGES)
+		ereport(ERROR,
+				(errcode(ERRCODE_M3TER_UNEXPECTED),
+				 errmsg("m3ter answered %s with a listing that does not end", what),
+				 errdetail(this_token != NULL && strcmp(token->valuestring, this_token) == 0 ?
+						   "Page %d names the token that fetched it as the next one." :
+						   "It still had a next page after %d pages.", pages),
+				 errhint("Check that m3ter.api_url points at m3ter's API.")));
+	return pstrdup(token->valuestring);
+}
+
 /* A cJSON value (strings in the database encoding) as jsonb */
 Datum
 m3ter_cjson_to_jsonb(const cJSON *item)

@@ -489,6 +489,36 @@ store_account(cJSON *account)
 		elog(ERROR, "m3ter catalog account insert failed");
 }
 
+/*
+ * Store the accounts of one page of the listing and free it (whatever
+ * happens); returns its nextToken or NULL
+ */
+static char *
+store_accounts(cJSON *page, const char *this_token, int pages, int64 *found)
+{
+	char	   *next = NULL;
+
+	PG_TRY();
+	{
+		cJSON	   *account;
+
+		cJSON_ArrayForEach(account, cJSON_GetObjectItemCaseSensitive(page, "data"))
+		{
+			store_account(account);
+			(*found)++;
+		}
+		next = m3ter_next_page_token(page, this_token, pages, "listing m3ter accounts");
+	}
+	PG_CATCH();
+	{
+		cJSON_Delete(page);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	cJSON_Delete(page);
+	return next;
+}
+
 /* Look up codes[0..n) through the accounts listing; returns accounts found */
 static int64
 lookup_accounts(char **codes, int n, int max_retries)
@@ -496,6 +526,7 @@ lookup_accounts(char **codes, int n, int max_retries)
 	StringInfoData query;
 	char	   *next = NULL;
 	int64		found = 0;
+	int			pages = 0;
 	int			i;
 
 	initStringInfo(&query);
@@ -508,22 +539,12 @@ lookup_accounts(char **codes, int n, int max_retries)
 		char	   *path = next == NULL ? m3ter_org_path(query.data) :
 			m3ter_org_path(psprintf("%s&nextToken=%s", query.data, m3ter_url_encode(next)));
 		cJSON	   *page;
-		cJSON	   *account;
-		cJSON	   *token;
 
 		m3ter_call(M3TER_CONFIG_API, "GET", path, NULL, 0, max_retries, &res);
 		if (res.outcome != M3TER_OK)
 			m3ter_raise_call_error(&res, "listing m3ter accounts");
 		page = m3ter_parse_answer(res.body, "listing m3ter accounts");
-		cJSON_ArrayForEach(account, cJSON_GetObjectItemCaseSensitive(page, "data"))
-		{
-			store_account(account);
-			found++;
-		}
-		token = cJSON_GetObjectItemCaseSensitive(page, "nextToken");
-		next = (cJSON_IsString(token) && token->valuestring[0] != '\0') ?
-			pstrdup(token->valuestring) : NULL;
-		cJSON_Delete(page);
+		next = store_accounts(page, next, ++pages, &found);
 	} while (next != NULL);
 	return found;
 }

@@ -124,6 +124,32 @@ with open(LOG_FILE) as f:
 ok(not failed_passes, "no worker pass failed: the refresh failure stayed in its subtransaction", failed_passes[:3])
 standin("POST", "/_control/faults", {"faults": [], "clear": True})
 
+# a meters listing that never ends (its last page names its own token again) fails the refresh
+# after two pages instead of listing forever: rows are still delivered
+standin("POST", "/_control/faults", {"faults": [{"match": "/meters", "status": 200, "count": 10000,
+                                                 "body": {"data": [], "nextToken": "again"}}]})
+psql("UPDATE m3ter.catalog_state SET last_error = NULL")
+psql("INSERT INTO m3ter.outbox (uid, meter, account, measure, \"where\") SELECT 'loop-' || i, 'api_requests', "
+     "'acct-1', '{\"requests\": 1}', '{\"region\": \"eu\"}' FROM generate_series(1, 3) i")
+ok(wait_until(lambda: len(uids("uid LIKE 'loop-%' AND status = 'accepted'")) == 3, timeout=20),
+   "while the meters listing loops, rows are delivered")
+ok(wait_until(lambda: "does not end" in psql("SELECT coalesce(last_error, '') FROM m3ter_catalog_status()"),
+              timeout=10), "and the refresh failure names the listing that does not end",
+   psql("SELECT last_error FROM m3ter_catalog_status()"))
+
+
+def meters_listed():
+    return len([r for r in standin("GET", "/_control/requests") if "/meters" in r["path"]])
+
+
+before = meters_listed()
+time.sleep(3)
+ok(meters_listed() - before <= 2 * 5, "two pages a refresh at most (refreshed each second): %d requests in 3 s"
+   % (meters_listed() - before))
+r = psql("SET statement_timeout = '20s'; SELECT count(*) FROM m3ter_list_meters()", check=False)
+ok(r.returncode != 0 and "listing that does not end" in r.stderr, "m3ter_list_meters() fails the same way", r.stderr)
+standin("POST", "/_control/faults", {"faults": [], "clear": True})
+
 # ---- checks off: m3ter accepts all, its enrichment drops 49, the events mark them ----
 clean()
 standin("POST", "/_control/enrichment", {"enabled": True, "delay": 0.3})
