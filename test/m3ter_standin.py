@@ -22,7 +22,8 @@ Tests steer it through /_control (no auth):
         "drop" (close without answering), "reset_mid_body" (with "after_accept":
         after storing the measurements), "trickle" (seconds
         spent sending the body), "empty_body", "malformed_body" (with a 200)
-  POST /_control/config   {"token_ttl": s, "reject_meters": [...], "expire_tokens":
+  POST /_control/config   {"token_ttl": s, "token_body": "any"|"json"|"form" (the
+        grant's encodings the token endpoint takes), "reject_meters": [...], "expire_tokens":
         true, "rate_limit": ..., "latency_ms": n, "bandwidth_bytes_per_s": n,
         "fast": true, "random_5xx": 0.05}   (fast: accept and count measurements
         without parsing or storing them, for benchmarks; random_5xx: answer that
@@ -188,6 +189,7 @@ class State:
         """Back to defaults; issued tokens stay valid (use expire_tokens to drop them)."""
         self.tokens = getattr(self, "tokens", {})
         self.token_ttl = 3600
+        self.token_body = "any"
         self.measurements = {}
         self.duplicates = 0
         self.meters = []
@@ -377,8 +379,14 @@ class Handler(BaseHTTPRequestHandler):
             key, secret = "", ""
         if key != self.state.access_key_id or secret != self.state.api_secret:
             raise ApiError(401, "Bad credentials")
+        # the grant as JSON (m3ter's SDKs) or form-encoded (RFC 6749, m3ter's curl example);
+        # token_body "json" or "form" takes only that one
+        form = self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded")
+        if self.state.token_body not in ("any", "form" if form else "json"):
+            raise ApiError(400, "Unsupported request body for the token endpoint")
         try:
-            grant = json.loads(body or b"{}").get("grant_type")
+            grant = (parse_qs((body or b"").decode()).get("grant_type", [None])[0] if form
+                     else json.loads(body or b"{}").get("grant_type"))
         except ValueError:
             raise ApiError(400, "Malformed JSON request body")
         if grant != "client_credentials":
@@ -534,6 +542,8 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/_control/config":
                 if "token_ttl" in doc:
                     st.token_ttl = int(doc["token_ttl"])
+                if "token_body" in doc:
+                    st.token_body = doc["token_body"]
                 if "reject_meters" in doc:
                     st.reject_meters = set(doc["reject_meters"])
                 if doc.get("expire_tokens"):

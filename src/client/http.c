@@ -313,8 +313,11 @@ m3ter_http_start(const char *method, const char *url, const char *authorization,
 		}
 		add_header(req, "Accept: application/json");
 		add_header(req, "Expect:");
+		/* every body is JSON but the token request's form encoding */
 		if (body != NULL)
-			add_header(req, "Content-Type: application/json");
+			add_header(req, body_len > 0 && (body[0] == '{' || body[0] == '[') ?
+					   "Content-Type: application/json" :
+					   "Content-Type: application/x-www-form-urlencoded");
 	}
 	PG_CATCH();
 	{

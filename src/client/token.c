@@ -98,6 +98,25 @@ fingerprint(void)
 }
 
 /*
+ * The grant goes as JSON (m3ter's SDKs) or form-encoded (RFC 6749, m3ter's
+ * curl example); an endpoint that refuses one as a bad request (400, 415)
+ * is asked once more in the other, which is then kept for this process.
+ */
+static bool grant_as_form = false;
+
+/* POST the client-credentials grant to url, in the encoding kept */
+static void
+send_grant(const char *url, M3terCallResult *result)
+{
+	static const char json_grant[] = "{\"grant_type\":\"client_credentials\"}";
+	static const char form_grant[] = "grant_type=client_credentials";
+
+	m3ter_send_once(M3TER_CONFIG_API, "POST", url, m3ter_basic_credentials(),
+					grant_as_form ? form_grant : json_grant,
+					grant_as_form ? sizeof(form_grant) - 1 : sizeof(json_grant) - 1, result);
+}
+
+/*
  * POST {api_url}/oauth/token with the Basic credentials.  Returns the token
  * (palloc'd) and its lifetime, or NULL with result describing the failure
  * (M3TER_TRANSIENT, M3TER_AUTH_FAILED for a refusal, or M3TER_UNEXPECTED when
@@ -106,15 +125,20 @@ fingerprint(void)
 static char *
 fetch_token(M3terCallResult *result, int *expires_in_s)
 {
-	static const char body[] = "{\"grant_type\":\"client_credentials\"}";
 	char	   *url = psprintf("%s/oauth/token", m3ter_api_base(M3TER_CONFIG_API));
 	cJSON	   *root;
 	cJSON	   *token;
 	cJSON	   *expires;
 	char	   *copy = NULL;
 
-	m3ter_send_once(M3TER_CONFIG_API, "POST", url, m3ter_basic_credentials(),
-					body, sizeof(body) - 1, result);
+	send_grant(url, result);
+	if (result->status == 400 || result->status == 415)
+	{
+		grant_as_form = !grant_as_form;
+		send_grant(url, result);
+		if (result->status == 400 || result->status == 415)
+			grant_as_form = !grant_as_form;	/* not the encoding: as before */
+	}
 	if (result->outcome == M3TER_TRANSIENT)
 		return NULL;
 	if (result->outcome != M3TER_OK)

@@ -46,6 +46,17 @@ standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "statu
 rc, err = verbose("SET m3ter.api_url = '%s//';\n%s" % (STANDIN_URL, SUBMIT))
 ok(rc != 0 and "M3300" in err and "without an access_token" in err,
    "a token-less 200 from the token URL raises M3300, not M3401", err)
+# a token endpoint that takes the grant form-encoded only (RFC 6749, m3ter's curl example) is
+# asked once more in that encoding, and one that takes JSON only is not asked twice
+for encoding, statuses in (("form", [400, 200]), ("json", [200])):
+    standin("POST", "/_control/config", {"token_body": encoding})
+    before = len([r for r in standin("GET", "/_control/requests") if r["path"].endswith("/oauth/token")])
+    rc, err = verbose("SET m3ter.api_url = '%s/%s';\n%s" % (STANDIN_URL, "/" * len(statuses) * 3, SUBMIT))
+    tokens = [r for r in standin("GET", "/_control/requests") if r["path"].endswith("/oauth/token")][before:]
+    ok(rc == 0 and [r["status"] for r in tokens] == statuses,
+       "a token endpoint that takes only %s gets the grant that way (token answers %s)" % (encoding, statuses),
+       "%s %s" % ([r["status"] for r in tokens], err))
+standin("POST", "/_control/config", {"token_body": "any"})
 
 # the worker logs the same SQLSTATE (log_error_verbosity = verbose writes it)
 psql("ALTER SYSTEM SET log_error_verbosity = 'verbose'")
