@@ -190,13 +190,13 @@ m3ter.ingest_url = '$STANDIN_URL'
 m3ter.max_requests_per_5min = 0
 # a worker per database that has the extension, but not in pg_regress's database,
 # whose tests look at rows right after inserting them (test/e2e/40_databases.py
-# resets this to test every database)
-m3ter.database = 'postgres'
+# resets this to test every database; the sandbox keeps the default, every database)
+$([ -n "${M3TER_EVERY_DATABASE:-}" ] || echo "m3ter.database = 'postgres'")
 max_worker_processes = 16
 $extra
 EOF
     # a postmaster setting, known only when the library is preloaded
-    if [[ ",$preload," == *",m3ter,"* ]]; then
+    if [[ ",$preload," == *",m3ter,"* ]] && [ -z "${M3TER_EVERY_DATABASE:-}" ]; then
         echo "m3ter.database = 'postgres'" | as_pg tee -a "$datadir/postgresql.conf" >/dev/null
     fi
     if [ -n "${M3TER_VALGRIND:-}" ]; then

@@ -41,7 +41,7 @@ start)
     chmod 755 "$M3TER_TMP"
     # the stand-in outlives this script: a session of its own
     M3TER_STANDIN_DETACH=1 m3ter_start_standin
-    M3TER_NO_CREDENTIALS=1 m3ter_start_cluster "m3ter.worker_idle_naptime = '1s'"
+    M3TER_EVERY_DATABASE=1 M3TER_NO_CREDENTIALS=1 m3ter_start_cluster "m3ter.worker_idle_naptime = '1s'"
     # what an m3ter Service User's credentials file looks like (the stand-in's)
     as_pg tee "$SANDBOX/m3ter.credentials" >/dev/null <<EOF
 # m3ter Service User

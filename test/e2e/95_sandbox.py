@@ -59,6 +59,16 @@ ok(wait_until(lambda: psql("SELECT status FROM m3ter.outbox", conninfo) == "acce
    "the outbox row is accepted", psql("SELECT status, error FROM m3ter.outbox", conninfo) + "\n" +
    "".join(open(os.path.join(SANDBOX, "postgres.log")).readlines()[-40:]))
 
+# Installation's "CREATE EXTENSION m3ter in each database that meters usage": a second
+# database of the sandbox gets its worker and delivers
+psql("CREATE DATABASE second_app", conninfo)
+second = conninfo.replace("dbname=postgres", "dbname=second_app")
+psql("CREATE EXTENSION m3ter; INSERT INTO m3ter.outbox (meter, account, measure) "
+     "VALUES ('api_requests', 'acme', '{\"requests\": 1}')", second)
+ok(wait_until(lambda: psql("SELECT status FROM m3ter.outbox", second) == "accepted", timeout=20),
+   "a second database's row is accepted too", psql("SELECT status, error FROM m3ter.outbox", second) + " " +
+   psql("SELECT datname || ': ' || state FROM m3ter.databases", conninfo))
+
 # A wrong organization id put right in one script: the call right after pg_reload_conf()
 # uses the new value (the session takes the reload the file's change announces).  The
 # reload and the call share one statement here, so the session has had no moment between
