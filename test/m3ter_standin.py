@@ -17,7 +17,8 @@ Tests steer it through /_control (no auth):
   POST /_control/reset                      forget all but issued tokens, back to defaults
   POST /_control/faults   {"faults":[...], "clear": bool}  queue faults (after
         dropping the queued ones when "clear" is true); each has "match" (a path
-        substring, default any), "count" (default 1) and one of: "status" (with
+        substring, default any), "match_body" (a substring of the request body,
+        default any), "count" (default 1) and one of: "status" (with
         optional "retry_after", "retry_after_ms" (a Retry-After-Ms header), "body"), "delay" (seconds before answering),
         "drop" (close without answering), "reset_mid_body" (with "after_accept":
         after storing the measurements), "trickle" (seconds
@@ -303,10 +304,11 @@ class Handler(BaseHTTPRequestHandler):
             self.state.requests.append(entry)
         self.entry = entry
 
-    def take_fault(self, path):
+    def take_fault(self, path, body=b""):
         with self.state.lock:
             for fault in self.state.faults:
-                if fault.get("match", "") in path and fault.get("count", 1) > 0:
+                if (fault.get("match", "") in path and fault.get("match_body", "").encode() in body
+                        and fault.get("count", 1) > 0):
                     fault["count"] = fault.get("count", 1) - 1
                     if fault["count"] <= 0:
                         self.state.faults.remove(fault)
@@ -620,7 +622,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def handle_m3ter(self, parts, path, body):
         """Answer one request to m3ter's API (faults first)."""
-        fault = self.take_fault(path)
+        fault = self.take_fault(path, body)
         if fault and self.apply_fault(fault, len(body)):
             return
         try:

@@ -145,6 +145,8 @@ m3ter_delivery_start(M3terDelivery *d, M3terTxnMode mode, int64 max_rows)
 	memset(d, 0, sizeof(*d));
 	d->mode = mode;
 	d->max_rows = max_rows;
+	/* a flush takes a waiting row once, when it is due at the call */
+	d->due_by = mode == M3TER_TXN_WORKER ? 0 : GetCurrentTimestamp();
 	d->cxt = AllocSetContextCreate(TopMemoryContext, "m3ter delivery", ALLOCSET_DEFAULT_SIZES);
 	dlist_init(&d->claims);
 	d->cursor_due = DT_NOBEGIN;
@@ -173,6 +175,37 @@ m3ter_delivery_end(M3terDelivery *d)
 	m3ter_sender_free(&d->sender);
 	MemoryContextDelete(d->cxt);
 	d->cxt = NULL;
+}
+
+/*
+ * Keep msg as the delivery's last error, copied into the delivery's own
+ * context: the answer that carried it is freed with its claim.  The same
+ * text again keeps the copy (a delivery may meet thousands of 429s).
+ */
+static void
+note_error(M3terDelivery *d, const char *msg)
+{
+	if (msg == NULL || (d->stats.error != NULL && strcmp(d->stats.error, msg) == 0))
+		return;
+	d->stats.error = MemoryContextStrdup(d->cxt, msg);
+}
+
+/* Put the rows of a finished send back pending for a later attempt */
+static void
+retry_later(M3terDelivery *d, M3terSend *send)
+{
+	Claim	   *c = (Claim *) send->group;
+	M3terCallResult *r = &send->result;
+	int			n = send->end - send->start;
+	int64		gave_up = m3ter_outbox_write(M3TER_ROWS_RETRY, c->ids + send->start, n,
+											 &(M3terRowOutcome) {.http_status = r->status,
+											 .error = r->message, .retry_after_ms = r->retry_after_ms,
+											 .throttled = r->status == 429});
+
+	d->stats.failed += gave_up;
+	d->stats.retried += n - gave_up;
+	note_error(d, r->message);
+	m3ter_sender_finish(&d->sender, send);
 }
 
 /* Write what the answer of one finished send means for its rows */
@@ -222,7 +255,7 @@ record_outcome(M3terDelivery *d, M3terSend *send)
 							   &(M3terRowOutcome) {.http_status = r->status, .error = r->message,
 							   .sent = r->status != 0});
 			st->failed += n;
-			st->error = r->message;
+			note_error(d, r->message);
 			m3ter_sender_finish(&d->sender, send);
 			return;
 
@@ -235,17 +268,7 @@ record_outcome(M3terDelivery *d, M3terSend *send)
 				m3ter_sender_requeue(&d->sender, send, Max(r->retry_after_ms, 1000));
 				return;
 			}
-			{
-				int64		gave_up = m3ter_outbox_write(M3TER_ROWS_RETRY, ids, n,
-														 &(M3terRowOutcome) {.http_status = r->status,
-														 .error = r->message, .retry_after_ms = r->retry_after_ms,
-														 .throttled = r->status == 429});
-
-				st->failed += gave_up;
-				st->retried += n - gave_up;
-				st->error = r->message;
-			}
-			m3ter_sender_finish(&d->sender, send);
+			retry_later(d, send);
 			return;
 
 		case M3TER_FORBIDDEN:
@@ -254,12 +277,28 @@ record_outcome(M3terDelivery *d, M3terSend *send)
 			break;
 	}
 
+	if (m3ter_sender_content_refused(&d->sender, send))
+	{
+		/*
+		 * A firewall or proxy refusing this request's content (sender.c).
+		 * Narrow it as a rejection; a row refused alone waits its back-off,
+		 * an attempt spent, as after a server error (failed once
+		 * m3ter.max_attempts or m3ter.give_up_after are spent, never taken
+		 * for m3ter's verdict).
+		 */
+		if (n > 1)
+			m3ter_sender_split(&d->sender, send);
+		else
+			retry_later(d, send);
+		return;
+	}
+
 	/* not the rows' fault: keep them pending, say why, spend no attempt */
 	if (!send->untried)
 		st->sent -= n;
 	st->stopped = true;
 	st->stop_sqlstate = m3ter_call_sqlstate(r, NULL);
-	st->error = psprintf("%s (HTTP %ld)", r->message ? r->message : "refused", r->status);
+	note_error(d, psprintf("%s (HTTP %ld)", r->message ? r->message : "refused", r->status));
 	m3ter_outbox_write(M3TER_ROWS_HELD, ids, n, &(M3terRowOutcome) {.http_status = r->status, .error = st->error});
 	m3ter_sender_finish(&d->sender, send);
 }
@@ -298,8 +337,6 @@ write_outcomes(M3terDelivery *d)
 		}
 	}
 	end_work(d);
-	if (d->stats.error != NULL)
-		d->stats.error = MemoryContextStrdup(d->cxt, d->stats.error);
 }
 
 /* Ids of this delivery's in-flight records (palloc'd) */
@@ -508,7 +545,7 @@ place_row(M3terDelivery *d, ClaimScan *scan, Claim *c, const M3terOutboxRow *row
 	{
 		m3ter_outbox_write(M3TER_ROWS_FAILED, &row->id, 1, &(M3terRowOutcome) {.error = verdict});
 		d->stats.failed++;
-		d->stats.error = MemoryContextStrdup(d->cxt, verdict);
+		note_error(d, verdict);
 	}
 	else
 	{
@@ -646,7 +683,7 @@ claim(M3terDelivery *d, int max_requests, bool *short_claim)
 	scan.last_fresh = scan.state.frontier;
 	scan.seen_cap = Max(scan.state.n_gaps, 1) * 4;
 	scan.seen = palloc(scan.seen_cap * sizeof(int64));
-	portal = m3ter_outbox_open_claim(d->cursor_due, d->cursor_id, scan.limit, &scan.state);
+	portal = m3ter_outbox_open_claim(d->cursor_due, d->cursor_id, scan.limit, &scan.state, d->due_by);
 	scan_rows(d, &scan, c, portal, others, n_others, short_claim);
 	SPI_cursor_close(portal);
 	progress.in_claim = false;
@@ -819,8 +856,8 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 	pump(d, wait_ms);
 	write_outcomes(d);
 
-	if (d->sender.last_error != NULL && d->stats.error == NULL)
-		d->stats.error = d->sender.last_error;
+	if (d->stats.error == NULL)
+		note_error(d, d->sender.last_error);
 	if (m3ter_sender_busy(&d->sender) > 0 || d->n_claims > 0)
 		return true;
 	if (d->stats.stopped || d->subscribed || (d->max_rows > 0 && d->stats.claimed >= d->max_rows))

@@ -49,6 +49,8 @@ typedef struct M3terDelivery
 	bool		subscribed;		/* a subscription fills the outbox now: claim no more */
 	TimestampTz next_claim_at;	/* after a part-full request: claim from then on */
 	int64		max_rows;		/* stop after claiming this many (0: no limit) */
+	TimestampTz due_by;			/* a flush: only rows waiting for a retry that
+								 * were due when it began (0: all due now) */
 	M3terFlushStats stats;
 } M3terDelivery;
 

@@ -94,7 +94,7 @@
 
 static const char claim_sql[] =
 "(SELECT 1 AS part, 0 AS state, " ROW_COLUMNS " FROM m3ter.outbox "
-"  WHERE next_attempt_at > created_at AND status = 'pending' AND next_attempt_at <= $7 "
+"  WHERE next_attempt_at > created_at AND status = 'pending' AND next_attempt_at <= $8 "
 "    AND (next_attempt_at, id) > ($1, $2) "
 "  ORDER BY next_attempt_at, id LIMIT $3) "
 "UNION ALL "
@@ -258,16 +258,18 @@ m3ter_outbox_others_inflight(int *n)
 
 /*
  * Open a cursor over up to limit rows: the deferred ones due after the
- * keyset position, then the gaps and the rows after the frontier of state
+ * keyset position (and by due_by, when not 0), then the gaps and the rows
+ * after the frontier of state
  */
 Portal
 m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit,
-						const M3terClaimState *state)
+						const M3terClaimState *state, TimestampTz due_by)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[7] = {TIMESTAMPTZOID, INT8OID, INT8OID, INT8ARRAYOID, INT8ARRAYOID, INT8OID,
-	TIMESTAMPTZOID};
-	Datum		values[7];
+	Oid			types[8] = {TIMESTAMPTZOID, INT8OID, INT8OID, INT8ARRAYOID, INT8ARRAYOID, INT8OID,
+	TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Datum		values[8];
+	TimestampTz now = GetCurrentTimestamp();
 	Portal		portal;
 
 	values[0] = TimestampTzGetDatum(after_due);
@@ -276,8 +278,9 @@ m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit,
 	values[3] = m3ter_int8_array(state->gap_lo, state->n_gaps);
 	values[4] = m3ter_int8_array(state->gap_hi, state->n_gaps);
 	values[5] = Int64GetDatum(state->frontier);
-	values[6] = TimestampTzGetDatum(GetCurrentTimestamp());
-	portal = SPI_cursor_open(NULL, m3ter_keep_plan(&plan, claim_sql, 7, types), values, NULL, false);
+	values[6] = TimestampTzGetDatum(now);
+	values[7] = TimestampTzGetDatum(due_by != 0 && due_by < now ? due_by : now);
+	portal = SPI_cursor_open(NULL, m3ter_keep_plan(&plan, claim_sql, 8, types), values, NULL, false);
 	if (portal == NULL)
 		elog(ERROR, "m3ter outbox claim failed: %s", SPI_result_code_string(SPI_result));
 	return portal;

@@ -67,7 +67,7 @@ extern bool m3ter_outbox_lock_claims(void);
 extern int64 m3ter_outbox_clean_inflight(const int64 *live_ids, int n_live);
 extern int64 *m3ter_outbox_others_inflight(int *n);
 extern Portal m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit,
-									  const struct M3terClaimState *state);
+									  const struct M3terClaimState *state, TimestampTz due_by);
 extern void m3ter_outbox_peek_row(HeapTuple tup, TupleDesc desc, M3terOutboxRow *row,
 								  M3terClaimPart *part, M3terRowState *state);
 extern void m3ter_outbox_read_row(M3terOutboxRow *row, int64 *reading);

@@ -32,6 +32,33 @@ note("cancelled flush: %d measurements re-sent" % dups)
 record_scenario("CALL m3ter.flush() cancelled on its third request", 3000, "cflush-")
 is_(scalar("SELECT count(*) FROM m3ter.inflight"), "0", "no in-flight record is left behind")
 
+# --- a flush while m3ter answers every request with 429 ----------------------
+# each due row is taken once a call: the flush returns with the rows pending (a pg_cron job
+# is not held as long as m3ter throttles), and the server stays up (the 429's message
+# outlives the claim that carried it)
+reset()
+set_and_reload(worker_enabled="off")
+insert_usage(3000, "t429-")
+standin("POST", "/_control/faults", {"faults": [fault(status=429, body={"message": "Too many"}, count=100000)]})
+set_and_reload(worker_enabled=None)     # the worker meets them first and lowers the cluster's pace
+time.sleep(4)
+set_and_reload(worker_enabled="off")
+time.sleep(1)
+started = scalar("SELECT pg_postmaster_start_time()")
+results = []
+for _ in range(3):
+    r = psql("SET statement_timeout = '30s'; CALL m3ter.flush()", check=False)
+    results.append(json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else r.stderr.strip()[:200])
+ok(all(isinstance(x, dict) and x["accepted"] == 0 and x["retried"] + x["failed"] <= 3000 for x in results),
+   "flush under 429s: each of three calls returns, nothing accepted", results)
+is_(scalar("SELECT pg_postmaster_start_time()"), started, "flush under 429s: the server did not restart")
+is_(outbox_counts()["pending"], 3000, "flush under 429s: every row is still pending")
+is_(scalar("SELECT max(attempts) FROM m3ter.outbox"), "0", "flush under 429s: no attempt spent")
+standin("POST", "/_control/faults", {"clear": True})
+time.sleep(1.2)
+is_(json.loads(psql("CALL m3ter.flush()"))["accepted"], 3000, "flush under 429s: the next flush delivers them")
+record_scenario("CALL m3ter.flush() under sustained 429s", 3000, "t429-")
+
 # --- a long outage, compressed: retries by time, failure by age -------------
 is_(scalar("SELECT setting FROM pg_settings WHERE name = 'm3ter.give_up_after'"), str(7 * 86400),
     "by default rows ride out 7 days of transient faults")
