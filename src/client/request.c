@@ -309,7 +309,11 @@ m3ter_call_sqlstate(const M3terCallResult *result, const char **hint)
 			*hint = "Ask for less in one call.";
 			return ERRCODE_M3TER_TOO_LARGE;
 		case M3TER_REJECTED:
-			*hint = "m3ter will not accept this request as it is; it was not retried.";
+			/* after a server error, the earlier attempt may have taken effect */
+			*hint = result->retries == 0 ?
+				"m3ter will not accept this request as it is; it was not retried." :
+				psprintf("m3ter will not accept this request as it is. It had been retried %d time%s after failing: an earlier attempt may have taken effect (a meter created, for example).",
+						 result->retries, result->retries == 1 ? "" : "s");
 			return ERRCODE_M3TER_BAD_REQUEST;
 		case M3TER_UNEXPECTED:
 			if (result->status == 404)

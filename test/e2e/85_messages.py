@@ -57,6 +57,16 @@ for encoding, statuses in (("form", [400, 200]), ("json", [200])):
        "a token endpoint that takes only %s gets the grant that way (token answers %s)" % (encoding, statuses),
        "%s %s" % ([r["status"] for r in tokens], err))
 standin("POST", "/_control/config", {"token_body": "any"})
+# a create that failed with a 504 and was refused when retried ("already exists") may have
+# taken effect the first time: the hint does not say it was not retried
+standin("POST", "/_control/faults", {"faults": [
+    {"match": "/meters", "status": 504, "count": 1},
+    {"match": "/meters", "status": 400, "body": {"message": "A meter with this code already exists"}, "count": 1}]})
+rc, err = verbose("SET m3ter.retry_max_delay = '1s'; SELECT m3ter_create_meter('Storage', 'storage_gb', "
+                  "'[{\"category\": \"MEASURE\", \"code\": \"gb\", \"name\": \"GB\"}]')")
+ok(rc != 0 and "M3400" in err and "retried 1 time after failing" in err and "not retried" not in err,
+   "a create refused after a retry says an earlier attempt may have taken effect", err)
+standin("POST", "/_control/faults", {"clear": True})
 
 # the worker logs the same SQLSTATE (log_error_verbosity = verbose writes it)
 psql("ALTER SYSTEM SET log_error_verbosity = 'verbose'")
