@@ -191,7 +191,9 @@ answered(SubmitState *st, M3terSender *s, M3terSend *send)
 		default:
 			break;
 	}
-	r->retries = send->tries;
+	/* an untried send keeps the stop's count: the token fetch's retries */
+	if (!send->untried)
+		r->retries = send->tries;
 	m3ter_raise_call_error(r, "submitting measurements to m3ter");
 }
 

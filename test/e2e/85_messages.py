@@ -57,6 +57,12 @@ for encoding, statuses in (("form", [400, 200]), ("json", [200])):
        "a token endpoint that takes only %s gets the grant that way (token answers %s)" % (encoding, statuses),
        "%s %s" % ([r["status"] for r in tokens], err))
 standin("POST", "/_control/config", {"token_body": "any"})
+# m3ter_submit's hint counts the token fetch's retries when the token endpoint is what failed
+standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "status": 503, "count": 3}]})
+rc, err = verbose("SET m3ter.api_url = '%s/////////////';\nSET m3ter.max_retries = 2;\n"
+                  "SET m3ter.retry_max_delay = '1s';\n%s" % (STANDIN_URL, SUBMIT))
+ok(rc != 0 and "retried 2 times" in err, "a token endpoint down: the hint counts the token fetch's retries", err)
+standin("POST", "/_control/faults", {"clear": True})
 # a create that failed with a 504 and was refused when retried ("already exists") may have
 # taken effect the first time: the hint does not say it was not retried
 standin("POST", "/_control/faults", {"faults": [
