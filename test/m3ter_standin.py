@@ -24,7 +24,8 @@ Tests steer it through /_control (no auth):
         after storing the measurements), "trickle" (seconds
         spent sending the body), "empty_body", "malformed_body" (with a 200)
   POST /_control/config   {"token_ttl": s, "token_body": "any"|"json"|"form" (the
-        grant's encodings the token endpoint takes), "reject_meters": [...], "expire_tokens":
+        grant's encodings the token endpoint takes), "token_pad": n (tokens n bytes
+        longer), "reject_meters": [...], "expire_tokens":
         true, "rate_limit": ..., "latency_ms": n, "bandwidth_bytes_per_s": n,
         "fast": true, "random_5xx": 0.05}   (fast: accept and count measurements
         without parsing or storing them, for benchmarks; random_5xx: answer that
@@ -191,6 +192,7 @@ class State:
         self.tokens = getattr(self, "tokens", {})
         self.token_ttl = 3600
         self.token_body = "any"
+        self.token_pad = 0
         self.measurements = {}
         self.duplicates = 0
         self.meters = []
@@ -393,7 +395,7 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "Malformed JSON request body")
         if grant != "client_credentials":
             raise ApiError(400, "Unsupported grant_type")
-        tok = secrets.token_hex(24)
+        tok = secrets.token_hex(24) + "x" * self.state.token_pad
         with self.state.lock:
             ttl = self.state.token_ttl
             self.state.tokens[tok] = time.time() + ttl
@@ -546,6 +548,8 @@ class Handler(BaseHTTPRequestHandler):
                     st.token_ttl = int(doc["token_ttl"])
                 if "token_body" in doc:
                     st.token_body = doc["token_body"]
+                if "token_pad" in doc:
+                    st.token_pad = int(doc["token_pad"])
                 if "reject_meters" in doc:
                     st.reject_meters = set(doc["reject_meters"])
                 if doc.get("expire_tokens"):

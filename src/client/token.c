@@ -205,6 +205,17 @@ store(uint32 fp, const char *token, int expires_in_s)
 		c->expires_at = now + (int64) expires_in_s * USECS_PER_SEC;
 	}
 	unlock_cache();
+	if (len >= M3TER_MAX_TOKEN)
+	{
+		static bool said = false;
+
+		/* once a process: every call of it now fetches a token of its own */
+		if (!said)
+			ereport(LOG,
+					(errmsg("m3ter's bearer token is %d bytes, too long to keep: each call fetches a new one", len),
+					 errdetail("Tokens of up to %d bytes are kept until they expire.", M3TER_MAX_TOKEN - 1)));
+		said = true;
+	}
 }
 
 /*

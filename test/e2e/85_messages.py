@@ -63,6 +63,16 @@ rc, err = verbose("SET m3ter.api_url = '%s/////////////';\nSET m3ter.max_retries
                   "SET m3ter.retry_max_delay = '1s';\n%s" % (STANDIN_URL, SUBMIT))
 ok(rc != 0 and "retried 2 times" in err, "a token endpoint down: the hint counts the token fetch's retries", err)
 standin("POST", "/_control/faults", {"clear": True})
+# a bearer token too long to keep is said once in the log, not silently fetched for every call
+offset = log_offset()
+standin("POST", "/_control/config", {"token_pad": 9000})
+rc, err = verbose("SET m3ter.api_url = '%s//////////////////';\n%s" % (STANDIN_URL, SUBMIT))
+standin("POST", "/_control/config", {"token_pad": 0})
+with open(LOG_FILE, "rb") as f:
+    f.seek(offset)
+    logged = f.read().decode("utf-8", "replace")
+ok(rc == 0 and "too long to keep: each call fetches a new one" in logged,
+   "a 9 kB bearer token works, and the log says it is not kept", err + logged[-2000:])
 # a create that failed with a 504 and was refused when retried ("already exists") may have
 # taken effect the first time: the hint does not say it was not retried
 standin("POST", "/_control/faults", {"faults": [
