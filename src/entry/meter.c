@@ -302,41 +302,15 @@ m3ter_create_meter(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(result);
 }
 
-/* Put the meters of one page into the result; returns its nextToken or NULL */
-static char *
-put_page(ReturnSetInfo *rsinfo, cJSON *page, const char *this_token, int pages)
+/* Put one meter of a listing page into the result (arg: the ReturnSetInfo) */
+static void
+put_meter(const cJSON *meter, void *arg)
 {
-	cJSON	   *data = cJSON_GetObjectItemCaseSensitive(page, "data");
-	cJSON	   *meter;
+	ReturnSetInfo *rsinfo = arg;
+	Datum		value = m3ter_cjson_to_jsonb(meter);
+	bool		isnull = false;
 
-	cJSON_ArrayForEach(meter, data)
-	{
-		Datum		value = m3ter_cjson_to_jsonb(meter);
-		bool		isnull = false;
-
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &value, &isnull);
-	}
-	return m3ter_next_page_token(page, this_token, pages, "listing m3ter meters");
-}
-
-/* put_page(), then free the page whatever happens */
-static char *
-put_meters(ReturnSetInfo *rsinfo, cJSON *page, const char *this_token, int pages)
-{
-	char	   *next = NULL;
-
-	PG_TRY();
-	{
-		next = put_page(rsinfo, page, this_token, pages);
-	}
-	PG_CATCH();
-	{
-		cJSON_Delete(page);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	cJSON_Delete(page);
-	return next;
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &value, &isnull);
 }
 
 /* m3ter_list_meters() RETURNS SETOF jsonb: every meter, following nextToken */
@@ -354,8 +328,8 @@ m3ter_list_meters(PG_FUNCTION_ARGS)
 		char	   *path = next == NULL ? m3ter_org_path("/meters?pageSize=200") :
 			m3ter_org_path(psprintf("/meters?pageSize=200&nextToken=%s", m3ter_url_encode(next)));
 
-		next = put_meters(rsinfo, m3ter_call_answer(M3TER_CONFIG_API, "GET", path, NULL,
-													"listing m3ter meters"), next, ++pages);
+		next = m3ter_consume_page(m3ter_call_answer(M3TER_CONFIG_API, "GET", path, NULL, "listing m3ter meters"),
+								  put_meter, rsinfo, next, ++pages, "listing m3ter meters");
 	} while (next != NULL);
 
 	return (Datum) 0;

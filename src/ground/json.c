@@ -355,6 +355,35 @@ m3ter_next_page_token(const cJSON *page, const char *this_token, int pages, cons
 	return pstrdup(token->valuestring);
 }
 
+/*
+ * Hand each item of a listing page's "data" to take(item, arg), then free
+ * the page, whatever happens; returns the page's nextToken (as
+ * m3ter_next_page_token() does) or NULL on the last page
+ */
+char *
+m3ter_consume_page(cJSON *page, void (*take) (const cJSON *item, void *arg), void *arg,
+				   const char *this_token, int pages, const char *what)
+{
+	char	   *next = NULL;
+
+	PG_TRY();
+	{
+		const cJSON *item;
+
+		cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(page, "data"))
+			take(item, arg);
+		next = m3ter_next_page_token(page, this_token, pages, what);
+	}
+	PG_CATCH();
+	{
+		cJSON_Delete(page);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	cJSON_Delete(page);
+	return next;
+}
+
 /* A cJSON value (strings in the database encoding) as jsonb */
 Datum
 m3ter_cjson_to_jsonb(const cJSON *item)

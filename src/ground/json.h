@@ -18,6 +18,8 @@ extern char *m3ter_answer_message(const char *body);
 
 extern cJSON *m3ter_parse_answer(const char *body, const char *what);
 extern char *m3ter_next_page_token(const cJSON *page, const char *this_token, int pages, const char *what);
+extern char *m3ter_consume_page(cJSON *page, void (*take) (const cJSON *item, void *arg), void *arg,
+								const char *this_token, int pages, const char *what);
 extern Datum m3ter_cjson_to_jsonb(const cJSON *item);
 extern cJSON *m3ter_jsonb_to_cjson(Jsonb *jb, const char *what);
 extern char *m3ter_cjson_print_utf8(const cJSON *item, const char *what);

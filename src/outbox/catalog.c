@@ -467,10 +467,10 @@ sync_meters(void)
 
 /* Record one account m3ter listed */
 static void
-store_account(cJSON *account)
+store_account(const cJSON *account)
 {
-	cJSON	   *code = cJSON_GetObjectItemCaseSensitive(account, "code");
-	cJSON	   *id = cJSON_GetObjectItemCaseSensitive(account, "id");
+	const cJSON *code = cJSON_GetObjectItemCaseSensitive(account, "code");
+	const cJSON *id = cJSON_GetObjectItemCaseSensitive(account, "id");
 	Oid			types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2];
 	char		nulls[2] = {' ', ' '};
@@ -489,34 +489,12 @@ store_account(cJSON *account)
 		elog(ERROR, "m3ter catalog account insert failed");
 }
 
-/*
- * Store the accounts of one page of the listing and free it (whatever
- * happens); returns its nextToken or NULL
- */
-static char *
-store_accounts(cJSON *page, const char *this_token, int pages, int64 *found)
+/* Store one account of a listing page (arg: the count of accounts found) */
+static void
+take_account(const cJSON *account, void *arg)
 {
-	char	   *next = NULL;
-
-	PG_TRY();
-	{
-		cJSON	   *account;
-
-		cJSON_ArrayForEach(account, cJSON_GetObjectItemCaseSensitive(page, "data"))
-		{
-			store_account(account);
-			(*found)++;
-		}
-		next = m3ter_next_page_token(page, this_token, pages, "listing m3ter accounts");
-	}
-	PG_CATCH();
-	{
-		cJSON_Delete(page);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	cJSON_Delete(page);
-	return next;
+	store_account(account);
+	(*(int64 *) arg)++;
 }
 
 /* Look up codes[0..n) through the accounts listing; returns accounts found */
@@ -544,7 +522,7 @@ lookup_accounts(char **codes, int n, int max_retries)
 		if (res.outcome != M3TER_OK)
 			m3ter_raise_call_error(&res, "listing m3ter accounts");
 		page = m3ter_parse_answer(res.body, "listing m3ter accounts");
-		next = store_accounts(page, next, ++pages, &found);
+		next = m3ter_consume_page(page, take_account, &found, next, ++pages, "listing m3ter accounts");
 	} while (next != NULL);
 	return found;
 }
