@@ -218,17 +218,6 @@ m3ter_sender_split(M3terSender *s, M3terSend *send)
 	m3ter_sender_finish(s, send);
 }
 
-/*
- * Did a firewall or proxy refuse this send's content rather than every
- * request: a 400 that is not m3ter's JSON while the server takes others?
- */
-bool
-m3ter_sender_content_refused(const M3terSender *s, const M3terSend *send)
-{
-	return send->result.outcome == M3TER_UNEXPECTED && send->result.status == 400 &&
-		s->server_takes_requests && !send->untried;
-}
-
 /* The owner is done with a send */
 void
 m3ter_sender_finish(M3terSender *s, M3terSend *send)
@@ -408,10 +397,7 @@ answered(M3terSender *s, M3terSend *send, M3terHttpResponse *resp)
 		s->n_queued++;
 		return;
 	}
-	if (send->result.outcome == M3TER_OK)
-		s->server_takes_requests = true;
-	if (send->result.outcome == M3TER_FORBIDDEN ||
-		(send->result.outcome == M3TER_UNEXPECTED && !m3ter_sender_content_refused(s, send)))
+	if (send->result.outcome == M3TER_FORBIDDEN || send->result.outcome == M3TER_UNEXPECTED)
 		stop(s, &send->result);
 	dlist_push_tail(&s->done, &send->node);
 }

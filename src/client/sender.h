@@ -52,10 +52,6 @@ typedef struct M3terSender
 	int			token_failures;
 	int			max_token_failures; /* then give up (a synchronous call); -1: never */
 	bool		stopped;		/* a configuration fault: start nothing */
-	bool		server_takes_requests;	/* it took one lately: a 400 that is not
-										 * its JSON refuses that request's
-										 * content (a firewall), and stops
-										 * nothing */
 	M3terCallResult stop;		/* ... and the answer that said so */
 	char	   *last_error;
 	int64		requests;		/* ingest requests started */
@@ -72,7 +68,6 @@ extern void m3ter_sender_queue(M3terSender *s, M3terGroup *g, int start, int end
 extern void m3ter_sender_requeue(M3terSender *s, M3terSend *send, int delay_ms);
 extern void m3ter_sender_split(M3terSender *s, M3terSend *send);
 extern void m3ter_sender_finish(M3terSender *s, M3terSend *send);
-extern bool m3ter_sender_content_refused(const M3terSender *s, const M3terSend *send);
 extern void m3ter_sender_pump(M3terSender *s, int wait_ms);
 extern int	m3ter_sender_ready(const M3terSender *s);
 extern M3terSend *m3ter_sender_next_done(M3terSender *s);

@@ -319,6 +319,7 @@ m3ter_list_meters(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *next = NULL;
+	List	   *seen = NIL;
 	int			pages = 0;
 
 	m3ter_require_installed_version();
@@ -329,7 +330,7 @@ m3ter_list_meters(PG_FUNCTION_ARGS)
 			m3ter_org_path(psprintf("/meters?pageSize=200&nextToken=%s", m3ter_url_encode(next)));
 
 		next = m3ter_consume_page(m3ter_call_answer(M3TER_CONFIG_API, "GET", path, NULL, "listing m3ter meters"),
-								  put_meter, rsinfo, next, ++pages, "listing m3ter meters");
+								  put_meter, rsinfo, &seen, ++pages, "listing m3ter meters");
 	} while (next != NULL);
 
 	return (Datum) 0;

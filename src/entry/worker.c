@@ -256,7 +256,6 @@ typedef struct WorkerLoop
 	TimestampTz last_upkeep;
 	TimestampTz last_report;
 	const char *shown;			/* the state shown while delivering */
-	bool		probe_passed;	/* a delivery after a stop got in: m3ter takes requests */
 } WorkerLoop;
 
 static WorkerLoop w;
@@ -345,8 +344,6 @@ start_or_rest(void)
 	{
 		/* after a stop, one row tries whether m3ter takes them again */
 		m3ter_delivery_start(&w.d, M3TER_TXN_WORKER, w.last_logged != NULL ? 1 : 0);
-		w.d.sender.server_takes_requests = w.probe_passed;
-		w.probe_passed = false;
 		memset(&w.reported, 0, sizeof(w.reported));
 		w.active = true;
 		pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
@@ -361,7 +358,6 @@ end_delivery(void)
 {
 	bool		stopped = w.d.stats.stopped;
 	bool		worked = w.d.stats.claimed > 0;
-	bool		got_in = w.d.stats.accepted > 0;
 	char	   *error = w.d.stats.error ? pstrdup(w.d.stats.error) : NULL;
 	int			stop_sqlstate = w.d.stats.stop_sqlstate ? w.d.stats.stop_sqlstate : ERRCODE_M3TER_FORBIDDEN;
 
@@ -381,7 +377,6 @@ end_delivery(void)
 		ereport(LOG, (errmsg("m3ter outbox delivery resumed")));
 		pfree(w.last_logged);
 		w.last_logged = NULL;
-		w.probe_passed = got_in;
 	}
 	m3ter_worker_note("idle", true);
 	if (worked)

@@ -332,27 +332,38 @@ m3ter_parse_answer(const char *body, const char *what)
 
 /*
  * The nextToken of a page of a listing (palloc'd), or NULL on its last page.
- * this_token fetched the page (NULL: the first) and pages counts the pages
- * so far.  m3ter's pages do not promise that a listing ends: a token that
- * fetches its own page again, or more than M3TER_MAX_LIST_PAGES pages,
- * raises instead of listing forever.
+ * *seen holds the tokens this listing followed so far (the new one is
+ * added) and pages counts its pages.  m3ter's pages do not promise that a
+ * listing ends: a token that names a page already listed, or more than
+ * M3TER_MAX_LIST_PAGES pages, raises instead of listing forever.
  */
 char *
-m3ter_next_page_token(const cJSON *page, const char *this_token, int pages, const char *what)
+m3ter_next_page_token(const cJSON *page, List **seen, int pages, const char *what)
 {
 	const cJSON *token = cJSON_GetObjectItemCaseSensitive(page, "nextToken");
+	ListCell   *lc;
+	char	   *next;
 
 	if (!cJSON_IsString(token) || token->valuestring[0] == '\0')
 		return NULL;
-	if ((this_token != NULL && strcmp(token->valuestring, this_token) == 0) || pages >= M3TER_MAX_LIST_PAGES)
+	foreach(lc, *seen)
+	{
+		if (strcmp((const char *) lfirst(lc), token->valuestring) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_M3TER_UNEXPECTED),
+					 errmsg("m3ter answered %s with a listing that does not end", what),
+					 errdetail("Page %d names a page already listed as the next one.", pages),
+					 errhint("Check that m3ter.api_url points at m3ter's API.")));
+	}
+	if (pages >= M3TER_MAX_LIST_PAGES)
 		ereport(ERROR,
 				(errcode(ERRCODE_M3TER_UNEXPECTED),
 				 errmsg("m3ter answered %s with a listing that does not end", what),
-				 errdetail(this_token != NULL && strcmp(token->valuestring, this_token) == 0 ?
-						   "Page %d names the token that fetched it as the next one." :
-						   "It still had a next page after %d pages.", pages),
+				 errdetail("It still had a next page after %d pages.", pages),
 				 errhint("Check that m3ter.api_url points at m3ter's API.")));
-	return pstrdup(token->valuestring);
+	next = pstrdup(token->valuestring);
+	*seen = lappend(*seen, next);
+	return next;
 }
 
 /*
@@ -362,7 +373,7 @@ m3ter_next_page_token(const cJSON *page, const char *this_token, int pages, cons
  */
 char *
 m3ter_consume_page(cJSON *page, void (*take) (const cJSON *item, void *arg), void *arg,
-				   const char *this_token, int pages, const char *what)
+				   List **seen, int pages, const char *what)
 {
 	char	   *next = NULL;
 
@@ -372,7 +383,7 @@ m3ter_consume_page(cJSON *page, void (*take) (const cJSON *item, void *arg), voi
 
 		cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(page, "data"))
 			take(item, arg);
-		next = m3ter_next_page_token(page, this_token, pages, what);
+		next = m3ter_next_page_token(page, seen, pages, what);
 	}
 	PG_CATCH();
 	{

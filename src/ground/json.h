@@ -10,6 +10,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 
 extern char *m3ter_answer_message(const char *body);
@@ -17,9 +18,9 @@ extern char *m3ter_answer_message(const char *body);
 #define M3TER_MAX_LIST_PAGES 500
 
 extern cJSON *m3ter_parse_answer(const char *body, const char *what);
-extern char *m3ter_next_page_token(const cJSON *page, const char *this_token, int pages, const char *what);
+extern char *m3ter_next_page_token(const cJSON *page, List **seen, int pages, const char *what);
 extern char *m3ter_consume_page(cJSON *page, void (*take) (const cJSON *item, void *arg), void *arg,
-								const char *this_token, int pages, const char *what);
+								List **seen, int pages, const char *what);
 extern Datum m3ter_cjson_to_jsonb(const cJSON *item);
 extern cJSON *m3ter_jsonb_to_cjson(Jsonb *jb, const char *what);
 extern char *m3ter_cjson_print_utf8(const cJSON *item, const char *what);

@@ -594,15 +594,17 @@ settings_missing(void)
 }
 
 /*
- * Was a configuration file (postgresql.conf, or ALTER SYSTEM's
- * postgresql.auto.conf) written in the last two seconds, after this session
- * last read the configuration?  Then a reload may be on its way.
+ * When a configuration file (postgresql.conf, or ALTER SYSTEM's
+ * postgresql.auto.conf) was written in the last two seconds, after this
+ * session last read the configuration: a reload may be on its way.  0 when
+ * none was (a time ahead of the clock is no sign of one).
  */
-static bool
+static TimestampTz
 config_written_lately(void)
 {
 	const char *files[] = {ConfigFileName, PG_AUTOCONF_FILENAME};
-	TimestampTz lately = GetCurrentTimestamp() - 2 * USECS_PER_SEC;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz latest = 0;
 	int			i;
 
 	for (i = 0; i < lengthof(files); i++)
@@ -613,10 +615,10 @@ config_written_lately(void)
 		if (files[i] == NULL || stat(files[i], &st) != 0)
 			continue;
 		written = time_t_to_timestamptz(st.st_mtim.tv_sec) + st.st_mtim.tv_nsec / 1000;
-		if (written > PgReloadTime && written > lately)
-			return true;
+		if (written > PgReloadTime && written > now - 2 * USECS_PER_SEC && written <= now)
+			latest = Max(latest, written);
 	}
-	return false;
+	return latest;
 }
 
 /*
@@ -627,24 +629,35 @@ config_written_lately(void)
  * milliseconds after pg_reload_conf() returns: a script that sets them with
  * ALTER SYSTEM, reloads and calls m3ter in its next statement (the README's
  * Getting started pasted whole, or a wrong organization id put right) would
- * still see the old values.  So wait up to a second for the signal, once a
- * statement, before they are used.  Taken here, the reload applies every
- * changed setting in the middle of the statement, as it would have before
- * the next one; only a session that calls m3ter right after a change meets
- * that.  Workers take reloads in their own loops.
+ * still see the old values.  So wait for the signal, once a statement,
+ * before they are used: up to a second while they are unset, up to 200 ms
+ * once a write (a write with no reload after it, ALTER SYSTEM staging a
+ * change, costs each session that much once).  Taken here, the reload
+ * applies every changed setting in the middle of the statement, as it would
+ * have before the next one; only a session that calls m3ter right after a
+ * change meets that.  Workers take reloads in their own loops.
  */
 void
 m3ter_settings_catch_up(void)
 {
 	static TimestampTz waited_in = 0;	/* the statement that waited */
+	static TimestampTz waited_for = 0;	/* the write waited for */
+	TimestampTz written;
+	bool		missing;
 	TimestampTz until;
 
-	if (MyBackendType != B_BACKEND || (!settings_missing() && !config_written_lately()))
+	if (MyBackendType != B_BACKEND)
+		return;
+	missing = settings_missing();
+	written = config_written_lately();
+	if (!missing && (written == 0 || written == waited_for))
 		return;
 	if (!ConfigReloadPending && waited_in != GetCurrentStatementStartTimestamp())
 	{
 		waited_in = GetCurrentStatementStartTimestamp();
-		until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+		if (written != 0)
+			waited_for = written;
+		until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), missing ? 1000 : 200);
 		while (!ConfigReloadPending)
 		{
 			long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);

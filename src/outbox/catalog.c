@@ -504,6 +504,7 @@ lookup_accounts(char **codes, int n, int max_retries)
 	StringInfoData query;
 	char	   *next = NULL;
 	int64		found = 0;
+	List	   *seen = NIL;
 	int			pages = 0;
 	int			i;
 
@@ -522,7 +523,7 @@ lookup_accounts(char **codes, int n, int max_retries)
 		if (res.outcome != M3TER_OK)
 			m3ter_raise_call_error(&res, "listing m3ter accounts");
 		page = m3ter_parse_answer(res.body, "listing m3ter accounts");
-		next = m3ter_consume_page(page, take_account, &found, next, ++pages, "listing m3ter accounts");
+		next = m3ter_consume_page(page, take_account, &found, &seen, ++pages, "listing m3ter accounts");
 	} while (next != NULL);
 	return found;
 }

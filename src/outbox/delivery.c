@@ -277,22 +277,6 @@ record_outcome(M3terDelivery *d, M3terSend *send)
 			break;
 	}
 
-	if (m3ter_sender_content_refused(&d->sender, send))
-	{
-		/*
-		 * A firewall or proxy refusing this request's content (sender.c).
-		 * Narrow it as a rejection; a row refused alone waits its back-off,
-		 * an attempt spent, as after a server error (failed once
-		 * m3ter.max_attempts or m3ter.give_up_after are spent, never taken
-		 * for m3ter's verdict).
-		 */
-		if (n > 1)
-			m3ter_sender_split(&d->sender, send);
-		else
-			retry_later(d, send);
-		return;
-	}
-
 	/* not the rows' fault: keep them pending, say why, spend no attempt */
 	if (!send->untried)
 		st->sent -= n;

@@ -88,6 +88,19 @@ for i in range(3):
                    else r.stderr.strip()[:200])
 is_(results, ["t|accepted"] * 3, "a wrong m3ter.org_id replaced and reloaded in one script is used by its next call")
 
+# a configuration file dated ahead of the clock (copied with its time, a clock stepped back) is
+# no sign of a reload on its way: calls do not wait for one (they waited a second each)
+auto_conf = os.path.join(SANDBOX, "data", "postgresql.auto.conf")
+ahead = time.time() + 600
+os.utime(auto_conf, (ahead, ahead))
+t0 = time.time()
+r = subprocess.run([m.group(1) if m else "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-"],
+                   input="SELECT %s;\n" % submit * 5, capture_output=True, text=True, timeout=60)
+took = time.time() - t0
+os.utime(auto_conf, None)
+ok(r.returncode == 0 and took < 3, "five calls with postgresql.auto.conf dated ahead take %.1f s, not five" % took,
+   r.stderr)
+
 r = subprocess.run([os.path.join(ROOT, "test", "sandbox.sh"), "stop"], env=env, capture_output=True, text=True,
                    timeout=120)
 ok(r.returncode == 0 and not os.path.exists(SANDBOX), "test/sandbox.sh stop removes it", r.stderr)

@@ -2,8 +2,7 @@
 in between: nothing but a row-level 400 may fail rows.  401 and a stale-token
 403 get one fresh token and one more try; redirects, 404, 405 and other
 unexpected statuses stop delivery with the rows pending and the reason noted,
-without a storm of requests (but a non-JSON 400 for one request's content, while
-m3ter takes the others, is narrowed to its row); an HTML 502 from a proxy is retried like any 502;
+without a storm of requests; an HTML 502 from a proxy is retried like any 502;
 a token endpoint that is down spends no attempt."""
 import os
 import sys
@@ -45,31 +44,6 @@ stopping_answer("301 redirect (an http:// URL)", "a301-", 301,
 stopping_answer("405 Method Not Allowed", "a405-", 405, {"message": "Method Not Allowed"}, "HTTP 405")
 stopping_answer("400 HTML page from a proxy", "a400html-", 400,
                 "<html><body><h1>400 Bad Request</h1></body></html>", "not m3ter's JSON")
-
-# a firewall refusing one row's content with an HTML 400 while m3ter takes the rest: once a
-# request got in, that request is narrowed to the row, every other row is delivered, and the
-# row waits its back-off (an attempt spent, never failed as if m3ter had refused it)
-reset()
-set_and_reload(worker_enabled="off", max_requests_per_second="0", worker_idle_naptime="1s", retry_max_delay="2s")
-insert_usage(3000, "afw-")
-standin("POST", "/_control/faults", {"faults": [fault(
-    status=400, body="<html><body><h1>400 Bad Request</h1><p>Request blocked.</p></body></html>",
-    match_body='"afw-1500"', count=100000)]})
-set_and_reload(worker_enabled=None)
-ok(wait_until(lambda: outbox_counts()["accepted"] == 2999, timeout=30),
-   "HTML 400 for one row: every other row is delivered", "%s\n%s\n%s\n%s" % (outbox_counts(),
-   psql("SELECT attempts, left(error, 60), next_attempt_at > now(), count(*) FROM m3ter.outbox WHERE status = 'pending' GROUP BY 1, 2, 3"),
-   [(r["status"], r["measurements"]) for r in ingest_requests()],
-   psql("SELECT state FROM m3ter.databases")))
-is_(scalar("SELECT status || '|' || (attempts > 0) || '|' || (error LIKE '%not m3ter''s JSON%') "
-           "FROM m3ter.outbox WHERE uid = 'afw-1500'"), "pending|true|true",
-    "HTML 400 for one row: it waits, an attempt spent, the reason noted")
-refused = sum(1 for r in ingest_requests() if r["status"] == 400)
-ok(refused <= 30, "HTML 400 for one row: narrowed in %d refused requests, no storm" % refused, refused)
-standin("POST", "/_control/faults", {"clear": True})
-ok(wait_until(lambda: outbox_counts()["accepted"] == 3000, timeout=30),
-   "HTML 400 for one row: delivered once the firewall lets it by", outbox_counts())
-record_scenario("HTML 400 from a firewall for one row", 3000, "afw-")
 
 # a single 401: one fresh token, the same request again, nothing stops
 reset()
