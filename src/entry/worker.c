@@ -314,6 +314,15 @@ wait_for_work(void)
 	}
 }
 
+#define HELD_STATE "waiting: m3ter asked to wait (Retry-After)"
+
+/* Do m3ter's Retry-After answers hold the cluster's sends for a while yet? */
+static bool
+held_by_m3ter(void)
+{
+	return m3ter_pace_held_until(M3TER_INGEST_API) > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+}
+
 /* Not delivering: upkeep, then start a delivery if rows are due, or sleep */
 static void
 start_or_rest(void)
@@ -336,7 +345,9 @@ start_or_rest(void)
 	}
 	else if (next_due == 0 || next_due > GetCurrentTimestamp())
 	{
-		m3ter_worker_note(w.last_logged ? "stopped: m3ter refused the delivery" : "idle", true);
+		/* the rows a long Retry-After put back wait for it: say so, not idle */
+		m3ter_worker_note(w.last_logged ? "stopped: m3ter refused the delivery" :
+						  held_by_m3ter() ? HELD_STATE : "idle", true);
 		m3ter_worker_listen(true, M3TER_BACKLOG_COUNT);	/* nothing due: count what waits */
 		w.sleep_ms = idle_sleep(&w.idle_ms, next_due);
 	}
@@ -395,8 +406,8 @@ show_delivery_state(void)
 
 	if (w.d.claim_lock_busy)
 		state = "waiting: a transaction that called m3ter_flush() holds the claim lock";
-	else if (m3ter_pace_held_until(M3TER_INGEST_API) > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000))
-		state = "delivering: m3ter asked to wait (Retry-After)";
+	else if (held_by_m3ter())
+		state = HELD_STATE;
 	if (state != w.shown)
 		m3ter_worker_note(state, false);
 	w.shown = state;

@@ -125,10 +125,17 @@ standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "stat
 insert_usage(2000, "hold-")
 set_and_reload(worker_enabled=None)
 state_sql = "SELECT state FROM m3ter.databases WHERE datname = current_database()"
-ok(wait_until(lambda: scalar(state_sql) == "delivering: m3ter asked to wait (Retry-After)", timeout=10,
+ok(wait_until(lambda: scalar(state_sql) == "waiting: m3ter asked to wait (Retry-After)", timeout=10,
               interval=0.2), "during a 6 s Retry-After the state says m3ter asked to wait", scalar(state_sql))
 ok(wait_until(lambda: outbox_counts()["accepted"] == 2000, timeout=30), "the rows get in after it", outbox_counts())
 ok(wait_until(lambda: scalar(state_sql) == "idle", timeout=10), "and the worker is idle", scalar(state_sql))
+# a longer one puts the row back pending and the worker rests: it still says why nothing moves
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": 8,
+                                                 "count": 1}]})
+insert_usage(1, "held-long-")
+ok(wait_until(lambda: scalar(state_sql) == "waiting: m3ter asked to wait (Retry-After)", timeout=5, interval=0.2),
+   "resting through an 8 s Retry-After, the state says m3ter asked to wait", scalar(state_sql))
+ok(wait_until(lambda: outbox_counts()["accepted"] == 2001, timeout=30), "the row gets in after it", outbox_counts())
 
 
 def refused_then_pace(prefix, fault, refusals, accepted):
