@@ -72,17 +72,19 @@ static char subscribed_to[NAMEDATALEN];
 
 /* The extension in this database against the library (not OK: rows wait) */
 static M3terVersionState version_state;
-static bool version_stopped;	/* the stop logged last is the version's */
+
+/* Does this state stop delivery (an update or a restart fixes it)? */
+#define version_stops(state) ((state) == M3TER_VERSION_OLDER || (state) == M3TER_VERSION_NEWER)
 
 /*
  * Log an error once, not on every pass while it persists; sqlstate is the
- * cause's, the same a call or a flush raises for it
+ * cause's, the same a call or a flush raises for it.  True when it logged.
  */
-static void
+static bool
 log_once(const char *message, int sqlstate, const char *hint, char **last_logged)
 {
 	if (*last_logged != NULL && strcmp(*last_logged, message) == 0)
-		return;
+		return false;
 	ereport(WARNING,
 			(errcode(sqlstate),
 			 errmsg("m3ter outbox delivery stopped: %s", message),
@@ -90,6 +92,7 @@ log_once(const char *message, int sqlstate, const char *hint, char **last_logged
 	if (*last_logged != NULL)
 		pfree(*last_logged);
 	*last_logged = MemoryContextStrdup(TopMemoryContext, message);
+	return true;
 }
 
 /* Add what the delivery did since the last report to the shared figures */
@@ -129,6 +132,7 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 	   bool delivering)
 {
 	bool		installed;
+	bool		version_stopped;
 	char	   *why = NULL;
 	char	   *subscription = NULL;
 	TimestampTz now = GetCurrentTimestamp();
@@ -141,19 +145,20 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 
 	installed = m3ter_lock_extension();	/* also: is it installed? */
 	*next_due = 0;
+	version_stopped = version_stops(version_state);	/* the last pass's */
 	version_state = installed ? m3ter_installed_version_state(&why) : M3TER_VERSION_ABSENT;
-	if (version_stopped && version_state != M3TER_VERSION_OLDER && version_state != M3TER_VERSION_NEWER)
+	if (version_stopped && !version_stops(version_state))
 	{
 		/* updated, restarted or dropped: that stop is over (m3ter refused nothing) */
 		if (*last_logged != NULL)
 			pfree(*last_logged);
 		*last_logged = NULL;
-		version_stopped = false;
 	}
 	if (installed && version_state != M3TER_VERSION_OK)
 	{
 		/* ALTER EXTENSION m3ter UPDATE (older SQL) or a restart (older library) fixes it */
-		if (*last_logged == NULL || strcmp(*last_logged, why) != 0)
+		if (log_once(why, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+					 "The rows stay pending; delivery resumes by itself once the versions match.", last_logged))
 		{
 			/* this database's last_error too, as a delivery's own error is */
 			M3terFlushStats none = {0};
@@ -161,9 +166,6 @@ upkeep(TimestampTz *next_due, TimestampTz *last_retention, TimestampTz *last_swe
 			none.error = why;
 			m3ter_note_delivery(&none);
 		}
-		log_once(why, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-				 "The rows stay pending; delivery resumes by itself once the versions match.", last_logged);
-		version_stopped = true;
 		installed = false;
 	}
 	else if (installed && !delivering && (subscription = m3ter_outbox_subscription()) != NULL)

@@ -330,6 +330,9 @@ m3ter_parse_answer(const char *body, const char *what)
 	return root;
 }
 
+/* a listing longer than this many pages of 200 (100,000 meters or accounts) does not end */
+#define M3TER_MAX_LIST_PAGES 500
+
 /*
  * The nextToken of a page of a listing (palloc'd), or NULL on its last page.
  * *seen holds the tokens this listing followed so far (the new one is
@@ -337,28 +340,23 @@ m3ter_parse_answer(const char *body, const char *what)
  * listing ends: a token that names a page already listed, or more than
  * M3TER_MAX_LIST_PAGES pages, raises instead of listing forever.
  */
-char *
-m3ter_next_page_token(const cJSON *page, List **seen, int pages, const char *what)
+static char *
+next_page_token(const cJSON *page, List **seen, int pages, const char *what)
 {
 	const cJSON *token = cJSON_GetObjectItemCaseSensitive(page, "nextToken");
+	bool		listed = false;
 	ListCell   *lc;
 	char	   *next;
 
 	if (!cJSON_IsString(token) || token->valuestring[0] == '\0')
 		return NULL;
 	foreach(lc, *seen)
-	{
-		if (strcmp((const char *) lfirst(lc), token->valuestring) == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_M3TER_UNEXPECTED),
-					 errmsg("m3ter answered %s with a listing that does not end", what),
-					 errdetail("Page %d names a page already listed as the next one.", pages),
-					 errhint("Check that m3ter.api_url points at m3ter's API.")));
-	}
-	if (pages >= M3TER_MAX_LIST_PAGES)
+		listed = listed || strcmp((const char *) lfirst(lc), token->valuestring) == 0;
+	if (listed || pages >= M3TER_MAX_LIST_PAGES)
 		ereport(ERROR,
 				(errcode(ERRCODE_M3TER_UNEXPECTED),
 				 errmsg("m3ter answered %s with a listing that does not end", what),
+				 listed ? errdetail("Page %d names a page already listed as the next one.", pages) :
 				 errdetail("It still had a next page after %d pages.", pages),
 				 errhint("Check that m3ter.api_url points at m3ter's API.")));
 	next = pstrdup(token->valuestring);
@@ -369,7 +367,7 @@ m3ter_next_page_token(const cJSON *page, List **seen, int pages, const char *wha
 /*
  * Hand each item of a listing page's "data" to take(item, arg), then free
  * the page, whatever happens; returns the page's nextToken (as
- * m3ter_next_page_token() does) or NULL on the last page
+ * next_page_token() does) or NULL on the last page
  */
 char *
 m3ter_consume_page(cJSON *page, void (*take) (const cJSON *item, void *arg), void *arg,
@@ -383,7 +381,7 @@ m3ter_consume_page(cJSON *page, void (*take) (const cJSON *item, void *arg), voi
 
 		cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(page, "data"))
 			take(item, arg);
-		next = m3ter_next_page_token(page, seen, pages, what);
+		next = next_page_token(page, seen, pages, what);
 	}
 	PG_CATCH();
 	{

@@ -14,11 +14,7 @@
 #include "utils/jsonb.h"
 
 extern char *m3ter_answer_message(const char *body);
-/* pages of 200: 100,000 meters or accounts */
-#define M3TER_MAX_LIST_PAGES 500
-
 extern cJSON *m3ter_parse_answer(const char *body, const char *what);
-extern char *m3ter_next_page_token(const cJSON *page, List **seen, int pages, const char *what);
 extern char *m3ter_consume_page(cJSON *page, void (*take) (const cJSON *item, void *arg), void *arg,
 								List **seen, int pages, const char *what);
 extern Datum m3ter_cjson_to_jsonb(const cJSON *item);

@@ -176,28 +176,28 @@ m3ter_installed_version_state(char **why)
 void
 m3ter_require_installed_version(void)
 {
+	M3terVersionState state = m3ter_installed_version_state(NULL);
 	const char *v;
 
-	if (creating_extension)
+	if (state == M3TER_VERSION_OK)
 		return;
 	v = installed_version();
-	if (v[0] == '\0')
+	if (state == M3TER_VERSION_ABSENT)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension m3ter is not installed in this database"),
 				 errhint("Run CREATE EXTENSION m3ter.")));
-	if (!supported(v) && newer_than_library(v))
+	if (state == M3TER_VERSION_NEWER)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension m3ter has version %s installed, which its library does not support", v),
 				 errdetail("The m3ter library loaded is of version %s, older than the SQL objects.", supported_versions[0]),
 				 errhint("Install the m3ter library of version %s and restart PostgreSQL.", v)));
-	if (!supported(v))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("extension m3ter has version %s installed, which its library does not support", v),
-				 errdetail("The m3ter library works with SQL version %s.", supported_versions[0]),
-				 errhint("Run ALTER EXTENSION m3ter UPDATE in this database.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("extension m3ter has version %s installed, which its library does not support", v),
+			 errdetail("The m3ter library works with SQL version %s.", supported_versions[0]),
+			 errhint("Run ALTER EXTENSION m3ter UPDATE in this database.")));
 }
 
 /*

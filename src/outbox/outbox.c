@@ -279,7 +279,7 @@ m3ter_outbox_open_claim(TimestampTz after_due, int64 after_id, int64 limit,
 	values[4] = m3ter_int8_array(state->gap_hi, state->n_gaps);
 	values[5] = Int64GetDatum(state->frontier);
 	values[6] = TimestampTzGetDatum(now);
-	values[7] = TimestampTzGetDatum(due_by != 0 && due_by < now ? due_by : now);
+	values[7] = TimestampTzGetDatum(due_by != 0 ? due_by : now);
 	portal = SPI_cursor_open(NULL, m3ter_keep_plan(&plan, claim_sql, 8, types), values, NULL, false);
 	if (portal == NULL)
 		elog(ERROR, "m3ter outbox claim failed: %s", SPI_result_code_string(SPI_result));
