@@ -42,13 +42,12 @@
  *	  tell the same; a 429 with a Retry-After longer than a second names
  *	  its own wait, and one for a request sent while the cluster sent at
  *	  less than half its pace (a storm of refusals that are not about the
- *	  rate) says nothing about it.  For 10 s after a drop the pace stays
- *	  at the level it dropped to (2% over it after a share drop): servers
- *	  sharing an organization that climbed straight back would meet the
- *	  limit again within seconds and take turns drawing 429s.  Then it
- *	  climbs back 1% of the rate a second, faster the longer no 429 came
- *	  (times the square of the seconds since the last one over 5): once
- *	  the others are gone, the whole rate is back within 15-20 s.
+ *	  rate) says nothing about it.  The pace then climbs back 1% of the
+ *	  rate a second (slowly: servers sharing an organization settle near
+ *	  their shares instead of overshooting every few seconds), faster the
+ *	  longer no 429 came (times the square of the seconds since the last
+ *	  one over 5): once the others are gone, the whole rate is back within
+ *	  15-20 s.
  *
  * The usage query (reconciliation) goes to m3ter's Data Explorer, limited
  * to one request a second: it is paced apart, at that rate.
@@ -87,8 +86,6 @@
 #define NEAR_LIMIT_DOWN 0.97	/* the first 429 of an overload */
 #define OVERLOAD_US 1000000		/* 429s this close together are one overload */
 #define EVEN_HOLD_US (30 * USECS_PER_SEC)	/* slots stay evenly spaced this long */
-#define PLATEAU_US (10 * USECS_PER_SEC)	/* no climb past the level a 429 came at */
-#define SHARE_PLATEAU 1.02		/* after a share drop: up to 2% over it */
 #define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second, */
 #define RECOVER_FASTER_S 5		/* and faster after 5 s without a 429 (by the square) */
 /* a slot asked for this late (µs) is still given on schedule */
@@ -107,8 +104,6 @@ typedef struct PaceState
 	double		scale;			/* adaptive share of the per-second rate */
 	TimestampTz raised_at;		/* when the scale last changed */
 	TimestampTz dropped_at;		/* when a 429 last lowered it */
-	double		plateau_scale;	/* no climb above this before plateau_until: */
-	TimestampTz plateau_until;	/* a little under the level the last 429 came at */
 	TimestampTz overload_at;	/* the first 429 of the overload under way (0: none) */
 	int			overload_refused;	/* 429s in it so far */
 	TimestampTz shared_at;		/* when 429s last showed others spend the budget */
@@ -233,26 +228,14 @@ given_back(PaceState *st, int n)
 static double
 climbed_scale(PaceState *st, TimestampTz now)
 {
-	double		base = st->scale;
-	TimestampTz from = st->raised_at;
 	double		seconds;
 	double		faster;
 
 	if (st->scale >= 1.0)
 		return st->scale;
+	seconds = (double) (now - st->raised_at) / USECS_PER_SEC;
 	faster = Max(1.0, (double) (now - st->dropped_at) / USECS_PER_SEC / RECOVER_FASTER_S);
-	if (from < st->plateau_until)
-	{
-		/* up to the plateau while it lasts, and on from there after it */
-		TimestampTz until = Min(now, st->plateau_until);
-
-		seconds = (double) (until - from) / USECS_PER_SEC;
-		base = Min(st->scale + RECOVER_PER_S * Max(seconds, 0.0) * faster * faster,
-				   Max(st->scale, st->plateau_scale));
-		from = until;
-	}
-	seconds = (double) (now - from) / USECS_PER_SEC;
-	return Min(1.0, base + RECOVER_PER_S * Max(seconds, 0.0) * faster * faster);
+	return Min(1.0, st->scale + RECOVER_PER_S * Max(seconds, 0.0) * faster * faster);
 }
 
 /*
@@ -443,8 +426,6 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 			st->scale = Max(MIN_SCALE, st->scale * NEAR_LIMIT_DOWN);
 			st->even_until = now + EVEN_HOLD_US;
 			st->dropped_at = now;
-			st->plateau_scale = st->scale;
-			st->plateau_until = now + PLATEAU_US;
 		}
 		else if (++st->overload_refused == 2)
 		{
@@ -462,8 +443,6 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 			if (per_second > 0 && admitted >= 1.0 && sent_at - st->busy_since >= USECS_PER_SEC)
 				scale = Min(st->scale, admitted * HEADROOM / per_second);
 			st->scale = Max(MIN_SCALE, Max(scale, st->scale * SHARE_FLOOR));
-			st->plateau_scale = st->scale * SHARE_PLATEAU;
-			st->plateau_until = now + PLATEAU_US;
 			st->dropped_at = st->shared_at = now;
 			st->overload_at = 0;
 			/* the rest of the second in which it reached m3ter */
