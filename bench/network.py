@@ -331,17 +331,24 @@ EVEN_SPACING_S = 30  # a 429 leaves the pacer's slots evenly spaced this long (p
 LAST_429 = [0.0]  # when the last case that drew 429s ended (the models' runs follow each other)
 
 
-def rested(clusters, last_429):
-    """Start a case with the pacer as a quiet cluster has it: back at its full pace and past the
-    even spacing a 429 leaves (the pacer's state is the cluster's: a case run sooner would carry
-    the last case's 429s into its own figure)"""
+def timed(clusters, run, *args):
+    """run(*args), a timed case, started with the pacer as a quiet cluster has it: back at its full
+    pace and past the even spacing a 429 leaves (the pacer's state is the cluster's: a case run
+    sooner would carry the last case's 429s into its own figure)"""
     deadline = time.time() + 60
-    while time.time() < deadline and any(c.psql(FULL_PACE_SQL) != "t" for c in clusters):
+    while any(c.psql(FULL_PACE_SQL) != "t" for c in clusters):
+        if time.time() > deadline:
+            log("the pacer is not back at its full pace after 60 s: this case starts below it")
+            break
         time.sleep(0.5)
-    wait = last_429 + EVEN_SPACING_S - time.time()
+    wait = LAST_429[0] + EVEN_SPACING_S - time.time()
     if wait > 0:
         log("resting %.0f s after the last case's 429s" % wait)
         time.sleep(wait)
+    out = run(*args)
+    if out.get("status_429"):
+        LAST_429[0] = time.time()
+    return out
 
 
 def run_cases():
@@ -354,24 +361,16 @@ def run_cases():
         c.settings(max_requests_per_second=None)
     results = {"latencies_ms": LATENCIES, "burst": {}, "drain": {}, "relay": {}}
     t_start = time.time()
-
-    def timed(run, *args):
-        rested(clusters, LAST_429[0])
-        out = run(*args)
-        if out.get("status_429"):
-            LAST_429[0] = time.time()
-        return out
-
     for lat in LATENCIES:
         key = "%g" % lat
         for case, run in (("burst", case_burst), ("drain", case_drain), ("relay", case_relay)):
             if case in CASES:
-                results[case][key] = timed(run, main_cluster, lat)
+                results[case][key] = timed(clusters, run, main_cluster, lat)
     if len(clusters) == 2 and "two" in CASES:
-        results["two_clusters"] = timed(case_two_clusters, clusters, TWO_LATENCY)
+        results["two_clusters"] = timed(clusters, case_two_clusters, clusters, TWO_LATENCY)
         results["two_clusters"]["latency_ms"] = TWO_LATENCY
     if "long" in CASES:
-        results["long"] = timed(case_long, main_cluster, TWO_LATENCY)
+        results["long"] = timed(clusters, case_long, main_cluster, TWO_LATENCY)
     if "tokens" in CASES:
         results["tokens"] = case_tokens(main_cluster)
     main_cluster.settings(worker_enabled=None)
