@@ -27,8 +27,13 @@
  *	  (no slot caught up closer than a whole interval: that costs a few
  *	  percent of the rate, as a late slot is not made up); it closes no time,
  *	  so it costs the refused request alone (which m3ter's rule makes wait
- *	  a second).  A second 429 within the second shows that something else
- *	  spends the same budget (another server, the application itself): the
+ *	  a second).  Lone 429s among admitted requests (the cluster's own
+ *	  jitter meeting a token bucket of one or two) do that again at most once
+ *	  a second.  A second 429 within the second that follows another 429
+ *	  straight or comes with more (a fifth of the last second's answers,
+ *	  three at least) shows that something else spends the same budget
+ *	  (another server, the application itself; a full window refuses every
+ *	  request, a bucket that others empty refuses many): the
  *	  pace drops to what m3ter admitted from this cluster in the last second
  *	  (a little under it; by half when it has not sent for a whole second
  *	  yet: two servers that start together each take half instead of
@@ -85,6 +90,7 @@
 #define SHARE_FLOOR 0.25		/* a share drop keeps a quarter of the pace at least */
 #define NEAR_LIMIT_DOWN 0.97	/* the first 429 of an overload */
 #define OVERLOAD_US 1000000		/* 429s this close together are one overload */
+#define SHARED_REFUSED 0.2		/* refused answers in a second that show others */
 #define EVEN_HOLD_US (30 * USECS_PER_SEC)	/* slots stay evenly spaced this long */
 #define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second, */
 #define RECOVER_FASTER_S 5		/* and faster after 5 s without a 429 (by the square) */
@@ -109,8 +115,10 @@ typedef struct PaceState
 	TimestampTz shared_at;		/* when 429s last showed others spend the budget */
 	TimestampTz even_until;		/* no slot caught up closer than an interval before */
 	TimestampTz busy_since;		/* when slots began to be given after a pause */
-	int64		admitted_second[2]; /* 2xx answers counted in this second and the last */
-	int			admitted_count[2];
+	int64		answers_second[2];	/* answers counted in this second and the last: */
+	int			admitted_count[2];	/* 2xx */
+	int			refused_count[2];	/* 429 */
+	bool		last_refused;	/* the last answer was a 429 */
 	TimestampTz given[KEPT_SLOTS];	/* when the last slots were given, a ring */
 	int			given_next;		/* where the next slot given is written */
 } PaceState;
@@ -336,9 +344,12 @@ m3ter_pace(M3terApi api)
 		m3ter_sleep_ms(wait_ms);
 }
 
-/* Requests m3ter admitted in about the last second (2xx answers), at now */
+/*
+ * Answers of one kind (counts: admitted_count or refused_count) in about
+ * the last second, at now
+ */
 static double
-admitted_last_second(PaceState *st, TimestampTz now)
+answers_last_second(PaceState *st, const int *counts, TimestampTz now)
 {
 	int64		sec = now / USECS_PER_SEC;
 	double		into = (double) (now % USECS_PER_SEC) / USECS_PER_SEC;
@@ -347,12 +358,32 @@ admitted_last_second(PaceState *st, TimestampTz now)
 
 	for (i = 0; i < 2; i++)
 	{
-		if (st->admitted_second[i] == sec)
-			n += st->admitted_count[i];
-		else if (st->admitted_second[i] == sec - 1)
-			n += st->admitted_count[i] * (1.0 - into);
+		if (st->answers_second[i] == sec)
+			n += counts[i];
+		else if (st->answers_second[i] == sec - 1)
+			n += counts[i] * (1.0 - into);
 	}
 	return n;
+}
+
+/* Count an answer (a 2xx, or a 429 if refused) in its second */
+static void
+count_answer(PaceState *st, TimestampTz now, bool refused)
+{
+	int64		sec = now / USECS_PER_SEC;
+	int			b = (int) (sec % 2);
+
+	if (st->answers_second[b] != sec)
+	{
+		st->answers_second[b] = sec;
+		st->admitted_count[b] = 0;
+		st->refused_count[b] = 0;
+	}
+	if (refused)
+		st->refused_count[b]++;
+	else
+		st->admitted_count[b]++;
+	st->last_refused = refused;
 }
 
 /* Slots given after from and up to t (the ring is in time order) */
@@ -408,6 +439,23 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 	st = lock_state(api);
 	if (status == 429)
 	{
+		bool		after_refusal = st->last_refused;
+		double		refused;
+		double		admitted;
+		bool		shared;
+
+		count_answer(st, now, true);
+		refused = answers_last_second(st, st->refused_count, now);
+		admitted = answers_last_second(st, st->admitted_count, now);
+
+		/*
+		 * Others spend the budget when refusals come in a row (a window that
+		 * is full refuses every request) or make a good part of the answers
+		 * (a bucket that others empty); lone 429s among 2xx are this
+		 * cluster's own bunching or jitter meeting a small bucket
+		 */
+		shared = after_refusal ||
+			(refused >= 3 && refused >= SHARED_REFUSED * (refused + admitted));
 		/* the climb so far is kept, whether this 429 lowers the pace or not */
 		st->scale = climbed_scale(st, now);
 		/* (the refused rows wait a second at least; the cluster at most m3ter.retry_max_delay) */
@@ -427,12 +475,11 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 			st->even_until = now + EVEN_HOLD_US;
 			st->dropped_at = now;
 		}
-		else if (++st->overload_refused == 2)
+		else if (++st->overload_refused >= 2 && shared)
 		{
 			/* others spend the budget too: keep to what m3ter admitted from us */
 			TimestampTz reached = sent_at + (now - sent_at) / 2;
 			double		scale = st->scale * (now - st->shared_at < REPEAT_SHARE_US ? SCALE_DOWN : FIRST_SHARE_DOWN);
-			double		admitted = admitted_last_second(st, now);
 
 			/*
 			 * What m3ter admitted in the last second is our part only after a
@@ -452,15 +499,7 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 	}
 	else
 	{
-		int64		sec = now / USECS_PER_SEC;
-		int			b = (int) (sec % 2);
-
-		if (st->admitted_second[b] != sec)
-		{
-			st->admitted_second[b] = sec;
-			st->admitted_count[b] = 0;
-		}
-		st->admitted_count[b]++;
+		count_answer(st, now, false);
 		if (st->scale < 1.0)
 		{
 			st->scale = climbed_scale(st, now);

@@ -410,6 +410,7 @@ answered(M3terSender *s, M3terSend *send, M3terHttpResponse *resp)
 void
 m3ter_sender_pump(M3terSender *s, int wait_ms)
 {
+	int64		started = s->requests;
 	int			next_ms = start_due(s);
 	M3terHttpResponse resp;
 	void	   *tag;
@@ -427,6 +428,8 @@ m3ter_sender_pump(M3terSender *s, int wait_ms)
 		answered(s, (M3terSend *) tag, &resp);
 	}
 	(void) start_due(s);
+	if (s->requests != started)
+		(void) m3ter_http_wait(0);	/* on the wire now, not after the owner's next work */
 }
 
 /* The next finished send, or NULL */

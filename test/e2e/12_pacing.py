@@ -138,11 +138,13 @@ ok(wait_until(lambda: scalar(state_sql) == "waiting: m3ter asked to wait (Retry-
 ok(wait_until(lambda: outbox_counts()["accepted"] == 2001, timeout=30), "the row gets in after it", outbox_counts())
 
 
-def refused_then_pace(prefix, fault, refusals, accepted):
-    """600 rows in 60 requests with the fault queued at the stand-in (worker off meanwhile):
-    check they all get in with that many 429s, and return the pace after"""
+def refused_then_pace(prefix, faults, refusals, accepted):
+    """600 rows in 60 requests with the faults (one or a list) queued at the stand-in (worker
+    off meanwhile): check they all get in with that many 429s, and return the pace after"""
     set_and_reload(worker_enabled="off")
-    standin("POST", "/_control/faults", {"faults": [dict(fault, match="/measurements", status=429)]})
+    faults = faults if isinstance(faults, list) else [faults]
+    standin("POST", "/_control/faults",
+            {"faults": [dict(f, match="/measurements", status=429) for f in faults]})
     insert_usage(600, prefix)
     set_and_reload(worker_enabled=None)
     ok(wait_until(lambda: outbox_counts()["accepted"] == accepted, timeout=60),
@@ -162,6 +164,14 @@ ok(float(scalar("SELECT m3ter.pacing_pace()")) > 47, "the pace is back at the li
 # (mid-stream: a 429 to a cluster's first request says nothing of its pace)
 pace = refused_then_pace("one429-", {"match_body": '"one429-317"'}, 1, 610)
 ok(pace > 45, "it lowered the pace by a few percent, not a fifth or to what m3ter had admitted", pace)
+# Two lone 429s within a second, admitted requests around them (jitter meeting a token bucket of
+# one): the cluster's own bunching, not another's share; to what m3ter admitted would be 44 or less
+reset()
+set_and_reload(batch_rows="10")
+ok(wait_until(lambda: float(scalar("SELECT m3ter.pacing_pace()")) > 47.5, timeout=60),
+   "the pace is back at the limit", scalar("SELECT m3ter.pacing_pace()"))
+pace = refused_then_pace("lone429-", [{"match_body": '"lone429-205"'}, {"match_body": '"lone429-305"'}], 2, 600)
+ok(pace > 45, "two lone 429s lowered the pace by a few percent, not to what m3ter had admitted", pace)
 
 # 429s that name their wait (Retry-After: 2) are waited out, and leave the pace as it was
 reset()
