@@ -27,14 +27,13 @@
  *	  (no slot caught up closer than a whole interval: that costs a few
  *	  percent of the rate, as a late slot is not made up); it closes no time,
  *	  so it costs the refused request alone (which m3ter's rule makes wait
- *	  a second).  Lone 429s among admitted requests at about the full pace
- *	  (the cluster's own jitter meeting a token bucket of one or two) do
- *	  that again at most once a second.  A second 429 within the second
- *	  that follows another 429 straight, comes with more (a fifth of the
- *	  last second's answers, three at least), or comes while the cluster
- *	  sent under 3/4 of the full pace shows that something else spends the
- *	  same budget (another server, the application itself; a full window
- *	  refuses every request, a bucket that others empty refuses many): the
+ *	  a second).  Lone 429s among admitted requests (the cluster's own
+ *	  jitter meeting a token bucket of one or two) do that again at most once
+ *	  a second.  A second 429 within the second that follows another 429
+ *	  straight or comes with more (a fifth of the last second's answers,
+ *	  three at least) shows that something else spends the same budget
+ *	  (another server, the application itself; a full window refuses every
+ *	  request, a bucket that others empty refuses many): the
  *	  pace drops to what m3ter admitted from this cluster in the last second
  *	  (a little under it; by half when it has not sent for a whole second
  *	  yet: two servers that start together each take half instead of
@@ -91,8 +90,7 @@
 #define SHARE_FLOOR 0.25		/* a share drop keeps a quarter of the pace at least */
 #define NEAR_LIMIT_DOWN 0.97	/* the first 429 of an overload */
 #define OVERLOAD_US 1000000		/* 429s this close together are one overload */
-#define SHARED_REFUSED 0.2		/* refused answers in a second that show others, */
-#define SHARED_BELOW 0.75		/* as does a 429 while sending under 3/4 of the full pace */
+#define SHARED_REFUSED 0.2		/* refused answers in a second that show others */
 #define EVEN_HOLD_US (30 * USECS_PER_SEC)	/* slots stay evenly spaced this long */
 #define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second, */
 #define RECOVER_FASTER_S 5		/* and faster after 5 s without a 429 (by the square) */
@@ -408,18 +406,18 @@ given_between(PaceState *st, TimestampTz from, TimestampTz t)
 }
 
 /*
- * Slots the cluster gave in the second before sent_at, and in how many
- * seconds (counting only since it began sending, and since a block ended)
+ * Did the cluster send at less than half its pace in the second before
+ * sent_at (counting only since it began sending, and since a block ended)?
  */
-static int
-sent_before(PaceState *st, TimestampTz sent_at, double *seconds)
+static bool
+sent_far_under_pace(PaceState *st, int per_second, TimestampTz sent_at)
 {
 	TimestampTz from = Max(sent_at - USECS_PER_SEC, st->busy_since);
 
 	if (st->blocked_until <= sent_at)
 		from = Max(from, st->blocked_until);
-	*seconds = (double) Max(sent_at - from, 0) / USECS_PER_SEC;
-	return given_between(st, from, sent_at);
+	return given_between(st, from, sent_at) <
+		per_second * HEADROOM * st->scale * (sent_at - from) / USECS_PER_SEC / 2;
 }
 
 /*
@@ -444,8 +442,6 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 		bool		after_refusal = st->last_refused;
 		double		refused;
 		double		admitted;
-		int			sent;		/* slots given in the second before it was sent, */
-		double		seconds;	/* over this long */
 		bool		shared;
 
 		count_answer(st, now, true);
@@ -454,15 +450,12 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 
 		/*
 		 * Others spend the budget when refusals come in a row (a window that
-		 * is full refuses every request), make a good part of the answers (a
-		 * bucket that others empty), or come while this cluster sent well
-		 * under the full pace; lone 429s among 2xx at about the full pace
-		 * are its own bunching or jitter meeting a small bucket
+		 * is full refuses every request) or make a good part of the answers
+		 * (a bucket that others empty); lone 429s among 2xx are this
+		 * cluster's own bunching or jitter meeting a small bucket
 		 */
-		sent = sent_before(st, sent_at, &seconds);
 		shared = after_refusal ||
-			(refused >= 3 && refused >= SHARED_REFUSED * (refused + admitted)) ||
-			(seconds >= 0.1 && sent < per_second * HEADROOM * SHARED_BELOW * seconds);
+			(refused >= 3 && refused >= SHARED_REFUSED * (refused + admitted));
 		/* the climb so far is kept, whether this 429 lowers the pace or not */
 		st->scale = climbed_scale(st, now);
 		/* (the refused rows wait a second at least; the cluster at most m3ter.retry_max_delay) */
@@ -471,8 +464,7 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 									now + (int64) Min(retry_after_ms, m3ter_retry_max_delay_ms) * 1000);
 		if (sent_at < st->shared_at)
 			;					/* sent before the drop for this overload */
-		else if (retry_after_ms > 1000 ||
-				 (per_second > 0 && sent < per_second * HEADROOM * st->scale * seconds / 2))
+		else if (retry_after_ms > 1000 || (per_second > 0 && sent_far_under_pace(st, per_second, sent_at)))
 			;					/* a wait it names, or sent far under the pace: not about it */
 		else if (st->overload_at == 0 || now - st->overload_at > OVERLOAD_US)
 		{
