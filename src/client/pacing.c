@@ -30,10 +30,11 @@
  *	  a second).  Lone 429s among admitted requests (the cluster's own
  *	  jitter meeting a token bucket of one or two) do that again at most once
  *	  a second.  A second 429 within the second that follows another 429
- *	  straight or comes with more (a fifth of the last second's answers,
- *	  three at least) shows that something else spends the same budget
- *	  (another server, the application itself; a full window refuses every
- *	  request, a bucket that others empty refuses many): the
+ *	  straight, comes in the second or so after another overload, or comes
+ *	  with more (a fifth of a whole second's answers, three at least) shows
+ *	  that something else spends the same budget (another server, the
+ *	  application itself; a full window refuses every request, a bucket that
+ *	  others keep empty refuses here and there, second after second): the
  *	  pace drops to what m3ter admitted from this cluster in the last second
  *	  (a little under it; by half when it has not sent for a whole second
  *	  yet: two servers that start together each take half instead of
@@ -90,7 +91,8 @@
 #define SHARE_FLOOR 0.25		/* a share drop keeps a quarter of the pace at least */
 #define NEAR_LIMIT_DOWN 0.97	/* the first 429 of an overload */
 #define OVERLOAD_US 1000000		/* 429s this close together are one overload */
-#define SHARED_REFUSED 0.2		/* refused answers in a second that show others */
+#define SHARED_REFUSED 0.2		/* refused answers in a second that show others, */
+#define RECURRING_US (2 * USECS_PER_SEC)	/* as do overloads this close */
 #define EVEN_HOLD_US (30 * USECS_PER_SEC)	/* slots stay evenly spaced this long */
 #define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second, */
 #define RECOVER_FASTER_S 5		/* and faster after 5 s without a 429 (by the square) */
@@ -112,6 +114,7 @@ typedef struct PaceState
 	TimestampTz dropped_at;		/* when a 429 last lowered it */
 	TimestampTz overload_at;	/* the first 429 of the overload under way (0: none) */
 	int			overload_refused;	/* 429s in it so far */
+	TimestampTz prev_overload_at;	/* the first 429 of the one before (0: none) */
 	TimestampTz shared_at;		/* when 429s last showed others spend the budget */
 	TimestampTz even_until;		/* no slot caught up closer than an interval before */
 	TimestampTz busy_since;		/* when slots began to be given after a pause */
@@ -450,12 +453,18 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 
 		/*
 		 * Others spend the budget when refusals come in a row (a window that
-		 * is full refuses every request) or make a good part of the answers
-		 * (a bucket that others empty); lone 429s among 2xx are this
-		 * cluster's own bunching or jitter meeting a small bucket
+		 * is full refuses every request), make a good part of a whole
+		 * second's answers (a bucket that others empty), or overloads follow
+		 * each other second after second (a bucket that others keep empty
+		 * refuses one request here and there, never two in a row); a second
+		 * of lone 429s among 2xx is this cluster's own bunching or jitter
+		 * meeting a small bucket
 		 */
 		shared = after_refusal ||
-			(refused >= 3 && refused >= SHARED_REFUSED * (refused + admitted));
+			(st->overload_at != 0 && st->prev_overload_at != 0 &&
+			 st->overload_at - st->prev_overload_at <= RECURRING_US) ||
+			(sent_at - st->busy_since >= USECS_PER_SEC &&
+			 refused >= 3 && refused >= SHARED_REFUSED * (refused + admitted));
 		/* the climb so far is kept, whether this 429 lowers the pace or not */
 		st->scale = climbed_scale(st, now);
 		/* (the refused rows wait a second at least; the cluster at most m3ter.retry_max_delay) */
@@ -469,6 +478,7 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 		else if (st->overload_at == 0 || now - st->overload_at > OVERLOAD_US)
 		{
 			/* the first: perhaps only jitter or bunching; a little slower, evenly */
+			st->prev_overload_at = st->overload_at;
 			st->overload_at = now;
 			st->overload_refused = 1;
 			st->scale = Max(MIN_SCALE, st->scale * NEAR_LIMIT_DOWN);
