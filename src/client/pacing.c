@@ -113,7 +113,6 @@ typedef struct PaceState
 	TimestampTz raised_at;		/* when the scale last changed */
 	TimestampTz dropped_at;		/* when a 429 last lowered it */
 	TimestampTz overload_at;	/* the first 429 of the overload under way (0: none) */
-	int			overload_refused;	/* 429s in it so far */
 	TimestampTz prev_overload_at;	/* the first 429 of the one before (0: none) */
 	TimestampTz shared_at;		/* when 429s last showed others spend the budget */
 	TimestampTz even_until;		/* no slot caught up closer than an interval before */
@@ -424,6 +423,28 @@ sent_far_under_pace(PaceState *st, int per_second, TimestampTz sent_at)
 }
 
 /*
+ * Does a 429 within an overload (after_refusal: the answer before it was
+ * one too) show that others spend the budget?  Yes when refusals come in a
+ * row (a window that is full refuses every request), when this overload
+ * follows the one before within RECURRING_US (a bucket that others keep
+ * empty refuses one request here and there, second after second, never two
+ * in a row), or when they make a good part of a whole second's answers (a
+ * bucket that others empty).  A second of lone 429s among 2xx is this
+ * cluster's own bunching or jitter meeting a small bucket.
+ */
+static bool
+others_spend(PaceState *st, bool after_refusal, TimestampTz sent_at, TimestampTz now)
+{
+	double		refused = answers_last_second(st, st->refused_count, now);
+	double		admitted = answers_last_second(st, st->admitted_count, now);
+
+	return after_refusal ||
+		(st->prev_overload_at != 0 && st->overload_at - st->prev_overload_at <= RECURRING_US) ||
+		(sent_at - st->busy_since >= USECS_PER_SEC &&
+		 refused >= 3 && refused >= SHARED_REFUSED * (refused + admitted));
+}
+
+/*
  * Tell the pacer how a request sent at sent_at went: 429s slow everyone
  * down, 2xx are counted and recover the pace.
  */
@@ -443,28 +464,8 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 	if (status == 429)
 	{
 		bool		after_refusal = st->last_refused;
-		double		refused;
-		double		admitted;
-		bool		shared;
 
 		count_answer(st, now, true);
-		refused = answers_last_second(st, st->refused_count, now);
-		admitted = answers_last_second(st, st->admitted_count, now);
-
-		/*
-		 * Others spend the budget when refusals come in a row (a window that
-		 * is full refuses every request), make a good part of a whole
-		 * second's answers (a bucket that others empty), or overloads follow
-		 * each other second after second (a bucket that others keep empty
-		 * refuses one request here and there, never two in a row); a second
-		 * of lone 429s among 2xx is this cluster's own bunching or jitter
-		 * meeting a small bucket
-		 */
-		shared = after_refusal ||
-			(st->overload_at != 0 && st->prev_overload_at != 0 &&
-			 st->overload_at - st->prev_overload_at <= RECURRING_US) ||
-			(sent_at - st->busy_since >= USECS_PER_SEC &&
-			 refused >= 3 && refused >= SHARED_REFUSED * (refused + admitted));
 		/* the climb so far is kept, whether this 429 lowers the pace or not */
 		st->scale = climbed_scale(st, now);
 		/* (the refused rows wait a second at least; the cluster at most m3ter.retry_max_delay) */
@@ -480,16 +481,16 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 			/* the first: perhaps only jitter or bunching; a little slower, evenly */
 			st->prev_overload_at = st->overload_at;
 			st->overload_at = now;
-			st->overload_refused = 1;
 			st->scale = Max(MIN_SCALE, st->scale * NEAR_LIMIT_DOWN);
 			st->even_until = now + EVEN_HOLD_US;
 			st->dropped_at = now;
 		}
-		else if (++st->overload_refused >= 2 && shared)
+		else if (others_spend(st, after_refusal, sent_at, now))
 		{
 			/* others spend the budget too: keep to what m3ter admitted from us */
 			TimestampTz reached = sent_at + (now - sent_at) / 2;
 			double		scale = st->scale * (now - st->shared_at < REPEAT_SHARE_US ? SCALE_DOWN : FIRST_SHARE_DOWN);
+			double		admitted = answers_last_second(st, st->admitted_count, now);
 
 			/*
 			 * What m3ter admitted in the last second is our part only after a
