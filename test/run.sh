@@ -182,6 +182,12 @@ fi
 if [ "$failed" -ne 0 ]; then
     log "server log tail:"
     tail -50 "$M3TER_TMP/postgres.log" >&2
+    # last, where a truncated log still shows them: what failed, suite by suite
+    echo "==> failed:"
+    for f in "$M3TER_TMP"/*.out; do
+        grep -hE '^(not ok|test .*FAILED)|^test/.*\(Wstat|^ +Failed tests?:' "$f" | sed "s|^|FAILED $(basename "$f" .out): |"
+        grep -h '^FAILED ' "$f" || true
+    done | head -40
 fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
