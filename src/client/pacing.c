@@ -445,6 +445,45 @@ others_spend(PaceState *st, bool after_refusal, TimestampTz sent_at, TimestampTz
 }
 
 /*
+ * A 429 that speaks of the pace: the first of an overload slows it a
+ * little; one that shows others spend the budget drops it to our share
+ */
+static void
+slow_down(PaceState *st, int per_second, bool after_refusal, TimestampTz sent_at, TimestampTz now)
+{
+	if (st->overload_at == 0 || now - st->overload_at > OVERLOAD_US)
+	{
+		/* the first: perhaps only jitter or bunching; a little slower, evenly */
+		st->prev_overload_at = st->overload_at;
+		st->overload_at = now;
+		st->scale = Max(MIN_SCALE, st->scale * NEAR_LIMIT_DOWN);
+		st->even_until = now + EVEN_HOLD_US;
+		st->dropped_at = now;
+	}
+	else if (others_spend(st, after_refusal, sent_at, now))
+	{
+		/* others spend the budget too: keep to what m3ter admitted from us */
+		TimestampTz reached = sent_at + (now - sent_at) / 2;
+		double		scale = st->scale * (now - st->shared_at < REPEAT_SHARE_US ? SCALE_DOWN : FIRST_SHARE_DOWN);
+		double		admitted = answers_last_second(st, st->admitted_count, now);
+
+		/*
+		 * What m3ter admitted in the last second is our part only after a
+		 * whole second of sending (early in a burst it is only what was sent
+		 * so far); and a pause in that second (a block, retries waiting)
+		 * makes it less than our part: never below a quarter at once
+		 */
+		if (per_second > 0 && admitted >= 1.0 && sent_at - st->busy_since >= USECS_PER_SEC)
+			scale = Min(st->scale, admitted * HEADROOM / per_second);
+		st->scale = Max(MIN_SCALE, Max(scale, st->scale * SHARE_FLOOR));
+		st->dropped_at = st->shared_at = now;
+		st->overload_at = 0;
+		/* the rest of the second in which it reached m3ter */
+		st->blocked_until = Max(st->blocked_until, (reached / USECS_PER_SEC + 1) * USECS_PER_SEC);
+	}
+}
+
+/*
  * Tell the pacer how a request sent at sent_at went: 429s slow everyone
  * down, 2xx are counted and recover the pace.
  */
@@ -465,46 +504,25 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 	{
 		bool		after_refusal = st->last_refused;
 
-		count_answer(st, now, true);
 		/* the climb so far is kept, whether this 429 lowers the pace or not */
 		st->scale = climbed_scale(st, now);
 		/* (the refused rows wait a second at least; the cluster at most m3ter.retry_max_delay) */
 		if (retry_after_ms > 1000)
 			st->blocked_until = Max(st->blocked_until,
 									now + (int64) Min(retry_after_ms, m3ter_retry_max_delay_ms) * 1000);
-		if (sent_at < st->shared_at)
-			;					/* sent before the drop for this overload */
-		else if (retry_after_ms > 1000 || (per_second > 0 && sent_far_under_pace(st, per_second, sent_at)))
-			;					/* a wait it names, or sent far under the pace: not about it */
-		else if (st->overload_at == 0 || now - st->overload_at > OVERLOAD_US)
-		{
-			/* the first: perhaps only jitter or bunching; a little slower, evenly */
-			st->prev_overload_at = st->overload_at;
-			st->overload_at = now;
-			st->scale = Max(MIN_SCALE, st->scale * NEAR_LIMIT_DOWN);
-			st->even_until = now + EVEN_HOLD_US;
-			st->dropped_at = now;
-		}
-		else if (others_spend(st, after_refusal, sent_at, now))
-		{
-			/* others spend the budget too: keep to what m3ter admitted from us */
-			TimestampTz reached = sent_at + (now - sent_at) / 2;
-			double		scale = st->scale * (now - st->shared_at < REPEAT_SHARE_US ? SCALE_DOWN : FIRST_SHARE_DOWN);
-			double		admitted = answers_last_second(st, st->admitted_count, now);
 
-			/*
-			 * What m3ter admitted in the last second is our part only after a
-			 * whole second of sending (early in a burst it is only what was
-			 * sent so far); and a pause in that second (a block, retries
-			 * waiting) makes it less than our part: never below a quarter at once
-			 */
-			if (per_second > 0 && admitted >= 1.0 && sent_at - st->busy_since >= USECS_PER_SEC)
-				scale = Min(st->scale, admitted * HEADROOM / per_second);
-			st->scale = Max(MIN_SCALE, Max(scale, st->scale * SHARE_FLOOR));
-			st->dropped_at = st->shared_at = now;
-			st->overload_at = 0;
-			/* the rest of the second in which it reached m3ter */
-			st->blocked_until = Max(st->blocked_until, (reached / USECS_PER_SEC + 1) * USECS_PER_SEC);
+		/*
+		 * 429s for requests sent before the drop for this overload (they tell
+		 * the same), naming a wait of their own, or sent far under the pace
+		 * (a storm of refusals not about the rate) say nothing of the pace;
+		 * they are not counted either, or a later lone 429 would look like
+		 * one of many, or one in a row
+		 */
+		if (sent_at >= st->shared_at && retry_after_ms <= 1000 &&
+			!(per_second > 0 && sent_far_under_pace(st, per_second, sent_at)))
+		{
+			count_answer(st, now, true);
+			slow_down(st, per_second, after_refusal, sent_at, now);
 		}
 		st->raised_at = now;
 	}
