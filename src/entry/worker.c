@@ -251,6 +251,7 @@ typedef struct WorkerLoop
 	long		idle_ms;		/* the idle sleep, doubling */
 	long		sleep_ms;		/* the next sleep */
 	char	   *last_logged;	/* the stop last logged, until delivery resumes */
+	bool		probe;			/* after a stop: one row tries whether m3ter takes them */
 	M3terDelivery d;
 	M3terFlushStats reported;	/* the figures already added to the slot */
 	TimestampTz last_retention;
@@ -313,6 +314,7 @@ wait_for_work(void)
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
 		w.idle_ms = m3ter_worker_naptime_ms;
+		w.probe = false;		/* the settings may be fixed: a whole delivery again */
 	}
 }
 
@@ -355,8 +357,8 @@ start_or_rest(void)
 	}
 	else
 	{
-		/* after a stop, one row tries whether m3ter takes them again */
-		m3ter_delivery_start(&w.d, M3TER_TXN_WORKER, w.last_logged != NULL ? 1 : 0);
+		/* after a stop, one row tries whether m3ter takes them again (until a reload) */
+		m3ter_delivery_start(&w.d, M3TER_TXN_WORKER, w.probe ? 1 : 0);
 		memset(&w.reported, 0, sizeof(w.reported));
 		w.active = true;
 		pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
@@ -383,8 +385,10 @@ end_delivery(void)
 				 "The rows stay pending. Fix the settings and reload (SELECT pg_reload_conf()).", &w.last_logged);
 		m3ter_worker_note("stopped: m3ter refused the delivery", true);
 		w.sleep_ms = m3ter_worker_idle_naptime_ms;
+		w.probe = true;
 		return;
 	}
+	w.probe = false;
 	if (w.last_logged != NULL)
 	{
 		ereport(LOG, (errmsg("m3ter outbox delivery resumed")));

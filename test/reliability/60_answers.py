@@ -45,6 +45,28 @@ stopping_answer("405 Method Not Allowed", "a405-", 405, {"message": "Method Not 
 stopping_answer("400 HTML page from a proxy", "a400html-", 400,
                 "<html><body><h1>400 Bad Request</h1></body></html>", "not m3ter's JSON")
 
+# while stopped, one row a pass tries whether m3ter takes them again; a reload (the settings
+# fixed, or not) tries a whole delivery at once: rows that came meanwhile all get the reason
+reset()
+set_and_reload(max_requests_per_second="0")
+standin("POST", "/_control/faults", {"faults": [fault(status=405, body={"message": "Method Not Allowed"},
+                                                      count=100000)]})
+state_sql = "SELECT state FROM m3ter.databases WHERE datname = current_database()"
+insert_usage(1, "astop-")
+ok(wait_until(lambda: scalar(state_sql) == "stopped: m3ter refused the delivery", timeout=10),
+   "a 405 stops delivery", scalar(state_sql))
+insert_usage(N, "areload-")
+time.sleep(2)
+noted_sql = "SELECT count(*) FROM m3ter.outbox WHERE uid LIKE 'areload-%' AND http_status = 405"
+ok(int(scalar(noted_sql)) < 10, "while stopped, a row or so a pass is tried", scalar(noted_sql))
+set_and_reload()
+ok(wait_until(lambda: scalar(noted_sql) == str(N), timeout=5),
+   "after a reload every row is tried at once and has the reason noted", scalar(noted_sql))
+standin("POST", "/_control/faults", {"clear": True})
+set_and_reload()
+ok(wait_until(lambda: outbox_counts()["accepted"] == N + 1, timeout=20), "and delivered once m3ter takes them",
+   outbox_counts())
+
 # a single 401: one fresh token, the same request again, nothing stops
 reset()
 set_and_reload(max_requests_per_second="0")
