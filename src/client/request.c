@@ -13,17 +13,15 @@
  *	502, 503, 504,		delays (1 s, 3 s, 9 s, ... capped by
  *	no answer			m3ter.retry_max_delay, never shorter than
  *						Retry-After)
- *	400 (but an HTML	M3TER_REJECTED: the content of the request; the
- *	or XML page)		only answer that may fail measurements (m3ter
- *						answers JSON; a bare or plain-text 400 is still
- *						a 400, not to be sent again as it was)
+ *	400 with m3ter's	M3TER_REJECTED: the content of the request; the
+ *	JSON error			only answer that may fail measurements
  *	413, 403 naming		M3TER_TOO_LARGE: narrow the request
  *	the payload size
  *	401, 403			M3TER_FORBIDDEN: fetch a fresh token and try once
  *						more; with a fresh token it is the configuration
  *	3xx, 404, 405,		M3TER_UNEXPECTED: not the rows' fault (a wrong URL,
  *	any other status,	a proxy's page): nothing is failed, delivery stops
- *	an HTML 4xx page, and says why
+ *	a non-JSON 4xx page, and says why
  *	an HTML 2xx page,
  *	a URL libcurl
  *	cannot use
@@ -226,8 +224,7 @@ m3ter_classify(const M3terHttpResponse *resp, M3terCallResult *result)
 			result->outcome = names_payload_size(msg) ? M3TER_TOO_LARGE : M3TER_FORBIDDEN;
 			break;
 		case 400:
-			/* a page (a proxy's) is not m3ter judging the rows; any other body is */
-			if (!is_markup(resp->body))
+			if (is_json_error(resp->body))
 			{
 				result->outcome = M3TER_REJECTED;
 				break;

@@ -251,7 +251,7 @@ typedef struct WorkerLoop
 	long		idle_ms;		/* the idle sleep, doubling */
 	long		sleep_ms;		/* the next sleep */
 	char	   *last_logged;	/* the stop last logged, until delivery resumes */
-	bool		probe;			/* after a stop: one row tries whether m3ter takes them */
+	int			probe_rows;		/* after a stop: rows that try whether m3ter takes them (0: all) */
 	M3terDelivery d;
 	M3terFlushStats reported;	/* the figures already added to the slot */
 	TimestampTz last_retention;
@@ -314,7 +314,9 @@ wait_for_work(void)
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
 		w.idle_ms = m3ter_worker_naptime_ms;
-		w.probe = false;		/* the settings may be fixed: a whole delivery again */
+		/* the settings may be fixed: after a stop, a whole request tries them (not one row) */
+		if (w.probe_rows > 0)
+			w.probe_rows = m3ter_batch_rows;
 	}
 }
 
@@ -357,8 +359,7 @@ start_or_rest(void)
 	}
 	else
 	{
-		/* after a stop, one row tries whether m3ter takes them again (until a reload) */
-		m3ter_delivery_start(&w.d, M3TER_TXN_WORKER, w.probe ? 1 : 0);
+		m3ter_delivery_start(&w.d, M3TER_TXN_WORKER, w.probe_rows);
 		memset(&w.reported, 0, sizeof(w.reported));
 		w.active = true;
 		pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
@@ -385,10 +386,10 @@ end_delivery(void)
 				 "The rows stay pending. Fix the settings and reload (SELECT pg_reload_conf()).", &w.last_logged);
 		m3ter_worker_note("stopped: m3ter refused the delivery", true);
 		w.sleep_ms = m3ter_worker_idle_naptime_ms;
-		w.probe = true;
+		w.probe_rows = 1;		/* one row a pass tries whether m3ter takes them again */
 		return;
 	}
-	w.probe = false;
+	w.probe_rows = 0;
 	if (w.last_logged != NULL)
 	{
 		ereport(LOG, (errmsg("m3ter outbox delivery resumed")));

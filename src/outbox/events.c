@@ -601,9 +601,10 @@ read_pages(char *token, bool head, int max_retries, PollStats *stats, char **res
 
 			if (handled < 0)
 			{
-				cJSON_Delete(page);
+				/* (data is part of page: read before the page is freed) */
 				if (!head && cJSON_GetArraySize(data) > 0)
 					*resume = token;
+				cJSON_Delete(page);
 				return false;
 			}
 			fresh += handled;

@@ -250,6 +250,18 @@ psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) "
      "SELECT 'str-' || i, 'gone_meter', 'acct-1', '{\"requests\": 1}' FROM generate_series(1, 2) i")
 ok(wait_until(lambda: len(uids("uid LIKE 'str-%' AND status = 'rejected' AND rejection_type = 'UndefinedMeter'")) == 2,
               timeout=60), "an m3terEvent serialized into a string is read as well")
+# an event's log that cannot be fetched for now (getDownloadUrl answers 404, then 503) ends that
+# poll: the server stays up, and a later poll handles the event
+started = scalar("SELECT pg_postmaster_start_time()")
+standin("POST", "/_control/faults", {"faults": [{"match": "getDownloadUrl", "status": 404, "count": 1},
+                                                {"match": "getDownloadUrl", "status": 503, "count": 1}]})
+psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) "
+     "SELECT 'nolog-' || i, 'gone_meter', 'acct-1', '{\"requests\": 1}' FROM generate_series(1, 2) i")
+ok(wait_until(lambda: len(uids("uid LIKE 'nolog-%' AND status = 'rejected'")) == 2, timeout=60),
+   "a log m3ter could not give at first is read at a later poll")
+is_(scalar("SELECT pg_postmaster_start_time()"), started, "and no server process crashed meanwhile")
+is_(sum(1 for r in standin("GET", "/_control/requests") if "getDownloadUrl" in r["path"] and r["status"] >= 400),
+    2, "both failures were met")
 
 # ---- corrections ----
 targets = ["ok-%d" % i for i in range(101, 201)]
