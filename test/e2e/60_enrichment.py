@@ -232,24 +232,6 @@ ok(downloads() - before > 20, "some logs were fetched again after the kill (the 
    downloads() - before)
 standin("POST", "/_control/faults", {"faults": [], "clear": True})
 
-# m3ter does not say in which order it lists events: both orders are read in full
-psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) "
-     "SELECT 'more-' || i, 'gone_meter', 'acct-1', '{\"requests\": 1}' FROM generate_series(1, 25) i")
-ok(wait_until(lambda: len(uids("uid LIKE 'more-%' AND status = 'rejected'")) == 25, timeout=60),
-   "oldest first: 25 more events fill a second page and are read")
-ok(psql("SELECT next_token IS NOT NULL FROM m3ter.event_cursor") == "t", "the poll resumes at that page")
-standin("POST", "/_control/enrichment", {"newest_first": True})
-psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) "
-     "SELECT 'newest-' || i, 'gone_meter', 'acct-1', '{\"requests\": 1}' FROM generate_series(1, 3) i")
-ok(wait_until(lambda: len(uids("uid LIKE 'newest-%' AND status = 'rejected'")) == 3, timeout=60),
-   "newest first: the new events on the first page are read too")
-is_(psql("SELECT count(*) || '/' || count(DISTINCT event_id) FROM m3ter.ingest_events") + "/" +
-    psql("SELECT events_handled FROM m3ter.event_cursor"), "108/108/108", "each of the 108 events once")
-standin("POST", "/_control/enrichment", {"event_as_string": True})
-psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) "
-     "SELECT 'str-' || i, 'gone_meter', 'acct-1', '{\"requests\": 1}' FROM generate_series(1, 2) i")
-ok(wait_until(lambda: len(uids("uid LIKE 'str-%' AND status = 'rejected' AND rejection_type = 'UndefinedMeter'")) == 2,
-              timeout=60), "an m3terEvent serialized into a string is read as well")
 # an event's log that cannot be fetched for now (getDownloadUrl answers 404, then 503) ends that
 # poll: the server stays up, and a later poll handles the event
 started = scalar("SELECT pg_postmaster_start_time()")
@@ -263,6 +245,24 @@ is_(scalar("SELECT pg_postmaster_start_time()"), started, "and no server process
 is_(sum(1 for r in standin("GET", "/_control/requests") if "getDownloadUrl" in r["path"] and r["status"] >= 400),
     2, "both failures were met")
 
+# m3ter does not say in which order it lists events: both orders are read in full
+psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) "
+     "SELECT 'more-' || i, 'gone_meter', 'acct-1', '{\"requests\": 1}' FROM generate_series(1, 25) i")
+ok(wait_until(lambda: len(uids("uid LIKE 'more-%' AND status = 'rejected'")) == 25, timeout=60),
+   "oldest first: 25 more events fill a second page and are read")
+ok(psql("SELECT next_token IS NOT NULL FROM m3ter.event_cursor") == "t", "the poll resumes at that page")
+standin("POST", "/_control/enrichment", {"newest_first": True})
+psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) "
+     "SELECT 'newest-' || i, 'gone_meter', 'acct-1', '{\"requests\": 1}' FROM generate_series(1, 3) i")
+ok(wait_until(lambda: len(uids("uid LIKE 'newest-%' AND status = 'rejected'")) == 3, timeout=60),
+   "newest first: the new events on the first page are read too")
+is_(psql("SELECT count(*) || '/' || count(DISTINCT event_id) FROM m3ter.ingest_events") + "/" +
+    psql("SELECT events_handled FROM m3ter.event_cursor"), "110/110/110", "each of the 110 events once")
+standin("POST", "/_control/enrichment", {"event_as_string": True})
+psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) "
+     "SELECT 'str-' || i, 'gone_meter', 'acct-1', '{\"requests\": 1}' FROM generate_series(1, 2) i")
+ok(wait_until(lambda: len(uids("uid LIKE 'str-%' AND status = 'rejected' AND rejection_type = 'UndefinedMeter'")) == 2,
+              timeout=60), "an m3terEvent serialized into a string is read as well")
 # ---- corrections ----
 targets = ["ok-%d" % i for i in range(101, 201)]
 psql("SELECT m3ter_adjust(u) FROM unnest(ARRAY[%s]) u" % ",".join("'%s'" % u for u in targets))
