@@ -27,9 +27,9 @@
  *	  (no slot caught up closer than a whole interval: that costs a few
  *	  percent of the rate, as a late slot is not made up); it closes no time,
  *	  so it costs the refused request alone (which m3ter's rule makes wait
- *	  a second).  Lone 429s among admitted requests (the cluster's own
- *	  jitter meeting a token bucket of one or two) do that again at most once
- *	  a second.  A second 429 within the second that follows another 429
+ *	  a second).  Each further lone 429 among admitted requests (the
+ *	  cluster's own jitter meeting a token bucket of one or two) lowers it
+ *	  3% again, until the jitter fits.  A second 429 within the second that follows another 429
  *	  straight, comes in the second or so after another overload, or comes
  *	  with more (a fifth of a whole second's answers, three at least) shows
  *	  that something else spends the same budget (another server, the
@@ -480,6 +480,12 @@ slow_down(PaceState *st, int per_second, bool after_refusal, TimestampTz sent_at
 		st->overload_at = 0;
 		/* the rest of the second in which it reached m3ter */
 		st->blocked_until = Max(st->blocked_until, (reached / USECS_PER_SEC + 1) * USECS_PER_SEC);
+	}
+	else
+	{
+		/* another lone one: the jitter still meets a small bucket; a little slower again */
+		st->scale = Max(MIN_SCALE, st->scale * NEAR_LIMIT_DOWN);
+		st->dropped_at = now;
 	}
 }
 
