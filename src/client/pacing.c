@@ -29,8 +29,9 @@
  *	  so it costs the refused request alone (which m3ter's rule makes wait
  *	  a second).  Each further lone 429 among admitted requests (the
  *	  cluster's own jitter meeting a token bucket of one or two) lowers it
- *	  3% again, until the jitter fits.  A second 429 within the second that follows another 429
- *	  straight, comes in the second or so after another overload, or comes
+ *	  3% again, until the jitter fits.  A second 429 within the second that
+ *	  follows another 429 straight, comes in the second or so after another
+ *	  overload, or comes
  *	  with more (a fifth of a whole second's answers, three at least) shows
  *	  that something else spends the same budget (another server, the
  *	  application itself; a full window refuses every request, a bucket that
@@ -445,20 +446,19 @@ others_spend(PaceState *st, bool after_refusal, TimestampTz sent_at, TimestampTz
 }
 
 /*
- * A 429 that speaks of the pace: the first of an overload slows it a
- * little; one that shows others spend the budget drops it to our share
+ * A 429 that speaks of the pace: one that shows others spend the budget
+ * drops it to our share; any other (the first of an overload, or a lone one
+ * after it) slows it a little
  */
 static void
 slow_down(PaceState *st, int per_second, bool after_refusal, TimestampTz sent_at, TimestampTz now)
 {
 	if (st->overload_at == 0 || now - st->overload_at > OVERLOAD_US)
 	{
-		/* the first: perhaps only jitter or bunching; a little slower, evenly */
+		/* the first: perhaps only jitter or bunching; slots evenly spaced from now */
 		st->prev_overload_at = st->overload_at;
 		st->overload_at = now;
-		st->scale = Max(MIN_SCALE, st->scale * NEAR_LIMIT_DOWN);
 		st->even_until = now + EVEN_HOLD_US;
-		st->dropped_at = now;
 	}
 	else if (others_spend(st, after_refusal, sent_at, now))
 	{
@@ -480,13 +480,11 @@ slow_down(PaceState *st, int per_second, bool after_refusal, TimestampTz sent_at
 		st->overload_at = 0;
 		/* the rest of the second in which it reached m3ter */
 		st->blocked_until = Max(st->blocked_until, (reached / USECS_PER_SEC + 1) * USECS_PER_SEC);
+		return;
 	}
-	else
-	{
-		/* another lone one: the jitter still meets a small bucket; a little slower again */
-		st->scale = Max(MIN_SCALE, st->scale * NEAR_LIMIT_DOWN);
-		st->dropped_at = now;
-	}
+	/* the first, or a lone one after it (jitter still meeting a small bucket): a little slower */
+	st->scale = Max(MIN_SCALE, st->scale * NEAR_LIMIT_DOWN);
+	st->dropped_at = now;
 }
 
 /*
