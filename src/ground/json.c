@@ -218,20 +218,24 @@ message_text(const cJSON *root, const char *body)
 /*
  * The message to show for an answer: its JSON "message" field, else its
  * text; in the database encoding, clipped to 500 bytes on a character
- * boundary, ready to store.  NULL for an empty body.
+ * boundary, ready to store, without surrounding blanks.  NULL when that
+ * leaves nothing.
  */
 char *
 m3ter_answer_message(const char *body)
 {
+	/* a body of only blanks says as little as an empty one */
+	const char *text = body == NULL ? "" : body + strspn(body, " \t\r\n");
 	cJSON	   *volatile root;
 	char	   *volatile msg = NULL;
+	int			len;
 
-	if (body == NULL || body[0] == '\0')
+	if (text[0] == '\0')
 		return NULL;
-	root = cJSON_Parse(body);
+	root = cJSON_Parse(text);
 	PG_TRY();
 	{
-		msg = message_text(root, body);
+		msg = message_text(root, text);
 	}
 	PG_FINALLY();
 	{
@@ -239,6 +243,14 @@ m3ter_answer_message(const char *body)
 	}
 	PG_END_TRY();
 	msg[clip_length(msg, M3TER_MESSAGE_MAX_BYTES)] = '\0';
+	len = strlen(msg);
+	while (len > 0 && strchr(" \t\r\n", msg[len - 1]) != NULL)
+		msg[--len] = '\0';
+	if (len == 0)
+	{
+		pfree(msg);
+		return NULL;
+	}
 	return msg;
 }
 

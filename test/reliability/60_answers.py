@@ -48,6 +48,7 @@ stopping_answer("400 HTML page from a proxy", "a400html-", 400,
 # every request: splitting would fail every row, 2n - 1 requests; it stops delivery instead
 stopping_answer("400 in plain text from a load balancer", "a400txt-", 400, "Bad Request", "not m3ter's JSON")
 stopping_answer("400 with an empty body", "a400empty-", 400, "", "empty body")
+stopping_answer("400 with only a line break", "a400blank-", 400, "\r\n", "empty body")
 
 # while stopped, one row a pass tries whether m3ter takes them again; a reload (the settings
 # fixed, or not) tries a whole request at once: rows that came meanwhile all get the reason
