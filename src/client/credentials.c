@@ -10,11 +10,11 @@
  *		access_key_id = <Access Key id>
  *		api_secret = <Api Secret>
  *
- * one "key = value" a line; blank lines and lines starting with # are
- * ignored; a value may be put in single or double quotes.  When the setting
- * is not empty the file's values are used and m3ter.access_key_id and
- * m3ter.api_secret are ignored, so the secret never passes through SQL text
- * or the server log.
+ * one "key = value" a line; blank lines, lines starting with # and a #
+ * comment after a value are ignored; a value may be put in single or
+ * double quotes.  When the setting is not empty the file's values are used
+ * and m3ter.access_key_id and m3ter.api_secret are ignored, so the secret
+ * never passes through SQL text or the server log.
  *
  * The file is read on first use in each process and again after a reload
  * that changes the setting, or when its modification time, size, inode or
@@ -82,6 +82,47 @@ trim(char *s)
 	return s;
 }
 
+/* Is s blank, or blank and then a # comment? */
+static bool
+blank_or_comment(const char *s)
+{
+	while (*s == ' ' || *s == '\t')
+		s++;
+	return *s == '\0' || *s == '#';
+}
+
+/*
+ * The value of a line, in place, as postgresql.conf reads one: in single or
+ * double quotes up to the quote that only blanks or a # comment follow; else
+ * up to a # after a blank (a # inside a value is kept), trimmed
+ */
+static char *
+line_value(char *value)
+{
+	char	   *p;
+
+	if (value[0] == '\'' || value[0] == '"')
+	{
+		for (p = strchr(value + 1, value[0]); p != NULL; p = strchr(p + 1, value[0]))
+		{
+			if (blank_or_comment(p + 1))
+			{
+				*p = '\0';
+				return value + 1;
+			}
+		}
+	}
+	for (p = value; *p != '\0'; p++)
+	{
+		if (*p == '#' && p > value && (p[-1] == ' ' || p[-1] == '\t'))
+		{
+			*p = '\0';
+			break;
+		}
+	}
+	return trim(value);
+}
+
 /* Raise a problem with the credentials file (never with a credential in it) */
 static void
 bad_file(const char *path, const char *msg, const char *detail)
@@ -108,7 +149,6 @@ parse_file(const char *path, char *text)
 		char	   *eq;
 		char	   *name;
 		char	   *value;
-		size_t		vlen;
 
 		if (next != NULL)
 			*next++ = '\0';
@@ -125,13 +165,7 @@ parse_file(const char *path, char *text)
 					 psprintf("Line %d is not of the form key = value.", lineno));
 		*eq = '\0';
 		name = trim(line);
-		value = trim(eq + 1);
-		vlen = strlen(value);
-		if (vlen >= 2 && (value[0] == '\'' || value[0] == '"') && value[vlen - 1] == value[0])
-		{
-			value[vlen - 1] = '\0';
-			value++;
-		}
+		value = line_value(trim(eq + 1));
 		if (strcmp(name, "access_key_id") == 0)
 			key_id = value;
 		else if (strcmp(name, "api_secret") == 0)

@@ -23,9 +23,9 @@ if pg:
     os.chown(d, pg.pw_uid, pg.pw_gid)
 
 
-def write(path, secret, mode=0o600):
+def write(path, secret, mode=0o600, text=None):
     with open(path + ".new", "w") as f:
-        f.write("# m3ter Service User\naccess_key_id = %s\napi_secret = '%s'\n" % (KEY_ID, secret))
+        f.write(text or "# m3ter Service User\naccess_key_id = %s\napi_secret = '%s'\n" % (KEY_ID, secret))
     if pg:
         os.chown(path + ".new", pg.pw_uid, pg.pw_gid)
     os.chmod(path + ".new", mode)
@@ -77,6 +77,11 @@ set_and_reload(credentials_file=path2)
 os.unlink(path)
 r = psql("SELECT m3ter_organization_config()", check=False)
 ok(r.returncode == 0, "a reload switches to another file", r.stderr)
+# comments after the values, as postgresql.conf takes them
+write(path2, SECRET, text="access_key_id = %s   # the service user\napi_secret = '%s'\t# rotated in May\n"
+      % (KEY_ID, SECRET))
+r = psql("SELECT m3ter_organization_config()", check=False)
+ok(r.returncode == 0, "a # comment after a value is not part of it", r.stderr)
 write(path2, "", 0o600)
 r = psql("SELECT m3ter_organization_config()", check=False)
 ok(r.returncode != 0 and "is incomplete" in r.stderr, "a file without api_secret is refused", r.stderr)
