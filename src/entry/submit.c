@@ -20,6 +20,7 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 
 #include "client/request.h"
 #include "client/sender.h"
@@ -48,6 +49,23 @@ bad_measurement(int i, const char *field, const char *reason)
 			 errdetail("%s", reason),
 			 errhint("A measurement needs \"meter\", \"account\" and \"ts\" (ISO 8601 with a time zone); "
 					 "measure, cost and income map names to numbers; who, where, what, other and metadata map names to strings.")));
+}
+
+/*
+ * An ISO 8601 date-time (checked) as the outbox sends one: UTC, with
+ * milliseconds (2022-08-24T14:15:22.123Z), whatever offset or precision it
+ * was written with
+ */
+static const char *
+utc_milliseconds(const char *iso)
+{
+	TimestampTz ts = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(iso),
+															 ObjectIdGetDatum(InvalidOid),
+															 Int32GetDatum(-1)));
+	char	   *buf = palloc(M3TER_TIMESTAMP_LEN);
+
+	m3ter_format_timestamp(ts, buf, M3TER_TIMESTAMP_LEN);
+	return buf;
 }
 
 /* A string field's text, or a validation error */
@@ -114,6 +132,7 @@ read_measurement(int i, JsonbValue *obj, M3terMeasurement *m)
 			if (!m3ter_valid_iso8601(ts))
 				bad_measurement(i, key,
 								psprintf("\"%s\" is not an ISO 8601 date-time with a time zone, such as 2022-08-24T14:15:22Z.", ts));
+			ts = utc_milliseconds(ts);
 			if (key[0] == 't')
 				m->ts = ts;
 			else

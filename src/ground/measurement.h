@@ -41,6 +41,8 @@ extern const char *m3ter_check_map(Jsonb *map, M3terMapKind kind,
 								   const char **key, int *keylen);
 extern bool m3ter_valid_iso8601(const char *s);
 extern bool m3ter_timestamp_in_range(TimestampTz ts);
+/* room for m3ter_format_timestamp(): 2022-08-24T14:15:22.123Z and a NUL */
+#define M3TER_TIMESTAMP_LEN 40
 extern void m3ter_format_timestamp(TimestampTz ts, char *buf, size_t buflen);
 extern void m3ter_append_measurement(StringInfo buf, const M3terMeasurement *m);
 

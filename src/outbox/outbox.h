@@ -48,8 +48,8 @@ typedef struct M3terOutboxRow
 	TimestampTz due;
 	TimestampTz created_at;
 	M3terMeasurement m;
-	char		ts[40];
-	char		ets[40];
+	char		ts[M3TER_TIMESTAMP_LEN];
+	char		ets[M3TER_TIMESTAMP_LEN];
 } M3terOutboxRow;
 
 /* What m3ter_outbox_write() writes besides the rows' new state */
