@@ -162,6 +162,10 @@ BEGIN
                 format('Database %I waits for a background worker slot: max_worker_processes is %s.', r.datname,
                        current_setting('max_worker_processes')),
                 'Raise max_worker_processes (a restart): the launcher, one worker per database, pg_cron and parallel queries share it.';
+        ELSIF r.state LIKE 'waiting: m3ter keeps answering 429%' THEN
+            RETURN QUERY SELECT 'warning', 'throttled by m3ter',
+                format('Database %I: %s.', r.datname, r.state),
+                'Something else spends the organization''s or this address''s request budget (another server, the application''s own calls), or m3ter.max_requests_per_second or m3ter.max_requests_per_5min is above what m3ter allows; rows stay pending.';
         ELSIF r.state LIKE 'stopped:%' OR r.state LIKE 'error%' THEN
             RETURN QUERY SELECT 'warning', 'delivery stopped',
                 format('Database %I: %s.', r.datname, r.state),
@@ -301,21 +305,27 @@ SELECT pg_catalog.pg_extension_config_dump('m3ter.reconciliation_drift', '');
 -- The rows of a usage query's answer, read in one place and tolerantly: m3ter
 -- does not publish their shape.  Assumed: one row per group and aggregation,
 -- {"accountId", "meterId", "timestamp" (the start of the day), "fieldCode",
--- "function", "value"}; a few other spellings are taken too.
+-- "function", "value"}; a few other spellings are taken too, and the groups
+-- and the aggregation as objects of their own ({"groups": {"ACCOUNT",
+-- "TIME"}, "aggregation": {"fieldCode"}, "result"}).  A row read in part has
+-- NULLs where it was not understood (item: the row as m3ter sent it).
 CREATE FUNCTION m3ter.usage_rows(answer jsonb)
-RETURNS TABLE (account_id text, meter_id text, day date, field text, value numeric)
+RETURNS TABLE (account_id text, meter_id text, day date, field text, value numeric, item jsonb)
 LANGUAGE sql IMMUTABLE
 AS $$
-    SELECT coalesce(r->>'accountId', r->>'account_id', r#>>'{account,id}'),
-           coalesce(r->>'meterId', r->>'meter_id', r#>>'{meter,id}'),
+    SELECT coalesce(r->>'accountId', r->>'account_id', r#>>'{account,id}', r#>>'{groups,ACCOUNT}',
+                    r#>>'{groups,account}', r#>>'{groups,accountId}'),
+           coalesce(r->>'meterId', r->>'meter_id', r#>>'{meter,id}', r#>>'{aggregation,meterId}'),
            (CASE jsonb_typeof(t)
                  WHEN 'number' THEN to_timestamp((t #>> '{}')::numeric / 1000)
                  ELSE (t #>> '{}')::timestamptz END AT TIME ZONE 'UTC')::date,
-           coalesce(r->>'fieldCode', r->>'field_code', r->>'field'),
-           coalesce(r->>'value', r->>'sum', r->>'SUM')::numeric
+           coalesce(r->>'fieldCode', r->>'field_code', r->>'field', r#>>'{aggregation,fieldCode}'),
+           coalesce(r->>'value', r->>'sum', r->>'SUM', r->>'result')::numeric,
+           r
       FROM jsonb_array_elements(CASE jsonb_typeof(answer->'data') WHEN 'array' THEN answer->'data'
                                      ELSE '[]' END) r,
-           LATERAL (SELECT coalesce(r->'timestamp', r->'startDate', r->'date', r->'time') AS t) ts
+           LATERAL (SELECT coalesce(r->'timestamp', r->'startDate', r->'date', r->'time',
+                                    r#>'{groups,TIME}', r#>'{groups,time}') AS t) ts
 $$;
 
 -- The most items one usage query answers
@@ -336,6 +346,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     answer  jsonb;
+    unread  jsonb;
     mid     timestamptz;
     half    integer;
 BEGIN
@@ -367,8 +378,20 @@ BEGIN
                                   meter_id, account_ids[1], from_ts, jsonb_array_length(answer->'data')),
                   HINT = 'Reconcile fewer fields of this meter at a time.';
     END IF;
+    -- a row not understood would count as no usage, and its cell as drift: nothing is compared then
+    SELECT u.item INTO unread
+      FROM m3ter.usage_rows(answer) u
+     WHERE u.account_id IS NULL OR u.day IS NULL OR u.field IS NULL
+        OR (u.value IS NULL AND NOT (u.item ?| ARRAY['value', 'sum', 'SUM', 'result']))
+     LIMIT 1;
+    IF unread IS NOT NULL OR jsonb_typeof(answer->'data') IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'm3ter''s usage answer has rows of a shape m3ter_reconcile() does not read'
+            USING ERRCODE = 'M3300',
+                  DETAIL = format('A row: %s', left(coalesce(unread, answer)::text, 500)),
+                  HINT = 'm3ter does not publish the shape of these rows; the shapes read are listed in docs/accepted.md. Nothing was compared.';
+    END IF;
     INSERT INTO pg_temp.m3ter_remote
-    SELECT u.meter_id, u.account_id, u.day, u.field, sum(u.value)
+    SELECT coalesce(u.meter_id, reconcile_query.meter_id), u.account_id, u.day, u.field, sum(u.value)
       FROM m3ter.usage_rows(answer) u
      WHERE u.value IS NOT NULL
      GROUP BY 1, 2, 3, 4;
@@ -466,9 +489,9 @@ BEGIN
                 WHERE NOT EXISTS (SELECT FROM m3ter.catalog_meters c WHERE c.code = x.meter AND c.id IS NOT NULL)) THEN
         EXECUTE format('SELECT %I.m3ter_sync_catalog(false)', m3ter.extension_schema());
     END IF;
+    -- every run, known or not: an account deleted and created again in m3ter keeps its code, not its id
     SELECT array_agg(DISTINCT l.account) INTO ids
-      FROM pg_temp.m3ter_local l
-     WHERE NOT EXISTS (SELECT FROM m3ter.catalog_accounts a WHERE a.code = l.account AND a.id IS NOT NULL);
+      FROM pg_temp.m3ter_local l;
     IF ids IS NOT NULL THEN
         PERFORM m3ter.catalog_lookup_accounts(ids);
     END IF;

@@ -513,7 +513,7 @@ class Handler(BaseHTTPRequestHandler):
         return meter
 
     def list_meters(self, query):
-        size = min(int(query.get("pageSize", ["10"])[0]), 200)
+        size = standin_enrichment.page_size(query)
         start = int(query.get("nextToken", ["0"])[0] or 0)
         with self.state.lock:
             page = self.state.meters[start:start + size]

@@ -24,9 +24,12 @@ Control (no auth):
         {"code", "dataFields"}], "account_rule": "autocreate" | "reject" | "accept",
         "url_ttl": s, "newest_first": bool, "event_as_string": bool (m3terEvent
         serialized into a JSON string)}
-  POST /_control/accounts    {"accounts": [code, ...]}   create accounts
+  POST /_control/accounts    {"accounts": [code, ...]}   create accounts; {"recreate": [code, ...]}
+        deletes and creates them again, with new ids (POST /_control/usage then, so that the
+        usage query sees the new ids)
   GET  /_control/accounts    every account
   GET  /_control/events      every event, with its log
+  POST /_control/events      {"event_data": {...}, "log": "text"}: an event of another layout
   GET  /_control/enrichment  {"pending": n, "dropped": {uid: errorType}, ...}
 
 The shapes m3ter does not publish are assumed as follows (the README says so too):
@@ -55,6 +58,14 @@ MAP_OF_CATEGORY = {"WHO": "who", "WHERE": "where", "WHAT": "what", "OTHER": "oth
                    "METADATA": "metadata", "MEASURE": "measure", "INCOME": "income", "COST": "cost"}
 
 _SIGNING_KEY = secrets.token_bytes(16)
+
+
+def page_size(query):
+    """A list's pageSize: 1 to 100 as m3ter documents (10 when not given), else a 400"""
+    raw = query.get("pageSize", ["10"])[0]
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise ApiError(400, "pageSize must be between 1 and %d" % MAX_PAGE)
+    return int(raw)
 
 
 class ApiError(Exception):
@@ -225,7 +236,7 @@ class Enrichment:
 
     def list_events(self, query):
         name = query.get("eventName", [None])[0]
-        size = max(1, min(int(query.get("pageSize", ["10"])[0]), MAX_PAGE))
+        size = page_size(query)
         start = _token_index(query.get("nextToken", [""])[0])
         with self.lock:
             events = [e for e in self.events if name is None or e["eventName"] == name]
@@ -275,7 +286,7 @@ class Enrichment:
         ids = set()
         for v in query.get("ids", []):
             ids.update(c for c in v.split(",") if c)
-        size = max(1, min(int(query.get("pageSize", ["10"])[0]), 200))
+        size = page_size(query)
         start = _token_index(query.get("nextToken", [""])[0])
         with self.lock:
             accounts = [a for a in self.accounts.values()
@@ -317,15 +328,35 @@ class Enrichment:
                 for code in doc.get("accounts", []):
                     if code not in self.accounts:
                         self._create_account(code, code)
+                for code in doc.get("recreate", []):
+                    self._create_account(code, code)   # deleted and created again: a new id
             return {"ok": True}
         if path == "/_control/accounts":
             with self.lock:
                 return list(self.accounts.values())
+        if path == "/_control/events" and method == "POST":
+            # an event of another layout: {"event_data": {...}, "log": "the log file's text"}
+            event_id = str(uuid.uuid4())
+            file = "failed-ingest/%s/%s.json" % (_iso()[:10], event_id)
+            event = {"id": event_id, "eventName": EVENT_NAME, "eventTime": _iso(), "dtActioned": None,
+                     "m3terEvent": {"eventData": dict(doc.get("event_data", {}), getDownloadUrl=file)}}
+            with self.lock:
+                self.files[file] = doc["log"].encode()
+                self.events.append(event)
+            return {"id": event_id}
         if path == "/_control/events":
             with self.lock:
-                return [dict(e, log=json.loads(self.files[e["m3terEvent"]["eventData"]["getDownloadUrl"]]))
+                return [dict(e, log=_log_text(self.files[e["m3terEvent"]["eventData"]["getDownloadUrl"]]))
                         for e in self.events]
         return None
+
+
+def _log_text(raw):
+    """A log file as JSON when it is one document, else as its text (JSON lines)"""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode()
 
 
 def _token(index):

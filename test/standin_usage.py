@@ -14,7 +14,10 @@ Control (no auth):
   POST /_control/usage   {"limit": n (the most items any answer holds), "rate_limit":
         {"per_second": 1, "burst": 10} or null (none), "lose": [uid, ...] (stored
         measurements dropped silently: no event), "change": {uid: {map: {key: value}}}
-        (stored measurements' values changed)}
+        (stored measurements' values changed), "shape": "flat" | "grouped" | "fieldkey"
+        (the rows' shape: below; {"groups": {"ACCOUNT", "TIME"}, "meterId", "aggregation":
+        {"fieldCode", "function"}, "result"}; {"accountId", "meterId", "timestamp",
+        "<field>_<function>": value})}
   GET  /_control/usage   {"queries": [{"t", "status", "items", "hasMoreData", "body"}]}
 
 The shape of a row of "data", which m3ter does not publish, is assumed (the README
@@ -70,6 +73,7 @@ class Usage:
     def reset(self):
         with self.lock:
             self.limit = MAX_LIMIT
+            self.shape = "flat"
             self.rate = dict(DEFAULT_RATE)
             self.tokens = float(self.rate["burst"])
             self.refilled = time.time()
@@ -208,14 +212,28 @@ class Usage:
         for (account_id, mid, bucket, field, function), values in cells.items():
             value = {"SUM": sum, "MIN": min, "MAX": max, "COUNT": len, "LATEST": lambda v: v[-1],
                      "MEAN": lambda v: sum(v) / len(v), "UNIQUE": lambda v: len(set(v))}[function](values)
+            rows.append((_iso(bucket), account_id or "", field, self._row(mid, account_id, bucket, field,
+                                                                          function, value)))
+        rows.sort(key=lambda r: r[:3], reverse=True)
+        cap = min(limit, self.limit)
+        return {"data": [r[3] for r in rows[:cap]], "hasMoreData": len(rows) > cap}
+
+    def _row(self, mid, account_id, bucket, field, function, value):
+        """One row of "data" in the shape chosen (m3ter does not publish one)"""
+        if self.shape == "grouped":
+            groups = {"TIME": _iso(bucket)}
+            if account_id is not None:
+                groups["ACCOUNT"] = account_id
+            return {"groups": groups, "meterId": mid, "aggregation": {"fieldCode": field, "function": function},
+                    "result": value}
+        if self.shape == "fieldkey":
+            row = {"meterId": mid, "timestamp": _iso(bucket), "%s_%s" % (field, function.lower()): value}
+        else:
             row = {"meterId": mid, "timestamp": _iso(bucket), "fieldCode": field, "function": function,
                    "value": value}
-            if account_id is not None:
-                row["accountId"] = account_id
-            rows.append(row)
-        rows.sort(key=lambda r: (r["timestamp"], r.get("accountId") or "", r["fieldCode"]), reverse=True)
-        cap = min(limit, self.limit)
-        return {"data": rows[:cap], "hasMoreData": len(rows) > cap}
+        if account_id is not None:
+            row["accountId"] = account_id
+        return row
 
     # ---- control ----
     def control(self, state, method, path, doc):
@@ -227,6 +245,10 @@ class Usage:
         with self.lock:
             if "limit" in doc:
                 self.limit = max(1, min(int(doc["limit"]), MAX_LIMIT))
+            if "shape" in doc:
+                if doc["shape"] not in ("flat", "grouped", "fieldkey"):
+                    raise ApiError(400, "shape must be flat, grouped or fieldkey")
+                self.shape = doc["shape"]
             if "rate_limit" in doc:
                 self.rate = dict(DEFAULT_RATE, **doc["rate_limit"]) if doc["rate_limit"] else None
                 self.tokens = float(self.rate["burst"]) if self.rate else 0.0

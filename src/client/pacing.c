@@ -95,6 +95,7 @@
 #define SHARED_REFUSED 0.2		/* refused answers in a second that show others, */
 #define RECURRING_US (2 * USECS_PER_SEC)	/* as do overloads this close */
 #define EVEN_HOLD_US (30 * USECS_PER_SEC)	/* slots stay evenly spaced this long */
+#define BACKOFF_FIRST_US (3 * USECS_PER_SEC)	/* 429s that go on: 3 s, then 9, 27, ... */
 #define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second, */
 #define RECOVER_FASTER_S 5		/* and faster after 5 s without a 429 (by the square) */
 /* a slot asked for this late (µs) is still given on schedule */
@@ -122,6 +123,9 @@ typedef struct PaceState
 	int			admitted_count[2];	/* 2xx */
 	int			refused_count[2];	/* 429 */
 	bool		last_refused;	/* the last answer was a 429 */
+	TimestampTz throttled_since;	/* the first 429 since the last 2xx (0: none) */
+	int64		backoff_us;		/* the growing wait while 429s go on (0: none) */
+	TimestampTz backoff_until;	/* the end of that wait */
 	TimestampTz given[KEPT_SLOTS];	/* when the last slots were given, a ring */
 	int			given_next;		/* where the next slot given is written */
 } PaceState;
@@ -326,15 +330,43 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 	return ok;
 }
 
-/* Until when no slot is given at all (a Retry-After's hold); 0 if none */
+/*
+ * Until when no slot is given at all (a Retry-After's hold, or the growing
+ * wait while 429s go on: *backing_off); 0 if none
+ */
 TimestampTz
-m3ter_pace_held_until(M3terApi api)
+m3ter_pace_held_until(M3terApi api, bool *backing_off)
 {
 	PaceState  *st = lock_state(api);
 	TimestampTz until = st->blocked_until;
 
+	*backing_off = st->backoff_until >= until;
 	unlock_state();
 	return until > GetCurrentTimestamp() ? until : 0;
+}
+
+/*
+ * 429s that go on (m3ter's rule: wait 1 s, then 3 s, growing).  A 429 for a
+ * request sent a whole second after the first 429 with no 2xx since, and
+ * after the last such wait ended, shows a limit that lasts (a 5-minute
+ * budget spent by others, a window that counts refused requests too):
+ * nothing is sent for 3 s, then 9, 27, ... (m3ter.retry_max_delay at most).
+ * An overload of one second never gets here: its next second admits some.
+ */
+static void
+back_off(PaceState *st, TimestampTz sent_at, TimestampTz now)
+{
+	if (st->throttled_since == 0)
+	{
+		st->throttled_since = now;
+		return;
+	}
+	if (sent_at - st->throttled_since < USECS_PER_SEC || sent_at < st->backoff_until)
+		return;
+	st->backoff_us = Min(st->backoff_us == 0 ? BACKOFF_FIRST_US : st->backoff_us * 3,
+						 (int64) m3ter_retry_max_delay_ms * 1000);
+	st->backoff_until = now + st->backoff_us;
+	st->blocked_until = Max(st->blocked_until, st->backoff_until);
 }
 
 /* Wait for a send slot, staying responsive to cancel and shutdown */
@@ -514,6 +546,8 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 		if (retry_after_ms > 1000)
 			st->blocked_until = Max(st->blocked_until,
 									now + (int64) Min(retry_after_ms, m3ter_retry_max_delay_ms) * 1000);
+		else
+			back_off(st, sent_at, now);
 
 		/*
 		 * 429s for requests sent before the drop for this overload (they tell
@@ -533,6 +567,8 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 	else
 	{
 		count_answer(st, now, false);
+		st->throttled_since = 0;
+		st->backoff_us = 0;
 		if (st->scale < 1.0)
 		{
 			st->scale = climbed_scale(st, now);

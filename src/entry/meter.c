@@ -326,8 +326,8 @@ m3ter_list_meters(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	do
 	{
-		char	   *path = next == NULL ? m3ter_org_path("/meters?pageSize=200") :
-			m3ter_org_path(psprintf("/meters?pageSize=200&nextToken=%s", m3ter_url_encode(next)));
+		char	   *path = next == NULL ? m3ter_org_path("/meters?pageSize=100") :
+			m3ter_org_path(psprintf("/meters?pageSize=100&nextToken=%s", m3ter_url_encode(next)));
 
 		next = m3ter_consume_page(m3ter_call_answer(M3TER_CONFIG_API, "GET", path, NULL, "listing m3ter meters"),
 								  put_meter, rsinfo, &seen, ++pages, "listing m3ter meters");

@@ -320,13 +320,21 @@ wait_for_work(void)
 	}
 }
 
-#define HELD_STATE "waiting: m3ter asked to wait (Retry-After)"
-
-/* Do m3ter's Retry-After answers hold the cluster's sends for a while yet? */
-static bool
+/*
+ * What m3ter's answers hold the cluster's sends for, when that lasts a
+ * second or more yet: 429s that go on (a growing wait), or a Retry-After;
+ * NULL if nothing
+ */
+static const char *
 held_by_m3ter(void)
 {
-	return m3ter_pace_held_until(M3TER_INGEST_API) > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+	bool		backing_off;
+
+	if (m3ter_pace_held_until(M3TER_INGEST_API, &backing_off) <=
+		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000))
+		return NULL;
+	return backing_off ? "waiting: m3ter keeps answering 429 (a growing wait between tries)" :
+		"waiting: m3ter asked to wait (Retry-After)";
 }
 
 /* Not delivering: upkeep, then start a delivery if rows are due, or sleep */
@@ -352,8 +360,10 @@ start_or_rest(void)
 	else if (next_due == 0 || next_due > GetCurrentTimestamp())
 	{
 		/* the rows a long Retry-After put back wait for it: say so, not idle */
+		const char *held = held_by_m3ter();
+
 		m3ter_worker_note(w.last_logged ? "stopped: m3ter refused the delivery" :
-						  held_by_m3ter() ? HELD_STATE : "idle", true);
+						  held ? held : "idle", true);
 		m3ter_worker_listen(true, M3TER_BACKLOG_COUNT);	/* nothing due: count what waits */
 		w.sleep_ms = idle_sleep(&w.idle_ms, next_due);
 	}
@@ -413,8 +423,8 @@ show_delivery_state(void)
 
 	if (w.d.claim_lock_busy)
 		state = "waiting: a transaction that called m3ter_flush() holds the claim lock";
-	else if (held_by_m3ter())
-		state = HELD_STATE;
+	else if (held_by_m3ter() != NULL)
+		state = held_by_m3ter();	/* (the same literal each time: w.shown compares pointers) */
 	if (state != w.shown)
 		m3ter_worker_note(state, false);
 	w.shown = state;

@@ -509,7 +509,7 @@ lookup_accounts(char **codes, int n, int max_retries)
 	int			i;
 
 	initStringInfo(&query);
-	appendStringInfoString(&query, "/accounts?pageSize=200");
+	appendStringInfoString(&query, "/accounts?pageSize=100");
 	for (i = 0; i < n; i++)
 		appendStringInfo(&query, "&codes=%s", m3ter_url_encode(codes[i]));
 	do

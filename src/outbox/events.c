@@ -95,6 +95,9 @@ typedef struct Failure
 /* ---- the assumed shapes (m3ter does not publish them) ---- */
 
 static const char *const type_names[] = {"errorType", "errorCode", "failureType", "error_type", NULL};
+/* the failure types m3ter documents: found as any member's value when no name above holds one */
+static const char *const known_types[] = {"UndefinedMeter", "MissingField", "DuplicateField",
+"InvalidAccountCode", "CalculationError", "DuplicateUid", NULL};
 static const char *const message_names[] = {"errorMessage", "message", "error", "reason", NULL};
 static const char *const file_names[] = {"getDownloadUrl", "downloadUrl", "file", "fileName",
 "filePath", "path", "key", NULL};
@@ -136,6 +139,48 @@ find_string(const cJSON *node, const char *const *names, int depth)
 		}
 	}
 	return NULL;
+}
+
+/*
+ * A documented failure type held as a string member of obj or of the
+ * objects under it (depth levels; arrays are not entered, so one failure
+ * of a list does not lend its type to another), or NULL
+ */
+static const char *
+known_type_value(const cJSON *obj, int depth)
+{
+	const cJSON *child;
+
+	if (!cJSON_IsObject(obj) || depth <= 0)
+		return NULL;
+	cJSON_ArrayForEach(child, obj)
+	{
+		if (cJSON_IsString(child) && child->valuestring != NULL)
+		{
+			int			i;
+
+			for (i = 0; known_types[i] != NULL; i++)
+				if (strcmp(child->valuestring, known_types[i]) == 0)
+					return known_types[i];
+		}
+	}
+	cJSON_ArrayForEach(child, obj)
+	{
+		const char *found = known_type_value(child, depth - 1);
+
+		if (found != NULL)
+			return found;
+	}
+	return NULL;
+}
+
+/* The failure type an object states: a member named for it, else a documented type's name */
+static const char *
+stated_type(const cJSON *obj, int depth)
+{
+	const char *t = member_string(obj, type_names);
+
+	return t != NULL ? t : known_type_value(obj, depth);
 }
 
 /* Decode %XX and '+' in a query parameter value */
@@ -196,7 +241,7 @@ collect_failures(const cJSON *node, const char *type, const char *message,
 		return;
 	if (cJSON_IsObject(node))
 	{
-		const char *t = member_string(node, type_names);
+		const char *t = stated_type(node, 2);
 		const char *msg = member_string(node, message_names);
 
 		if (t != NULL)
@@ -227,7 +272,9 @@ static List *
 log_failures(const char *body, const char *type, const char *message)
 {
 	List	   *failures = NIL;
-	cJSON	   *root = cJSON_Parse(body);
+
+	/* whole, or not at all: cJSON_Parse() alone takes the first line of JSON lines and stops */
+	cJSON	   *root = cJSON_ParseWithOpts(body, NULL, true);
 
 	if (root != NULL)
 	{
@@ -291,15 +338,30 @@ first_int(void)
 	return isnull ? 0 : DatumGetInt64(v);
 }
 
-/* Mark the row of one failure; adds to the stats; returns whether the uid is ours */
+/*
+ * Mark the row of one failure; adds to the stats; returns whether the uid is
+ * ours.  *untyped is set when it is ours but neither the event nor the log
+ * says why m3ter dropped it: the row is left as it is then (were it a
+ * DuplicateUid, the original stands and is billed; a user who inserted a
+ * "rejected" row again would bill it twice).
+ */
 static bool
-apply_failure(const Failure *f, const char *type, const char *message, PollStats *stats)
+apply_failure(const Failure *f, const char *type, const char *message, PollStats *stats,
+			  bool *untyped)
 {
 	const char *t = f->type ? f->type : type;
 	const char *msg = f->message ? f->message : message;
 	const char *args[3] = {f->uid, t, msg};
 
-	if (t != NULL && strcmp(t, "DuplicateUid") == 0)
+	if (t == NULL)
+	{
+		run_sql("SELECT count(*) FROM m3ter.outbox WHERE uid = $1", 1, args, SPI_OK_SELECT);
+		if (first_int() == 0)
+			return false;
+		*untyped = true;
+		return true;
+	}
+	if (strcmp(t, "DuplicateUid") == 0)
 	{
 		/* a re-send: m3ter kept the original; the row stays as it is */
 		run_sql("SELECT count(*) FROM m3ter.outbox WHERE uid = $1", 1, args, SPI_OK_SELECT);
@@ -310,14 +372,14 @@ apply_failure(const Failure *f, const char *type, const char *message, PollStats
 		stats->duplicates += first_int();
 		return true;
 	}
-	if (t != NULL && strcmp(t, "CalculationError") == 0)
+	if (strcmp(t, "CalculationError") == 0)
 	{
 		/* ingested without the derived field: not a rejection */
 		run_sql("SELECT count(*) FROM m3ter.outbox WHERE uid = $1", 1, args, SPI_OK_SELECT);
 		return first_int() > 0;
 	}
 	run_sql("WITH r AS (UPDATE m3ter.outbox SET status = 'rejected', rejected_at = now(), "
-			"rejection_type = coalesce($2, 'unknown'), next_attempt_at = LEAST(next_attempt_at, created_at), "
+			"rejection_type = $2, next_attempt_at = LEAST(next_attempt_at, created_at), "
 			"error = coalesce($3, 'm3ter dropped the measurement after accepting it') "
 			"WHERE uid = $1 AND status IN ('accepted', 'pending') RETURNING 1) "
 			"SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM m3ter.outbox WHERE uid = $1)",
@@ -464,6 +526,7 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 	List	   *failures = NIL;
 	ListCell   *lc;
 	bool		matched = false;
+	bool		untyped = false;
 	int64		rejected_before = stats->rejected;
 	int64		duplicates_before = stats->duplicates;
 
@@ -485,6 +548,8 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 	if (body == NULL)
 		body = event;
 	type = find_string(body, type_names, 4);
+	if (type == NULL)
+		type = known_type_value(body, 4);
 	message = find_string(body, message_names, 4);
 	file = event_file(body);
 	if (file != NULL)
@@ -515,8 +580,15 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 
 	foreach(lc, failures)
 	{
-		if (apply_failure((Failure *) lfirst(lc), type, message, stats))
+		if (apply_failure((Failure *) lfirst(lc), type, message, stats, &untyped))
 			matched = true;
+	}
+	if (untyped)
+	{
+		/* kept for the operator: whether those rows were billed is not known */
+		matched = false;
+		note = pstrdup("neither the event nor its failed-ingest log names a failure type; "
+					   "the rows it names were left as they are");
 	}
 	if (type == NULL && failures != NIL)
 		type = ((Failure *) linitial(failures))->type;

@@ -174,10 +174,45 @@ time.sleep(2.5)  # and the last case's overload over 2 s ago: these two are not 
 pace = refused_then_pace("lone429-", [{"match_body": '"lone429-205"'}, {"match_body": '"lone429-305"'}], 2, 600)
 ok(pace > 44.5, "two lone 429s lowered the pace 3% each (to 45.2), not to what m3ter had admitted", pace)
 
+# A 429 that names its own wait says nothing of the pace, and is not counted either: a lone 429
+# right after it is not "one in a row" (which would drop the pace to what m3ter admitted, by half
+# this early in a burst). 100 ms round trips keep the three in flight together.
+reset()
+set_and_reload(batch_rows="10")
+ok(wait_until(lambda: float(scalar("SELECT m3ter.pacing_pace()")) > 47.5, timeout=60),
+   "the pace is back at the limit", scalar("SELECT m3ter.pacing_pace()"))
+time.sleep(2.5)
+standin("POST", "/_control/config", {"latency_ms": 100})
+pace = refused_then_pace("named1-", [{"match_body": '"named1-205"'},
+                                     {"match_body": '"named1-305"', "retry_after": 2},
+                                     {"match_body": '"named1-315"'}], 3, 600)
+ok(pace > 44.5, "a lone 429 after one that named its wait lowered the pace 3%, not by half", pace)
+standin("POST", "/_control/config", {"latency_ms": 0})
+
 # 429s that name their wait (Retry-After: 2) are waited out, and leave the pace as it was
 reset()
 pace = refused_then_pace("named-", {"retry_after": 2, "count": 5}, 5, 600)
 ok(pace > 45, "the pace is as it was (3% for each would leave 41)", pace)
 set_and_reload(batch_rows=None)
+
+# 429s that go on (a budget spent by others; a window that counts refused requests too): the wait
+# between tries grows, 1 s, then 3 s, then m3ter.retry_max_delay (4 s here), not 1 s each time
+reset()
+set_and_reload(worker_enabled="off", retry_max_delay="4s")
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "count": 6}]})
+insert_usage(10, "goes-on-")
+set_and_reload(worker_enabled=None)
+state_sql = "SELECT state FROM m3ter.databases WHERE datname = current_database()"
+ok(wait_until(lambda: scalar(state_sql).startswith("waiting: m3ter keeps answering 429"), timeout=10,
+              interval=0.2), "while the 429s go on, the state says so", scalar(state_sql))
+ok(wait_until(lambda: psql("SELECT count(*) FROM m3ter_health() WHERE finding = 'throttled by m3ter'") == "1",
+              timeout=10, interval=0.2), "and m3ter_health() warns")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 10, timeout=40), "the rows get in after", outbox_counts())
+times = [r["t"] for r in ingest_requests()]
+gaps = [round(b - a, 1) for a, b in zip(times, times[1:])]
+is_(len(times), 7, "after 6 refused requests")
+ok(0.9 <= gaps[0] < 2 and 2.8 <= gaps[1] < 4 and all(3.8 <= g < 5 for g in gaps[2:]),
+   "the waits grew: about 1 s, 3 s, then 4 s each (m3ter.retry_max_delay)", gaps)
+set_and_reload(retry_max_delay=None)
 
 done()

@@ -266,6 +266,36 @@ psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) "
      "SELECT 'str-' || i, 'gone_meter', 'acct-1', '{\"requests\": 1}' FROM generate_series(1, 2) i")
 ok(wait_until(lambda: len(uids("uid LIKE 'str-%' AND status = 'rejected' AND rejection_type = 'UndefinedMeter'")) == 2,
               timeout=60), "an m3terEvent serialized into a string is read as well")
+standin("POST", "/_control/enrichment", {"event_as_string": False})
+
+# Other layouts m3ter might use (it publishes none): a log in JSON lines; the failure type only in
+# the log, under another name; no failure type at all, where the rows are left as they are (a
+# DuplicateUid's original is billed: re-inserting a "rejected" row would bill it twice)
+set_and_reload(events_poll_interval="0")
+psql("INSERT INTO m3ter.outbox (uid, meter, account, measure, \"where\") "
+     "SELECT 'lay-' || i, 'api_requests', 'acct-1', '{\"requests\": 1}', '{\"region\": \"eu\"}' "
+     "FROM generate_series(1, 5) i")
+ok(wait_until(lambda: len(uids("uid LIKE 'lay-%' AND status = 'accepted'")) == 5, timeout=30),
+   "5 rows accepted")
+lines = "\n".join(json.dumps({"errorType": "MissingField", "errorMessage": "region is required",
+                              "measurement": {"uid": "lay-%d" % i}}) for i in (1, 2, 3))
+standin("POST", "/_control/events", {"log": lines + "\n"})
+standin("POST", "/_control/events", {"log": json.dumps({"error": {"type": "DuplicateUid", "detail": "uid used"},
+                                                        "payload": {"uid": "lay-4"}})})
+no_type = standin("POST", "/_control/events", {"log": json.dumps({"payload": {"uid": "lay-5"}})})["id"]
+res = json.loads(psql("SELECT m3ter_poll_events()"))
+is_((res["events"], res["rejected"], res["duplicates"]), (3, 3, 1),
+    "three events: 3 rows rejected, 1 re-send counted")
+is_(psql("SELECT string_agg(uid || ':' || status || ':' || coalesce(rejection_type, ''), ' ' ORDER BY uid) "
+         "FROM m3ter.outbox WHERE uid LIKE 'lay-%'"),
+    "lay-1:rejected:MissingField lay-2:rejected:MissingField lay-3:rejected:MissingField "
+    "lay-4:accepted: lay-5:accepted:",
+    "every line of a JSON-lines log is read; a type found only as a value in the log counts; "
+    "a failure of no type changes no row")
+is_(psql("SELECT event_id || ':' || (note LIKE '%names a failure type%') FROM m3ter.unmatched_events "
+         "WHERE 'lay-5' = ANY (uids)"), no_type + ":true", "the event of no type is kept for the operator")
+set_and_reload(events_poll_interval=str(POLL_S))
+
 # ---- corrections ----
 targets = ["ok-%d" % i for i in range(101, 201)]
 psql("SELECT m3ter_adjust(u) FROM unnest(ARRAY[%s]) u" % ",".join("'%s'" % u for u in targets))

@@ -104,6 +104,12 @@ drift_run = psql("SELECT max(id) FROM m3ter.reconciliations WHERE cells_drifting
 r = psql("SELECT m3ter_settle_drift(%s)" % drift_run, check=False)
 ok(r.returncode != 0 and "already settled" in r.stderr, "a run is settled once", r.stderr)
 
+# an account deleted and created again in m3ter (the same code, a new id): each run looks the codes
+# up again, so its usage is found under the new id
+standin("POST", "/_control/accounts", {"recreate": ["rc-acct-3"]})
+standin("POST", "/_control/usage", {})
+is_(reconcile(), [], "an account created again under a new id: still no drift")
+
 # a meter m3ter does not know: its usage is drift, m3ter_value 0, with a notice
 standin("POST", "/_control/enrichment", {"enabled": False})
 psql("INSERT INTO m3ter.outbox (uid, meter, account, ts, measure) "
@@ -138,6 +144,18 @@ r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter_reconcile(%s)" % WINDOW, 
 ok(r.returncode != 0 and "M3403" in r.stderr, "a refused usage query raises M3403", r.stderr)
 is_(psql("SELECT count(*) FROM m3ter.reconciliations"), runs, "and keeps no half-done run")
 standin("POST", "/_control/faults", {"clear": True})
+
+# m3ter does not publish a usage row's shape: groups and aggregation as objects are read too; rows
+# of a shape not understood end the run (read as 0, every cell would drift and be settled again)
+standin("POST", "/_control/usage", {"shape": "grouped"})
+is_(reconcile(), [], "rows as {groups: {ACCOUNT, TIME}, aggregation: {fieldCode}, result}: no drift")
+standin("POST", "/_control/usage", {"shape": "fieldkey"})
+runs = psql("SELECT count(*) FROM m3ter.reconciliations")
+r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter_reconcile(%s)" % WINDOW, check=False)
+ok(r.returncode != 0 and "M3300" in r.stderr and "shape m3ter_reconcile() does not read" in r.stderr
+   and "n_sum" in r.stderr, "rows of a shape not read raise M3300 with a row in the detail", r.stderr)
+is_(psql("SELECT count(*) FROM m3ter.reconciliations"), runs, "and keep no run")
+standin("POST", "/_control/usage", {"shape": "flat"})
 r = psql("SELECT * FROM m3ter_reconcile('2026-11-06Z', '2026-11-01Z')", check=False)
 ok(r.returncode != 0 and "invalid window" in r.stderr, "a window that ends before it starts is refused")
 queries = len(standin("GET", "/_control/usage")["queries"])
