@@ -37,13 +37,16 @@ is_(scalar("SELECT count(*) FROM m3ter.inflight"), "0", "no in-flight record is 
 # is not held as long as m3ter throttles), and the server stays up (the 429's message
 # outlives the claim that carried it)
 reset()
-set_and_reload(worker_enabled="off")
+# (429s that go on hold the cluster for a growing wait, up to m3ter.retry_max_delay: 2 s here)
+set_and_reload(worker_enabled="off", retry_max_delay="2s")
 insert_usage(3000, "t429-")
 standin("POST", "/_control/faults", {"faults": [fault(status=429, body={"message": "Too many"}, count=100000)]})
 set_and_reload(worker_enabled=None)     # the worker meets them first and lowers the cluster's pace
 time.sleep(4)
 set_and_reload(worker_enabled="off")
-time.sleep(1)
+# (the worker puts back what it holds once its third 429 in a row comes: the flushes meet them next)
+ok(wait_until(lambda: scalar("SELECT count(*) FROM m3ter.inflight") == "0", timeout=15),
+   "flush under 429s: the stopped worker holds no row")
 started = scalar("SELECT pg_postmaster_start_time()")
 results = []
 for _ in range(3):
@@ -55,8 +58,10 @@ is_(scalar("SELECT pg_postmaster_start_time()"), started, "flush under 429s: the
 is_(outbox_counts()["pending"], 3000, "flush under 429s: every row is still pending")
 is_(scalar("SELECT max(attempts) FROM m3ter.outbox"), "0", "flush under 429s: no attempt spent")
 standin("POST", "/_control/faults", {"clear": True})
-time.sleep(1.2)
-is_(json.loads(psql("CALL m3ter.flush()"))["accepted"], 3000, "flush under 429s: the next flush delivers them")
+flushed = []
+ok(wait_until(lambda: flushed.append(json.loads(psql("CALL m3ter.flush()"))["accepted"]) or sum(flushed) == 3000,
+              timeout=8, interval=0.5),
+   "flush under 429s: once m3ter admits again, flushes deliver them within the hold (2 s here)", flushed)
 record_scenario("CALL m3ter.flush() under sustained 429s", 3000, "t429-")
 
 # --- a long outage, compressed: retries by time, failure by age -------------
