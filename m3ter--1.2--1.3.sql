@@ -311,7 +311,8 @@ SELECT pg_catalog.pg_extension_config_dump('m3ter.reconciliation_drift', '');
 -- NULLs where it was not understood (item: the row as m3ter sent it).
 CREATE FUNCTION m3ter.usage_rows(answer jsonb)
 RETURNS TABLE (account_id text, meter_id text, day date, field text, value numeric, item jsonb)
-LANGUAGE sql IMMUTABLE
+LANGUAGE sql STABLE
+SET TimeZone = 'UTC'    -- a day written without a zone ("2026-11-10") is m3ter's UTC day
 AS $$
     SELECT coalesce(r->>'accountId', r->>'account_id', r#>>'{account,id}', r#>>'{groups,ACCOUNT}',
                     r#>>'{groups,account}', r#>>'{groups,accountId}'),

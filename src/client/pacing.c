@@ -124,6 +124,7 @@ typedef struct PaceState
 	int			refused_count[2];	/* 429 */
 	bool		last_refused;	/* the last answer was a 429 */
 	TimestampTz throttled_since;	/* the first 429 since the last 2xx (0: none) */
+	TimestampTz last_throttled;	/* the last 429 counted there */
 	int64		backoff_us;		/* the growing wait while 429s go on (0: none) */
 	TimestampTz backoff_until;	/* the end of that wait */
 	TimestampTz given[KEPT_SLOTS];	/* when the last slots were given, a ring */
@@ -356,9 +357,14 @@ m3ter_pace_held_until(M3terApi api, bool *backing_off)
 static void
 back_off(PaceState *st, TimestampTz sent_at, TimestampTz now)
 {
-	if (st->throttled_since == 0)
+	/* 2 s with no 429 (out of the last wait) end a throttle, 2xx or not (a 400 since, say) */
+	TimestampTz quiet_since = Max(st->last_throttled, st->backoff_until);
+
+	st->last_throttled = now;
+	if (st->throttled_since == 0 || now - quiet_since > 2 * USECS_PER_SEC)
 	{
 		st->throttled_since = now;
+		st->backoff_us = 0;
 		return;
 	}
 	if (sent_at - st->throttled_since < USECS_PER_SEC || sent_at < st->backoff_until)

@@ -35,6 +35,8 @@
  */
 #include "postgres.h"
 
+#include <limits.h>
+
 #include "miscadmin.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -386,6 +388,16 @@ answered(M3terSender *s, M3terSend *send, M3terHttpResponse *resp)
 	send->result.requests = 1;
 	m3ter_classify(resp, &send->result);
 	m3ter_pace_feedback(M3TER_INGEST_API, resp->status, resp->retry_after_ms, send->started_at);
+	if (resp->status == 429)
+	{
+		/* 429s that go on: the cluster's growing wait is this request's too, as a Retry-After */
+		bool		backing_off;
+		TimestampTz until = m3ter_pace_held_until(M3TER_INGEST_API, &backing_off);
+
+		if (backing_off && until != 0)
+			send->result.retry_after_ms = Max(send->result.retry_after_ms,
+											  (int) Min((until - GetCurrentTimestamp()) / 1000, INT_MAX));
+	}
 	MemoryContextSwitchTo(old);
 
 	if (send->result.outcome == M3TER_FORBIDDEN && !send->refreshed)

@@ -142,6 +142,29 @@ find_string(const cJSON *node, const char *const *names, int depth)
 }
 
 /*
+ * The documented failure type s names, written any way (DuplicateUid,
+ * DUPLICATE_UID, duplicate-uid), or NULL
+ */
+static const char *
+documented_type(const char *s)
+{
+	char		folded[64];
+	int			n = 0;
+	int			i;
+
+	if (s == NULL)
+		return NULL;
+	for (; *s != '\0' && n < (int) sizeof(folded) - 1; s++)
+		if (isalnum((unsigned char) *s))
+			folded[n++] = pg_ascii_tolower((unsigned char) *s);
+	folded[n] = '\0';
+	for (i = 0; known_types[i] != NULL; i++)
+		if (pg_strcasecmp(folded, known_types[i]) == 0)
+			return known_types[i];
+	return NULL;
+}
+
+/*
  * A documented failure type held as a string member of obj or of the
  * objects under it (depth levels; arrays are not entered, so one failure
  * of a list does not lend its type to another), or NULL
@@ -155,14 +178,8 @@ known_type_value(const cJSON *obj, int depth)
 		return NULL;
 	cJSON_ArrayForEach(child, obj)
 	{
-		if (cJSON_IsString(child) && child->valuestring != NULL)
-		{
-			int			i;
-
-			for (i = 0; known_types[i] != NULL; i++)
-				if (strcmp(child->valuestring, known_types[i]) == 0)
-					return known_types[i];
-		}
+		if (cJSON_IsString(child) && documented_type(child->valuestring) != NULL)
+			return documented_type(child->valuestring);
 	}
 	cJSON_ArrayForEach(child, obj)
 	{
@@ -174,13 +191,20 @@ known_type_value(const cJSON *obj, int depth)
 	return NULL;
 }
 
-/* The failure type an object states: a member named for it, else a documented type's name */
+/*
+ * The failure type an object states: a documented type named by a member
+ * named for it, or held by any member nearby; else what a member named for
+ * it holds (not a documented type: no row is changed for it); else NULL
+ */
 static const char *
 stated_type(const cJSON *obj, int depth)
 {
-	const char *t = member_string(obj, type_names);
+	const char *named = member_string(obj, type_names);
+	const char *t = documented_type(named);
 
-	return t != NULL ? t : known_type_value(obj, depth);
+	if (t == NULL)
+		t = known_type_value(obj, depth);
+	return t != NULL ? t : named;
 }
 
 /* Decode %XX and '+' in a query parameter value */
@@ -244,7 +268,8 @@ collect_failures(const cJSON *node, const char *type, const char *message,
 		const char *t = stated_type(node, 2);
 		const char *msg = member_string(node, message_names);
 
-		if (t != NULL)
+		/* the nearest wins, but a documented type is not overridden by another name */
+		if (t != NULL && (documented_type(t) != NULL || documented_type(type) == NULL))
 			type = t;
 		if (msg != NULL)
 			message = msg;
@@ -273,30 +298,20 @@ log_failures(const char *body, const char *type, const char *message)
 {
 	List	   *failures = NIL;
 
-	/* whole, or not at all: cJSON_Parse() alone takes the first line of JSON lines and stops */
-	cJSON	   *root = cJSON_ParseWithOpts(body, NULL, true);
-
-	if (root != NULL)
+	/* JSON values one after another (one, or a line each, or run together); a line not JSON is skipped */
+	while (*(body += strspn(body, " \t\r\n")) != '\0')
 	{
+		const char *end = NULL;
+		cJSON	   *root = cJSON_ParseWithOpts(body, &end, false);
+
+		if (root == NULL)
+		{
+			body += strcspn(body, "\n");
+			continue;
+		}
 		collect_failures(root, type, message, &failures, 8);
 		cJSON_Delete(root);
-		return failures;
-	}
-	while (*body)
-	{
-		int			len = strcspn(body, "\n");
-		char	   *line = pnstrdup(body, len);
-
-		root = cJSON_Parse(line);
-		if (root != NULL)
-		{
-			collect_failures(root, type, message, &failures, 8);
-			cJSON_Delete(root);
-		}
-		pfree(line);
-		body += len;
-		if (*body == '\n')
-			body++;
+		body = end;
 	}
 	return failures;
 }
@@ -341,15 +356,15 @@ first_int(void)
 /*
  * Mark the row of one failure; adds to the stats; returns whether the uid is
  * ours.  *untyped is set when it is ours but neither the event nor the log
- * says why m3ter dropped it: the row is left as it is then (were it a
- * DuplicateUid, the original stands and is billed; a user who inserted a
+ * names a documented failure type: the row is left as it is then (were it
+ * a DuplicateUid, the original stands and is billed; a user who inserted a
  * "rejected" row again would bill it twice).
  */
 static bool
 apply_failure(const Failure *f, const char *type, const char *message, PollStats *stats,
 			  bool *untyped)
 {
-	const char *t = f->type ? f->type : type;
+	const char *t = documented_type(f->type) ? documented_type(f->type) : documented_type(type);
 	const char *msg = f->message ? f->message : message;
 	const char *args[3] = {f->uid, t, msg};
 
@@ -548,7 +563,9 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 	if (body == NULL)
 		body = event;
 	type = find_string(body, type_names, 4);
-	if (type == NULL)
+	if (documented_type(type) != NULL)
+		type = documented_type(type);
+	else if (known_type_value(body, 4) != NULL)
 		type = known_type_value(body, 4);
 	message = find_string(body, message_names, 4);
 	file = event_file(body);
@@ -587,7 +604,7 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 	{
 		/* kept for the operator: whether those rows were billed is not known */
 		matched = false;
-		note = pstrdup("neither the event nor its failed-ingest log names a failure type; "
+		note = pstrdup("neither the event nor its failed-ingest log names a failure type m3ter documents; "
 					   "the rows it names were left as they are");
 	}
 	if (type == NULL && failures != NIL)

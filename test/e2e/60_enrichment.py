@@ -268,32 +268,44 @@ ok(wait_until(lambda: len(uids("uid LIKE 'str-%' AND status = 'rejected' AND rej
               timeout=60), "an m3terEvent serialized into a string is read as well")
 standin("POST", "/_control/enrichment", {"event_as_string": False})
 
-# Other layouts m3ter might use (it publishes none): a log in JSON lines; the failure type only in
-# the log, under another name; no failure type at all, where the rows are left as they are (a
-# DuplicateUid's original is billed: re-inserting a "rejected" row would bill it twice)
+# Other layouts m3ter might use (it publishes none): a log in JSON lines, or objects run together;
+# the failure type only in the log, under another name or spelling; no documented type at all, where
+# the rows are left as they are (a DuplicateUid's original is billed: re-inserting a "rejected" row
+# would bill it twice)
 set_and_reload(events_poll_interval="0")
 psql("INSERT INTO m3ter.outbox (uid, meter, account, measure, \"where\") "
      "SELECT 'lay-' || i, 'api_requests', 'acct-1', '{\"requests\": 1}', '{\"region\": \"eu\"}' "
-     "FROM generate_series(1, 5) i")
-ok(wait_until(lambda: len(uids("uid LIKE 'lay-%' AND status = 'accepted'")) == 5, timeout=30),
-   "5 rows accepted")
+     "FROM generate_series(1, 10) i")
+ok(wait_until(lambda: len(uids("uid LIKE 'lay-%' AND status = 'accepted'")) == 10, timeout=30),
+   "10 rows accepted")
 lines = "\n".join(json.dumps({"errorType": "MissingField", "errorMessage": "region is required",
                               "measurement": {"uid": "lay-%d" % i}}) for i in (1, 2, 3))
 standin("POST", "/_control/events", {"log": lines + "\n"})
 standin("POST", "/_control/events", {"log": json.dumps({"error": {"type": "DuplicateUid", "detail": "uid used"},
                                                         "payload": {"uid": "lay-4"}})})
 no_type = standin("POST", "/_control/events", {"log": json.dumps({"payload": {"uid": "lay-5"}})})["id"]
+standin("POST", "/_control/events", {"log": json.dumps({"errorType": "DUPLICATE_UID", "measurement": {"uid": "lay-6"}})})
+standin("POST", "/_control/events", {"log": json.dumps({"errorCode": "409", "error": {"type": "DuplicateUid"},
+                                                        "payload": {"uid": "lay-7"}})})
+other = standin("POST", "/_control/events",
+                {"log": json.dumps({"errorType": "VALIDATION", "measurement": {"uid": "lay-8"}})})["id"]
+standin("POST", "/_control/events", {"log": "".join(json.dumps({"errorType": "UndefinedMeter",
+                                                                "measurement": {"uid": "lay-%d" % i}})
+                                                    for i in (9, 10))})
 res = json.loads(psql("SELECT m3ter_poll_events()"))
-is_((res["events"], res["rejected"], res["duplicates"]), (3, 3, 1),
-    "three events: 3 rows rejected, 1 re-send counted")
-is_(psql("SELECT string_agg(uid || ':' || status || ':' || coalesce(rejection_type, ''), ' ' ORDER BY uid) "
-         "FROM m3ter.outbox WHERE uid LIKE 'lay-%'"),
+is_((res["events"], res["rejected"], res["duplicates"]), (7, 5, 3),
+    "seven events: 5 rows rejected, 3 re-sends counted")
+is_(psql("SELECT string_agg(uid || ':' || status || ':' || coalesce(rejection_type, ''), ' ' "
+         "ORDER BY length(uid), uid) FROM m3ter.outbox WHERE uid LIKE 'lay-%'"),
     "lay-1:rejected:MissingField lay-2:rejected:MissingField lay-3:rejected:MissingField "
-    "lay-4:accepted: lay-5:accepted:",
-    "every line of a JSON-lines log is read; a type found only as a value in the log counts; "
-    "a failure of no type changes no row")
-is_(psql("SELECT event_id || ':' || (note LIKE '%names a failure type%') FROM m3ter.unmatched_events "
-         "WHERE 'lay-5' = ANY (uids)"), no_type + ":true", "the event of no type is kept for the operator")
+    "lay-4:accepted: lay-5:accepted: lay-6:accepted: lay-7:accepted: lay-8:accepted: "
+    "lay-9:rejected:UndefinedMeter lay-10:rejected:UndefinedMeter",
+    "every object of a log is read (JSON lines, run together); a documented type is found under any "
+    "name or spelling and wins over another code; a failure of no documented type changes no row")
+is_(psql("SELECT string_agg(event_id || ':' || (note LIKE '%names a failure type m3ter documents%'), ' ' "
+         "ORDER BY event_id) FROM m3ter.unmatched_events WHERE uids && ARRAY['lay-5', 'lay-8']"),
+    " ".join(sorted([no_type + ":true", other + ":true"])),
+    "the events of no documented type are kept for the operator")
 set_and_reload(events_poll_interval=str(POLL_S))
 
 # ---- corrections ----
