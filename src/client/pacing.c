@@ -31,9 +31,9 @@
  *	  cluster's own jitter meeting a token bucket of one or two) lowers it
  *	  3% again, until the jitter fits.  A second 429 within the second that
  *	  follows another 429 straight, comes in the second or so after another
- *	  overload, or comes
- *	  with more (a fifth of a whole second's answers, three at least) shows
- *	  that something else spends the same budget (another server, the
+ *	  overload, or comes with more (a fifth of a whole second's answers,
+ *	  three at least) shows that something else spends the same budget
+ *	  (another server, the
  *	  application itself; a full window refuses every request, a bucket that
  *	  others keep empty refuses here and there, second after second): the
  *	  pace drops to what m3ter admitted from this cluster in the last second

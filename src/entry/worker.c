@@ -420,11 +420,12 @@ static void
 show_delivery_state(void)
 {
 	const char *state = "delivering";
+	const char *held;
 
 	if (w.d.claim_lock_busy)
 		state = "waiting: a transaction that called m3ter_flush() holds the claim lock";
-	else if (held_by_m3ter() != NULL)
-		state = held_by_m3ter();	/* (the same literal each time: w.shown compares pointers) */
+	else if ((held = held_by_m3ter()) != NULL)
+		state = held;			/* (the same literal each time: w.shown compares pointers) */
 	if (state != w.shown)
 		m3ter_worker_note(state, false);
 	w.shown = state;
