@@ -28,7 +28,7 @@
 static bool
 backed_off_for_retry(M3terCallResult *result, int *attempt, int max_retries)
 {
-	if (result->outcome != M3TER_TRANSIENT || *attempt >= max_retries || m3ter_waits_too_long(result))
+	if (result->outcome != M3TER_TRANSIENT || *attempt >= max_retries || m3ter_waits_too_long(result, *attempt))
 		return false;
 	m3ter_sleep_ms(m3ter_backoff_ms((*attempt)++, result->retry_after_ms));
 	result->retries = *attempt;
@@ -55,7 +55,18 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 
 	for (;;)
 	{
-		char	   *token = m3ter_token_get(result);
+		char	   *token;
+		M3terCallResult held = {.retry_after_ms = -1, .message = result->message};
+
+		/* 429s that go on hold the cluster's sends: this session too, unless for long */
+		if (m3ter_throttled_now(api, &held) && m3ter_waits_too_long(&held, attempt))
+		{
+			held.requests = result->requests;
+			held.retries = result->retries;
+			*result = held;
+			return;
+		}
+		token = m3ter_token_get(result);
 
 		if (token == NULL)
 		{

@@ -32,6 +32,7 @@
  */
 #include "postgres.h"
 
+#include <limits.h>
 #include <cjson/cJSON.h>
 
 #include "fmgr.h"
@@ -96,14 +97,43 @@ m3ter_url_encode(const char *s)
 }
 
 /*
- * Does the answer name a wait (Retry-After) longer than m3ter.retry_max_delay?
- * A call made from SQL then gives up at once instead of holding its session:
- * the outbox puts such rows back pending for then.
+ * Does the answer name a wait longer than a call from SQL should take, at
+ * its attempt (0-based)?  A Retry-After longer than m3ter.retry_max_delay,
+ * or the cluster's growing wait while 429s go on (minutes, at its longest)
+ * when it is longer than the call's own next retry would wait.  Such a call
+ * gives up at once instead of holding its session: the outbox puts such
+ * rows back pending for then.
  */
 bool
-m3ter_waits_too_long(const M3terCallResult *result)
+m3ter_waits_too_long(const M3terCallResult *result, int attempt)
 {
-	return result->outcome == M3TER_TRANSIENT && result->retry_after_ms > m3ter_retry_max_delay_ms;
+	if (result->outcome != M3TER_TRANSIENT)
+		return false;
+	if (result->throttled)
+		return result->retry_after_ms > m3ter_backoff_ms(attempt, -1);
+	return result->retry_after_ms > m3ter_retry_max_delay_ms;
+}
+
+/*
+ * Is api held by the growing wait of 429s that go on (pacing.c)?  Then fill
+ * result as such a 429, with what is left of the wait as its Retry-After.
+ */
+bool
+m3ter_throttled_now(M3terApi api, M3terCallResult *result)
+{
+	bool		backing_off;
+	TimestampTz until = m3ter_pace_held_until(api, &backing_off);
+
+	if (until == 0 || !backing_off)
+		return false;
+	result->outcome = M3TER_TRANSIENT;
+	result->status = 429;
+	result->throttled = true;
+	result->retry_after_ms = Max(result->retry_after_ms,
+								 (int) Min((until - GetCurrentTimestamp() + 999) / 1000, (int64) INT_MAX));
+	if (result->message == NULL)
+		result->message = "m3ter keeps answering 429 (too many requests)";
+	return true;
 }
 
 /* Delay before retry number attempt (0-based): 1 s, 3 s, 9 s, ... */
@@ -180,6 +210,7 @@ m3ter_classify(const M3terHttpResponse *resp, M3terCallResult *result)
 	char	   *msg = NULL;
 
 	result->status = status;
+	result->throttled = false;
 	result->body = resp->body;
 	if (resp->retry_after_ms >= 0)
 		result->retry_after_ms = resp->retry_after_ms;
@@ -270,6 +301,8 @@ m3ter_send_once(M3terApi api, const char *method, const char *url, char *authori
 	result->requests++;
 	m3ter_classify(&resp, result);
 	m3ter_pace_feedback(api, resp.status, resp.retry_after_ms, sent_at);
+	if (resp.status == 429)
+		(void) m3ter_throttled_now(api, result);	/* this 429 may have started the wait */
 }
 
 /*
@@ -287,7 +320,10 @@ m3ter_call_sqlstate(const M3terCallResult *result, const char **hint)
 	switch (result->outcome)
 	{
 		case M3TER_TRANSIENT:
-			if (m3ter_waits_too_long(result))
+			if (result->throttled)
+				*hint = psprintf("The cluster sends nothing to m3ter for %d s more, a wait that grows while m3ter answers 429; try again then.",
+								 (result->retry_after_ms + 999) / 1000);
+			else if (result->retry_after_ms > m3ter_retry_max_delay_ms)
 				*hint = psprintf("m3ter asked to wait %d s (Retry-After), longer than m3ter.retry_max_delay; try again then.",
 								 (result->retry_after_ms + 999) / 1000);
 			else if (result->retries == 0)

@@ -32,6 +32,7 @@ typedef struct M3terCallResult
 	int			requests;		/* HTTP requests made, token requests included */
 	int			retry_after_ms; /* last Retry-After seen, -1 when none */
 	int			retries;		/* times the call was tried again after a transient fault */
+	bool		throttled;		/* 429s go on: the cluster's sends wait (retry_after_ms left) */
 } M3terCallResult;
 
 extern char *m3ter_api_base(M3terApi api);
@@ -42,7 +43,8 @@ extern void m3ter_send_once(M3terApi api, const char *method, const char *url,
 extern int	m3ter_call_sqlstate(const M3terCallResult *result, const char **hint);
 pg_noreturn extern void m3ter_raise_call_error(const M3terCallResult *result,
 											   const char *what);
-extern bool m3ter_waits_too_long(const M3terCallResult *result);
+extern bool m3ter_waits_too_long(const M3terCallResult *result, int attempt);
+extern bool m3ter_throttled_now(M3terApi api, M3terCallResult *result);
 extern int	m3ter_backoff_ms(int attempt, int retry_after_ms);
 extern char *m3ter_org_path(const char *suffix);
 extern char *m3ter_url_encode(const char *s);

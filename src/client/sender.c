@@ -327,6 +327,17 @@ start_due(M3terSender *s)
 			next_ms = next_ms < 0 ? ms : Min(next_ms, ms);
 			continue;
 		}
+		if (s->gives_up_when_throttled)
+		{
+			M3terCallResult held = {.retry_after_ms = -1};
+
+			/* a call from SQL waits out 429s that go on no longer than its own retry would */
+			if (m3ter_throttled_now(M3TER_INGEST_API, &held) && m3ter_waits_too_long(&held, send->tries))
+			{
+				stop(s, &held);
+				break;
+			}
+		}
 		if (token == NULL)
 		{
 			M3terCallResult why;
@@ -388,16 +399,9 @@ answered(M3terSender *s, M3terSend *send, M3terHttpResponse *resp)
 	send->result.requests = 1;
 	m3ter_classify(resp, &send->result);
 	m3ter_pace_feedback(M3TER_INGEST_API, resp->status, resp->retry_after_ms, send->started_at);
+	/* 429s that go on: the cluster's growing wait is this request's too, as a Retry-After */
 	if (resp->status == 429)
-	{
-		/* 429s that go on: the cluster's growing wait is this request's too, as a Retry-After */
-		bool		backing_off;
-		TimestampTz until = m3ter_pace_held_until(M3TER_INGEST_API, &backing_off);
-
-		if (backing_off && until != 0)
-			send->result.retry_after_ms = Max(send->result.retry_after_ms,
-											  (int) Min((until - GetCurrentTimestamp()) / 1000, INT_MAX));
-	}
+		(void) m3ter_throttled_now(M3TER_INGEST_API, &send->result);
 	MemoryContextSwitchTo(old);
 
 	if (send->result.outcome == M3TER_FORBIDDEN && !send->refreshed)

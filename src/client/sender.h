@@ -51,6 +51,7 @@ typedef struct M3terSender
 	TimestampTz token_retry_at; /* the token endpoint failed: wait until then */
 	int			token_failures;
 	int			max_token_failures; /* then give up (a synchronous call); -1: never */
+	bool		gives_up_when_throttled;	/* a synchronous call: not while 429s go on */
 	bool		stopped;		/* a configuration fault: start nothing */
 	M3terCallResult stop;		/* ... and the answer that said so */
 	char	   *last_error;

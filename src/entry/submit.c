@@ -201,7 +201,7 @@ answered(SubmitState *st, M3terSender *s, M3terSend *send)
 			break;
 		case M3TER_TRANSIENT:
 			/* untried: handed back by a stop (the token endpoint gave up) */
-			if (!send->untried && send->tries < m3ter_max_retries && !m3ter_waits_too_long(r))
+			if (!send->untried && send->tries < m3ter_max_retries && !m3ter_waits_too_long(r, send->tries))
 			{
 				m3ter_sender_requeue(s, send, m3ter_backoff_ms(send->tries, r->retry_after_ms));
 				return;
@@ -224,6 +224,7 @@ send_all(SubmitState *st)
 
 	m3ter_sender_init(&s, m3ter_max_in_flight);
 	s.max_token_failures = m3ter_max_retries;	/* a call gives up, as others do */
+	s.gives_up_when_throttled = true;
 	PG_TRY();
 	{
 		m3ter_sender_queue(&s, &st->group, 0, st->group.n);

@@ -205,6 +205,14 @@ set_and_reload(worker_enabled=None)
 state_sql = "SELECT state FROM m3ter.databases WHERE datname = current_database()"
 ok(wait_until(lambda: scalar(state_sql).startswith("waiting: m3ter keeps answering 429"), timeout=10,
               interval=0.2), "while the 429s go on, the state says so", scalar(state_sql))
+# a call from SQL does not sit out the cluster's growing wait (minutes, at its longest): it fails
+# at once with M3429, what is left of the wait in its hint, and sends nothing
+t0 = time.time()
+r = psql("\\set VERBOSITY verbose\nSELECT m3ter_submit('{\"meter\": \"api_requests\", \"account\": \"acme\", "
+         "\"ts\": \"2024-01-02T03:04:05Z\", \"measure\": {\"requests\": 1}}')", check=False)
+ok(r.returncode != 0 and "M3429" in r.stderr and "a wait that grows while m3ter answers 429" in r.stderr
+   and time.time() - t0 < 1.5, "m3ter_submit meanwhile fails at once with M3429 and the wait in its hint",
+   "%.1f s: %s" % (time.time() - t0, r.stderr))
 ok(wait_until(lambda: psql("SELECT count(*) FROM m3ter_health() WHERE finding = 'throttled by m3ter'") == "1",
               timeout=10, interval=0.2), "and m3ter_health() warns")
 ok(wait_until(lambda: outbox_counts()["accepted"] == 10, timeout=40), "the rows get in after", outbox_counts())
