@@ -7,6 +7,35 @@
 -- install script m3ter--1.3.sql from m3ter--1.2.sql followed by this script.
 
 --
+-- Objects of the user's own that the update would have to drop: views and
+-- functions over the figures below (which gain columns, and PostgreSQL cannot
+-- add an OUT column in place).  Named before anything changes, with what to
+-- do, rather than PostgreSQL's "use DROP ... CASCADE" half-way through.
+--
+DO $$
+DECLARE
+    found text;
+BEGIN
+    SELECT string_agg(DISTINCT format('view %I.%I', n.nspname, c.relname), ', ')
+      INTO found
+      FROM pg_depend d
+      JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+      JOIN pg_class c ON c.oid = r.ev_class
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE d.refobjid IN ('m3ter.outbox_stats'::regclass, 'm3ter.databases'::regclass,
+                          'm3ter_worker_status()'::regprocedure, 'm3ter_databases()'::regprocedure)
+       AND d.deptype = 'n'
+       AND r.ev_class NOT IN ('m3ter.outbox_stats'::regclass, 'm3ter.databases'::regclass);
+    IF found IS NOT NULL THEN
+        RAISE EXCEPTION 'm3ter 1.3 makes m3ter.outbox_stats, m3ter.databases, m3ter_worker_status() and m3ter_databases() again, and objects of yours depend on them'
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  DETAIL = 'Depending on them: ' || found || '.',
+                  HINT = 'Drop those objects, run ALTER EXTENSION m3ter UPDATE again, then create them again (each gains columns at its end in 1.3).';
+    END IF;
+END
+$$;
+
+--
 -- Messages (1.3): a missing uid, meter, account or ts is refused by the usage
 -- check with a message that names the column; a NOT NULL constraint of the
 -- column would answer first, with the whole row in its detail
@@ -733,7 +762,12 @@ ALTER TABLE m3ter.outbox
     DROP CONSTRAINT outbox_usage_check,
     DROP CONSTRAINT outbox_status_check,
     DROP CONSTRAINT outbox_attempts_check,
-    ADD CONSTRAINT outbox_row_check CHECK (m3ter.check_outbox_row(outbox));
+    ADD CONSTRAINT outbox_row_check CHECK (m3ter.check_outbox_row(outbox)) NO INHERIT;
 
-DROP FUNCTION m3ter.check_usage(text, text, text, timestamptz, timestamptz, jsonb, jsonb, jsonb, jsonb, jsonb,
-                                jsonb, jsonb, jsonb);
+-- (NO INHERIT: a table that inherits the outbox has another row type, which
+-- the check does not take.  m3ter.check_usage() stays: a table copied from
+-- the 1.2 outbox with its constraints still calls it.)
+
+-- The launcher learns of the update at commit: a worker that left while the
+-- extension was away (dropped, then installed at an older version) starts again
+SELECT m3ter.launcher_wake();

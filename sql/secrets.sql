@@ -49,7 +49,8 @@ SELECT err($$SELECT * FROM m3ter_worker_status()$$);
 RESET ROLE;
 DROP ROLE m3ter_regress_plain;
 -- every function and procedure of the extension that PUBLIC may execute: the
--- check of the outbox, the uid default and its triggers' functions only
+-- checks of the outbox (1.2's too: a copy of the 1.2 outbox calls it), the uid
+-- default and its triggers' functions only
 SELECT p.oid::regprocedure AS executable_by_public
   FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
   JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'm3ter'

@@ -122,6 +122,7 @@ typedef struct LauncherDb
 	TimestampTz next_try;		/* 0: as soon as wanted */
 	int			backoff_ms;
 	bool		logged;			/* the current trouble was logged */
+	bool		woken_since_start;	/* m3ter.launcher_wake() named it after its worker started */
 } LauncherDb;
 
 /* Does a worker run for the database (ours or adopted), as far as we know? */
@@ -403,6 +404,8 @@ take_wakes(void)
 			db->next_try = 0;
 			db->backoff_ms = 0;
 		}
+		else if (hit)
+			db->woken_since_start = true;
 	}
 	return true;
 }
@@ -506,6 +509,7 @@ start_worker(LauncherDb *db, TimestampTz now)
 	db->started_at = now;
 	db->phase = WORKER_STARTED;
 	db->next_try = 0;
+	db->woken_since_start = false;
 }
 
 /* A database's worker has ended: learn why from its slot and decide what next */
@@ -532,6 +536,16 @@ worker_ended(LauncherDb *db, TimestampTz now)
 	}
 	SpinLockRelease(&m3ter_shared->mutex);
 
+	if (reason == M3TER_EXIT_NOT_INSTALLED && db->woken_since_start)
+	{
+		/*
+		 * dropped and installed again while the worker ran (it may have
+		 * looked in between): the install's wake came before this end
+		 */
+		db->woken_since_start = false;
+		db->next_try = 0;
+		return;
+	}
 	if (reason == M3TER_EXIT_NOT_INSTALLED)
 	{
 		/* nothing to do until m3ter.launcher_wake() says otherwise */

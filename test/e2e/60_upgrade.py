@@ -154,4 +154,26 @@ is_(standin("GET", "/_control/summary")["duplicates"], 0, "none twice")
 is_(outbox_counts()["failed"], 100, "the failed rows stay failed")
 is_(scalar("SELECT count(*) FROM m3ter.outbox WHERE next_attempt_at > created_at"), "0",
     "no done row is left in the deferred index")
+
+# from 1.2, with a user's objects made from the extension's: a view over its figures names
+# itself before anything changes; a copy of the outbox with its constraints, and a table that
+# inherits it, do not stop the update
+psql("DROP DATABASE IF EXISTS m3ter_users")
+psql("CREATE DATABASE m3ter_users")
+psql("CREATE EXTENSION m3ter VERSION '1.2'", db="m3ter_users")
+psql("CREATE TABLE public.outbox_archive (LIKE m3ter.outbox INCLUDING ALL); "
+     "CREATE TABLE public.outbox_old () INHERITS (m3ter.outbox); "
+     "CREATE VIEW public.dashboard AS SELECT pending, worker_state FROM m3ter.outbox_stats", db="m3ter_users")
+r = psql("\\set VERBOSITY verbose\nALTER EXTENSION m3ter UPDATE", db="m3ter_users", check=False)
+ok(r.returncode != 0 and "2BP01" in r.stderr and "view public.dashboard" in r.stderr
+   and "Drop those objects, run ALTER EXTENSION m3ter UPDATE again" in r.stderr,
+   "a view over m3ter.outbox_stats: the update names it and says what to do", r.stderr)
+psql("DROP VIEW public.dashboard", db="m3ter_users")
+r = psql("ALTER EXTENSION m3ter UPDATE", db="m3ter_users", check=False)
+ok(r.returncode == 0, "then the update runs, with a copy of the outbox and a table inheriting it", r.stderr)
+r = psql("INSERT INTO public.outbox_archive (uid, meter, account, measure) VALUES ('a-1', 'm', 'acct', '{\"n\": 1}'); "
+         "INSERT INTO public.outbox_old (id, uid, meter, account, measure) VALUES (1, 'o-1', 'm', 'acct', '{\"n\": 1}')",
+         db="m3ter_users", check=False)
+ok(r.returncode == 0, "and both tables take rows after it", r.stderr)
+psql("DROP DATABASE m3ter_users")
 done()
