@@ -76,12 +76,17 @@ m3ter_org_path(const char *suffix)
 	return psprintf("/organizations/%s%s", m3ter_require_org_id(), suffix);
 }
 
-/* Percent-encode a query parameter value */
+/*
+ * Percent-encode a query parameter value given in the database encoding
+ * (an account code, a page token of a parsed answer) as UTF-8, which m3ter
+ * reads
+ */
 char *
 m3ter_url_encode(const char *s)
 {
 	StringInfoData buf;
 
+	s = m3ter_server_to_utf8(s, strlen(s), "a query parameter for m3ter");
 	initStringInfo(&buf);
 	for (; *s; s++)
 	{

@@ -167,7 +167,7 @@ m3ter_utf8_to_server(const char *s, int len)
  * it needs no change).  what names the text in the error raised when a
  * SQL_ASCII database holds bytes that are not UTF-8.
  */
-static char *
+char *
 m3ter_server_to_utf8(const char *s, int len, const char *what)
 {
 	int			enc = GetDatabaseEncoding();

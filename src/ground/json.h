@@ -13,6 +13,7 @@
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 
+extern char *m3ter_server_to_utf8(const char *s, int len, const char *what);
 extern char *m3ter_answer_message(const char *body);
 extern cJSON *m3ter_parse_answer(const char *body, const char *what);
 extern char *m3ter_consume_page(cJSON *page, void (*take) (const cJSON *item, void *arg), void *arg,

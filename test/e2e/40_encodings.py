@@ -130,6 +130,12 @@ out, err, rc = q("SELECT m3ter_submit(jsonb_build_object('uid', 'x' || chr(232),
                  "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
 ok(rc != 0 and "must be UTF-8" in err, "SQL_ASCII: and in m3ter_submit()'s uids", err)
 
+# an account code with characters of the database encoding is looked up in m3ter as UTF-8
+standin("POST", "/_control/accounts", {"accounts": ["Zürich AG"]})
+for db in ("m3ter_latin1", "m3ter_win1252"):
+    is_(q("SELECT m3ter.catalog_lookup_accounts(ARRAY['Zürich AG'])", db)[0], "1",
+        "%s: the account 'Zürich AG' is found in m3ter" % db)
+
 for db in ("m3ter_latin1", "m3ter_win1252", "m3ter_sqlascii"):
     psql("DROP DATABASE %s" % db)
 set_and_reload(worker_enabled=None)
