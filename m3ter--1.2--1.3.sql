@@ -456,6 +456,25 @@ AS $$
 $$;
 
 -- Compare m3ter's usage totals with this database's accepted rows
+-- What m3ter.retention deleted (1.3): the latest ts of a row it deleted.  A
+-- reconciliation window must start after it: m3ter's usage of the deleted
+-- rows would show as drift, and settling it would bill it back.  One row,
+-- written by the retention's deletes; pg_dump keeps it, as it keeps the rows.
+CREATE TABLE m3ter.retention_state (
+    only_row       boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    deleted_ts_max timestamptz NOT NULL
+);
+
+COMMENT ON TABLE m3ter.retention_state IS
+    'The latest ts of an outbox row that m3ter.retention deleted: reconciliation windows start after it.';
+SELECT pg_catalog.pg_extension_config_dump('m3ter.retention_state', '');
+
+CREATE FUNCTION m3ter.deleted_through()
+RETURNS timestamptz
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT deleted_ts_max FROM m3ter.retention_state $$;
+
 CREATE FUNCTION m3ter_reconcile(from_ts timestamptz, to_ts timestamptz, meters text[] DEFAULT NULL,
                                 only_drift boolean DEFAULT true)
 RETURNS TABLE (meter text, account text, day date, field text,
@@ -472,6 +491,7 @@ DECLARE
     per_query integer := m3ter.reconcile_accounts_per_query();
     i         integer;
     unknown   text;
+    deleted   timestamptz := m3ter.deleted_through();
 BEGIN
     PERFORM m3ter.require_primary('m3ter_reconcile()');
     IF from_ts IS NULL OR to_ts IS NULL OR from_ts >= to_ts OR from_ts = '-infinity' OR to_ts = 'infinity' THEN
@@ -483,6 +503,14 @@ BEGIN
         RAISE EXCEPTION 'timestamp out of range for m3ter'
             USING ERRCODE = 'datetime_field_overflow',
                   DETAIL = 'm3ter takes timestamps from year 1 to year 9999.';
+    END IF;
+    IF from_ts <= deleted THEN
+        RAISE EXCEPTION 'the window of m3ter_reconcile() starts before rows that m3ter.retention deleted'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The latest ts of a deleted row is %s: m3ter''s usage of such rows would show as drift, and settling it would bill it back.',
+                                  deleted),
+                  HINT = format('Start the window at %s or later, or keep rows longer (m3ter.retention).',
+                                date_trunc('day', deleted, 'UTC') + interval '1 day');
     END IF;
     IF meters IS NOT NULL AND (cardinality(meters) = 0 OR array_position(meters, NULL) IS NOT NULL) THEN
         RAISE EXCEPTION 'invalid meters for m3ter_reconcile(): %', meters
@@ -725,7 +753,15 @@ AS $$
 DECLARE
     window_end    timestamptz := date_trunc('day', now() - make_interval(secs => lag_s), 'UTC');
     window_start  timestamptz := window_end - make_interval(days => days);
+    deleted       timestamptz := m3ter.deleted_through();
 BEGIN
+    -- only the days after the rows m3ter.retention deleted
+    IF window_start <= deleted THEN
+        window_start := date_trunc('day', deleted, 'UTC') + interval '1 day';
+    END IF;
+    IF window_start >= window_end THEN
+        RETURN;
+    END IF;
     EXECUTE format('SELECT count(*) FROM %I.m3ter_reconcile($1, $2)', m3ter.extension_schema())
       USING window_start, window_end;
 EXCEPTION WHEN OTHERS THEN
@@ -738,6 +774,7 @@ $$;
 REVOKE ALL ON FUNCTION m3ter.reconcile_scheduled(integer, integer) FROM PUBLIC;
 
 -- the reconciliation's helpers are for its functions only
+REVOKE ALL ON FUNCTION m3ter.deleted_through() FROM PUBLIC;
 REVOKE ALL ON FUNCTION m3ter.usage_rows(jsonb), m3ter.usage_query_limit(), m3ter.is_drift(numeric, numeric),
     m3ter.reconcile_accounts_per_query(), m3ter.extension_schema(), m3ter.zero_fields(text, text) FROM PUBLIC;
 

@@ -105,7 +105,7 @@ is_(len(stored_uids("upgrade-")), 3000, "the stand-in stored every uid")
 is_(standin("GET", "/_control/summary")["duplicates"], 0, "none twice")
 is_(scalar("SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_extension e, unnest(e.extconfig) t(oid) "
            "JOIN pg_class c ON c.oid = t.oid WHERE e.extname = 'm3ter'"),
-    "outbox,outbox_id_seq,reconciliation_drift,reconciliations,reconciliations_id_seq",
+    "outbox,outbox_id_seq,reconciliation_drift,reconciliations,reconciliations_id_seq,retention_state",
     "after the update pg_dump keeps the outbox, the reconciliations and their sequences")
 r = psql("SELECT m3ter_organization_config()", check=False)
 ok(r.returncode == 0, "the functions work after the update", r.stderr)

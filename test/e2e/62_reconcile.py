@@ -181,6 +181,27 @@ ok(wait_until(lambda: psql("SELECT error FROM m3ter.reconciliations ORDER BY id 
 standin("POST", "/_control/faults", {"clear": True})
 set_and_reload(reconcile_interval=None, reconcile_lag=None, reconcile_days=None)
 
+# rows m3ter.retention deleted are not reconciled: their usage at m3ter would show as drift,
+# and settling it would bill it back
+latest = psql("SELECT max(ts) FROM m3ter.outbox WHERE status = 'accepted'")
+set_and_reload(retention="1s")
+ok(wait_until(lambda: psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'accepted'") == "0", timeout=30),
+   "m3ter.retention 1s: the accepted rows are deleted")
+deleted = psql("SELECT deleted_ts_max FROM m3ter.retention_state")
+is_(deleted, latest, "the latest ts deleted is kept")
+queries = len(standin("GET", "/_control/usage")["queries"])
+r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter_reconcile(%s)" % WINDOW, check=False)
+ok(r.returncode != 0 and "22023" in r.stderr and "m3ter.retention deleted" in r.stderr
+   and "Start the window at 2026-11-06 00:00:00+00 or later" in r.stderr,
+   "a window over deleted rows is refused, with the first day to start at", r.stderr)
+is_(len(standin("GET", "/_control/usage")["queries"]), queries, "and nothing was asked of m3ter")
+runs = int(psql(count_runs))
+set_and_reload(reconcile_interval="2s", reconcile_lag="0", reconcile_days="40")
+ok(wait_until(lambda: int(psql(count_runs)) > runs, timeout=30), "the worker's runs go on")
+is_(psql("SELECT (error IS NULL) || '|' || from_ts FROM m3ter.reconciliations ORDER BY id DESC LIMIT 1"),
+    "true|2026-11-06 00:00:00+00", "over the days after the deleted rows only")
+set_and_reload(reconcile_interval=None, reconcile_lag=None, reconcile_days=None, retention=None)
+
 psql("ALTER SYSTEM RESET m3ter.events_poll_interval")
 reset()
 done()
