@@ -19,7 +19,7 @@
 # postgresql.conf lines to the clusters.
 source "$(dirname "$0")/../test/lib.sh"
 parts=${*:-suite network dbcost reconcile}
-M3TER_PACKAGES="$M3TER_PACKAGES python3-psycopg2"
+M3TER_PACKAGES="$M3TER_PACKAGES $M3TER_PG_CRON_PACKAGES python3-psycopg2"
 # BENCH_PG_CONF: more postgresql.conf lines (later lines win), e.g. shared_buffers = 2GB
 PG_CONF="shared_buffers = 512MB
 max_wal_size = 4GB

@@ -4,7 +4,8 @@
 # stand-in, sets the credentials, creates a meter, submits measurements,
 # inserts usage into the outbox and watches the worker deliver it.  Cleans up.
 source "$(dirname "$0")/lib.sh"
-m3ter_start
+# only M3TER_PACKAGES (lib.sh): no pg_cron, no test tools, no service
+m3ter_start "" m3ter
 
 show() { printf '\n-- %s\n' "$1"; q -c "$2"; }
 

@@ -26,35 +26,99 @@ M3TER_PG_DEBIAN_MAJOR=15
 # (test/package.sh does).
 if [ "$M3TER_PG_VERSION" = "$M3TER_PG_DEBIAN_MAJOR" ]; then
     M3TER_PG_ROOT=${M3TER_PG_ROOT-$M3TER_ROOT/.pgroot}
-    M3TER_PG_PACKAGES="postgresql-$M3TER_PG_VERSION postgresql-server-dev-$M3TER_PG_VERSION \
-postgresql-$M3TER_PG_VERSION-pgtap postgresql-$M3TER_PG_VERSION-cron"
+    M3TER_PG_PACKAGES="postgresql-$M3TER_PG_VERSION postgresql-server-dev-$M3TER_PG_VERSION"
+    M3TER_PG_CRON_PACKAGES="postgresql-$M3TER_PG_VERSION-cron"
+    M3TER_PG_PGTAP_PACKAGES="postgresql-$M3TER_PG_VERSION-pgtap"
 else
+    # another major is built from source with pgTAP and pg_cron (test/pg_source.sh)
     M3TER_PG_ROOT=${M3TER_PG_ROOT-$M3TER_ROOT/.pgroot-$M3TER_PG_VERSION}
     M3TER_PG_PACKAGES=""
+    M3TER_PG_CRON_PACKAGES=""
+    M3TER_PG_PGTAP_PACKAGES=""
 fi
 export M3TER_PG_ROOT M3TER_PG_VERSION
-M3TER_PACKAGES="$M3TER_PG_PACKAGES libcurl4-openssl-dev libcjson-dev \
-libtap-parser-sourcehandler-pgtap-perl python3 curl make gcc openssl \
-prometheus-postgres-exporter prometheus patroni etcd-server"
+# What the main job needs (test/demo.sh): PostgreSQL and its headers, the build
+# tools, libcurl and cJSON, python3 for the stand-in, curl to ask it.  A script
+# that needs more adds to it before m3ter_start (test/run.sh: M3TER_TEST_PACKAGES,
+# and Patroni, etcd and Prometheus for the tests that start them)
+M3TER_PACKAGES="$M3TER_PG_PACKAGES libcurl4-openssl-dev libcjson-dev python3 curl make gcc"
+M3TER_TEST_PACKAGES="$M3TER_PG_CRON_PACKAGES $M3TER_PG_PGTAP_PACKAGES \
+libtap-parser-sourcehandler-pgtap-perl openssl"
 M3TER_ORG_ID=5f3b8c2e-1d4a-4e6b-9c7d-0a1b2c3d4e5f
 M3TER_ACCESS_KEY_ID=standin-access-key
 M3TER_API_SECRET=standin-api-secret
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-# Install the Debian packages that are not there yet
+# Install the Debian packages that are not there yet, starting and enabling none
+# of the services they ship: the tests start what they need themselves, on loopback
 m3ter_install_deps() {
-    local missing=()
+    local missing=() p before
     for p in $M3TER_PACKAGES; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
-    log "installing ${missing[*]}"
+    log "installing ${missing[*]} (no service started or enabled)"
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo=sudo
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    before=$(m3ter_installed_packages)
+    # a subshell, so that its trap leaves the caller's EXIT trap alone
+    (
+        # Debian's way to keep maintainer scripts from starting services
+        # (invoke-rc.d and deb-systemd-invoke ask /usr/sbin/policy-rc.d; 101:
+        # action forbidden); one already there is left as it is
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+            printf '#!/bin/sh\n# m3ter test/lib.sh: no service starts while it installs packages\nexit 101\n' |
+                $sudo tee /usr/sbin/policy-rc.d >/dev/null && $sudo chmod 755 /usr/sbin/policy-rc.d || exit 1
+        fi
+        $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    ) || return 1
+    # policy-rc.d does not stop the maintainer scripts from enabling services
+    # (deb-systemd-helper, update-rc.d) to start at boot: disable what the
+    # packages new to the machine ship
+    comm -13 <(echo "$before") <(m3ter_installed_packages) |
+        while read -r p; do m3ter_disable_services "$p"; done
+}
+
+# The names of the installed packages, sorted
+m3ter_installed_packages() {
+    dpkg-query -W -f='${db:Status-Status} ${Package}\n' | awk '$1 == "installed" { print $2 }' | sort
+}
+
+# Disable the services package $1 ships (systemd units, SysV scripts), and keep
+# the PostgreSQL clusters its maintainer scripts created from starting at boot
+m3ter_disable_services() {
+    local sudo="" f unit
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    dpkg-query -L "$1" 2>/dev/null | while read -r f; do
+        case $f in
+        /lib/systemd/system/*@.* | /usr/lib/systemd/system/*@.*) ;;  # templates: enabled by instance
+        /lib/systemd/system/*.service | /lib/systemd/system/*.socket | /lib/systemd/system/*.timer | \
+            /usr/lib/systemd/system/*.service | /usr/lib/systemd/system/*.socket | /usr/lib/systemd/system/*.timer)
+            unit=${f##*/}
+            if command -v systemctl >/dev/null; then
+                $sudo systemctl disable --quiet "$unit" 2>/dev/null || true
+            else
+                $sudo deb-systemd-helper disable "$unit" 2>/dev/null || true
+            fi
+            ;;
+        /etc/init.d/*)
+            command -v systemctl >/dev/null || $sudo update-rc.d "${f##*/}" disable >/dev/null 2>&1 || true
+            ;;
+        esac
+    done
+    # postgresql-NN creates the cluster NN/main, started at boot (start.conf "auto")
+    case $1 in
+    postgresql-[0-9]*)
+        for f in /etc/postgresql/"${1#postgresql-}"/*/start.conf; do
+            [ -f "$f" ] && $sudo sed -i 's/^[[:space:]]*auto[[:space:]]*$/manual/' "$f"
+        done
+        ;;
+    esac
+    return 0
 }
 
 m3ter_pg_bindir() { "$(m3ter_pg_config)" --bindir; }
@@ -216,7 +280,8 @@ EOF
     log "PostgreSQL $M3TER_PG_VERSION on socket $PGHOST port $PGPORT"
 }
 
-# Everything up to a running cluster and stand-in; $1: extra postgresql.conf lines
+# Everything up to a running cluster and stand-in; $1: extra postgresql.conf lines,
+# $2: its shared_preload_libraries (default m3ter,pg_cron)
 m3ter_start() {
     m3ter_install_deps
     m3ter_make_pg_root
@@ -226,7 +291,7 @@ m3ter_start() {
     export M3TER_TMP
     trap m3ter_cleanup EXIT
     m3ter_start_standin
-    m3ter_start_cluster "${1:-}"
+    m3ter_start_cluster "${1:-}" ${2+"$2"}
 }
 
 # psql on the throwaway cluster, stopping at the first error

@@ -38,12 +38,24 @@ suite_files() {
     done
     if [ -n "$picked" ]; then echo $picked; else ls test/"$1"/*.py; fi
 }
+wants() { [[ " $suites " == *" $1 "* ]]; }
+# does the e2e suite run test/e2e/$1 (all its files, or $1 named)?
+wants_e2e() {
+    wants e2e || return 1
+    [[ " $files " == *" test/e2e/"* ]] || return 0
+    [[ " $files " == *" test/e2e/$1 "* ]]
+}
+# Beside the main job's packages: pgTAP, pg_cron, pg_prove, openssl; Debian's
+# Patroni and etcd, Prometheus and its postgres_exporter only for the tests that
+# start them (on loopback; their packages' services stay stopped and disabled)
+M3TER_PACKAGES="$M3TER_PACKAGES $M3TER_TEST_PACKAGES"
+if wants_e2e 58_patroni.py; then M3TER_PACKAGES+=" patroni etcd-server"; fi
+if wants_e2e 80_exporter.py; then M3TER_PACKAGES+=" prometheus prometheus-postgres-exporter"; fi
 m3ter_start
 
 passed=0
 failed=0
 count() { passed=$((passed + $1)); failed=$((failed + $2)); }
-wants() { [[ " $suites " == *" $1 "* ]]; }
 
 # Run a TAP suite with prove and add up its result
 tap_suite() {

@@ -32,7 +32,8 @@ start)
         exit 1
     fi
     sandbox_stop
-    m3ter_install_deps
+    # Getting started schedules CALL m3ter.flush() with pg_cron
+    M3TER_PACKAGES="$M3TER_PACKAGES $M3TER_PG_CRON_PACKAGES" m3ter_install_deps
     m3ter_make_pg_root
     m3ter_build
     M3TER_TMP=$SANDBOX
