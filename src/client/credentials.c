@@ -4,7 +4,9 @@
  *		The m3ter credentials: from m3ter.credentials_file, else the settings.
  *
  * m3ter.credentials_file names a file that only the server's OS user can
- * read (as ssl_key_file: no group or other permission bits), holding
+ * read, by PostgreSQL's rule for ssl_key_file: owned by the database user
+ * with mode 0600 or less, or owned by root with mode 0640 or less (so that
+ * root can let the server's group read it), holding
  *
  *		# m3ter Service User
  *		access_key_id = <Access Key id>
@@ -131,7 +133,26 @@ bad_file(const char *path, const char *msg, const char *detail)
 			(errcode(ERRCODE_CONFIG_FILE_ERROR),
 			 errmsg("m3ter credentials file \"%s\" %s", path, msg),
 			 detail ? errdetail("%s", detail) : 0,
-			 errhint("The file holds the lines \"access_key_id = ...\" and \"api_secret = ...\" and is readable by the server's OS user only (chmod 0600).")));
+			 errhint("The file holds the lines \"access_key_id = ...\" and \"api_secret = ...\" and is readable by the server's OS user only: owned by it with mode 0600, or by root with mode 0640 and the server's group.")));
+}
+
+/*
+ * Raise unless the file's owner and mode are those PostgreSQL requires of
+ * ssl_key_file (check_ssl_key_file_permissions): owned by the database user,
+ * no group or other access; owned by root, at most group read
+ */
+static void
+check_file_access(const char *path, const struct stat *st)
+{
+	const char *rule = "It must have permissions u=rw (0600) or less if owned by the database user, "
+		"or permissions u=rw,g=r (0640) or less if owned by root, as ssl_key_file must.";
+
+	if (st->st_uid != geteuid() && st->st_uid != 0)
+		bad_file(path, "must be owned by the database user or root", rule);
+	if (st->st_uid == geteuid() && (st->st_mode & (S_IRWXG | S_IRWXO)) != 0)
+		bad_file(path, "has group or world access", rule);
+	if (st->st_uid == 0 && (st->st_mode & (S_IWGRP | S_IXGRP | S_IRWXO)) != 0)
+		bad_file(path, "has group write or world access", rule);
 }
 
 /* Parse the file's text; on success replace the loaded values */
@@ -223,11 +244,7 @@ read_credentials_file(void)
 	wipe(&file_secret);
 	if (!S_ISREG(st.st_mode))
 		bad_file(path, "is not a regular file", NULL);
-	if (st.st_uid != geteuid() && st.st_uid != 0)
-		bad_file(path, "must be owned by the database user or root", NULL);
-	if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
-		bad_file(path, "has group or world access",
-				 "It must have permissions u=rw (0600) or less, as it holds the Api Secret.");
+	check_file_access(path, &st);
 	if (st.st_size > 65536)
 		bad_file(path, "is too large", "It holds two short lines.");
 

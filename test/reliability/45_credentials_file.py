@@ -85,6 +85,30 @@ ok(r.returncode == 0, "a # comment after a value is not part of it", r.stderr)
 write(path2, "", 0o600)
 r = psql("SELECT m3ter_organization_config()", check=False)
 ok(r.returncode != 0 and "is incomplete" in r.stderr, "a file without api_secret is refused", r.stderr)
+
+# owner and mode by PostgreSQL's rule for ssl_key_file: the database user's with 0600 or
+# less, or root's with 0640 or less (a group the server is in may read it); each file
+# below is readable by the server, so only the rule refuses it
+if pg:
+    nobody = pwd.getpwnam("nobody")
+    for uid, gid, mode, refused, what in [
+            (0, pg.pw_gid, 0o640, None, "owned by root, mode 0640, the server's group reading it, is accepted"),
+            (0, pg.pw_gid, 0o660, "has group write or world access", "owned by root, mode 0660, is refused"),
+            (0, 0, 0o644, "has group write or world access", "owned by root and world-readable (0644) is refused"),
+            (pg.pw_uid, pg.pw_gid, 0o640, "has group or world access",
+             "owned by the database user, mode 0640, is refused"),
+            (nobody.pw_uid, pg.pw_gid, 0o640, "must be owned by the database user or root",
+             "owned by another user that is not root is refused, though the server's group reads it")]:
+        write(path2, SECRET)
+        os.chown(path2, uid, gid)
+        os.chmod(path2, mode)
+        r = psql("SELECT m3ter_organization_config()", check=False)
+        if refused is None:
+            ok(r.returncode == 0, "a credentials file " + what, r.stderr)
+        else:
+            ok(r.returncode != 0 and ('credentials file "%s" %s' % (path2, refused)) in r.stderr
+               and "0600" in r.stderr and "0640" in r.stderr and "owned by root" in r.stderr,
+               "a credentials file " + what + ", with an error that names the rule", r.stderr)
 write(path2, SECRET)
 
 # with the file, the log at debug5 with every statement logged holds no credential
