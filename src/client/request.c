@@ -180,13 +180,30 @@ is_json_error(const char *body)
 	return yes;
 }
 
-/* Is body an HTML or XML page (a proxy's, a portal's), not m3ter's JSON? */
+/*
+ * Is a 2xx body m3ter's success?  Blank (a gateway's answer), or JSON that
+ * does not say otherwise: m3ter's ingest answers {"result": "accepted"}, the
+ * Config API its objects.  A proxy's page, plain text ("OK") or a "result"
+ * other than accepted is not: m3ter did not take the rows.
+ */
 static bool
-is_markup(const char *body)
+is_success_body(const char *body)
 {
+	cJSON	   *root;
+	const cJSON *result;
+	bool		yes;
+
 	while (*body == ' ' || *body == '\t' || *body == '\r' || *body == '\n')
 		body++;
-	return *body == '<';
+	if (*body == '\0')
+		return true;
+	root = cJSON_Parse(body);
+	if (root == NULL)
+		return false;
+	result = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "result") : NULL;
+	yes = !cJSON_IsString(result) || pg_strcasecmp(result->valuestring, "accepted") == 0;
+	cJSON_Delete(root);
+	return yes;
 }
 
 /* Does a message speak of the payload's size (m3ter's 403 for it)? */
@@ -221,7 +238,7 @@ m3ter_classify(const M3terHttpResponse *resp, M3terCallResult *result)
 		result->retry_after_ms = resp->retry_after_ms;
 	result->message = NULL;
 
-	if (status >= 200 && status < 300 && !is_markup(resp->body))
+	if (status >= 200 && status < 300 && is_success_body(resp->body))
 	{
 		result->outcome = M3TER_OK;
 		return;

@@ -49,6 +49,10 @@ stopping_answer("400 HTML page from a proxy", "a400html-", 400,
 stopping_answer("400 in plain text from a load balancer", "a400txt-", 400, "Bad Request", "not m3ter's JSON")
 stopping_answer("400 with an empty body", "a400empty-", 400, "", "empty body")
 stopping_answer("400 with only a line break", "a400blank-", 400, "\r\n", "empty body")
+# a 2xx that is not m3ter's answer (a proxy's "OK", a result other than accepted): m3ter did
+# not take the rows, which stay pending
+stopping_answer("200 in plain text from a proxy", "a200txt-", 200, "OK", "not m3ter's JSON")
+stopping_answer("200 whose result is not accepted", "a200rej-", 200, {"result": "rejected"}, "HTTP 200")
 
 # while stopped, one row a pass tries whether m3ter takes them again; a reload (the settings
 # fixed, or not) tries a whole request at once: rows that came meanwhile all get the reason
