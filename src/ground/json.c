@@ -17,8 +17,10 @@
  *	  encoding but SQL_ASCII converts to UTF-8 without loss.  A SQL_ASCII
  *	  database declares no encoding, so its text is taken to be UTF-8 and
  *	  refused when it is not.
- *	- m3ter_utf8_to_server(): text coming back (m3ter's messages, meters;
- *	  parsed answers are converted key by key and string by string).
+ *	- m3ter_utf8_to_server(): text coming back (m3ter's messages, meters,
+ *	  enrichment events and failed-ingest logs; parsed answers are
+ *	  converted key by key and string by string, m3ter_parse_answer() and
+ *	  m3ter_parse_utf8()).
  *	  A character the database encoding cannot hold is written as the six
  *	  characters \uXXXX (\UXXXXXXXX beyond the BMP); bytes that are not
  *	  UTF-8 become '?'.  A SQL_ASCII database gets the UTF-8 as it is
@@ -339,6 +341,40 @@ m3ter_parse_answer(const char *body, const char *what)
 				 errdetail("The body starts with: %s", start)));
 	}
 	convert_tree_or_free(root);
+	return root;
+}
+
+/*
+ * Parse one JSON value of m3ter's UTF-8 text (a failed-ingest log holds
+ * several, one after another) into a tree whose keys and strings are in the
+ * database encoding, as m3ter_parse_answer() does; NULL when text does not
+ * start with one.  With end, *end is set after the value.  The caller owns
+ * the tree.
+ */
+cJSON *
+m3ter_parse_utf8(const char *text, const char **end)
+{
+	cJSON	   *root = cJSON_ParseWithOpts(text, end, false);
+
+	if (root != NULL)
+		convert_tree_or_free(root);
+	return root;
+}
+
+/*
+ * Parse JSON text held in the database encoding (a string of a converted
+ * tree that holds serialized JSON): back to UTF-8 first, since its \uXXXX
+ * escapes decode to UTF-8, then as m3ter_parse_utf8().  NULL when it is not
+ * JSON.
+ */
+cJSON *
+m3ter_parse_embedded(const char *text, const char *what)
+{
+	char	   *utf8 = m3ter_server_to_utf8(text, strlen(text), what);
+	cJSON	   *root = m3ter_parse_utf8(utf8, NULL);
+
+	if (utf8 != text)
+		pfree(utf8);
 	return root;
 }
 

@@ -16,6 +16,8 @@
 extern char *m3ter_server_to_utf8(const char *s, int len, const char *what);
 extern char *m3ter_answer_message(const char *body);
 extern cJSON *m3ter_parse_answer(const char *body, const char *what);
+extern cJSON *m3ter_parse_utf8(const char *text, const char **end);
+extern cJSON *m3ter_parse_embedded(const char *text, const char *what);
 extern char *m3ter_consume_page(cJSON *page, void (*take) (const cJSON *item, void *arg), void *arg,
 								List **seen, int pages, const char *what);
 extern Datum m3ter_cjson_to_jsonb(const cJSON *item);

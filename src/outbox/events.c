@@ -34,6 +34,10 @@
  *	- m3ter does not publish the JSON of an event's m3terEvent nor of the
  *	  log file: every assumption about them lives in the "assumed shapes"
  *	  section below, and is tolerant (any nesting, several member names).
+ *	- Every text taken from an event or a log (messages, types, uids) is in
+ *	  the database encoding: the page of events, an m3terEvent serialized
+ *	  into a string and each value of a log are parsed through ground/json.c,
+ *	  which converts m3ter's UTF-8 (escaping what the encoding cannot hold).
  *	- From the worker, the poll runs in a subtransaction (entry/periodic.c):
  *	  its failure is logged and rolled back without touching the drain of
  *	  the same pass.
@@ -292,7 +296,28 @@ collect_failures(const cJSON *node, const char *type, const char *message,
 	}
 }
 
-/* The failures of a log file: one JSON document, or JSON lines */
+/* collect_failures() of one value of a log, which is freed whatever happens */
+static List *
+value_failures(cJSON *root, const char *type, const char *message, List *failures)
+{
+	PG_TRY();
+	{
+		collect_failures(root, type, message, &failures, 8);
+	}
+	PG_CATCH();
+	{
+		cJSON_Delete(root);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	cJSON_Delete(root);
+	return failures;
+}
+
+/*
+ * The failures of a log file (m3ter's UTF-8): one JSON document, or JSON
+ * lines; their uids, types and messages in the database encoding
+ */
 static List *
 log_failures(const char *body, const char *type, const char *message)
 {
@@ -302,15 +327,14 @@ log_failures(const char *body, const char *type, const char *message)
 	while (*(body += strspn(body, " \t\r\n")) != '\0')
 	{
 		const char *end = NULL;
-		cJSON	   *root = cJSON_ParseWithOpts(body, &end, false);
+		cJSON	   *root = m3ter_parse_utf8(body, &end);
 
 		if (root == NULL)
 		{
 			body += strcspn(body, "\n");
 			continue;
 		}
-		collect_failures(root, type, message, &failures, 8);
-		cJSON_Delete(root);
+		failures = value_failures(root, type, message, failures);
 		body = end;
 	}
 	return failures;
@@ -556,8 +580,8 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 
 	if (cJSON_IsString(body))
 	{
-		/* an object serialized into a string */
-		parsed = cJSON_Parse(body->valuestring);
+		/* an object serialized into a string (converted with the page: its escapes were not) */
+		parsed = m3ter_parse_embedded(body->valuestring, "an m3ter event");
 		body = parsed;
 	}
 	if (body == NULL)

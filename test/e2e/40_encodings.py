@@ -1,11 +1,13 @@
 """Text in every server encoding: what m3ter receives is the right Unicode text, what
 comes back (m3ter's messages, meters) is stored in the database's encoding or escaped,
 and messages are clipped on character boundaries.  Databases in LATIN1, WIN1252 and
-SQL_ASCII (whose text m3ter takes to be UTF-8)."""
+SQL_ASCII (whose text m3ter takes to be UTF-8), and EUC_JP for the enrichment events
+(m3ter's failed-ingest logs) and a dump of them."""
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from m3ter_tap import *  # noqa: E402,F401,F403
@@ -136,7 +138,80 @@ for db in ("m3ter_latin1", "m3ter_win1252"):
     is_(q("SELECT m3ter.catalog_lookup_accounts(ARRAY['Zürich AG'])", db)[0], "1",
         "%s: the account 'Zürich AG' is found in m3ter" % db)
 
-for db in ("m3ter_latin1", "m3ter_win1252", "m3ter_sqlascii"):
+
+def in_encoding(text, enc):
+    """text from m3ter as a database in enc stores it: what enc cannot hold as \\uXXXX or \\UXXXXXXXX"""
+    if enc == "SQL_ASCII":
+        return text
+    codec = {"LATIN1": "latin-1", "WIN1252": "cp1252", "EUC_JP": "euc_jp"}[enc]
+    out = ""
+    for c in text:
+        try:
+            c.encode(codec)
+            out += c
+        except UnicodeEncodeError:
+            out += ("\\u%04X" if ord(c) <= 0xFFFF else "\\U%08X") % ord(c)
+    return out
+
+
+# enrichment events: the messages and uids of m3ter's failed-ingest logs (UTF-8), and an
+# m3terEvent serialized into a string (its escapes decoded to UTF-8), stored in the database's
+# encoding, or escaped
+LOG_MSG = "Meter isn’t defined – fix 😀"        # ’ in WIN1252 and EUC_JP, – in WIN1252 only, 😀 in none
+EVENT_MSG = "Feld „Größe“ fehlt in Zürich"      # „ in WIN1252 only, “ in WIN1252 and EUC_JP
+EVENT_ROWS = "SELECT string_agg(uid || '|' || status || '|' || rejection_type || '|' || error, ' / ' ORDER BY uid) " \
+             "FROM m3ter.outbox WHERE uid LIKE '%-ev_'"
+make_db("m3ter_eucjp", "EUC_JP")
+for db, enc in (("m3ter_latin1", "LATIN1"), ("m3ter_win1252", "WIN1252"), ("m3ter_sqlascii", "SQL_ASCII"),
+                ("m3ter_eucjp", "EUC_JP")):
+    standin("POST", "/_control/reset")
+    q("INSERT INTO m3ter.outbox (uid, meter, account) SELECT '%s-ev' || i, 'api', 'acme' "
+      "FROM generate_series(1, 2) i" % db, db)
+    flush(db)
+    is_(q("SELECT count(*) FROM m3ter.outbox WHERE uid LIKE '%s-ev_' AND status = 'accepted'" % db, db)[0], "2",
+        "%s: two rows accepted" % enc)
+    standin("POST", "/_control/events", {
+        "event_data": {"errorType": "UndefinedMeter", "message": "x"},
+        "log": json.dumps({"errorType": "UndefinedMeter", "errorMessage": LOG_MSG,
+                           "measurement": {"uid": "%s-ev1" % db}}, ensure_ascii=False)})
+    standin("POST", "/_control/events", {
+        "event_data": {"errorType": "UndefinedMeter", "message": EVENT_MSG},
+        "log": json.dumps({"errorType": "UndefinedMeter", "errorMessage": LOG_MSG,
+                           "measurement": {"uid": "elsewhere-ü"}}, ensure_ascii=False)})
+    polled = q("SET m3ter.max_retries = 0; SELECT m3ter_poll_events()", db, check=False)
+    standin("POST", "/_control/enrichment", {"event_as_string": True})
+    standin("POST", "/_control/events", {
+        "event_data": {"errorType": "MissingField", "message": EVENT_MSG},
+        "log": json.dumps({"measurement": {"uid": "%s-ev2" % db}})})
+    polled2 = q("SET m3ter.max_retries = 0; SELECT m3ter_poll_events()", db, check=False)
+    standin("POST", "/_control/enrichment", {"event_as_string": False})
+    ok(polled[2] == 0 and polled2[2] == 0, "%s: the polls read the three events" % enc, polled[1] + polled2[1])
+    out, err, rc = q(EVENT_ROWS, db, check=False)
+    is_(out, "%s-ev1|rejected|UndefinedMeter|%s / %s-ev2|rejected|MissingField|%s"
+        % (db, in_encoding(LOG_MSG, enc), db, in_encoding(EVENT_MSG, enc)),
+        "%s: the rows are rejected with m3ter's messages of the log and of a serialized event, "
+        "in the database's encoding" % enc)
+    out, err, rc = q("SELECT array_to_string(uids, ',') || '|' || error_type || '|' || message "
+                     "FROM m3ter.unmatched_events", db, check=False)
+    is_(out, "%s|UndefinedMeter|%s" % (in_encoding("elsewhere-ü", enc), in_encoding(EVENT_MSG, enc)),
+        "%s: an event naming no row of this database is kept with its log's uid" % enc)
+
+# the EUC_JP database's dump restores with the rows and their messages
+psql("DROP DATABASE IF EXISTS m3ter_eucjp2")
+psql("CREATE DATABASE m3ter_eucjp2 ENCODING 'EUC_JP' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+with tempfile.TemporaryDirectory() as d:
+    os.chmod(d, 0o777)
+    dump = os.path.join(d, "eucjp.dump")
+    r = subprocess.run([BINDIR + "/pg_dump", "-Fc", "-d", "m3ter_eucjp", "-f", dump], capture_output=True, text=True)
+    ok(r.returncode == 0, "EUC_JP: pg_dump of the database", r.stderr)
+    r = subprocess.run([BINDIR + "/pg_restore", "-d", "m3ter_eucjp2", dump], capture_output=True, text=True)
+    ok(r.returncode == 0, "EUC_JP: pg_restore into a new database", r.stderr)
+is_(q(EVENT_ROWS, "m3ter_eucjp2", check=False)[0],
+    "m3ter_eucjp-ev1|rejected|UndefinedMeter|%s / m3ter_eucjp-ev2|rejected|MissingField|%s"
+    % (in_encoding(LOG_MSG, "EUC_JP"), in_encoding(EVENT_MSG, "EUC_JP")),
+    "EUC_JP: the restored outbox holds the rejected rows and their messages")
+
+for db in ("m3ter_latin1", "m3ter_win1252", "m3ter_sqlascii", "m3ter_eucjp", "m3ter_eucjp2"):
     psql("DROP DATABASE %s" % db)
 set_and_reload(worker_enabled=None)
 done()
