@@ -22,7 +22,9 @@ Tests steer it through /_control (no auth):
         optional "retry_after", "retry_after_ms" (a Retry-After-Ms header), "body"), "delay" (seconds before answering),
         "drop" (close without answering), "reset_mid_body" (with "after_accept":
         after storing the measurements), "trickle" (seconds
-        spent sending the body), "empty_body", "malformed_body" (with a 200)
+        spent sending the body), "empty_body", "malformed_body" (with a 200),
+        "body_bytes" (a 200 whose body is that many blanks, written 1 MiB at a
+        time; a client that stops reading on the way is let go)
   POST /_control/config   {"token_ttl": s, "token_body": "any"|"json"|"form" (the
         grant's encodings the token endpoint takes), "token_pad": n (tokens n bytes
         longer), "reject_meters": [...], "expire_tokens":
@@ -332,6 +334,24 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.close()
         self.answered()
 
+    def big_body(self, size, nbytes):
+        """A 200 with a body of size blanks, written a piece at a time."""
+        self.record(200, nbytes=nbytes, note="injected %d-byte body" % size)
+        self.before_answer()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        piece = b" " * (1 << 20)
+        try:
+            while size > 0:
+                self.wfile.write(piece[:size])
+                size -= len(piece)
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
+        self.answered()
+
     def apply_fault(self, fault, nbytes):
         """Act out a fault; returns True when the request was answered (or dropped)."""
         if "delay" in fault:
@@ -345,6 +365,9 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             self.answered()
+            return True
+        if "body_bytes" in fault:
+            self.big_body(int(fault["body_bytes"]), nbytes)
             return True
         if fault.get("reset_mid_body") and not fault.get("after_accept"):
             self.reset_mid_body(nbytes)
