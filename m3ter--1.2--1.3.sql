@@ -144,6 +144,17 @@ GRANT EXECUTE ON FUNCTION m3ter.pacing_pace() TO pg_monitor;
 
 
 --
+-- Enrichment events (1.3): the event whose failed-ingest log's download keeps
+-- failing in a way that may last (403, 404): after 3 polls in a row it is
+-- recorded in m3ter.unmatched_events unread, and the poll goes on past it
+--
+ALTER TABLE m3ter.event_cursor ADD COLUMN blocked_event text,
+                               ADD COLUMN blocked_polls int NOT NULL DEFAULT 0;
+COMMENT ON COLUMN m3ter.event_cursor.blocked_event IS
+    'The event whose failed-ingest log the last polls could not download (403, 404): recorded unread after 3 polls in a row.';
+COMMENT ON COLUMN m3ter.event_cursor.blocked_polls IS 'Polls in a row that failed to download the log of blocked_event.';
+
+--
 -- Health (1.3): every unsafe or stuck set-up, said out loud
 --
 CREATE FUNCTION m3ter_health(
@@ -213,6 +224,12 @@ BEGIN
                 'Schedule CALL m3ter.flush() with pg_cron there, or change the setting if the worker should deliver.';
         END IF;
     END LOOP;
+    FOR r IN SELECT c.last_error, c.last_error_at FROM m3ter.event_cursor c WHERE c.last_error IS NOT NULL LOOP
+        RETURN QUERY SELECT 'warning', 'enrichment events not read',
+            format('The last poll of m3ter''s ingest.validation.failure events (%s) stopped early: %s. Later events wait until it passes.',
+                   r.last_error_at, r.last_error),
+            'A network fault, 429 or 5xx passes by itself. A failed-ingest log that cannot be downloaded (403, 404) on 3 polls in a row is recorded in m3ter.unmatched_events and the poll goes on past it. See m3ter.event_cursor.';
+    END LOOP;
     IF (SELECT c.checks_on AND c.stale FROM @extschema@.m3ter_catalog_status() c) THEN
         RETURN QUERY SELECT 'warning', 'catalog stale',
             'm3ter.catalog_checks is on but the catalog is older than m3ter.catalog_max_age: rows are sent unchecked.',
@@ -221,7 +238,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION m3ter_health() IS
-    'Every unsafe or stuck set-up of m3ter found: readable credentials, no worker, TLS verification off, worker slots short, delivery stopped, a database not updated, a stale catalog.';
+    'Every unsafe or stuck set-up of m3ter found: readable credentials, no worker, TLS verification off, worker slots short, delivery stopped, a database not updated, enrichment events not read, a stale catalog.';
 REVOKE EXECUTE ON FUNCTION m3ter_health() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION m3ter_health() TO pg_monitor;
 

@@ -459,6 +459,7 @@ m3ter_http_collect(M3terHttpResponse *response, void **tag)
 	response->body[req->len] = '\0';
 	response->transport_error = NULL;
 	response->bad_url = (req->rc == CURLE_URL_MALFORMAT || req->rc == CURLE_UNSUPPORTED_PROTOCOL);
+	response->too_large = (req->rc != CURLE_OK && req->overflow);
 	if (req->rc != CURLE_OK)
 	{
 		if (req->overflow)

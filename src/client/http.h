@@ -16,6 +16,7 @@ typedef struct M3terHttpResponse
 	int			retry_after_ms; /* from Retry-After, -1 when absent */
 	char	   *transport_error;	/* why no response came, else NULL */
 	bool		bad_url;		/* ... because the URL cannot be used */
+	bool		too_large;		/* ... because the body passed the size cap */
 } M3terHttpResponse;
 
 typedef struct M3terHttpRequest M3terHttpRequest;

@@ -31,6 +31,11 @@
  *	  LOCKED): a second poller returns at once.
  *	- A transient failure (network, 429, 5xx, an expired download URL)
  *	  ends the poll before the event concerned; the next poll resumes there.
+ *	  A download failure that may last (403, 404) does too, until the same
+ *	  event has failed so on BLOCKED_POLLS polls in a row (counted in
+ *	  m3ter.event_cursor); then the event is recorded unread with a note,
+ *	  as one whose log is larger than the response cap is at once, and the
+ *	  poll goes on past it: one unreadable log never holds up later events.
  *	- m3ter does not publish the JSON of an event's m3terEvent nor of the
  *	  log file: every assumption about them lives in the "assumed shapes"
  *	  section below, and is tolerant (any nesting, several member names).
@@ -74,6 +79,8 @@ PG_FUNCTION_INFO_V1(m3ter_poll_events);
 #define PAGE_SIZE 100
 #define MAX_PAGES 20
 #define MAX_EVENTS 200
+/* polls in a row whose download of one event's log fails the same lasting way before it is recorded */
+#define BLOCKED_POLLS 3
 
 
 /* What one poll did */
@@ -86,6 +93,10 @@ typedef struct PollStats
 	int64		pages;			/* pages of events read */
 	bool		busy;			/* another poll held the cursor */
 	char	   *error;			/* why the poll stopped early, or NULL */
+	/* the event whose log's download failed in a way that may last, from event_cursor */
+	bool		track_blocked;	/* event_cursor has the columns (1.3) */
+	char	   *blocked_event;	/* its id, or NULL */
+	int			blocked_polls;	/* polls in a row it failed so */
 } PollStats;
 
 /* One failure named by a log: a uid, its type and message */
@@ -481,13 +492,44 @@ record_event(const char *id, const cJSON *event, const char *type, const char *m
 }
 
 /*
+ * A download of an event's log failed in a way that may last (getDownloadUrl
+ * answering 404, the presigned URL 403 or 404): a 403 also comes from a URL
+ * that expired on the way, and m3ter may not have written the log yet.  The
+ * poll ends before the event, as for a transient failure, until the same
+ * event has failed so on BLOCKED_POLLS polls in a row (the URL is asked for
+ * afresh at each poll); then returns the note the event is recorded with.
+ * Before ALTER EXTENSION m3ter UPDATE to 1.3 there is nowhere to count the
+ * polls: the note is returned at once.
+ */
+static char *
+lasting_failure(const char *event_id, const char *what, PollStats *stats)
+{
+	if (stats->blocked_event != NULL && strcmp(stats->blocked_event, event_id) == 0)
+		stats->blocked_polls++;
+	else
+	{
+		stats->blocked_event = pstrdup(event_id);
+		stats->blocked_polls = 1;
+	}
+	if (!stats->track_blocked || stats->blocked_polls >= BLOCKED_POLLS)
+		return stats->blocked_polls > 1 ?
+			psprintf("%s on %d polls in a row", what, stats->blocked_polls) : pstrdup(what);
+	stats->error = psprintf("%s (poll %d of %d for event %s before it is recorded unread)", what,
+							stats->blocked_polls, BLOCKED_POLLS, event_id);
+	return NULL;
+}
+
+/*
  * Fetch the log file of an event: getDownloadUrl on the Config API, then a
  * plain GET of the presigned URL with no Authorization header.  Returns
  * the body; NULL with *transient set to retry later, or NULL with *note
- * set when the log cannot be had at all.
+ * set when the log cannot be had at all (a log larger than the response
+ * cap, a URL that cannot be used, or a failure that lasted: see
+ * lasting_failure()).
  */
 static char *
-fetch_log(const char *file, int max_retries, bool *transient, char **note, PollStats *stats)
+fetch_log(const char *event_id, const char *file, int max_retries, bool *transient, char **note,
+		  PollStats *stats)
 {
 	M3terCallResult res;
 	M3terHttpResponse resp;
@@ -511,6 +553,17 @@ fetch_log(const char *file, int max_retries, bool *transient, char **note, PollS
 								 res.message ? res.message : "");
 				return NULL;
 			}
+			if (res.outcome == M3TER_UNEXPECTED && res.status >= 400 && res.status < 500)
+			{
+				/* 404, 410: no such file, or not yet */
+				*note = lasting_failure(event_id,
+										psprintf("getDownloadUrl answered HTTP %ld: %s", res.status,
+												 res.message ? res.message : ""),
+										stats);
+				*transient = (*note == NULL);
+				return NULL;
+			}
+			/* unreachable, busy, or refused for the token or the configuration: every event alike */
 			*transient = true;
 			stats->error = psprintf("getDownloadUrl: %s (HTTP %ld)",
 									res.message ? res.message : "failed", res.status);
@@ -533,16 +586,25 @@ fetch_log(const char *file, int max_retries, bool *transient, char **note, PollS
 	m3ter_http_exchange("GET", url, NULL, NULL, 0, &resp);
 	if (resp.status >= 200 && resp.status < 300)
 		return resp.body;
-	if (resp.status == 0 || resp.status == 403 || resp.status == 429 || resp.status >= 500)
+	if (resp.too_large || resp.bad_url)
 	{
-		/* unreachable, busy, or the URL expired on the way: next poll */
+		/* it will not be smaller, nor the URL usable, at the next poll */
+		*note = psprintf("the failed-ingest download could not be read: %s",
+						 resp.too_large ? resp.transport_error : "its URL cannot be used");
+		return NULL;
+	}
+	if (resp.status == 0 || resp.status == 408 || resp.status == 429 || resp.status >= 500)
+	{
+		/* unreachable or busy: next poll */
 		*transient = true;
 		stats->error = psprintf("failed-ingest download: %s",
 								resp.status == 0 ? resp.transport_error :
 								psprintf("HTTP %ld", resp.status));
 		return NULL;
 	}
-	*note = psprintf("the failed-ingest download answered HTTP %ld", resp.status);
+	*note = lasting_failure(event_id, psprintf("the failed-ingest download answered HTTP %ld", resp.status),
+							stats);
+	*transient = (*note == NULL);
 	return NULL;
 }
 
@@ -596,7 +658,7 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 	if (file != NULL)
 	{
 		bool		transient;
-		char	   *log = fetch_log(file, max_retries, &transient, &note, stats);
+		char	   *log = fetch_log(id->valuestring, file, max_retries, &transient, &note, stats);
 
 		if (transient)
 		{
@@ -638,28 +700,42 @@ handle_event(const cJSON *event, int max_retries, PollStats *stats)
 	record_event(id->valuestring, event, type, message, file, failures, matched, note,
 				 stats->rejected - rejected_before, stats->duplicates - duplicates_before);
 	stats->events++;
+	if (stats->blocked_event != NULL && strcmp(stats->blocked_event, id->valuestring) == 0)
+	{
+		/* handled at last, or recorded unread */
+		stats->blocked_event = NULL;
+		stats->blocked_polls = 0;
+	}
 	if (parsed)
 		cJSON_Delete(parsed);
 	return 1;
 }
 
-/* Save the polling position and what the poll did */
+/* Save the polling position, what the poll did and the event whose log keeps failing */
 static void
 save_cursor(const char *token, PollStats *stats)
 {
-	Oid			types[3] = {TEXTOID, INT8OID, TEXTOID};
-	Datum		values[3];
-	char		nulls[3] = {' ', ' ', ' '};
+	Oid			types[5] = {TEXTOID, INT8OID, TEXTOID, TEXTOID, INT4OID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
 	values[0] = token ? CStringGetTextDatum(token) : (Datum) 0;
 	nulls[0] = token ? ' ' : 'n';
 	values[1] = Int64GetDatum(stats->events);
 	values[2] = stats->error ? CStringGetTextDatum(stats->error) : (Datum) 0;
 	nulls[2] = stats->error ? ' ' : 'n';
-	if (SPI_execute_with_args("UPDATE m3ter.event_cursor SET next_token = $1, polled_at = now(), "
+	values[3] = stats->blocked_event ? CStringGetTextDatum(stats->blocked_event) : (Datum) 0;
+	nulls[3] = stats->blocked_event ? ' ' : 'n';
+	values[4] = Int32GetDatum(stats->blocked_event ? stats->blocked_polls : 0);
+	if (SPI_execute_with_args(stats->track_blocked ?
+							  "UPDATE m3ter.event_cursor SET next_token = $1, polled_at = now(), "
+							  "events_handled = events_handled + $2, last_error = $3, "
+							  "last_error_at = CASE WHEN $3 IS NULL THEN last_error_at ELSE now() END, "
+							  "blocked_event = $4, blocked_polls = $5" :
+							  "UPDATE m3ter.event_cursor SET next_token = $1, polled_at = now(), "
 							  "events_handled = events_handled + $2, last_error = $3, "
 							  "last_error_at = CASE WHEN $3 IS NULL THEN last_error_at ELSE now() END",
-							  3, types, values, nulls, false, 0) != SPI_OK_UPDATE)
+							  stats->track_blocked ? 5 : 3, types, values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "m3ter event cursor update failed");
 }
 
@@ -756,7 +832,11 @@ poll_events(int max_retries, PollStats *stats)
 	(void) m3ter_require_org_id();
 	m3ter_require_credentials();
 
-	if (SPI_execute("SELECT next_token FROM m3ter.event_cursor FOR UPDATE SKIP LOCKED",
+	stats->track_blocked = m3ter_has_column("event_cursor", "blocked_event");
+	if (SPI_execute(stats->track_blocked ?
+					"SELECT next_token, blocked_event, blocked_polls FROM m3ter.event_cursor "
+					"FOR UPDATE SKIP LOCKED" :
+					"SELECT next_token FROM m3ter.event_cursor FOR UPDATE SKIP LOCKED",
 					false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "m3ter event cursor query failed");
 	if (SPI_processed != 1)
@@ -766,6 +846,13 @@ poll_events(int max_retries, PollStats *stats)
 	}
 	stored = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	resume = stored;
+	if (stats->track_blocked)
+	{
+		char	   *polls = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+
+		stats->blocked_event = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+		stats->blocked_polls = polls ? atoi(polls) : 0;
+	}
 
 	if (read_pages(stored, false, max_retries, stats, &resume) && stored != NULL)
 		(void) read_pages(NULL, true, max_retries, stats, &resume);

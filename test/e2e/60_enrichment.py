@@ -246,6 +246,63 @@ ok(r.returncode == 0 and "getDownloadUrl" in r.stdout, "a poll that cannot fetch
    r.stdout + r.stderr)
 is_(scalar("SELECT pg_postmaster_start_time()"), started, "and no server process crashed")
 is_(json.loads(psql("SELECT m3ter_poll_events()"))["rejected"], 2, "the next poll handles the events")
+
+# a log that can never be read does not hold up the events after it: one larger than the
+# response cap is recorded unread at once; one whose presigned URL answers 403 on every poll
+# (the URL is asked for afresh each time: not one that expired) after 3 polls in a row; a 403
+# once (an expired URL) only ends that poll
+psql("INSERT INTO m3ter.outbox (uid, meter, account, measure, \"where\") SELECT 'stuck-' || i, 'api_requests', "
+     "'acct-1', '{\"requests\": 1}', '{\"region\": \"eu\"}' FROM generate_series(1, 4) i")
+ok(wait_until(lambda: len(uids("uid LIKE 'stuck-%' AND status = 'accepted'")) == 4, timeout=30), "4 rows accepted")
+
+
+def failed_ingest(uid):
+    return standin("POST", "/_control/events", {
+        "event_data": {"errorType": "UndefinedMeter", "message": "No meter for %s" % uid},
+        "log": json.dumps({"errorType": "UndefinedMeter", "measurement": {"uid": uid}})})["id"]
+
+
+def cursor():
+    return psql("SELECT coalesce(blocked_event, '') || '|' || blocked_polls FROM m3ter.event_cursor")
+
+
+def health_says():
+    return psql("SELECT count(*) FROM m3ter_health() WHERE finding = 'enrichment events not read'") == "1"
+
+
+big, denied, later = failed_ingest("stuck-1"), failed_ingest("stuck-2"), failed_ingest("stuck-3")
+standin("POST", "/_control/faults", {"clear": True, "faults": [
+    {"match": big, "body_bytes": 64 * 1024 * 1024 + 4096},
+    {"match": denied, "status": 403, "count": 100, "body": "<Error><Code>AccessDenied</Code></Error>"}]})
+res = json.loads(psql("SELECT m3ter_poll_events()"))
+ok(res["events"] == 1 and "HTTP 403" in (res["error"] or ""),
+   "a log larger than the response cap is recorded at once; a 403 ends the poll before its event", res)
+is_(psql("SELECT note FROM m3ter.unmatched_events WHERE event_id = '%s'" % big),
+    "the failed-ingest download could not be read: the response was larger than 67108864 bytes",
+    "the oversized log's event is kept for the operator with a note that says why")
+is_(cursor(), denied + "|1", "m3ter.event_cursor counts the polls the 403 held the event")
+ok(health_says(), "m3ter_health() says the events are not read",
+   psql("SELECT detail FROM m3ter_health() WHERE finding = 'enrichment events not read'"))
+json.loads(psql("SELECT m3ter_poll_events()"))
+is_((cursor(), uids("uid LIKE 'stuck-%' AND status = 'rejected'")), (denied + "|2", set()),
+    "a second poll stops at it again")
+res = json.loads(psql("SELECT m3ter_poll_events()"))
+is_((res["events"], res["rejected"], res["error"]), (2, 1, None),
+    "the third poll in a row records it and handles the event after it")
+is_(psql("SELECT note FROM m3ter.unmatched_events WHERE event_id = '%s'" % denied),
+    "the failed-ingest download answered HTTP 403 on 3 polls in a row", "with a note that says why")
+is_(psql("SELECT string_agg(uid || ':' || status || ':' || coalesce(rejection_type, ''), ' ' ORDER BY uid) "
+         "FROM m3ter.outbox WHERE uid IN ('stuck-1', 'stuck-2', 'stuck-3')"),
+    "stuck-1:accepted: stuck-2:accepted: stuck-3:rejected:UndefinedMeter",
+    "the later event's row is rejected; the rows of the unread logs stay as they are")
+ok(cursor() == "|0" and not health_says(), "the count is cleared and m3ter_health() says nothing more", cursor())
+once = failed_ingest("stuck-4")
+standin("POST", "/_control/faults", {"clear": True, "faults": [{"match": once, "status": 403, "count": 1}]})
+res = json.loads(psql("SELECT m3ter_poll_events()"))
+ok(res["events"] == 0 and "HTTP 403" in (res["error"] or ""), "a 403 once (an expired URL) ends the poll", res)
+res = json.loads(psql("SELECT m3ter_poll_events()"))
+is_((res["events"], res["rejected"], cursor()), (1, 1, "|0"), "and the next poll handles the event")
+standin("POST", "/_control/faults", {"faults": [], "clear": True})
 set_and_reload(events_poll_interval=str(POLL_S))
 
 # m3ter does not say in which order it lists events: both orders are read in full
@@ -260,7 +317,7 @@ psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) "
 ok(wait_until(lambda: len(uids("uid LIKE 'newest-%' AND status = 'rejected'")) == 3, timeout=60),
    "newest first: the new events on the first page are read too")
 is_(psql("SELECT count(*) || '/' || count(DISTINCT event_id) FROM m3ter.ingest_events") + "/" +
-    psql("SELECT events_handled FROM m3ter.event_cursor"), "110/110/110", "each of the 110 events once")
+    psql("SELECT events_handled FROM m3ter.event_cursor"), "114/114/114", "each of the 114 events once")
 standin("POST", "/_control/enrichment", {"event_as_string": True})
 psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) "
      "SELECT 'str-' || i, 'gone_meter', 'acct-1', '{\"requests\": 1}' FROM generate_series(1, 2) i")
