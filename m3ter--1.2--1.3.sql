@@ -355,20 +355,37 @@ SELECT pg_catalog.pg_extension_config_dump('m3ter.reconciliation_drift', '');
 -- and the aggregation as objects of their own ({"groups": {"ACCOUNT",
 -- "TIME"}, "aggregation": {"fieldCode"}, "result"}).  A row read in part has
 -- NULLs where it was not understood (item: the row as m3ter sent it).
+-- The UTC day of a usage row's time: an ISO 8601 text (a day without a zone
+-- is m3ter's UTC day), or milliseconds since 1970 as a number or a text of
+-- digits; NULL for anything else (the row is then not read: M3300)
+CREATE FUNCTION m3ter.usage_day(t jsonb)
+RETURNS date
+LANGUAGE plpgsql STABLE
+SET TimeZone = 'UTC'
+AS $$
+BEGIN
+    IF jsonb_typeof(t) = 'number' OR (jsonb_typeof(t) = 'string' AND t #>> '{}' ~ '^[0-9]{11,}$') THEN
+        RETURN (to_timestamp((t #>> '{}')::numeric / 1000) AT TIME ZONE 'UTC')::date;
+    END IF;
+    RETURN ((t #>> '{}')::timestamptz AT TIME ZONE 'UTC')::date;
+EXCEPTION WHEN data_exception THEN
+    RETURN NULL;
+END
+$$;
+
 CREATE FUNCTION m3ter.usage_rows(answer jsonb)
-RETURNS TABLE (account_id text, meter_id text, day date, field text, value numeric, item jsonb)
+RETURNS TABLE (account_id text, meter_id text, day date, field text, value numeric, item jsonb,
+               aggregate text)
 LANGUAGE sql STABLE
-SET TimeZone = 'UTC'    -- a day written without a zone ("2026-11-10") is m3ter's UTC day
 AS $$
     SELECT coalesce(r->>'accountId', r->>'account_id', r#>>'{account,id}', r#>>'{groups,ACCOUNT}',
                     r#>>'{groups,account}', r#>>'{groups,accountId}'),
            coalesce(r->>'meterId', r->>'meter_id', r#>>'{meter,id}', r#>>'{aggregation,meterId}'),
-           (CASE jsonb_typeof(t)
-                 WHEN 'number' THEN to_timestamp((t #>> '{}')::numeric / 1000)
-                 ELSE (t #>> '{}')::timestamptz END AT TIME ZONE 'UTC')::date,
+           m3ter.usage_day(t),
            coalesce(r->>'fieldCode', r->>'field_code', r->>'field', r#>>'{aggregation,fieldCode}'),
            coalesce(r->>'value', r->>'sum', r->>'SUM', r->>'result')::numeric,
-           r
+           r,
+           upper(coalesce(r->>'function', r#>>'{aggregation,function}', 'SUM'))
       FROM jsonb_array_elements(CASE jsonb_typeof(answer->'data') WHEN 'array' THEN answer->'data'
                                      ELSE '[]' END) r,
            LATERAL (SELECT coalesce(r->'timestamp', r->'startDate', r->'date', r->'time',
@@ -408,7 +425,8 @@ BEGIN
         'groups', '[{"groupType": "ACCOUNT"}, {"groupType": "TIME", "frequency": "DAY"}]'::jsonb,
         'limit', m3ter.usage_query_limit()));
     IF coalesce((answer->>'hasMoreData')::boolean, false)
-       OR jsonb_array_length(coalesce(answer->'data', '[]')) >= m3ter.usage_query_limit() THEN
+       OR (jsonb_typeof(answer->'data') = 'array'
+           AND jsonb_array_length(answer->'data') >= m3ter.usage_query_limit()) THEN
         mid := date_trunc('day', from_ts + (to_ts - from_ts) / 2, 'UTC');
         IF mid > from_ts AND mid < to_ts THEN
             RETURN 1 + m3ter.reconcile_query(meter_id, fields, account_ids, from_ts, mid)
@@ -423,7 +441,7 @@ BEGIN
             USING ERRCODE = 'M3300',
                   DETAIL = format('Meter %s, account %s, from %s: hasMoreData with %s items.',
                                   meter_id, account_ids[1], from_ts, jsonb_array_length(answer->'data')),
-                  HINT = 'Reconcile fewer fields of this meter at a time.';
+                  HINT = 'Nothing was compared. Leave this meter out (the meters argument) to reconcile the others.';
     END IF;
     -- a row not understood would count as no usage, and its cell as drift: nothing is compared then
     SELECT u.item INTO unread
@@ -437,10 +455,11 @@ BEGIN
                   DETAIL = format('A row: %s', left(coalesce(unread, answer)::text, 500)),
                   HINT = 'm3ter does not publish the shape of these rows; the shapes read are listed in docs/accepted.md. Nothing was compared.';
     END IF;
+    -- (rows of another aggregation than the SUM asked for, should m3ter add them, are not usage)
     INSERT INTO pg_temp.m3ter_remote
     SELECT coalesce(u.meter_id, reconcile_query.meter_id), u.account_id, u.day, u.field, sum(u.value)
       FROM m3ter.usage_rows(answer) u
-     WHERE u.value IS NOT NULL
+     WHERE u.value IS NOT NULL AND u.aggregate = 'SUM'
      GROUP BY 1, 2, 3, 4;
     RETURN 1;
 END
@@ -792,7 +811,7 @@ REVOKE ALL ON FUNCTION m3ter.reconcile_scheduled(integer, integer) FROM PUBLIC;
 
 -- the reconciliation's helpers are for its functions only
 REVOKE ALL ON FUNCTION m3ter.deleted_through() FROM PUBLIC;
-REVOKE ALL ON FUNCTION m3ter.usage_rows(jsonb), m3ter.usage_query_limit(), m3ter.is_drift(numeric, numeric),
+REVOKE ALL ON FUNCTION m3ter.usage_day(jsonb), m3ter.usage_rows(jsonb), m3ter.usage_query_limit(), m3ter.is_drift(numeric, numeric),
     m3ter.reconcile_accounts_per_query(), m3ter.extension_schema(), m3ter.zero_fields(text, text) FROM PUBLIC;
 
 --

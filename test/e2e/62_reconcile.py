@@ -158,6 +158,20 @@ ok(r.returncode != 0 and "M3300" in r.stderr and "shape m3ter_reconcile() does n
    and "n_sum" in r.stderr, "rows of a shape not read raise M3300 with a row in the detail", r.stderr)
 is_(psql("SELECT count(*) FROM m3ter.reconciliations"), runs, "and keep no run")
 standin("POST", "/_control/usage", {"shape": "flat"})
+# answers it cannot read end the run with M3300 too, not with a cast's error
+for body in ({"data": None}, {"data": [{"accountId": "a", "meterId": "m", "timestamp": "the 10th",
+                                        "fieldCode": "n", "value": 1}]}):
+    standin("POST", "/_control/faults", {"faults": [{"match": "/usage/query", "status": 200, "body": body,
+                                                     "count": 1}]})
+    r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter_reconcile(%s)" % WINDOW, check=False)
+    ok(r.returncode != 0 and "M3300" in r.stderr, "an answer %s raises M3300" % json.dumps(body)[:60], r.stderr)
+    standin("POST", "/_control/faults", {"clear": True})
+# a time in milliseconds as text is read; a row of another aggregation than SUM is not usage
+is_(psql("SELECT string_agg(day || ':' || value, ',') FROM m3ter.usage_rows('{\"data\": ["
+         "{\"accountId\": \"a\", \"timestamp\": \"1794268800000\", \"fieldCode\": \"n\", \"value\": 1}, "
+         "{\"accountId\": \"a\", \"timestamp\": 1794268800000, \"fieldCode\": \"n\", \"function\": \"COUNT\", "
+         "\"value\": 7}]}') WHERE aggregate = 'SUM'"),
+    "2026-11-10:1", "usage rows: milliseconds as text read, a COUNT row set apart")
 r = psql("SELECT * FROM m3ter_reconcile('2026-11-06Z', '2026-11-01Z')", check=False)
 ok(r.returncode != 0 and "invalid window" in r.stderr, "a window that ends before it starts is refused")
 queries = len(standin("GET", "/_control/usage")["queries"])
