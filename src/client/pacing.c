@@ -153,6 +153,21 @@ pacing_shmem_init(void *shared)
 		ps->api[i].scale = 1.0;
 }
 
+/*
+ * No hold outlasts m3ter.retry_max_delay from now: a lower setting (a
+ * reload) shortens a hold under way at the next look
+ */
+static void
+clamp_holds(PaceState *st, TimestampTz now)
+{
+	TimestampTz latest = now + (int64) m3ter_retry_max_delay_ms * 1000;
+
+	if (st->blocked_until > latest)
+		st->blocked_until = latest;
+	if (st->backoff_until > latest)
+		st->backoff_until = latest;
+}
+
 /* Share the pacing state across the cluster (while preloading) */
 void
 m3ter_pacing_shmem_install(void)
@@ -276,6 +291,7 @@ m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms)
 		return true;
 
 	st = lock_state(api);
+	clamp_holds(st, now);
 	rate = per_second * HEADROOM * climbed_scale(st, now);
 	interval = per_second > 0 ? (int64) (USECS_PER_SEC / rate) : 0;
 
@@ -339,8 +355,10 @@ TimestampTz
 m3ter_pace_held_until(M3terApi api, bool *backing_off)
 {
 	PaceState  *st = lock_state(api);
-	TimestampTz until = st->blocked_until;
+	TimestampTz until;
 
+	clamp_holds(st, GetCurrentTimestamp());
+	until = st->blocked_until;
 	*backing_off = st->backoff_until >= until;
 	unlock_state();
 	return until > GetCurrentTimestamp() ? until : 0;

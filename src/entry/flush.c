@@ -62,6 +62,24 @@ warn_if_stopped(const M3terFlushStats *stats)
 				 errhint("Check m3ter.org_id, the credentials and m3ter.ingest_url. The rows stay pending.")));
 }
 
+/*
+ * Say why a flush may have sent little: m3ter's 429s (or a Retry-After)
+ * hold every send of the cluster for a while, and due rows wait for it
+ */
+static void
+notice_if_held(void)
+{
+	bool		backing_off;
+	TimestampTz until = m3ter_pace_held_until(M3TER_INGEST_API, &backing_off);
+
+	if (until != 0)
+		ereport(NOTICE,
+				(errmsg("m3ter %s: the cluster sends nothing for %ld s more",
+						backing_off ? "keeps answering 429" : "asked to wait (Retry-After)",
+						(long) ((until - GetCurrentTimestamp() + USECS_PER_SEC - 1) / USECS_PER_SEC)),
+				 errdetail("Rows due meanwhile stay pending; the worker or the next flush sends them after the wait.")));
+}
+
 /* What a flush did, as jsonb */
 static Datum
 stats_jsonb(const M3terFlushStats *stats)
@@ -135,6 +153,7 @@ run(M3terTxnMode mode, int64 max_rows, M3terFlushStats *stats)
 	m3ter_delivery_end(&d);
 	m3ter_note_delivery(stats);
 	warn_if_stopped(stats);
+	notice_if_held();
 }
 
 /*

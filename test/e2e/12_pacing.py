@@ -223,4 +223,22 @@ ok(0.9 <= gaps[0] < 2 and 2.8 <= gaps[1] < 4 and all(3.8 <= g < 5 for g in gaps[
    "the waits grew: about 1 s, 3 s, then 4 s each (m3ter.retry_max_delay)", gaps)
 set_and_reload(retry_max_delay=None)
 
+# an operator who lowers m3ter.retry_max_delay (a reload) and makes the rows due shortens a wait
+# under way (here the 9 s one, after two refusals)
+reset()
+set_and_reload(worker_enabled="off", retry_max_delay="60s")
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "count": 100000}]})
+insert_usage(10, "shorten-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: len(ingest_requests()) >= 3, timeout=15), "three refusals: the 9 s wait begins")
+sent = len(ingest_requests())
+set_and_reload(retry_max_delay="1s")
+psql("UPDATE m3ter.outbox SET next_attempt_at = now() WHERE status = 'pending'")
+t0 = time.time()
+ok(wait_until(lambda: len(ingest_requests()) > sent, timeout=5, interval=0.1),
+   "the next try comes within seconds, not after the 9 s", "%.1f s" % (time.time() - t0))
+standin("POST", "/_control/faults", {"clear": True})
+ok(wait_until(lambda: outbox_counts()["accepted"] == 10, timeout=20), "and the rows get in", outbox_counts())
+set_and_reload(retry_max_delay=None)
+
 done()

@@ -49,9 +49,13 @@ ok(wait_until(lambda: scalar("SELECT count(*) FROM m3ter.inflight") == "0", time
    "flush under 429s: the stopped worker holds no row")
 started = scalar("SELECT pg_postmaster_start_time()")
 results = []
+notices = []
 for _ in range(3):
     r = psql("SET statement_timeout = '30s'; CALL m3ter.flush()", check=False)
     results.append(json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else r.stderr.strip()[:200])
+    notices.append(r.stderr)
+ok(any("m3ter keeps answering 429: the cluster sends nothing for" in n for n in notices),
+   "flush under 429s: a NOTICE says why it sends nothing", notices)
 ok(all(isinstance(x, dict) and x["accepted"] == 0 and x["retried"] + x["failed"] <= 3000 for x in results),
    "flush under 429s: each of three calls returns, nothing accepted", results)
 is_(scalar("SELECT pg_postmaster_start_time()"), started, "flush under 429s: the server did not restart")
