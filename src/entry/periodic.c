@@ -27,10 +27,14 @@
 #include "ground/settings.h"
 #include "ground/spi_util.h"
 
+/* how often the codes of held rows' accounts are looked up, at most */
+#define HELD_LOOKUP_S 30
+
 typedef enum PeriodicTask
 {
 	TASK_EVENT_POLL,
 	TASK_CATALOG_SYNC,
+	TASK_ACCOUNT_LOOKUP,
 	TASK_RECONCILE
 } PeriodicTask;
 
@@ -63,6 +67,8 @@ run_guarded(PeriodicTask task, const char *what)
 			m3ter_events_poll_logged();
 		else if (task == TASK_CATALOG_SYNC)
 			m3ter_catalog_sync(m3ter_unknown_accounts != M3TER_ACCOUNTS_SEND, 0, NULL);
+		else if (task == TASK_ACCOUNT_LOOKUP)
+			m3ter_catalog_lookup_unknown(0);
 		else
 			reconcile_scheduled();
 		ReleaseCurrentSubTransaction();
@@ -82,7 +88,7 @@ run_guarded(PeriodicTask task, const char *what)
 		ereport(LOG,
 				(errmsg("m3ter %s failed: %s", what, edata->message),
 				 edata->detail ? errdetail("%s", edata->detail) : 0));
-		if (task == TASK_CATALOG_SYNC)
+		if (task == TASK_CATALOG_SYNC || task == TASK_ACCOUNT_LOOKUP)
 			m3ter_catalog_note_error(edata->message);
 		FreeErrorData(edata);
 	}
@@ -120,6 +126,8 @@ m3ter_periodic_tasks_if_due(bool rows_due)
 	static TimestampTz last_poll = 0;
 	static TimestampTz last_sync = 0;
 	static TimestampTz last_reconcile = 0;
+	static TimestampTz last_lookup = 0;
+	static uint64 held_at_lookup = 0;
 
 	bool		ran = false;
 
@@ -137,6 +145,20 @@ m3ter_periodic_tasks_if_due(bool rows_due)
 		m3ter_has_relation("catalog_state"))
 	{
 		run_guarded(TASK_CATALOG_SYNC, "catalog sync");
+		ran = true;
+	}
+	/*
+	 * rows held for an account the catalog does not know (created in m3ter
+	 * since the last refresh, say): their codes are looked up within
+	 * HELD_LOOKUP_S, not at the next refresh
+	 */
+	if (m3ter_catalog_checks && m3ter_unknown_accounts == M3TER_ACCOUNTS_HOLD &&
+		m3ter_catalog_rows_held() != held_at_lookup &&
+		interval_due(&last_lookup, HELD_LOOKUP_S, false, first_call) &&
+		m3ter_has_relation("catalog_state"))
+	{
+		held_at_lookup = m3ter_catalog_rows_held();
+		run_guarded(TASK_ACCOUNT_LOOKUP, "account lookup");
 		ran = true;
 	}
 	/* delivery waits while it runs: one usage query a second */

@@ -611,6 +611,29 @@ m3ter_catalog_sync(bool accounts, int max_retries, StringInfo out)
 						 meters, looked_up, found, released);
 }
 
+/* Rows held for an unknown account so far (the cluster's, or this process's) */
+uint64
+m3ter_catalog_rows_held(void)
+{
+	return pg_atomic_read_u64(&counters()->held);
+}
+
+/*
+ * Look up the account codes of pending rows that the catalog does not know
+ * (SPI connected), and release the held rows whose accounts m3ter has:
+ * an account created in m3ter just before its first usage is found within
+ * a minute, not at the next catalog refresh.  Raises on failure.
+ */
+void
+m3ter_catalog_lookup_unknown(int max_retries)
+{
+	int64		looked_up = 0;
+	int64		found = 0;
+	int64		released = 0;
+
+	sync_accounts(max_retries, &looked_up, &found, &released);
+}
+
 /* Note a failed sync in m3ter.catalog_state (the sync itself was rolled back) */
 void
 m3ter_catalog_note_error(const char *message)

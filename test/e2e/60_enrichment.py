@@ -96,6 +96,14 @@ is_(sync["rows_released"], 2, "a sync that finds two of the accounts releases th
 is_(psql("SELECT m3ter_release_held()"), "3", "m3ter_release_held() releases the other three")
 ok(wait_until(lambda: outbox_counts()["accepted"] == 9951, timeout=30), "and all five are delivered",
    outbox_counts())
+# an account created in m3ter just before its first usage: the worker looks the held row's account
+# up within half a minute, not at the next catalog refresh (an hour)
+standin("POST", "/_control/accounts", {"accounts": ["acct-new-1"]})
+psql("INSERT INTO m3ter.outbox (uid, meter, account, measure, \"where\") VALUES "
+     "('new-1', 'api_requests', 'acct-new-1', '{\"requests\": 1}', '{\"region\": \"eu-west-1\"}')")
+ok(wait_until(lambda: psql("SELECT status FROM m3ter.outbox WHERE uid = 'new-1'") == "accepted", timeout=60),
+   "a row for an account new in m3ter is looked up and delivered",
+   psql("SELECT status || ' ' || coalesce(error, '') FROM m3ter.outbox WHERE uid = 'new-1'"))
 
 # a stale catalog never stalls delivery: the check is skipped and counted
 before = int(psql("SELECT rows_unchecked FROM m3ter_catalog_status()"))
