@@ -16,16 +16,25 @@ DO $$
 DECLARE
     found text;
 BEGIN
-    SELECT string_agg(DISTINCT format('view %I.%I', n.nspname, c.relname), ', ')
+    WITH target(classid, oid) AS (
+        VALUES ('pg_class'::regclass::oid, 'm3ter.outbox_stats'::regclass::oid),
+               ('pg_class'::regclass, 'm3ter.databases'::regclass),
+               ('pg_type'::regclass, 'm3ter.outbox_stats'::regtype),
+               ('pg_type'::regclass, 'm3ter.databases'::regtype),
+               ('pg_proc'::regclass, 'm3ter_worker_status()'::regprocedure),
+               ('pg_proc'::regclass, 'm3ter_databases()'::regprocedure))
+    SELECT string_agg(DISTINCT CASE WHEN r.rulename = '_RETURN' THEN format('view %I.%I', n.nspname, c.relname)
+                                    ELSE pg_describe_object(d.classid, d.objid, d.objsubid) END, ', ')
       INTO found
       FROM pg_depend d
-      JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
-      JOIN pg_class c ON c.oid = r.ev_class
-      JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE d.refobjid IN ('m3ter.outbox_stats'::regclass, 'm3ter.databases'::regclass,
-                          'm3ter_worker_status()'::regprocedure, 'm3ter_databases()'::regprocedure)
-       AND d.deptype = 'n'
-       AND r.ev_class NOT IN ('m3ter.outbox_stats'::regclass, 'm3ter.databases'::regclass);
+      JOIN target t ON d.refclassid = t.classid AND d.refobjid = t.oid
+      LEFT JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+      LEFT JOIN pg_class c ON c.oid = r.ev_class
+      LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE d.deptype = 'n'
+       AND r.ev_class IS DISTINCT FROM 'm3ter.outbox_stats'::regclass
+       AND r.ev_class IS DISTINCT FROM 'm3ter.databases'::regclass
+       AND NOT EXISTS (SELECT FROM pg_depend e WHERE e.classid = d.classid AND e.objid = d.objid AND e.deptype = 'e');
     IF found IS NOT NULL THEN
         RAISE EXCEPTION 'm3ter 1.3 makes m3ter.outbox_stats, m3ter.databases, m3ter_worker_status() and m3ter_databases() again, and objects of yours depend on them'
             USING ERRCODE = 'dependent_objects_still_exist',
@@ -373,6 +382,27 @@ EXCEPTION WHEN data_exception THEN
 END
 $$;
 
+-- A usage row's value: a number, or a text of one; anything else (NaN, a
+-- word, an object) ends the run
+CREATE FUNCTION m3ter.usage_value(v text)
+RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE
+AS $$
+DECLARE
+    n numeric;
+BEGIN
+    n := v::numeric;
+    IF n = 'NaN' THEN
+        RAISE invalid_text_representation;
+    END IF;
+    RETURN n;
+EXCEPTION WHEN data_exception THEN
+    RAISE EXCEPTION 'm3ter''s usage answer has a value m3ter_reconcile() does not read: %', left(v, 200)
+        USING ERRCODE = 'M3300',
+              HINT = 'Nothing was compared.';
+END
+$$;
+
 CREATE FUNCTION m3ter.usage_rows(answer jsonb)
 RETURNS TABLE (account_id text, meter_id text, day date, field text, value numeric, item jsonb,
                aggregate text)
@@ -383,7 +413,7 @@ AS $$
            coalesce(r->>'meterId', r->>'meter_id', r#>>'{meter,id}', r#>>'{aggregation,meterId}'),
            m3ter.usage_day(t),
            coalesce(r->>'fieldCode', r->>'field_code', r->>'field', r#>>'{aggregation,fieldCode}'),
-           coalesce(r->>'value', r->>'sum', r->>'SUM', r->>'result')::numeric,
+           m3ter.usage_value(coalesce(r->>'value', r->>'sum', r->>'SUM', r->>'result')),
            r,
            upper(coalesce(r->>'function', r#>>'{aggregation,function}', 'SUM'))
       FROM jsonb_array_elements(CASE jsonb_typeof(answer->'data') WHEN 'array' THEN answer->'data'
@@ -460,6 +490,9 @@ BEGIN
     SELECT coalesce(u.meter_id, reconcile_query.meter_id), u.account_id, u.day, u.field, sum(u.value)
       FROM m3ter.usage_rows(answer) u
      WHERE u.value IS NOT NULL AND u.aggregate = 'SUM'
+       -- (a row of a day outside the window asked for is not this window's usage)
+       AND u.day BETWEEN (from_ts AT TIME ZONE 'UTC')::date
+                     AND ((to_ts - interval '1 microsecond') AT TIME ZONE 'UTC')::date
      GROUP BY 1, 2, 3, 4;
     RETURN 1;
 END
@@ -811,7 +844,7 @@ REVOKE ALL ON FUNCTION m3ter.reconcile_scheduled(integer, integer) FROM PUBLIC;
 
 -- the reconciliation's helpers are for its functions only
 REVOKE ALL ON FUNCTION m3ter.deleted_through() FROM PUBLIC;
-REVOKE ALL ON FUNCTION m3ter.usage_day(jsonb), m3ter.usage_rows(jsonb), m3ter.usage_query_limit(), m3ter.is_drift(numeric, numeric),
+REVOKE ALL ON FUNCTION m3ter.usage_day(jsonb), m3ter.usage_value(text), m3ter.usage_rows(jsonb), m3ter.usage_query_limit(), m3ter.is_drift(numeric, numeric),
     m3ter.reconcile_accounts_per_query(), m3ter.extension_schema(), m3ter.zero_fields(text, text) FROM PUBLIC;
 
 --

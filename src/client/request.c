@@ -180,14 +180,18 @@ is_json_error(const char *body)
 	return yes;
 }
 
+static void classify(const M3terHttpResponse *resp, M3terCallResult *result, bool ingest);
+
 /*
- * Is a 2xx body m3ter's success?  Blank (a gateway's answer), or JSON that
- * does not say otherwise: m3ter's ingest answers {"result": "accepted"}, the
- * Config API its objects.  A proxy's page, plain text ("OK") or a "result"
- * other than accepted is not: m3ter did not take the rows.
+ * Is a 2xx body m3ter's success?  Blank (a gateway's answer), or one JSON
+ * object that does not say otherwise: m3ter's ingest answers {"result":
+ * "accepted"}, the Config API its objects.  A proxy's page, plain text
+ * ("OK"), an array or a bare value, JSON with more after it, or a "result"
+ * other than accepted is not: m3ter did not do what was asked.  For ingest
+ * (ingest), only {"result": "accepted"} is.
  */
 static bool
-is_success_body(const char *body)
+is_success_body(const char *body, bool ingest)
 {
 	cJSON	   *root;
 	const cJSON *result;
@@ -197,11 +201,12 @@ is_success_body(const char *body)
 		body++;
 	if (*body == '\0')
 		return true;
-	root = cJSON_Parse(body);
+	root = cJSON_ParseWithOpts(body, NULL, true);
 	if (root == NULL)
 		return false;
-	result = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "result") : NULL;
-	yes = !cJSON_IsString(result) || pg_strcasecmp(result->valuestring, "accepted") == 0;
+	result = cJSON_GetObjectItemCaseSensitive(root, "result");
+	yes = cJSON_IsObject(root) &&
+		(cJSON_IsString(result) ? pg_strcasecmp(result->valuestring, "accepted") == 0 : !ingest);
 	cJSON_Delete(root);
 	return yes;
 }
@@ -228,6 +233,19 @@ names_payload_size(const char *message)
 void
 m3ter_classify(const M3terHttpResponse *resp, M3terCallResult *result)
 {
+	classify(resp, result, false);
+}
+
+/* m3ter_classify() for an Ingest API answer, whose success is {"result": "accepted"} */
+void
+m3ter_classify_ingest(const M3terHttpResponse *resp, M3terCallResult *result)
+{
+	classify(resp, result, true);
+}
+
+static void
+classify(const M3terHttpResponse *resp, M3terCallResult *result, bool ingest)
+{
 	long		status = resp->status;
 	char	   *msg = NULL;
 
@@ -238,7 +256,7 @@ m3ter_classify(const M3terHttpResponse *resp, M3terCallResult *result)
 		result->retry_after_ms = resp->retry_after_ms;
 	result->message = NULL;
 
-	if (status >= 200 && status < 300 && is_success_body(resp->body))
+	if (status >= 200 && status < 300 && is_success_body(resp->body, ingest))
 	{
 		result->outcome = M3TER_OK;
 		return;

@@ -397,7 +397,7 @@ answered(M3terSender *s, M3terSend *send, M3terHttpResponse *resp)
 	memset(&send->result, 0, sizeof(send->result));
 	send->result.retry_after_ms = -1;
 	send->result.requests = 1;
-	m3ter_classify(resp, &send->result);
+	m3ter_classify_ingest(resp, &send->result);
 	m3ter_pace_feedback(M3TER_INGEST_API, resp->status, resp->retry_after_ms, send->started_at);
 	/* 429s that go on: the cluster's growing wait is this request's too, as a Retry-After */
 	if (resp->status == 429)

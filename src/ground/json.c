@@ -426,9 +426,30 @@ m3ter_consume_page(cJSON *page, void (*take) (const cJSON *item, void *arg), voi
 	PG_TRY();
 	{
 		const cJSON *item;
+		const cJSON *data = cJSON_GetObjectItemCaseSensitive(page, "data");
 
-		cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(page, "data"))
+		/* no list at all ({}, [], null: a proxy's answer) is not an empty one */
+		if (!cJSON_IsArray(data))
+		{
+			char	   *printed = cJSON_PrintUnformatted(page);
+			char	   *start = pnstrdup(printed ? printed : "?", 200);
+
+			if (printed != NULL)
+				cJSON_free(printed);
+			ereport(ERROR,
+					(errcode(ERRCODE_M3TER_UNEXPECTED),
+					 errmsg("m3ter answered %s with a page that has no \"data\" list", what),
+					 errdetail("The page starts with: %s", start)));
+		}
+		cJSON_ArrayForEach(item, data)
+		{
+			if (!cJSON_IsObject(item))
+				ereport(ERROR,
+						(errcode(ERRCODE_M3TER_UNEXPECTED),
+						 errmsg("m3ter answered %s with a page whose \"data\" holds something other than objects",
+								what)));
 			take(item, arg);
+		}
 		next = next_page_token(page, seen, pages, what);
 	}
 	PG_CATCH();

@@ -163,12 +163,15 @@ psql("CREATE DATABASE m3ter_users")
 psql("CREATE EXTENSION m3ter VERSION '1.2'", db="m3ter_users")
 psql("CREATE TABLE public.outbox_archive (LIKE m3ter.outbox INCLUDING ALL); "
      "CREATE TABLE public.outbox_old () INHERITS (m3ter.outbox); "
-     "CREATE VIEW public.dashboard AS SELECT pending, worker_state FROM m3ter.outbox_stats", db="m3ter_users")
+     "CREATE VIEW public.dashboard AS SELECT pending, worker_state FROM m3ter.outbox_stats; "
+     "CREATE FUNCTION public.stats() RETURNS SETOF m3ter.outbox_stats LANGUAGE sql "
+     "AS 'SELECT * FROM m3ter.outbox_stats'", db="m3ter_users")
 r = psql("\\set VERBOSITY verbose\nALTER EXTENSION m3ter UPDATE", db="m3ter_users", check=False)
 ok(r.returncode != 0 and "2BP01" in r.stderr and "view public.dashboard" in r.stderr
+   and "function stats()" in r.stderr
    and "Drop those objects, run ALTER EXTENSION m3ter UPDATE again" in r.stderr,
    "a view over m3ter.outbox_stats: the update names it and says what to do", r.stderr)
-psql("DROP VIEW public.dashboard", db="m3ter_users")
+psql("DROP VIEW public.dashboard; DROP FUNCTION public.stats()", db="m3ter_users")
 r = psql("ALTER EXTENSION m3ter UPDATE", db="m3ter_users", check=False)
 ok(r.returncode == 0, "then the update runs, with a copy of the outbox and a table inheriting it", r.stderr)
 r = psql("INSERT INTO public.outbox_archive (uid, meter, account, measure) VALUES ('a-1', 'm', 'acct', '{\"n\": 1}'); "

@@ -166,6 +166,10 @@ for body in ({"data": None}, {"data": [{"accountId": "a", "meterId": "m", "times
     r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter_reconcile(%s)" % WINDOW, check=False)
     ok(r.returncode != 0 and "M3300" in r.stderr, "an answer %s raises M3300" % json.dumps(body)[:60], r.stderr)
     standin("POST", "/_control/faults", {"clear": True})
+r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter.usage_rows('{\"data\": [{\"accountId\": \"a\", "
+         "\"timestamp\": \"2026-11-10\", \"fieldCode\": \"n\", \"value\": \"abc\"}]}')", check=False)
+ok(r.returncode != 0 and "M3300" in r.stderr and "does not read: abc" in r.stderr,
+   "a value that is not a number raises M3300", r.stderr)
 # a time in milliseconds as text is read; a row of another aggregation than SUM is not usage
 is_(psql("SELECT string_agg(day || ':' || value, ',') FROM m3ter.usage_rows('{\"data\": ["
          "{\"accountId\": \"a\", \"timestamp\": \"1794268800000\", \"fieldCode\": \"n\", \"value\": 1}, "

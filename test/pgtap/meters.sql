@@ -1,6 +1,6 @@
 -- m3ter_create_meter, m3ter_list_meters, m3ter_organization_config against the stand-in
 BEGIN;
-SELECT plan(10);
+SELECT plan(13);
 SELECT standin.reset();
 SET m3ter.max_requests_per_second = 0;
 
@@ -41,6 +41,16 @@ SELECT is((SELECT count(DISTINCT m->>'code')::int FROM m3ter_list_meters() m), 4
 SELECT is(m3ter_organization_config()->>'organizationId', current_setting('m3ter.org_id'),
           'the organization config is returned');
 SELECT is((SELECT count(*)::int FROM standin.requests() WHERE path LIKE '%/organizationconfig'), 1, 'with one request');
+
+-- a 2xx that is not m3ter's list or object: not an empty listing, not a meter created
+SELECT standin.fault('{"match": "/meters", "status": 200, "body": {}, "count": 1}');
+SELECT throws_ok('SELECT count(*) FROM m3ter_list_meters()', 'M3300', NULL,
+                 'a page with no data list raises M3300 (it read as no meters)');
+SELECT standin.fault('{"match": "/meters", "status": 200, "body": {"data": null}, "count": 1}');
+SELECT throws_ok('SELECT count(*) FROM m3ter_list_meters()', 'M3300', NULL, 'and so does {"data": null}');
+SELECT standin.fault('{"match": "/meters", "status": 200, "body": [], "count": 1}');
+SELECT throws_ok($$SELECT m3ter_create_meter('Arr', 'arr', '[{"category":"MEASURE","code":"n","name":"N"}]')$$,
+                 'M3300', NULL, 'an array for a created meter raises M3300');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -53,6 +53,8 @@ stopping_answer("400 with only a line break", "a400blank-", 400, "\r\n", "empty 
 # not take the rows, which stay pending
 stopping_answer("200 in plain text from a proxy", "a200txt-", 200, "OK", "not m3ter's JSON")
 stopping_answer("200 whose result is not accepted", "a200rej-", 200, {"result": "rejected"}, "HTTP 200")
+stopping_answer("200 with an empty JSON object", "a200obj-", 200, {}, "HTTP 200")
+stopping_answer("200 with JSON and more after it", "a200junk-", 200, '{"result": "accepted"} OK', "HTTP 200")
 
 # while stopped, one row a pass tries whether m3ter takes them again; a reload (the settings
 # fixed, or not) tries a whole request at once: rows that came meanwhile all get the reason
