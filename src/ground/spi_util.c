@@ -71,13 +71,3 @@ m3ter_has_relation(const char *relname)
 
 	return OidIsValid(nsp) && OidIsValid(get_relname_relid(relname, nsp));
 }
-
-/* Has relation relname of schema m3ter a column attname? (one added by a later version) */
-bool
-m3ter_has_column(const char *relname, const char *attname)
-{
-	Oid			nsp = get_namespace_oid("m3ter", true);
-	Oid			relid = OidIsValid(nsp) ? get_relname_relid(relname, nsp) : InvalidOid;
-
-	return OidIsValid(relid) && get_attnum(relid, attname) != InvalidAttrNumber;
-}

@@ -72,6 +72,7 @@
 #include "ground/settings.h"
 #include "ground/spi_util.h"
 #include "ground/standby.h"
+#include "ground/version.h"
 
 PG_FUNCTION_INFO_V1(m3ter_poll_events);
 
@@ -94,7 +95,6 @@ typedef struct PollStats
 	bool		busy;			/* another poll held the cursor */
 	char	   *error;			/* why the poll stopped early, or NULL */
 	/* the event whose log's download failed in a way that may last, from event_cursor */
-	bool		track_blocked;	/* event_cursor has the columns (1.3) */
 	char	   *blocked_event;	/* its id, or NULL */
 	int			blocked_polls;	/* polls in a row it failed so */
 } PollStats;
@@ -498,8 +498,6 @@ record_event(const char *id, const cJSON *event, const char *type, const char *m
  * poll ends before the event, as for a transient failure, until the same
  * event has failed so on BLOCKED_POLLS polls in a row (the URL is asked for
  * afresh at each poll); then returns the note the event is recorded with.
- * Before ALTER EXTENSION m3ter UPDATE to 1.3 there is nowhere to count the
- * polls: the note is returned at once.
  */
 static char *
 lasting_failure(const char *event_id, const char *what, PollStats *stats)
@@ -511,7 +509,7 @@ lasting_failure(const char *event_id, const char *what, PollStats *stats)
 		stats->blocked_event = pstrdup(event_id);
 		stats->blocked_polls = 1;
 	}
-	if (!stats->track_blocked || stats->blocked_polls >= BLOCKED_POLLS)
+	if (stats->blocked_polls >= BLOCKED_POLLS)
 		return stats->blocked_polls > 1 ?
 			psprintf("%s on %d polls in a row", what, stats->blocked_polls) : pstrdup(what);
 	stats->error = psprintf("%s (poll %d of %d for event %s before it is recorded unread)", what,
@@ -727,15 +725,11 @@ save_cursor(const char *token, PollStats *stats)
 	values[3] = stats->blocked_event ? CStringGetTextDatum(stats->blocked_event) : (Datum) 0;
 	nulls[3] = stats->blocked_event ? ' ' : 'n';
 	values[4] = Int32GetDatum(stats->blocked_event ? stats->blocked_polls : 0);
-	if (SPI_execute_with_args(stats->track_blocked ?
-							  "UPDATE m3ter.event_cursor SET next_token = $1, polled_at = now(), "
+	if (SPI_execute_with_args("UPDATE m3ter.event_cursor SET next_token = $1, polled_at = now(), "
 							  "events_handled = events_handled + $2, last_error = $3, "
 							  "last_error_at = CASE WHEN $3 IS NULL THEN last_error_at ELSE now() END, "
-							  "blocked_event = $4, blocked_polls = $5" :
-							  "UPDATE m3ter.event_cursor SET next_token = $1, polled_at = now(), "
-							  "events_handled = events_handled + $2, last_error = $3, "
-							  "last_error_at = CASE WHEN $3 IS NULL THEN last_error_at ELSE now() END",
-							  stats->track_blocked ? 5 : 3, types, values, nulls, false, 0) != SPI_OK_UPDATE)
+							  "blocked_event = $4, blocked_polls = $5",
+							  5, types, values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "m3ter event cursor update failed");
 }
 
@@ -823,7 +817,10 @@ poll_events(int max_retries, PollStats *stats)
 {
 	char	   *stored;
 	char	   *resume;
+	char	   *polls;
 
+	/* the worker polls only then; a call from SQL is refused with the hint, as others are */
+	m3ter_require_installed_version();
 	if (!m3ter_has_relation("event_cursor"))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -832,12 +829,8 @@ poll_events(int max_retries, PollStats *stats)
 	(void) m3ter_require_org_id();
 	m3ter_require_credentials();
 
-	stats->track_blocked = m3ter_has_column("event_cursor", "blocked_event");
-	if (SPI_execute(stats->track_blocked ?
-					"SELECT next_token, blocked_event, blocked_polls FROM m3ter.event_cursor "
-					"FOR UPDATE SKIP LOCKED" :
-					"SELECT next_token FROM m3ter.event_cursor FOR UPDATE SKIP LOCKED",
-					false, 1) != SPI_OK_SELECT)
+	if (SPI_execute("SELECT next_token, blocked_event, blocked_polls FROM m3ter.event_cursor "
+					"FOR UPDATE SKIP LOCKED", false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "m3ter event cursor query failed");
 	if (SPI_processed != 1)
 	{
@@ -846,13 +839,9 @@ poll_events(int max_retries, PollStats *stats)
 	}
 	stored = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	resume = stored;
-	if (stats->track_blocked)
-	{
-		char	   *polls = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
-
-		stats->blocked_event = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-		stats->blocked_polls = polls ? atoi(polls) : 0;
-	}
+	polls = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+	stats->blocked_event = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	stats->blocked_polls = polls ? atoi(polls) : 0;
 
 	if (read_pages(stored, false, max_retries, stats, &resume) && stored != NULL)
 		(void) read_pages(NULL, true, max_retries, stats, &resume);
