@@ -227,7 +227,7 @@ read_credentials_file(void)
 		loaded = false;
 		errno = save_errno;
 		ereport(ERROR,
-				(errcode_for_file_access(),
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
 				 errmsg("could not access m3ter credentials file \"%s\": %m", path),
 				 errhint("Set m3ter.credentials_file to a file the server's OS user can read, or to '' to use the m3ter.access_key_id and m3ter.api_secret settings.")));
 	}
@@ -251,7 +251,7 @@ read_credentials_file(void)
 	fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
 	if (fd < 0)
 		ereport(ERROR,
-				(errcode_for_file_access(),
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
 				 errmsg("could not open m3ter credentials file \"%s\": %m", path)));
 	text = palloc0(st.st_size + 1);
 	got = read(fd, text, st.st_size);
@@ -262,7 +262,7 @@ read_credentials_file(void)
 		CloseTransientFile(fd);
 		errno = save_errno;
 		ereport(ERROR,
-				(errcode_for_file_access(),
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
 				 errmsg("could not read m3ter credentials file \"%s\": %m", path)));
 	}
 	CloseTransientFile(fd);

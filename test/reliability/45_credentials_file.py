@@ -85,6 +85,15 @@ ok(r.returncode == 0, "a # comment after a value is not part of it", r.stderr)
 write(path2, "", 0o600)
 r = psql("SELECT m3ter_organization_config()", check=False)
 ok(r.returncode != 0 and "is incomplete" in r.stderr, "a file without api_secret is refused", r.stderr)
+# a file that is not there, or that the server cannot open: F0000, as the Errors table says
+os.unlink(path2)
+r = psql("\\set VERBOSITY verbose\nSELECT m3ter_organization_config()", check=False)
+ok(r.returncode != 0 and "F0000" in r.stderr and "could not access m3ter credentials file" in r.stderr,
+   "a missing credentials file: F0000", r.stderr)
+write(path2, SECRET, 0o000)
+r = psql("\\set VERBOSITY verbose\nSELECT m3ter_organization_config()", check=False)
+ok(r.returncode != 0 and "F0000" in r.stderr and "could not open m3ter credentials file" in r.stderr,
+   "a credentials file the server cannot open (mode 0000): F0000", r.stderr)
 
 # owner and mode by PostgreSQL's rule for ssl_key_file: the database user's with 0600 or
 # less, or root's with 0640 or less (a group the server is in may read it); each file
