@@ -133,16 +133,14 @@ m3ter_periodic_tasks_if_due(bool rows_due)
 
 	if (first_call == 0)
 		first_call = GetCurrentTimestamp();
-	if (interval_due(&last_poll, m3ter_events_poll_interval_s, rows_due, first_call) &&
-		m3ter_has_relation("event_cursor"))
+	if (interval_due(&last_poll, m3ter_events_poll_interval_s, rows_due, first_call))
 	{
 		run_guarded(TASK_EVENT_POLL, "event poll");
 		ran = true;
 	}
 	/* the checks of the rows about to be claimed want the catalog first */
 	if (m3ter_catalog_checks &&
-		interval_due(&last_sync, m3ter_catalog_refresh_interval_s, false, first_call) &&
-		m3ter_has_relation("catalog_state"))
+		interval_due(&last_sync, m3ter_catalog_refresh_interval_s, false, first_call))
 	{
 		run_guarded(TASK_CATALOG_SYNC, "catalog sync");
 		ran = true;
@@ -154,16 +152,14 @@ m3ter_periodic_tasks_if_due(bool rows_due)
 	 */
 	if (m3ter_catalog_checks && m3ter_unknown_accounts == M3TER_ACCOUNTS_HOLD &&
 		m3ter_catalog_rows_held() != held_at_lookup &&
-		interval_due(&last_lookup, HELD_LOOKUP_S, false, first_call) &&
-		m3ter_has_relation("catalog_state"))
+		interval_due(&last_lookup, HELD_LOOKUP_S, false, first_call))
 	{
 		held_at_lookup = m3ter_catalog_rows_held();
 		run_guarded(TASK_ACCOUNT_LOOKUP, "account lookup");
 		ran = true;
 	}
 	/* delivery waits while it runs: one usage query a second */
-	if (interval_due(&last_reconcile, m3ter_reconcile_interval_s, rows_due, first_call) &&
-		m3ter_has_relation("reconciliations"))
+	if (interval_due(&last_reconcile, m3ter_reconcile_interval_s, rows_due, first_call))
 		run_guarded(TASK_RECONCILE, "reconciliation");
 	return ran;
 }

@@ -63,11 +63,3 @@ m3ter_int8_array(const int64 *ids, int n)
 										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
 
-/* Is a relation of schema m3ter there? (the 1.1 schema may not be installed yet) */
-bool
-m3ter_has_relation(const char *relname)
-{
-	Oid			nsp = get_namespace_oid("m3ter", true);
-
-	return OidIsValid(nsp) && OidIsValid(get_relname_relid(relname, nsp));
-}

@@ -13,6 +13,5 @@
 extern SPIPlanPtr m3ter_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
 extern SPIPlanPtr m3ter_keep_generic_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
 extern Datum m3ter_int8_array(const int64 *values, int n);
-extern bool m3ter_has_relation(const char *relname);
 
 #endif							/* M3TER_SPI_UTIL_H */

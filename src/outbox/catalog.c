@@ -57,6 +57,7 @@
 #include "ground/settings.h"
 #include "ground/shmem.h"
 #include "ground/spi_util.h"
+#include "ground/version.h"
 #include "ground/standby.h"
 
 PG_FUNCTION_INFO_V1(m3ter_sync_catalog);
@@ -277,8 +278,6 @@ m3ter_catalog_prepare(void)
 	if (!m3ter_catalog_checks)
 		return;
 	count_unchecked = true;
-	if (!m3ter_has_relation("catalog_state"))
-		return;
 
 	sql = psprintf("SELECT version, "
 				   "coalesce(meters_synced_at > now() - make_interval(secs => %d), false), "
@@ -596,12 +595,6 @@ m3ter_catalog_sync(bool accounts, int max_retries, StringInfo out)
 	int64		found = 0;
 	int64		released = 0;
 
-	if (!m3ter_has_relation("catalog_state"))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the m3ter catalog needs version 1.1 of the extension"),
-				 errhint("Run ALTER EXTENSION m3ter UPDATE.")));
-
 	meters = sync_meters_retrying(max_retries);
 	if (accounts)
 		sync_accounts(max_retries, &looked_up, &found, &released);
@@ -641,8 +634,6 @@ m3ter_catalog_note_error(const char *message)
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 
-	if (!m3ter_has_relation("catalog_state"))
-		return;
 	values[0] = CStringGetTextDatum(message);
 	(void) SPI_execute_with_args("UPDATE m3ter.catalog_state SET last_error = $1, last_error_at = now()",
 								 1, types, values, NULL, false, 0);
@@ -659,6 +650,7 @@ m3ter_sync_catalog(PG_FUNCTION_ARGS)
 	Datum		result;
 
 	m3ter_require_primary("m3ter_sync_catalog()");
+	m3ter_require_installed_version();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	initStringInfo(&out);
@@ -708,6 +700,7 @@ m3ter_catalog_lookup_accounts(PG_FUNCTION_ARGS)
 	int			i;
 
 	m3ter_require_primary("m3ter.catalog_lookup_accounts()");
+	m3ter_require_installed_version();
 	deconstruct_array(array, TEXTOID, -1, false, TYPALIGN_INT, &elems, &isnull, &n);
 	codes = palloc(Max(n, 1) * sizeof(char *));
 	for (i = 0; i < n; i++)

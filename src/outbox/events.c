@@ -821,11 +821,6 @@ poll_events(int max_retries, PollStats *stats)
 
 	/* the worker polls only then; a call from SQL is refused with the hint, as others are */
 	m3ter_require_installed_version();
-	if (!m3ter_has_relation("event_cursor"))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("polling m3ter's events needs version 1.1 of the extension"),
-				 errhint("Run ALTER EXTENSION m3ter UPDATE.")));
 	(void) m3ter_require_org_id();
 	m3ter_require_credentials();
 
