@@ -4,7 +4,7 @@
  *		One request to m3ter: paced, sent, and its answer classified by
  *		whose fault it is.
  *
- * Every answer gets one outcome (m3ter_classify), used by the sender
+ * Every answer gets one outcome (m3ter_take_answer), used by the sender
  * (sender.c, for measurements), by the token's request (token.c) and by
  * m3ter_call (client.c, the Config API):
  *
@@ -183,24 +183,28 @@ is_json_error(const char *body)
 static void classify(const M3terHttpResponse *resp, M3terCallResult *result, bool ingest);
 
 /*
- * Is a 2xx body m3ter's success?  Blank (a gateway's answer), or one JSON
- * object that does not say otherwise: m3ter's ingest answers {"result":
- * "accepted"}, the Config API its objects.  A proxy's page, plain text
- * ("OK"), an array or a bare value, JSON with more after it, or a "result"
- * other than accepted is not: m3ter did not do what was asked.  For ingest
- * (ingest), only {"result": "accepted"} is.
+ * Is a 2xx body m3ter's success?  m3ter's ingest answers {"result":
+ * "accepted"} (or, from a gateway, nothing), the Config API one JSON object
+ * that does not say otherwise.  A proxy's page, plain text ("OK"), an array
+ * or a bare value, JSON with more after it, a "result" other than accepted,
+ * a body with a NUL byte in it (UTF-16, say: read as a C string, the rest
+ * would go unseen), or a blank answer to a Config API call is not: m3ter
+ * did not do what was asked.
  */
 static bool
-is_success_body(const char *body, bool ingest)
+is_success_body(const M3terHttpResponse *resp, bool ingest)
 {
+	const char *body = resp->body;
 	cJSON	   *root;
 	const cJSON *result;
 	bool		yes;
 
+	if (memchr(body, '\0', resp->body_len) != NULL)
+		return false;
 	while (*body == ' ' || *body == '\t' || *body == '\r' || *body == '\n')
 		body++;
 	if (*body == '\0')
-		return true;
+		return ingest;
 	root = cJSON_ParseWithOpts(body, NULL, true);
 	if (root == NULL)
 		return false;
@@ -229,18 +233,21 @@ names_payload_size(const char *message)
 	return yes;
 }
 
-/* Classify one HTTP answer and fill result from it (see the file header) */
+/*
+ * Take api's answer to a request sent at sent_at: classify it into result
+ * (see the file header; an Ingest API success is {"result": "accepted"}),
+ * tell the pacer, and when 429s go on, make result the cluster's wait (a
+ * 429 with what is left of it as its Retry-After: this 429 may have
+ * started it).
+ */
 void
-m3ter_classify(const M3terHttpResponse *resp, M3terCallResult *result)
+m3ter_take_answer(M3terApi api, const M3terHttpResponse *resp, TimestampTz sent_at,
+				  M3terCallResult *result)
 {
-	classify(resp, result, false);
-}
-
-/* m3ter_classify() for an Ingest API answer, whose success is {"result": "accepted"} */
-void
-m3ter_classify_ingest(const M3terHttpResponse *resp, M3terCallResult *result)
-{
-	classify(resp, result, true);
+	classify(resp, result, api == M3TER_INGEST_API);
+	m3ter_pace_feedback(api, resp->status, resp->retry_after_ms, sent_at);
+	if (resp->status == 429)
+		(void) m3ter_throttled_now(api, result);
 }
 
 static void
@@ -256,7 +263,7 @@ classify(const M3terHttpResponse *resp, M3terCallResult *result, bool ingest)
 		result->retry_after_ms = resp->retry_after_ms;
 	result->message = NULL;
 
-	if (status >= 200 && status < 300 && is_success_body(resp->body, ingest))
+	if (status >= 200 && status < 300 && is_success_body(resp, ingest))
 	{
 		result->outcome = M3TER_OK;
 		return;
@@ -271,7 +278,11 @@ classify(const M3terHttpResponse *resp, M3terCallResult *result, bool ingest)
 		return;
 	}
 
-	msg = m3ter_answer_message(resp->body);
+	if (memchr(resp->body, '\0', resp->body_len) != NULL)
+		msg = psprintf("HTTP %ld with a body that is not text (a NUL byte in its first %zu bytes)",
+					   status, strlen(resp->body) + 1);
+	else
+		msg = m3ter_answer_message(resp->body);
 	if (msg == NULL)
 		msg = psprintf("HTTP %ld with an empty body", status);
 
@@ -339,10 +350,7 @@ m3ter_send_once(M3terApi api, const char *method, const char *url, char *authori
 	}
 	PG_END_TRY();
 	result->requests++;
-	m3ter_classify(&resp, result);
-	m3ter_pace_feedback(api, resp.status, resp.retry_after_ms, sent_at);
-	if (resp.status == 429)
-		(void) m3ter_throttled_now(api, result);	/* this 429 may have started the wait */
+	m3ter_take_answer(api, &resp, sent_at, result);
 }
 
 /*

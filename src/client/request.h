@@ -36,8 +36,8 @@ typedef struct M3terCallResult
 } M3terCallResult;
 
 extern char *m3ter_api_base(M3terApi api);
-extern void m3ter_classify(const M3terHttpResponse *resp, M3terCallResult *result);
-extern void m3ter_classify_ingest(const M3terHttpResponse *resp, M3terCallResult *result);
+extern void m3ter_take_answer(M3terApi api, const M3terHttpResponse *resp, TimestampTz sent_at,
+							  M3terCallResult *result);
 extern void m3ter_send_once(M3terApi api, const char *method, const char *url,
 							char *authorization, const char *body, size_t body_len,
 							M3terCallResult *result);

@@ -390,18 +390,14 @@ answered(M3terSender *s, M3terSend *send, M3terHttpResponse *resp)
 	MemoryContext old = MemoryContextSwitchTo(send->group->cxt);
 
 	/* the answer lives as long as the send: collect() allocated it in a passing context */
-	resp->body = pstrdup(resp->body);
+	resp->body = memcpy(palloc(resp->body_len + 1), resp->body, resp->body_len + 1);
 	if (resp->transport_error != NULL)
 		resp->transport_error = pstrdup(resp->transport_error);
 	s->n_in_flight--;
 	memset(&send->result, 0, sizeof(send->result));
 	send->result.retry_after_ms = -1;
 	send->result.requests = 1;
-	m3ter_classify_ingest(resp, &send->result);
-	m3ter_pace_feedback(M3TER_INGEST_API, resp->status, resp->retry_after_ms, send->started_at);
-	/* 429s that go on: the cluster's growing wait is this request's too, as a Retry-After */
-	if (resp->status == 429)
-		(void) m3ter_throttled_now(M3TER_INGEST_API, &send->result);
+	m3ter_take_answer(M3TER_INGEST_API, resp, send->started_at, &send->result);
 	MemoryContextSwitchTo(old);
 
 	if (send->result.outcome == M3TER_FORBIDDEN && !send->refreshed)
