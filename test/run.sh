@@ -123,7 +123,7 @@ if wants nopreload; then
     pgtap_suite pgtap-nopreload
     q -c "CREATE EXTENSION m3ter" -c "CREATE EXTENSION pg_cron"
     M3TER_DATA_DIR="$M3TER_TMP/nopreload" M3TER_LOG_FILE="$M3TER_TMP/postgres-nopreload.log" \
-        tap_suite nopreload-cron prove --comments -e python3 test/nopreload/*.py
+        tap_suite nopreload-cron prove --comments --timer -e python3 test/nopreload/*.py
     as_pg "$(m3ter_pg_bindir)/pg_ctl" -D "$M3TER_TMP/nopreload" -m fast stop >/dev/null
     PGPORT=$main_port
     export PGPORT
@@ -134,11 +134,11 @@ if wants e2e || wants reliability; then
 fi
 if wants e2e; then
     log "end-to-end: outbox, worker, pg_cron"
-    tap_suite e2e prove --comments -e python3 $(suite_files e2e)
+    tap_suite e2e prove --comments --timer -e python3 $(suite_files e2e)
 fi
 if wants reliability; then
     log "reliability: faults, crashes, hostile input, secrets, load"
-    tap_suite reliability prove --comments -e python3 $(suite_files reliability)
+    tap_suite reliability prove --comments --timer -e python3 $(suite_files reliability)
     python3 test/reliability_summary.py "$M3TER_TMP/reliability.jsonl"
 fi
 
