@@ -41,6 +41,26 @@ BEGIN
                   DETAIL = 'Depending on them: ' || found || '.',
                   HINT = 'Drop those objects, run ALTER EXTENSION m3ter UPDATE again, then create them again (each gains columns at its end in 1.3).';
     END IF;
+
+    -- grants of the user's own on them go with them: named, to be given again
+    -- (given by this script they would count as the extension's, and a dump
+    -- would leave them out)
+    WITH target(kind, name, acl, owner) AS (
+        SELECT 'TABLE', c.oid::regclass::text, c.relacl, c.relowner FROM pg_class c
+         WHERE c.oid IN ('m3ter.outbox_stats'::regclass, 'm3ter.databases'::regclass)
+        UNION ALL
+        SELECT 'FUNCTION', p.oid::regprocedure::text, p.proacl, p.proowner FROM pg_proc p
+         WHERE p.oid IN ('m3ter_worker_status()'::regprocedure, 'm3ter_databases()'::regprocedure))
+    SELECT string_agg(format('GRANT %s ON %s %s TO %s%s;', a.privilege_type, t.kind, t.name,
+                             CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,
+                             CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END), ' ')
+      INTO found
+      FROM target t, aclexplode(t.acl) a
+     WHERE a.grantee <> t.owner AND a.grantee <> 'pg_monitor'::regrole;
+    IF found IS NOT NULL THEN
+        RAISE WARNING 'm3ter 1.3 makes m3ter.outbox_stats, m3ter.databases, m3ter_worker_status() and m3ter_databases() again, without the grants you gave on them'
+            USING DETAIL = 'Give them again after the update: ' || found;
+    END IF;
 END
 $$;
 
@@ -392,7 +412,7 @@ DECLARE
     n numeric;
 BEGIN
     n := v::numeric;
-    IF n = 'NaN' THEN
+    IF n = 'NaN' OR n IN ('Infinity', '-Infinity') THEN
         RAISE invalid_text_representation;
     END IF;
     RETURN n;
@@ -544,6 +564,16 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT deleted_ts_max FROM m3ter.retention_state $$;
 
+-- The first UTC midnight after the rows m3ter.retention deleted: where a
+-- reconciliation window may start (NULL when none were deleted).  In hours,
+-- not days: a day added in the session's time zone is 23 or 25 hours at a
+-- change of summer time.
+CREATE FUNCTION m3ter.reconcilable_from()
+RETURNS timestamptz
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT date_trunc('day', m3ter.deleted_through(), 'UTC') + interval '24 hours' $$;
+
 CREATE FUNCTION m3ter_reconcile(from_ts timestamptz, to_ts timestamptz, meters text[] DEFAULT NULL,
                                 only_drift boolean DEFAULT true)
 RETURNS TABLE (meter text, account text, day date, field text,
@@ -579,7 +609,7 @@ BEGIN
                   DETAIL = format('The latest ts of a deleted row is %s: m3ter''s usage of such rows would show as drift, and settling it would bill it back.',
                                   deleted),
                   HINT = format('Start the window at %s or later, or keep rows longer (m3ter.retention).',
-                                date_trunc('day', deleted, 'UTC') + interval '1 day');
+                                to_char(m3ter.reconcilable_from() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS"+00"'));
     END IF;
     IF meters IS NOT NULL AND (cardinality(meters) = 0 OR array_position(meters, NULL) IS NOT NULL) THEN
         RAISE EXCEPTION 'invalid meters for m3ter_reconcile(): %', meters
@@ -821,13 +851,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     window_end    timestamptz := date_trunc('day', now() - make_interval(secs => lag_s), 'UTC');
-    window_start  timestamptz := window_end - make_interval(days => days);
-    deleted       timestamptz := m3ter.deleted_through();
+    window_start  timestamptz := window_end - make_interval(hours => 24 * days);
 BEGIN
     -- only the days after the rows m3ter.retention deleted
-    IF window_start <= deleted THEN
-        window_start := date_trunc('day', deleted, 'UTC') + interval '1 day';
-    END IF;
+    window_start := GREATEST(window_start, m3ter.reconcilable_from());
     IF window_start >= window_end THEN
         RETURN;
     END IF;
@@ -843,7 +870,7 @@ $$;
 REVOKE ALL ON FUNCTION m3ter.reconcile_scheduled(integer, integer) FROM PUBLIC;
 
 -- the reconciliation's helpers are for its functions only
-REVOKE ALL ON FUNCTION m3ter.deleted_through() FROM PUBLIC;
+REVOKE ALL ON FUNCTION m3ter.deleted_through(), m3ter.reconcilable_from() FROM PUBLIC;
 REVOKE ALL ON FUNCTION m3ter.usage_day(jsonb), m3ter.usage_value(text), m3ter.usage_rows(jsonb), m3ter.usage_query_limit(), m3ter.is_drift(numeric, numeric),
     m3ter.reconcile_accounts_per_query(), m3ter.extension_schema(), m3ter.zero_fields(text, text) FROM PUBLIC;
 

@@ -172,11 +172,20 @@ ok(r.returncode != 0 and "2BP01" in r.stderr and "view public.dashboard" in r.st
    and "Drop those objects, run ALTER EXTENSION m3ter UPDATE again" in r.stderr,
    "a view over m3ter.outbox_stats: the update names it and says what to do", r.stderr)
 psql("DROP VIEW public.dashboard; DROP FUNCTION public.stats()", db="m3ter_users")
+# grants of the user's own on what 1.3 makes again are named, to be given again
+psql("DROP ROLE IF EXISTS \"Dash board\"; CREATE ROLE \"Dash board\"; "
+     "GRANT SELECT ON m3ter.outbox_stats TO \"Dash board\"; "
+     "GRANT EXECUTE ON FUNCTION m3ter_worker_status() TO \"Dash board\"", db="m3ter_users")
 r = psql("ALTER EXTENSION m3ter UPDATE", db="m3ter_users", check=False)
 ok(r.returncode == 0, "then the update runs, with a copy of the outbox and a table inheriting it", r.stderr)
+ok("WARNING" in r.stderr and 'GRANT SELECT ON TABLE m3ter.outbox_stats TO "Dash board";' in r.stderr
+   and 'GRANT EXECUTE ON FUNCTION m3ter_worker_status() TO "Dash board";' in r.stderr
+   and "pg_monitor" not in r.stderr,
+   "and warns of the grants it drops, with the statements that give them again", r.stderr)
 r = psql("INSERT INTO public.outbox_archive (uid, meter, account, measure) VALUES ('a-1', 'm', 'acct', '{\"n\": 1}'); "
          "INSERT INTO public.outbox_old (id, uid, meter, account, measure) VALUES (1, 'o-1', 'm', 'acct', '{\"n\": 1}')",
          db="m3ter_users", check=False)
 ok(r.returncode == 0, "and both tables take rows after it", r.stderr)
 psql("DROP DATABASE m3ter_users")
+psql("DROP ROLE \"Dash board\"")
 done()

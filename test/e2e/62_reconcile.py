@@ -170,6 +170,10 @@ r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter.usage_rows('{\"data\": [{
          "\"timestamp\": \"2026-11-10\", \"fieldCode\": \"n\", \"value\": \"abc\"}]}')", check=False)
 ok(r.returncode != 0 and "M3300" in r.stderr and "does not read: abc" in r.stderr,
    "a value that is not a number raises M3300", r.stderr)
+r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter.usage_rows('{\"data\": [{\"accountId\": \"a\", "
+         "\"timestamp\": \"2026-11-10\", \"fieldCode\": \"n\", \"value\": \"Infinity\"}]}')", check=False)
+ok(r.returncode != 0 and "M3300" in r.stderr and "does not read: Infinity" in r.stderr,
+   "an infinite value raises M3300 (its drift would not count as drift)", r.stderr)
 # a time in milliseconds as text is read; a row of another aggregation than SUM is not usage
 is_(psql("SELECT string_agg(day || ':' || value, ',') FROM m3ter.usage_rows('{\"data\": ["
          "{\"accountId\": \"a\", \"timestamp\": \"1794268800000\", \"fieldCode\": \"n\", \"value\": 1}, "
@@ -213,6 +217,15 @@ ok(r.returncode != 0 and "22023" in r.stderr and "m3ter.retention deleted" in r.
    and "Start the window at 2026-11-06 00:00:00+00 or later" in r.stderr,
    "a window over deleted rows is refused, with the first day to start at", r.stderr)
 is_(len(standin("GET", "/_control/usage")["queries"]), queries, "and nothing was asked of m3ter")
+# the first day is a UTC midnight whatever the session's time zone (a day added there may be 23 or
+# 25 hours), and the window it names is taken
+r = psql("SET TimeZone = 'America/New_York';\n\\set VERBOSITY verbose\nSELECT * FROM m3ter_reconcile(%s)"
+         % WINDOW, check=False)
+ok(r.returncode != 0 and "Start the window at 2026-11-06 00:00:00+00 or later" in r.stderr,
+   "west of UTC the hint names the same UTC midnight", r.stderr)
+r = psql("SET TimeZone = 'America/New_York'; SELECT count(*) FROM m3ter_reconcile('2026-11-06 00:00:00+00', "
+         "'2026-11-07 00:00:00+00')", check=False)
+ok(r.returncode == 0, "and a window from it is taken", r.stderr)
 runs = int(psql(count_runs))
 set_and_reload(reconcile_interval="2s", reconcile_lag="0", reconcile_days="40")
 ok(wait_until(lambda: int(psql(count_runs)) > runs, timeout=30), "the worker's runs go on")

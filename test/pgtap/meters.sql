@@ -1,6 +1,6 @@
 -- m3ter_create_meter, m3ter_list_meters, m3ter_organization_config against the stand-in
 BEGIN;
-SELECT plan(13);
+SELECT plan(14);
 SELECT standin.reset();
 SET m3ter.max_requests_per_second = 0;
 
@@ -51,6 +51,9 @@ SELECT throws_ok('SELECT count(*) FROM m3ter_list_meters()', 'M3300', NULL, 'and
 SELECT standin.fault('{"match": "/meters", "status": 200, "body": [], "count": 1}');
 SELECT throws_ok($$SELECT m3ter_create_meter('Arr', 'arr', '[{"category":"MEASURE","code":"n","name":"N"}]')$$,
                  'M3300', NULL, 'an array for a created meter raises M3300');
+SELECT standin.fault('{"match": "/meters", "status": 200, "body": " ", "count": 1}');
+SELECT throws_ok($$SELECT m3ter_create_meter('Blank', 'blank', '[{"category":"MEASURE","code":"n","name":"N"}]')$$,
+                 'M3300', NULL, 'a blank answer for a created meter raises M3300 (not M3500, nothing retried)');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -55,6 +55,15 @@ stopping_answer("200 in plain text from a proxy", "a200txt-", 200, "OK", "not m3
 stopping_answer("200 whose result is not accepted", "a200rej-", 200, {"result": "rejected"}, "HTTP 200")
 stopping_answer("200 with an empty JSON object", "a200obj-", 200, {}, "HTTP 200")
 stopping_answer("200 with JSON and more after it", "a200junk-", 200, '{"result": "accepted"} OK', "HTTP 200")
+# UTF-16 starts with a NUL byte: read as a C string, the body would be blank (a gateway's success)
+UTF16 = '{"result": "accepted"}'.encode("utf-16-be").decode("latin-1")
+stopping_answer("200 in UTF-16 (a NUL byte first)", "a200nul-", 200, UTF16, "a NUL byte")
+standin("POST", "/_control/faults", {"faults": [fault(status=200, body=UTF16, count=1)], "clear": True})
+r = psql("\\set VERBOSITY verbose\nSELECT m3ter_submit('{\"meter\": \"m\", \"account\": \"a\", "
+         "\"ts\": \"2026-01-02T03:04:05Z\"}')", check=False)
+ok(r.returncode != 0 and "M3300" in r.stderr and "NUL byte" in r.stderr,
+   "m3ter_submit() with that answer raises M3300, not accepted", r.stdout + r.stderr)
+standin("POST", "/_control/faults", {"clear": True})
 
 # while stopped, one row a pass tries whether m3ter takes them again; a reload (the settings
 # fixed, or not) tries a whole request at once: rows that came meanwhile all get the reason
