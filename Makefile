@@ -12,6 +12,7 @@ OBJS = \
 	src/entry/launcher.o \
 	src/entry/meter.o \
 	src/entry/outbox_check.o \
+	src/entry/outbox_deletes.o \
 	src/entry/periodic.o \
 	src/entry/submit.o \
 	src/entry/usage.o \

@@ -544,19 +544,71 @@ AS $$
      WHERE e.extname = 'm3ter'
 $$;
 
--- Compare m3ter's usage totals with this database's accepted rows
--- What m3ter.retention deleted (1.3): the latest ts of a row it deleted.  A
--- reconciliation window must start after it: m3ter's usage of the deleted
--- rows would show as drift, and settling it would bill it back.  One row,
--- written by the retention's deletes; pg_dump keeps it, as it keeps the rows.
+-- Accepted rows deleted (1.3): the latest ts of an accepted row that left the
+-- outbox (m3ter.retention, a DELETE, a TRUNCATE).  A reconciliation window
+-- must start after it: m3ter's usage of the deleted rows would show as
+-- drift, and settling it would bill it back.  One row, written by the
+-- outbox's delete triggers; pg_dump keeps it, as it keeps the rows.
 CREATE TABLE m3ter.retention_state (
     only_row       boolean PRIMARY KEY DEFAULT true CHECK (only_row),
     deleted_ts_max timestamptz NOT NULL
 );
 
 COMMENT ON TABLE m3ter.retention_state IS
-    'The latest ts of an outbox row that m3ter.retention deleted: reconciliation windows start after it.';
+    'The latest ts of an accepted outbox row deleted (m3ter.retention, a DELETE, a TRUNCATE): reconciliation windows start after it.';
 SELECT pg_catalog.pg_extension_config_dump('m3ter.retention_state', '');
+
+-- A row trigger keeps the latest ts of the accepted rows a statement deletes
+-- in memory (outbox_deletes.c), the statement's trigger writes it once; a
+-- TRUNCATE's trigger reads the rows before they go
+CREATE FUNCTION m3ter.outbox_note_deleted()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'm3ter_outbox_note_deleted'
+LANGUAGE C;
+
+CREATE FUNCTION m3ter.deleted_ts_max()
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'm3ter_deleted_ts_max'
+LANGUAGE C VOLATILE;
+
+CREATE FUNCTION m3ter.outbox_record_deleted()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    latest timestamptz;
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        SELECT max(ts) INTO latest FROM m3ter.outbox WHERE status = 'accepted';
+    ELSE
+        latest := m3ter.deleted_ts_max();
+    END IF;
+    IF latest IS NOT NULL THEN
+        INSERT INTO m3ter.retention_state AS r (deleted_ts_max) VALUES (latest)
+        ON CONFLICT (only_row) DO UPDATE SET deleted_ts_max = GREATEST(r.deleted_ts_max, excluded.deleted_ts_max);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER outbox_note_deleted
+    BEFORE DELETE ON m3ter.outbox
+    FOR EACH ROW
+    WHEN (OLD.status = 'accepted')
+    EXECUTE FUNCTION m3ter.outbox_note_deleted();
+
+CREATE TRIGGER outbox_deleted
+    AFTER DELETE ON m3ter.outbox
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION m3ter.outbox_record_deleted();
+
+CREATE TRIGGER outbox_truncating
+    BEFORE TRUNCATE ON m3ter.outbox
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION m3ter.outbox_record_deleted();
+
+REVOKE ALL ON FUNCTION m3ter.deleted_ts_max(), m3ter.outbox_record_deleted() FROM PUBLIC;
 
 CREATE FUNCTION m3ter.deleted_through()
 RETURNS timestamptz
@@ -564,7 +616,7 @@ LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$ SELECT deleted_ts_max FROM m3ter.retention_state $$;
 
--- The first UTC midnight after the rows m3ter.retention deleted: where a
+-- The first UTC midnight after the accepted rows deleted: where a
 -- reconciliation window may start (NULL when none were deleted).  In hours,
 -- not days: a day added in the session's time zone is 23 or 25 hours at a
 -- change of summer time.
@@ -604,9 +656,9 @@ BEGIN
                   DETAIL = 'm3ter takes timestamps from year 1 to year 9999.';
     END IF;
     IF from_ts <= deleted THEN
-        RAISE EXCEPTION 'the window of m3ter_reconcile() starts before rows that m3ter.retention deleted'
+        RAISE EXCEPTION 'the window of m3ter_reconcile() starts before accepted rows deleted from the outbox'
             USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = format('The latest ts of a deleted row is %s: m3ter''s usage of such rows would show as drift, and settling it would bill it back.',
+                  DETAIL = format('The latest ts of a deleted row (m3ter.retention, a DELETE or a TRUNCATE) is %s: m3ter''s usage of such rows would show as drift, and settling it would bill it back.',
                                   deleted),
                   HINT = format('Start the window at %s or later, or keep rows longer (m3ter.retention).',
                                 to_char(m3ter.reconcilable_from() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS"+00"'));
@@ -853,7 +905,7 @@ DECLARE
     window_end    timestamptz := date_trunc('day', now() - make_interval(secs => lag_s), 'UTC');
     window_start  timestamptz := window_end - make_interval(hours => 24 * days);
 BEGIN
-    -- only the days after the rows m3ter.retention deleted
+    -- only the days after the accepted rows deleted
     window_start := GREATEST(window_start, m3ter.reconcilable_from());
     IF window_start >= window_end THEN
         RETURN;

@@ -39,7 +39,7 @@ def main():
     standin("POST", "/_control/config", {"fast": False})
     settings(worker_enabled="off", max_requests_per_second="0", max_requests_per_5min="0")
     time.sleep(0.3)
-    psql("TRUNCATE m3ter.outbox; DELETE FROM m3ter.reconciliations; DELETE FROM m3ter.catalog_meters; "
+    psql("TRUNCATE m3ter.outbox; DELETE FROM m3ter.retention_state; DELETE FROM m3ter.reconciliations; DELETE FROM m3ter.catalog_meters; "
          "DELETE FROM m3ter.catalog_accounts")
     for k in range(METERS):
         psql("SELECT m3ter_create_meter('rc%d', 'rc%d', "

@@ -514,9 +514,8 @@ m3ter_outbox_next_due(void)
  * 10,000 rows at a time from where the last call stopped (no index knows
  * which rows are accepted).  Returns true while older rows follow; after
  * the last of them the next call starts over from the first row, so rows
- * accepted late (after retries) are found on the next pass.  The latest
- * ts deleted is kept in m3ter.retention_state: reconciliation windows
- * start after it.
+ * accepted late (after retries) are found on the next pass.  The outbox's
+ * delete triggers keep the latest ts deleted (outbox_deletes.c).
  */
 bool
 m3ter_outbox_delete_expired(int retention_s)
@@ -541,12 +540,7 @@ m3ter_outbox_delete_expired(int retention_s)
 								   " DELETE FROM m3ter.outbox o USING chunk c"
 								   "  WHERE o.id = c.id AND o.status = 'accepted'"
 								   "    AND o.accepted_at < pg_catalog.now() - pg_catalog.make_interval(secs => $1)"
-								   " RETURNING o.id, o.ts), "
-								   "noted AS ("
-								   " INSERT INTO m3ter.retention_state AS r (deleted_ts_max)"
-								   " SELECT max(ts) FROM gone HAVING max(ts) IS NOT NULL"
-								   " ON CONFLICT (only_row) DO UPDATE"
-								   " SET deleted_ts_max = GREATEST(r.deleted_ts_max, excluded.deleted_ts_max)) "
+								   " RETURNING o.id) "
 								   "SELECT (SELECT count(*) FROM chunk), (SELECT max(id) FROM chunk WHERE old),"
 								   "       (SELECT coalesce(bool_and(old), false) FROM chunk), (SELECT count(*) FROM gone)",
 								   2, types),

@@ -121,7 +121,24 @@ ok(r.returncode == 0 and r.stdout.strip() == "rc_ghost|0|-5" and "unknown to m3t
    "a meter m3ter does not know: drift, m3ter_value 0, a notice", r.stdout + r.stderr)
 is_(psql("SELECT note FROM m3ter.reconciliation_drift WHERE meter = 'rc_ghost'"),
     "m3ter has no meter with this code", "the drift row notes why")
+
+# an accepted row deleted by the user marks its day as the retention's deletes do: m3ter's usage of
+# it would show as drift, and settling would bill it back; a delete that fails (rolled back to a
+# savepoint) marks nothing, nor does a delete of rows that are not accepted
+r = psql("\\set ON_ERROR_STOP 0\nBEGIN; SAVEPOINT s; "
+         "WITH d AS (DELETE FROM m3ter.outbox WHERE status = 'accepted' RETURNING 1) "
+         "SELECT 1 / (n - n) FROM (SELECT count(*) AS n FROM d) c; "
+         "ROLLBACK TO s; DELETE FROM m3ter.outbox WHERE status = 'failed'; COMMIT", check=False)
+ok("division by zero" in r.stderr, "a delete of every accepted row that fails after its rows", r.stderr)
+is_(psql("SELECT count(*) FROM m3ter.retention_state"), "0", "marks nothing")
 psql("DELETE FROM m3ter.outbox WHERE uid = 'rc-ghost'")
+is_(psql("SELECT deleted_ts_max FROM m3ter.retention_state"), "2026-11-02 00:00:00+00",
+    "a DELETE of an accepted row keeps its ts")
+r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter_reconcile(%s)" % WINDOW, check=False)
+ok(r.returncode != 0 and "22023" in r.stderr and "deleted from the outbox" in r.stderr
+   and "Start the window at 2026-11-03 00:00:00+00 or later" in r.stderr,
+   "and a window over it is refused", r.stderr)
+psql("DELETE FROM m3ter.retention_state")   # (as docs/accepted.md says: m3ter never had this meter)
 
 # answers cut at 50 items: the queries split, nothing is cut, one a second
 standin("POST", "/_control/usage", {"limit": 50})
@@ -203,6 +220,16 @@ ok(wait_until(lambda: psql("SELECT error FROM m3ter.reconciliations ORDER BY id 
 standin("POST", "/_control/faults", {"clear": True})
 set_and_reload(reconcile_interval=None, reconcile_lag=None, reconcile_days=None)
 
+# a TRUNCATE marks the latest ts of the accepted rows it empties
+psql("INSERT INTO m3ter.outbox (meter, account, ts, measure) VALUES ('rc_calls', 'rc-acct-1', '2026-11-20Z', '{\"n\": 1}')")
+ok(wait_until(lambda: psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'pending'") == "0", timeout=30),
+   "a row dated 2026-11-20 is delivered")
+psql("BEGIN; CREATE TEMP TABLE keep AS SELECT * FROM m3ter.outbox; TRUNCATE m3ter.outbox; "
+     "INSERT INTO m3ter.outbox OVERRIDING SYSTEM VALUE SELECT * FROM keep; COMMIT")
+is_(psql("SELECT deleted_ts_max FROM m3ter.retention_state"), "2026-11-20 00:00:00+00",
+    "a TRUNCATE keeps the latest ts of its accepted rows")
+psql("DELETE FROM m3ter.outbox WHERE ts = '2026-11-20Z'; DELETE FROM m3ter.retention_state")
+
 # rows m3ter.retention deleted are not reconciled: their usage at m3ter would show as drift,
 # and settling it would bill it back
 latest = psql("SELECT max(ts) FROM m3ter.outbox WHERE status = 'accepted'")
@@ -213,7 +240,7 @@ deleted = psql("SELECT deleted_ts_max FROM m3ter.retention_state")
 is_(deleted, latest, "the latest ts deleted is kept")
 queries = len(standin("GET", "/_control/usage")["queries"])
 r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter_reconcile(%s)" % WINDOW, check=False)
-ok(r.returncode != 0 and "22023" in r.stderr and "m3ter.retention deleted" in r.stderr
+ok(r.returncode != 0 and "22023" in r.stderr and "deleted from the outbox" in r.stderr
    and "Start the window at 2026-11-06 00:00:00+00 or later" in r.stderr,
    "a window over deleted rows is refused, with the first day to start at", r.stderr)
 is_(len(standin("GET", "/_control/usage")["queries"]), queries, "and nothing was asked of m3ter")
