@@ -319,6 +319,9 @@ static const char backlog_count_sql[] =
 "SELECT count(*), min(created_at), count(*) FILTER (WHERE next_attempt_at > created_at), "
 "       min(created_at) FILTER (WHERE next_attempt_at > created_at) "
 "  FROM m3ter.outbox_pending";
+/* The same for an older SQL version (its rows wait for ALTER EXTENSION UPDATE): every version has these columns */
+static const char backlog_count_older_sql[] =
+"SELECT count(*), min(created_at), 0::bigint, NULL::timestamptz FROM m3ter.outbox WHERE status = 'pending'";
 static const char backlog_estimate_sql[] =
 "SELECT GREATEST(coalesce((SELECT max(o.id) FROM m3ter.outbox o), 0) - s.frontier, 0), "
 "       (SELECT o.created_at FROM m3ter.outbox o WHERE o.id > s.frontier ORDER BY o.id LIMIT 1) "
@@ -372,7 +375,9 @@ worker_check_database(M3terBacklogCount count)
 			 */
 			(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_LOCAL,
 									 true, 0, false);
-			if (SPI_execute(delivering ? backlog_estimate_sql : backlog_count_sql, true, 0) == SPI_OK_SELECT &&
+			if (SPI_execute(delivering ? backlog_estimate_sql :
+							m3ter_installed_version_state(NULL) == M3TER_VERSION_OK ? backlog_count_sql :
+							backlog_count_older_sql, true, 0) == SPI_OK_SELECT &&
 				SPI_processed == 1)
 			{
 				HeapTuple	row = SPI_tuptable->vals[0];

@@ -95,6 +95,9 @@ is_(psql("SELECT severity || ': ' || detail FROM m3ter_health() WHERE finding = 
 last_error = psql("SELECT last_error FROM m3ter.databases WHERE datname = 'postgres'", db="m3ter_fresh")
 ok(re.search(r"older than its library .*run ALTER EXTENSION m3ter UPDATE", last_error),
    "last_error says why its rows wait", last_error)
+pending_sql = "SELECT pending FROM m3ter.databases WHERE datname = 'postgres'"
+ok(wait_until(lambda: psql(pending_sql, db="m3ter_fresh") == "3000", timeout=20),
+   "and m3ter.databases counts the 3,000 rows that wait", psql(pending_sql, db="m3ter_fresh"))
 psql("ALTER EXTENSION m3ter UPDATE")
 is_(scalar("SELECT extversion FROM pg_extension WHERE extname = 'm3ter'"), "1.3", "ALTER EXTENSION m3ter UPDATE to 1.3")
 is_(psql("SELECT count(*) || ':' || min(id) || ':' || max(id) FROM m3ter.outbox"), before,
