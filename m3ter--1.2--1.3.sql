@@ -45,18 +45,32 @@ BEGIN
     -- grants of the user's own on them go with them: named, to be given again
     -- (given by this script they would count as the extension's, and a dump
     -- would leave them out)
-    WITH target(kind, name, acl, owner) AS (
-        SELECT 'TABLE', c.oid::regclass::text, c.relacl, c.relowner FROM pg_class c
+    WITH target(classid, objid, subid, defaults, privileges, kind, name, acl, owner) AS (
+        SELECT 'pg_class'::regclass, c.oid, 0, 'r'::"char", '', 'TABLE', format('%I.%I', n.nspname, c.relname), c.relacl, c.relowner
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.oid IN ('m3ter.outbox_stats'::regclass, 'm3ter.databases'::regclass)
         UNION ALL
-        SELECT 'FUNCTION', p.oid::regprocedure::text, p.proacl, p.proowner FROM pg_proc p
+        SELECT 'pg_class'::regclass, c.oid, a.attnum, 'c', format(' (%I)', a.attname), 'TABLE',
+               format('%I.%I', n.nspname, c.relname), a.attacl, c.relowner
+          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid IN ('m3ter.outbox_stats'::regclass, 'm3ter.databases'::regclass) AND a.attacl IS NOT NULL
+        UNION ALL
+        SELECT 'pg_proc'::regclass, p.oid, 0, 'f', '', 'FUNCTION',
+               format('%I.%I(%s)', n.nspname, p.proname, oidvectortypes(p.proargtypes)), p.proacl, p.proowner
+          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
          WHERE p.oid IN ('m3ter_worker_status()'::regprocedure, 'm3ter_databases()'::regprocedure))
-    SELECT string_agg(format('GRANT %s ON %s %s TO %s%s;', a.privilege_type, t.kind, t.name,
+    SELECT string_agg(format('GRANT %s%s ON %s %s TO %s%s;', a.privilege_type, t.privileges, t.kind, t.name,
                              CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,
                              CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END), ' ')
       INTO found
       FROM target t, aclexplode(t.acl) a
-     WHERE a.grantee <> t.owner AND a.grantee <> 'pg_monitor'::regrole;
+     WHERE a.grantee <> t.owner
+       -- (not those the extension gave, which PostgreSQL keeps apart, or the defaults)
+       AND NOT EXISTS (SELECT FROM aclexplode(coalesce((SELECT i.initprivs FROM pg_init_privs i
+                                                         WHERE i.classoid = t.classid AND i.objoid = t.objid
+                                                           AND i.objsubid = t.subid),
+                                                        acldefault(t.defaults, t.owner))) b
+                        WHERE b.grantee = a.grantee AND b.privilege_type = a.privilege_type);
     IF found IS NOT NULL THEN
         RAISE WARNING 'm3ter 1.3 makes m3ter.outbox_stats, m3ter.databases, m3ter_worker_status() and m3ter_databases() again, without the grants you gave on them'
             USING DETAIL = 'Give them again after the update: ' || found;
@@ -571,6 +585,16 @@ RETURNS timestamptz
 AS 'MODULE_PATHNAME', 'm3ter_deleted_ts_max'
 LANGUAGE C VOLATILE;
 
+-- Move the mark to latest if that is later (NULL: nothing deleted)
+CREATE FUNCTION m3ter.mark_deleted(latest timestamptz)
+RETURNS void
+LANGUAGE sql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO m3ter.retention_state AS r (deleted_ts_max) SELECT latest WHERE latest IS NOT NULL
+    ON CONFLICT (only_row) DO UPDATE SET deleted_ts_max = GREATEST(r.deleted_ts_max, excluded.deleted_ts_max)
+$$;
+
 CREATE FUNCTION m3ter.outbox_record_deleted()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -584,10 +608,7 @@ BEGIN
     ELSE
         latest := m3ter.deleted_ts_max();
     END IF;
-    IF latest IS NOT NULL THEN
-        INSERT INTO m3ter.retention_state AS r (deleted_ts_max) VALUES (latest)
-        ON CONFLICT (only_row) DO UPDATE SET deleted_ts_max = GREATEST(r.deleted_ts_max, excluded.deleted_ts_max);
-    END IF;
+    PERFORM m3ter.mark_deleted(latest);
     RETURN NULL;
 END
 $$;
@@ -608,7 +629,38 @@ CREATE TRIGGER outbox_truncating
     FOR EACH STATEMENT
     EXECUTE FUNCTION m3ter.outbox_record_deleted();
 
-REVOKE ALL ON FUNCTION m3ter.deleted_ts_max(), m3ter.outbox_record_deleted() FROM PUBLIC;
+-- a subscriber's outbox (blue/green: a copy of the publisher's) marks what
+-- the publisher deletes as well, or reconciling it there would see drift
+ALTER TABLE m3ter.outbox ENABLE ALWAYS TRIGGER outbox_note_deleted,
+                         ENABLE ALWAYS TRIGGER outbox_deleted,
+                         ENABLE ALWAYS TRIGGER outbox_truncating;
+
+REVOKE ALL ON FUNCTION m3ter.deleted_ts_max(), m3ter.mark_deleted(timestamptz), m3ter.outbox_record_deleted()
+    FROM PUBLIC;
+
+-- What was deleted before 1.3 is not known row by row.  When rows are
+-- missing (the sequence gave more ids than the outbox holds), the mark
+-- starts where m3ter.retention reached: it deleted rows accepted before
+-- then, whose ts are earlier still.  Rows of the user's deleted before 1.3
+-- are not known; m3ter.retention = -1 (rows kept) marks nothing.
+DO $$
+DECLARE
+    kept interval;
+BEGIN
+    IF (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM m3ter.outbox_id_seq)
+       <= (SELECT count(*) FROM m3ter.outbox) THEN
+        RETURN;
+    END IF;
+    BEGIN
+        kept := coalesce(nullif(current_setting('m3ter.retention', true), ''), '7d')::interval;
+    EXCEPTION WHEN data_exception THEN
+        kept := interval '7 days';
+    END;
+    IF kept >= interval '0' THEN
+        PERFORM m3ter.mark_deleted(now() - kept);
+    END IF;
+END
+$$;
 
 CREATE FUNCTION m3ter.deleted_through()
 RETURNS timestamptz

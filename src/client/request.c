@@ -432,10 +432,12 @@ m3ter_raise_call_error(const M3terCallResult *result, const char *what)
 				 errmsg("%s failed: m3ter refused the credentials (HTTP %ld)", what, result->status),
 				 errdetail("m3ter said: %s", result->message ? result->message : ""),
 				 errhint("%s", hint)));
-	else
+	else						/* an answer not m3ter's: the message says what it was */
 		ereport(ERROR,
 				(errcode(code),
 				 errmsg("%s failed with HTTP status %ld", what, result->status),
+				 result->outcome == M3TER_UNEXPECTED ?
+				 errdetail("%s", result->message ? result->message : "") :
 				 errdetail("m3ter said: %s", result->message ? result->message : ""),
 				 errhint("%s", hint)));
 }

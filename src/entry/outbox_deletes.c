@@ -12,9 +12,13 @@
  * m3ter.outbox_note_deleted() is a BEFORE DELETE row trigger (WHEN the row
  * is accepted) that only keeps the latest ts in memory, with no query per
  * row; m3ter.deleted_ts_max() hands it to the statement's AFTER DELETE
- * trigger, which writes it once.  A statement that fails (or whose
- * subtransaction rolls back) never gets there: the value is forgotten at
- * the abort.  A TRUNCATE reads its rows before they go, in SQL.
+ * trigger, which writes it once.  What a subtransaction noted is forgotten
+ * when it rolls back (its deletes are undone), and only then: an
+ * exception block inside the statement (a function in its RETURNING, a
+ * trigger of the user's) rolls back a subtransaction of its own.  A
+ * TRUNCATE reads its rows before they go, in SQL.  A subscription's apply
+ * (blue/green: the outbox a copy of the publisher's) fires no statement
+ * trigger: there each row is written at once.
  *
  *-------------------------------------------------------------------------
  */
@@ -23,29 +27,70 @@
 #include "access/xact.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "replication/logicalworker.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(m3ter_outbox_note_deleted);
 PG_FUNCTION_INFO_V1(m3ter_deleted_ts_max);
 
-/* The latest ts of an accepted row deleted since the last statement trigger */
-static bool noted = false;
-static TimestampTz noted_ts_max = 0;
+/*
+ * The latest ts noted in each subtransaction since the last statement
+ * trigger, innermost last.  Deeper nesting than this is kept in the last
+ * entry: a rollback of the inner one then keeps its ts, which only refuses
+ * a window more than needed.
+ */
+#define MAX_NOTED_LEVELS 16
+
+typedef struct Noted
+{
+	SubTransactionId subid;
+	TimestampTz ts_max;
+} Noted;
+
+static Noted noted[MAX_NOTED_LEVELS];
+static int	n_noted = 0;
 static bool callbacks_registered = false;
 
 static void
 forget_on_abort(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
-		noted = false;
+		n_noted = 0;
 }
 
+/*
+ * A subtransaction that rolls back, and the ones inside it, began no
+ * earlier than it: what they noted goes
+ */
 static void
 forget_on_subabort(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid, void *arg)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
-		noted = false;
+		while (n_noted > 0 && noted[n_noted - 1].subid >= mySubid)
+			n_noted--;
+}
+
+static void
+note(TimestampTz ts)
+{
+	SubTransactionId subid = GetCurrentSubTransactionId();
+
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(forget_on_abort, NULL);
+		RegisterSubXactCallback(forget_on_subabort, NULL);
+		callbacks_registered = true;
+	}
+	if (n_noted > 0 && (noted[n_noted - 1].subid == subid || n_noted == MAX_NOTED_LEVELS))
+	{
+		noted[n_noted - 1].ts_max = Max(noted[n_noted - 1].ts_max, ts);
+		return;
+	}
+	noted[n_noted].subid = subid;
+	noted[n_noted].ts_max = ts;
+	n_noted++;
 }
 
 /* BEFORE DELETE FOR EACH ROW WHEN (OLD.status = 'accepted'): note the row's ts */
@@ -66,17 +111,19 @@ m3ter_outbox_note_deleted(PG_FUNCTION_ARGS)
 	if (attnum <= 0)
 		elog(ERROR, "m3ter.outbox has no column ts");
 	ts = heap_getattr(row, attnum, trigdata->tg_relation->rd_att, &isnull);
-	if (!isnull && (!noted || DatumGetTimestampTz(ts) > noted_ts_max))
+	if (isnull)
+		return PointerGetDatum(row);
+	if (IsLogicalWorker())
 	{
-		if (!callbacks_registered)
-		{
-			RegisterXactCallback(forget_on_abort, NULL);
-			RegisterSubXactCallback(forget_on_subabort, NULL);
-			callbacks_registered = true;
-		}
-		noted_ts_max = DatumGetTimestampTz(ts);
-		noted = true;
+		Oid			types[1] = {TIMESTAMPTZOID};
+
+		if (SPI_connect() != SPI_OK_CONNECT ||
+			SPI_execute_with_args("SELECT m3ter.mark_deleted($1)", 1, types, &ts, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "m3ter could not mark a deleted row");
+		SPI_finish();
 	}
+	else
+		note(DatumGetTimestampTz(ts));
 	return PointerGetDatum(row);
 }
 
@@ -87,8 +134,14 @@ m3ter_outbox_note_deleted(PG_FUNCTION_ARGS)
 Datum
 m3ter_deleted_ts_max(PG_FUNCTION_ARGS)
 {
-	if (!noted)
+	TimestampTz latest;
+	int			i;
+
+	if (n_noted == 0)
 		PG_RETURN_NULL();
-	noted = false;
-	PG_RETURN_TIMESTAMPTZ(noted_ts_max);
+	latest = noted[0].ts_max;
+	for (i = 1; i < n_noted; i++)
+		latest = Max(latest, noted[i].ts_max);
+	n_noted = 0;
+	PG_RETURN_TIMESTAMPTZ(latest);
 }

@@ -30,6 +30,8 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include <cjson/cJSON.h>
 
 #include "catalog/namespace.h"
@@ -462,13 +464,36 @@ m3ter_consume_page(cJSON *page, void (*take) (const cJSON *item, void *arg), voi
 	return next;
 }
 
+/* Does a tree hold a number that is not finite? */
+static bool
+has_infinite_number(const cJSON *item)
+{
+	const cJSON *child;
+
+	if (cJSON_IsNumber(item))
+		return isinf(item->valuedouble) || isnan(item->valuedouble);
+	cJSON_ArrayForEach(child, item)
+	{
+		if (has_infinite_number(child))
+			return true;
+	}
+	return false;
+}
+
 /* A cJSON value (strings in the database encoding) as jsonb */
 Datum
 m3ter_cjson_to_jsonb(const cJSON *item)
 {
-	char	   *volatile text = cJSON_PrintUnformatted(item);
-	Datum		result = (Datum) 0;
+	char	   *volatile text;
+	volatile Datum result = (Datum) 0;
 
+	/* cJSON reads a number beyond a double's range as infinite and prints it as null */
+	if (has_infinite_number(item))
+		ereport(ERROR,
+				(errcode(ERRCODE_M3TER_UNEXPECTED),
+				 errmsg("m3ter answered with a number beyond the range of a double precision number"),
+				 errhint("Nothing was read from the answer.")));
+	text = cJSON_PrintUnformatted(item);
 	if (text == NULL)
 		elog(ERROR, "could not print a JSON value");
 	PG_TRY();

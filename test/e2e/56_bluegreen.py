@@ -52,6 +52,13 @@ r = green.psql("\\set VERBOSITY verbose\nSELECT m3ter_flush()", check=False)
 ok(r.returncode != 0 and "55000" in r.stderr and "m3ter_outbox_sub" in r.stderr,
    "m3ter_flush() on green refuses, naming the subscription", r.stderr)
 ok("m3ter delivery paused" in green.log_text(), "green's log says delivery is paused")
+# accepted rows blue deletes are marked on green too: reconciling green after the cutover would
+# see m3ter's usage of them as drift
+blue.psql("DELETE FROM m3ter.outbox WHERE uid = 'blue-1'")
+latest = blue.psql("SELECT m3ter.deleted_through()")
+ok(latest != "" and wait_until(lambda: green.psql("SELECT m3ter.deleted_through()") == latest, timeout=30),
+   "an accepted row blue deletes marks its ts on green as well (%s)" % latest,
+   green.psql("SELECT m3ter.deleted_through()"))
 
 # rows blue has not delivered yet at the cutover: green sends them
 blue.psql("ALTER SYSTEM SET m3ter.worker_enabled = off; SELECT pg_reload_conf()")

@@ -164,6 +164,9 @@ is_(scalar("SELECT count(*) FROM m3ter.outbox WHERE next_attempt_at > created_at
 psql("DROP DATABASE IF EXISTS m3ter_users")
 psql("CREATE DATABASE m3ter_users")
 psql("CREATE EXTENSION m3ter VERSION '1.2'", db="m3ter_users")
+# (a row deleted under 1.2: the update cannot know its ts)
+psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) VALUES ('gone-1', 'm', 'acct', '{\"n\": 1}'); "
+     "DELETE FROM m3ter.outbox", db="m3ter_users")
 psql("CREATE TABLE public.outbox_archive (LIKE m3ter.outbox INCLUDING ALL); "
      "CREATE TABLE public.outbox_old () INHERITS (m3ter.outbox); "
      "CREATE VIEW public.dashboard AS SELECT pending, worker_state FROM m3ter.outbox_stats; "
@@ -178,13 +181,20 @@ psql("DROP VIEW public.dashboard; DROP FUNCTION public.stats()", db="m3ter_users
 # grants of the user's own on what 1.3 makes again are named, to be given again
 psql("DROP ROLE IF EXISTS \"Dash board\"; CREATE ROLE \"Dash board\"; "
      "GRANT SELECT ON m3ter.outbox_stats TO \"Dash board\"; "
-     "GRANT EXECUTE ON FUNCTION m3ter_worker_status() TO \"Dash board\"", db="m3ter_users")
+     "GRANT EXECUTE ON FUNCTION m3ter_worker_status() TO \"Dash board\"; "
+     "GRANT SELECT (pending) ON m3ter.databases TO \"Dash board\"", db="m3ter_users")
 r = psql("ALTER EXTENSION m3ter UPDATE", db="m3ter_users", check=False)
 ok(r.returncode == 0, "then the update runs, with a copy of the outbox and a table inheriting it", r.stderr)
 ok("WARNING" in r.stderr and 'GRANT SELECT ON TABLE m3ter.outbox_stats TO "Dash board";' in r.stderr
-   and 'GRANT EXECUTE ON FUNCTION m3ter_worker_status() TO "Dash board";' in r.stderr
+   and 'GRANT EXECUTE ON FUNCTION public.m3ter_worker_status() TO "Dash board";' in r.stderr
+   and "PUBLIC" not in r.stderr
+   and 'GRANT SELECT (pending) ON TABLE m3ter.databases TO "Dash board";' in r.stderr
    and "pg_monitor" not in r.stderr,
    "and warns of the grants it drops, with the statements that give them again", r.stderr)
+mark = psql("SELECT (now() - m3ter.deleted_through() BETWEEN interval '7 days' "
+            "AND interval '7 days' + interval '5 minutes') || ' ' || coalesce(m3ter.deleted_through()::text, 'none')", db="m3ter_users")
+ok(mark.startswith("true "), "rows deleted before 1.3: reconciliation starts where m3ter.retention (7 days) "
+   "reached", mark)
 r = psql("INSERT INTO public.outbox_archive (uid, meter, account, measure) VALUES ('a-1', 'm', 'acct', '{\"n\": 1}'); "
          "INSERT INTO public.outbox_old (id, uid, meter, account, measure) VALUES (1, 'o-1', 'm', 'acct', '{\"n\": 1}')",
          db="m3ter_users", check=False)
