@@ -323,6 +323,36 @@ convert_tree_or_free(cJSON *root)
 }
 
 /*
+ * cJSON ends a string at an escaped NUL (\u0000), and the rest of a message
+ * is lost: such escapes become U+FFFD (\ufffd, as long) in a palloc'd copy.
+ * Returns text itself when it holds none.
+ */
+const char *
+m3ter_without_nul_escapes(const char *text)
+{
+	char	   *copy;
+	char	   *p;
+
+	if (strstr(text, "\\u0000") == NULL)
+		return text;
+	copy = pstrdup(text);
+	for (p = copy; (p = strstr(p, "\\u0000")) != NULL; p += 6)
+	{
+		const char *q = p;
+		int			backslashes = 0;
+
+		while (q > copy && q[-1] == '\\')
+		{
+			backslashes++;
+			q--;
+		}
+		if (backslashes % 2 == 0)	/* not itself an escaped backslash */
+			memcpy(p, "\\ufffd", 6);
+	}
+	return copy;
+}
+
+/*
  * Parse an answer of m3ter (UTF-8 JSON) into a cJSON tree whose keys and
  * strings are in the database encoding, or raise.  The caller owns the tree
  * and frees it with cJSON_Delete().
@@ -330,7 +360,11 @@ convert_tree_or_free(cJSON *root)
 cJSON *
 m3ter_parse_answer(const char *body, const char *what)
 {
-	cJSON	   *root = cJSON_Parse(body);
+	const char *text = m3ter_without_nul_escapes(body);
+	cJSON	   *root = cJSON_Parse(text);
+
+	if (text != body)
+		pfree((char *) text);
 
 	if (root == NULL)
 	{
@@ -351,7 +385,8 @@ m3ter_parse_answer(const char *body, const char *what)
  * several, one after another) into a tree whose keys and strings are in the
  * database encoding, as m3ter_parse_answer() does; NULL when text does not
  * start with one.  With end, *end is set after the value.  The caller owns
- * the tree.
+ * the tree (and passes the text through m3ter_without_nul_escapes() first,
+ * once).
  */
 cJSON *
 m3ter_parse_utf8(const char *text, const char **end)
@@ -373,8 +408,11 @@ cJSON *
 m3ter_parse_embedded(const char *text, const char *what)
 {
 	char	   *utf8 = m3ter_server_to_utf8(text, strlen(text), what);
-	cJSON	   *root = m3ter_parse_utf8(utf8, NULL);
+	const char *clean = m3ter_without_nul_escapes(utf8);
+	cJSON	   *root = m3ter_parse_utf8(clean, NULL);
 
+	if (clean != utf8)
+		pfree((char *) clean);
 	if (utf8 != text)
 		pfree(utf8);
 	return root;

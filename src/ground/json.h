@@ -16,6 +16,7 @@
 extern char *m3ter_server_to_utf8(const char *s, int len, const char *what);
 extern char *m3ter_answer_message(const char *body);
 extern cJSON *m3ter_parse_answer(const char *body, const char *what);
+extern const char *m3ter_without_nul_escapes(const char *text);
 extern cJSON *m3ter_parse_utf8(const char *text, const char **end);
 extern cJSON *m3ter_parse_embedded(const char *text, const char *what);
 extern char *m3ter_consume_page(cJSON *page, void (*take) (const cJSON *item, void *arg), void *arg,

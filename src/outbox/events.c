@@ -334,6 +334,7 @@ log_failures(const char *body, const char *type, const char *message)
 {
 	List	   *failures = NIL;
 
+	body = m3ter_without_nul_escapes(body);
 	/* JSON values one after another (one, or a line each, or run together); a line not JSON is skipped */
 	while (*(body += strspn(body, " \t\r\n")) != '\0')
 	{

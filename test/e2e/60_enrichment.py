@@ -311,6 +311,20 @@ ok(res["events"] == 0 and "HTTP 403" in (res["error"] or ""), "a 403 once (an ex
 res = json.loads(psql("SELECT m3ter_poll_events()"))
 is_((res["events"], res["rejected"], cursor()), (1, 1, "|0"), "and the next poll handles the event")
 standin("POST", "/_control/faults", {"faults": [], "clear": True})
+
+# a message with an escaped NUL (\u0000, which no text can hold) is kept whole, the NUL as U+FFFD:
+# cJSON ended the string there
+psql("INSERT INTO m3ter.outbox (uid, meter, account, measure, \"where\") "
+     "VALUES ('nul-1', 'api_requests', 'acct-1', '{\"requests\": 1}', '{\"region\": \"eu\"}')")
+ok(wait_until(lambda: len(uids("uid = 'nul-1' AND status = 'accepted'")) == 1, timeout=30), "a row accepted")
+NUL_MESSAGE = "No meter\x00 here for nul-1"
+standin("POST", "/_control/events", {
+    "event_data": {"errorType": "UndefinedMeter", "message": NUL_MESSAGE},
+    "log": json.dumps({"errorType": "UndefinedMeter", "message": NUL_MESSAGE, "measurement": {"uid": "nul-1"}})})
+json.loads(psql("SELECT m3ter_poll_events()"))
+err = psql("SELECT status || ': ' || coalesce(error, '') FROM m3ter.outbox WHERE uid = 'nul-1'")
+ok(err.startswith("rejected: ") and "No meter\ufffd here for nul-1" in err,
+   "a message with \\u0000 in it is kept whole", err)
 set_and_reload(events_poll_interval=str(POLL_S))
 
 # m3ter does not say in which order it lists events: both orders are read in full
@@ -325,7 +339,7 @@ psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) "
 ok(wait_until(lambda: len(uids("uid LIKE 'newest-%' AND status = 'rejected'")) == 3, timeout=60),
    "newest first: the new events on the first page are read too")
 is_(psql("SELECT count(*) || '/' || count(DISTINCT event_id) FROM m3ter.ingest_events") + "/" +
-    psql("SELECT events_handled FROM m3ter.event_cursor"), "114/114/114", "each of the 114 events once")
+    psql("SELECT events_handled FROM m3ter.event_cursor"), "115/115/115", "each of the 115 events once")
 standin("POST", "/_control/enrichment", {"event_as_string": True})
 psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) "
      "SELECT 'str-' || i, 'gone_meter', 'acct-1', '{\"requests\": 1}' FROM generate_series(1, 2) i")
