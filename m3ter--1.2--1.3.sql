@@ -561,15 +561,17 @@ $$;
 -- Accepted rows deleted (1.3): the latest ts of an accepted row that left the
 -- outbox (m3ter.retention, a DELETE, a TRUNCATE).  A reconciliation window
 -- must start after it: m3ter's usage of the deleted rows would show as
--- drift, and settling it would bill it back.  One row, written by the
--- outbox's delete triggers; pg_dump keeps it, as it keeps the rows.
+-- drift, and settling it would bill it back.  The outbox's delete triggers
+-- add a row (the mark is the latest): a row that each updated would hold
+-- the worker's retention, and every other delete, behind a transaction of
+-- the user's that deleted and stays open.  The worker drops the rows under
+-- the latest.  pg_dump keeps them, as it keeps the outbox's.
 CREATE TABLE m3ter.retention_state (
-    only_row       boolean PRIMARY KEY DEFAULT true CHECK (only_row),
     deleted_ts_max timestamptz NOT NULL
 );
 
 COMMENT ON TABLE m3ter.retention_state IS
-    'The latest ts of an accepted outbox row deleted (m3ter.retention, a DELETE, a TRUNCATE): reconciliation windows start after it.';
+    'The latest ts of an accepted outbox row deleted (m3ter.retention, a DELETE, a TRUNCATE), as its largest deleted_ts_max: reconciliation windows start after it.';
 SELECT pg_catalog.pg_extension_config_dump('m3ter.retention_state', '');
 
 -- A row trigger keeps the latest ts of the accepted rows a statement deletes
@@ -591,8 +593,7 @@ RETURNS void
 LANGUAGE sql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-    INSERT INTO m3ter.retention_state AS r (deleted_ts_max) SELECT latest WHERE latest IS NOT NULL
-    ON CONFLICT (only_row) DO UPDATE SET deleted_ts_max = GREATEST(r.deleted_ts_max, excluded.deleted_ts_max)
+    INSERT INTO m3ter.retention_state (deleted_ts_max) SELECT latest WHERE latest IS NOT NULL
 $$;
 
 CREATE FUNCTION m3ter.outbox_record_deleted()
@@ -608,7 +609,9 @@ BEGIN
     ELSE
         latest := m3ter.deleted_ts_max();
     END IF;
-    PERFORM m3ter.mark_deleted(latest);
+    IF latest IS NOT NULL THEN
+        PERFORM m3ter.mark_deleted(latest);
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -666,7 +669,7 @@ CREATE FUNCTION m3ter.deleted_through()
 RETURNS timestamptz
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT deleted_ts_max FROM m3ter.retention_state $$;
+AS $$ SELECT max(deleted_ts_max) FROM m3ter.retention_state $$;
 
 -- The first UTC midnight after the accepted rows deleted: where a
 -- reconciliation window may start (NULL when none were deleted).  In hours,
@@ -707,7 +710,8 @@ BEGIN
             USING ERRCODE = 'datetime_field_overflow',
                   DETAIL = 'm3ter takes timestamps from year 1 to year 9999.';
     END IF;
-    IF from_ts <= deleted THEN
+    -- (m3ter is asked from the window's start in milliseconds)
+    IF date_trunc('milliseconds', from_ts) <= deleted THEN
         RAISE EXCEPTION 'the window of m3ter_reconcile() starts before accepted rows deleted from the outbox'
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = format('The latest ts of a deleted row (m3ter.retention, a DELETE or a TRUNCATE) is %s: m3ter''s usage of such rows would show as drift, and settling it would bill it back.',

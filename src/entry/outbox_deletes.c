@@ -15,7 +15,8 @@
  * trigger, which writes it once.  What a subtransaction noted is forgotten
  * when it rolls back (its deletes are undone), and only then: an
  * exception block inside the statement (a function in its RETURNING, a
- * trigger of the user's) rolls back a subtransaction of its own.  A
+ * trigger of the user's) rolls back a subtransaction of its own, and a
+ * DELETE in there writes only what it noted itself.  A
  * TRUNCATE reads its rows before they go, in SQL.  A subscription's apply
  * (blue/green: the outbox a copy of the publisher's) fires no statement
  * trigger: there each row is written at once.
@@ -128,20 +129,33 @@ m3ter_outbox_note_deleted(PG_FUNCTION_ARGS)
 }
 
 /*
- * m3ter.deleted_ts_max() RETURNS timestamptz: the latest ts noted since the
- * last call (NULL if none), and forget it
+ * m3ter.deleted_ts_max() RETURNS timestamptz: the latest ts noted in this
+ * subtransaction and those inside it (NULL if none), and forget it.  What
+ * an outer one noted is left to its own statement's trigger: a DELETE run
+ * inside the statement, in an exception block that then rolls back, would
+ * take it into its rollback.
  */
 Datum
 m3ter_deleted_ts_max(PG_FUNCTION_ARGS)
 {
-	TimestampTz latest;
+	SubTransactionId here = GetCurrentSubTransactionId();
+	bool		found = false;
+	TimestampTz latest = 0;
+	int			kept = 0;
 	int			i;
 
-	if (n_noted == 0)
+	for (i = 0; i < n_noted; i++)
+	{
+		if (noted[i].subid >= here)
+		{
+			latest = found ? Max(latest, noted[i].ts_max) : noted[i].ts_max;
+			found = true;
+		}
+		else
+			noted[kept++] = noted[i];
+	}
+	n_noted = kept;
+	if (!found)
 		PG_RETURN_NULL();
-	latest = noted[0].ts_max;
-	for (i = 1; i < n_noted; i++)
-		latest = Max(latest, noted[i].ts_max);
-	n_noted = 0;
 	PG_RETURN_TIMESTAMPTZ(latest);
 }

@@ -510,6 +510,21 @@ m3ter_outbox_next_due(void)
 }
 
 /*
+ * The delete triggers add a row to m3ter.retention_state for each statement
+ * that deleted accepted rows; the mark is the latest.  Drop the others,
+ * passing over rows another transaction holds (it never waits).
+ */
+static void
+drop_marks_under_latest(void)
+{
+	if (SPI_execute("DELETE FROM m3ter.retention_state WHERE ctid IN ("
+					" SELECT ctid FROM m3ter.retention_state"
+					"  WHERE deleted_ts_max < (SELECT max(deleted_ts_max) FROM m3ter.retention_state)"
+					"    FOR UPDATE SKIP LOCKED)", false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "m3ter retention_state cleanup failed");
+}
+
+/*
  * Delete accepted rows older than the retention, walking the table by id
  * 10,000 rows at a time from where the last call stopped (no index knows
  * which rows are accepted).  Returns true while older rows follow; after
@@ -556,6 +571,7 @@ m3ter_outbox_delete_expired(int retention_s)
 		return true;
 	}
 	position = 0;
+	drop_marks_under_latest();
 	return false;
 }
 

@@ -116,6 +116,10 @@ psql("INSERT INTO m3ter.outbox (uid, meter, account, ts, measure) "
      "VALUES ('rc-ghost', 'rc_ghost', 'rc-acct-1', '2026-11-02Z', '{\"n\": 5}')")
 ok(wait_until(lambda: psql("SELECT status FROM m3ter.outbox WHERE uid = 'rc-ghost'") == "accepted", timeout=30),
    "a row of a meter m3ter does not know is accepted (its enrichment is off here)")
+psql("INSERT INTO m3ter.outbox (uid, meter, account, ts, measure) "
+     "SELECT 'rc-gone-' || i, 'rc_gone', 'rc-acct-1', '2026-11-01Z', '{\"n\": 1}' FROM generate_series(1, 2) i")
+ok(wait_until(lambda: psql("SELECT count(*) FROM m3ter.outbox WHERE uid LIKE 'rc-gone-%' AND status = 'accepted'")
+              == "2", timeout=30), "two more such rows accepted")
 r = psql("SELECT meter, m3ter_value, drift FROM m3ter_reconcile(%s, ARRAY['rc_ghost'])" % WINDOW, check=False)
 ok(r.returncode == 0 and r.stdout.strip() == "rc_ghost|0|-5" and "unknown to m3ter" in r.stderr,
    "a meter m3ter does not know: drift, m3ter_value 0, a notice", r.stdout + r.stderr)
@@ -131,17 +135,32 @@ r = psql("\\set ON_ERROR_STOP 0\nBEGIN; SAVEPOINT s; "
          "ROLLBACK TO s; DELETE FROM m3ter.outbox WHERE status = 'failed'; COMMIT", check=False)
 ok("division by zero" in r.stderr, "a delete of every accepted row that fails after its rows", r.stderr)
 is_(psql("SELECT count(*) FROM m3ter.retention_state"), "0", "marks nothing")
-# (a function of the statement that catches an error of its own rolls back a subtransaction of its own)
+# a transaction of the user's that deleted an accepted row and stays open holds up no other delete
+# (the worker's retention among them)
+held = psql_async("BEGIN; DELETE FROM m3ter.outbox WHERE uid = 'rc-gone-1'; SELECT pg_sleep(6); COMMIT")
+time.sleep(1.5)
+r = psql("SET statement_timeout = '3s'; DELETE FROM m3ter.outbox WHERE uid = 'rc-gone-2'", check=False)
+ok(r.returncode == 0, "a delete beside an open transaction that deleted an accepted row does not wait", r.stderr)
+held.communicate(timeout=30)
+is_(psql("SELECT m3ter.deleted_through()"), "2026-11-01 00:00:00+00", "both marked their ts")
+# (a function of the statement that catches an error of its own rolls back a subtransaction of its
+# own; a DELETE in there writes what it noted, not what the statement around it noted)
 psql("CREATE FUNCTION pg_temp.caught() RETURNS int LANGUAGE plpgsql AS "
-     "$$BEGIN PERFORM 1 / 0; RETURN 0; EXCEPTION WHEN division_by_zero THEN RETURN 1; END$$; "
+     "$$BEGIN DELETE FROM m3ter.outbox WHERE false; PERFORM 1 / 0; RETURN 0; "
+     "EXCEPTION WHEN division_by_zero THEN RETURN 1; END$$; "
      "DELETE FROM m3ter.outbox WHERE uid = 'rc-ghost' RETURNING pg_temp.caught()")
-is_(psql("SELECT deleted_ts_max FROM m3ter.retention_state"), "2026-11-02 00:00:00+00",
-    "a DELETE of an accepted row keeps its ts, though a function in it caught an error")
+is_(psql("SELECT m3ter.deleted_through()"), "2026-11-02 00:00:00+00",
+    "a DELETE of an accepted row keeps its ts, though a function in it deleted and caught an error")
 r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter_reconcile(%s)" % WINDOW, check=False)
 ok(r.returncode != 0 and "22023" in r.stderr and "deleted from the outbox" in r.stderr
    and "Start the window at 2026-11-03 00:00:00+00 or later" in r.stderr,
    "and a window over it is refused", r.stderr)
-psql("DELETE FROM m3ter.retention_state")   # (as docs/accepted.md says: m3ter never had this meter)
+# (m3ter is asked from the window's start in milliseconds: a start less than one after the mark is
+# the mark's millisecond)
+r = psql("SELECT * FROM m3ter_reconcile('2026-11-02 00:00:00.0005+00', '2026-11-06Z')", check=False)
+ok(r.returncode != 0 and "deleted from the outbox" in r.stderr, "so is one that starts within its millisecond",
+   r.stderr)
+psql("DELETE FROM m3ter.retention_state")   # (as docs/accepted.md says: m3ter never had these meters)
 
 # answers cut at 50 items: the queries split, nothing is cut, one a second
 standin("POST", "/_control/usage", {"limit": 50})
@@ -232,7 +251,7 @@ ok(wait_until(lambda: psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'pe
    "a row dated 2026-11-20 is delivered")
 psql("BEGIN; CREATE TEMP TABLE keep AS SELECT * FROM m3ter.outbox; TRUNCATE m3ter.outbox; "
      "INSERT INTO m3ter.outbox OVERRIDING SYSTEM VALUE SELECT * FROM keep; COMMIT")
-is_(psql("SELECT deleted_ts_max FROM m3ter.retention_state"), "2026-11-20 00:00:00+00",
+is_(psql("SELECT m3ter.deleted_through()"), "2026-11-20 00:00:00+00",
     "a TRUNCATE keeps the latest ts of its accepted rows")
 psql("DELETE FROM m3ter.outbox WHERE ts = '2026-11-20Z'; DELETE FROM m3ter.retention_state")
 
@@ -242,7 +261,7 @@ latest = psql("SELECT max(ts) FROM m3ter.outbox WHERE status = 'accepted'")
 set_and_reload(retention="1s")
 ok(wait_until(lambda: psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'accepted'") == "0", timeout=30),
    "m3ter.retention 1s: the accepted rows are deleted")
-deleted = psql("SELECT deleted_ts_max FROM m3ter.retention_state")
+deleted = psql("SELECT m3ter.deleted_through()")
 is_(deleted, latest, "the latest ts deleted is kept")
 queries = len(standin("GET", "/_control/usage")["queries"])
 r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter_reconcile(%s)" % WINDOW, check=False)
