@@ -258,11 +258,15 @@ psql("DELETE FROM m3ter.outbox WHERE ts = '2026-11-20Z'; DELETE FROM m3ter.reten
 # rows m3ter.retention deleted are not reconciled: their usage at m3ter would show as drift,
 # and settling it would bill it back
 latest = psql("SELECT max(ts) FROM m3ter.outbox WHERE status = 'accepted'")
+psql("INSERT INTO m3ter.retention_state VALUES ('2026-10-01Z')")   # (an earlier mark, to be dropped)
 set_and_reload(retention="1s")
 ok(wait_until(lambda: psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'accepted'") == "0", timeout=30),
    "m3ter.retention 1s: the accepted rows are deleted")
 deleted = psql("SELECT m3ter.deleted_through()")
 is_(deleted, latest, "the latest ts deleted is kept")
+ok(wait_until(lambda: psql("SELECT count(*) FROM m3ter.retention_state") == "1", timeout=90),
+   "in one row once the worker drops those under it (each delete statement added one)",
+   psql("SELECT count(*) FROM m3ter.retention_state"))
 queries = len(standin("GET", "/_control/usage")["queries"])
 r = psql("\\set VERBOSITY verbose\nSELECT * FROM m3ter_reconcile(%s)" % WINDOW, check=False)
 ok(r.returncode != 0 and "22023" in r.stderr and "deleted from the outbox" in r.stderr
