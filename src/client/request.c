@@ -183,24 +183,20 @@ is_json_error(const char *body)
 static void classify(const M3terHttpResponse *resp, M3terCallResult *result, bool ingest);
 
 /*
- * Is a 2xx body m3ter's success?  m3ter's ingest answers {"result":
- * "accepted"} (or, from a gateway, nothing), the Config API one JSON object
- * that does not say otherwise.  A proxy's page, plain text ("OK"), an array
- * or a bare value, JSON with more after it, a "result" other than accepted,
- * a body with a NUL byte in it (UTF-16, say: read as a C string, the rest
- * would go unseen), or a blank answer to a Config API call is not: m3ter
- * did not do what was asked.
+ * Is a 2xx body (text: no NUL byte in it) m3ter's success?  m3ter's ingest
+ * answers {"result": "accepted"} (or, from a gateway, nothing), the Config
+ * API one JSON object that does not say otherwise.  A proxy's page, plain
+ * text ("OK"), an array or a bare value, JSON with more after it, a
+ * "result" other than accepted, or a blank answer to a Config API call is
+ * not: m3ter did not do what was asked.
  */
 static bool
-is_success_body(const M3terHttpResponse *resp, bool ingest)
+is_success_body(const char *body, bool ingest)
 {
-	const char *body = resp->body;
 	cJSON	   *root;
 	const cJSON *result;
 	bool		yes;
 
-	if (memchr(body, '\0', resp->body_len) != NULL)
-		return false;
 	while (*body == ' ' || *body == '\t' || *body == '\r' || *body == '\n')
 		body++;
 	if (*body == '\0')
@@ -256,6 +252,9 @@ classify(const M3terHttpResponse *resp, M3terCallResult *result, bool ingest)
 	long		status = resp->status;
 	char	   *msg = NULL;
 
+	/* a NUL byte in the body (UTF-16, say): read as a C string, the rest would go unseen */
+	bool		binary = memchr(resp->body, '\0', resp->body_len) != NULL;
+
 	result->status = status;
 	result->throttled = false;
 	result->body = resp->body;
@@ -263,7 +262,7 @@ classify(const M3terHttpResponse *resp, M3terCallResult *result, bool ingest)
 		result->retry_after_ms = resp->retry_after_ms;
 	result->message = NULL;
 
-	if (status >= 200 && status < 300 && is_success_body(resp, ingest))
+	if (status >= 200 && status < 300 && !binary && is_success_body(resp->body, ingest))
 	{
 		result->outcome = M3TER_OK;
 		return;
@@ -278,7 +277,7 @@ classify(const M3terHttpResponse *resp, M3terCallResult *result, bool ingest)
 		return;
 	}
 
-	if (memchr(resp->body, '\0', resp->body_len) != NULL)
+	if (binary)
 		msg = psprintf("HTTP %ld with a body that is not text (a NUL byte in its first %zu bytes)",
 					   status, strlen(resp->body) + 1);
 	else

@@ -26,9 +26,9 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
-#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "replication/logicalworker.h"
 #include "utils/timestamp.h"

@@ -57,8 +57,8 @@
 #include "ground/settings.h"
 #include "ground/shmem.h"
 #include "ground/spi_util.h"
-#include "ground/version.h"
 #include "ground/standby.h"
+#include "ground/version.h"
 
 PG_FUNCTION_INFO_V1(m3ter_sync_catalog);
 PG_FUNCTION_INFO_V1(m3ter_catalog_counters);
