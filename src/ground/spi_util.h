@@ -11,7 +11,8 @@
 #include "executor/spi.h"
 
 extern SPIPlanPtr m3ter_keep_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
-extern SPIPlanPtr m3ter_keep_generic_plan(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes);
+extern int	m3ter_execute_by_key(SPIPlanPtr *slot, const char *sql, int nargs, Oid *argtypes,
+								 Datum *values, const char *nulls);
 extern Datum m3ter_int8_array(const int64 *values, int n);
 
 #endif							/* M3TER_SPI_UTIL_H */

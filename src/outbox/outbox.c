@@ -436,9 +436,7 @@ m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n, const M3terRow
 	values[7] = BoolGetDatum(outcome->throttled);
 	values[8] = TimestampTzGetDatum(GetCurrentTimestamp());	/* one time for all the rows */
 
-	/* by primary key whatever the ids: a custom plan for each write only costs planning */
-	rc = SPI_execute_plan(m3ter_keep_generic_plan(&plans[which], sqls[which], nargs[which], types),
-						  values, nulls, false, 0);
+	rc = m3ter_execute_by_key(&plans[which], sqls[which], nargs[which], types, values, nulls);
 	if (rc < 0)
 		elog(ERROR, "m3ter outbox update failed: %s", SPI_result_code_string(rc));
 	if (which == M3TER_ROWS_RETRY && SPI_processed == 1)
@@ -463,7 +461,7 @@ m3ter_outbox_fail_row(int64 id, const char *why)
 
 	values[0] = Int64GetDatum(id);
 	values[1] = CStringGetTextDatum(why);
-	if (SPI_execute_plan(m3ter_keep_plan(&plan, fail_one_sql, 2, types), values, NULL, false, 0) < 0)
+	if (m3ter_execute_by_key(&plan, fail_one_sql, 2, types, values, NULL) < 0)
 		elog(ERROR, "m3ter outbox update failed");
 }
 

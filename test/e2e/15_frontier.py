@@ -201,6 +201,33 @@ ok(wait_until(lambda: updates()[0] >= 5000, timeout=20), "the statistics show th
 upd, hot = updates()
 ok(hot >= 0.95 * upd, "at least 95% of them were HOT updates", "%d of %d" % (hot, upd))
 
+# Each outcome write reads its rows by the key, also with a plan made while the table was nearly
+# empty (after a TRUNCATE): that plan was a sequential scan testing every row against every id,
+# kept as the table grew (no ANALYZE comes here: autovacuum is off for the table)
+reset()
+psql("ALTER TABLE m3ter.outbox SET (autovacuum_enabled = false)")
+psql("TRUNCATE m3ter.outbox")
+insert_usage(1, "tiny-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 1, timeout=20), "one row is delivered into an emptied table")
+set_and_reload(worker_enabled="off", batch_rows="100")
+insert_usage(5000, "keyed-")
+
+
+def scanned():
+    return [int(x) for x in psql("SELECT seq_tup_read || '|' || n_tup_upd FROM pg_stat_user_tables "
+                                  "WHERE relid = 'm3ter.outbox'::regclass").split("|")]
+
+
+read0, upd0 = scanned()
+set_and_reload(worker_enabled=None)
+# (waiting on the statistics: counting the outbox's rows would scan it)
+ok(wait_until(lambda: scanned()[1] - upd0 >= 5000, timeout=60), "the statistics show 5,000 rows' outcomes written")
+read = scanned()[0] - read0
+ok(read < 5000, "their 50 outcome writes read the table by the key, not row by row",
+   "%d rows read by sequential scans" % read)
+is_(outbox_counts()["accepted"], 5001, "the rows are accepted")
+psql("ALTER TABLE m3ter.outbox RESET (autovacuum_enabled)")
+
 # An explicit id far above the sequence opens a huge gap behind it; the pending view reads gaps
 # by range (never id by id), new rows from the sequence are found in the gap, and a row with an
 # explicit id below the frontier is still found (by the sweep)
