@@ -108,9 +108,16 @@ m3ter_outbox_note_deleted(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
 		elog(ERROR, "m3ter.outbox_note_deleted() must be a BEFORE DELETE row trigger");
 	row = trigdata->tg_trigtuple;
-	attnum = SPI_fnumber(trigdata->tg_relation->rd_att, "ts");
-	if (attnum <= 0)
-		elog(ERROR, "m3ter.outbox has no column ts");
+	/* the column's number, looked up once a statement (fn_extra lives as long as the trigger's call info) */
+	if (fcinfo->flinfo->fn_extra == NULL)
+	{
+		attnum = SPI_fnumber(trigdata->tg_relation->rd_att, "ts");
+		if (attnum <= 0)
+			elog(ERROR, "m3ter.outbox has no column ts");
+		fcinfo->flinfo->fn_extra = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(int));
+		*(int *) fcinfo->flinfo->fn_extra = attnum;
+	}
+	attnum = *(int *) fcinfo->flinfo->fn_extra;
 	ts = heap_getattr(row, attnum, trigdata->tg_relation->rd_att, &isnull);
 	if (isnull)
 		return PointerGetDatum(row);
