@@ -50,6 +50,11 @@ _PG_init(void)
 		m3ter_pacing_shmem_install();
 		m3ter_token_shmem_install();
 		m3ter_catalog_shmem_install();
-		m3ter_launcher_install();
+		/*
+		 * not under pg_upgrade (binary-upgrade mode): a worker would connect to
+		 * databases it is restoring and write to tables whose files it replaces
+		 */
+		if (!IsBinaryUpgrade)
+			m3ter_launcher_install();
 	}
 }

@@ -271,9 +271,11 @@ class Cluster:
     """A further cluster in $M3TER_TMP/<name> on its own port and the same socket
     directory, with the main cluster's settings (m3ter in shared_preload_libraries,
     the stand-in's URLs) and extra lines; or a streaming replica of another one,
-    made with pg_basebackup over the unix socket."""
+    made with pg_basebackup over the unix socket.  bindir: another installation's
+    binaries (an older major's, for pg_upgrade)."""
 
-    def __init__(self, name, extra="", replica_of=None):
+    def __init__(self, name, extra="", replica_of=None, bindir=BINDIR, initdb_args=()):
+        self.bindir = bindir
         self.dir = os.path.join(os.environ["M3TER_TMP"], name)
         self.log = self.dir + ".log"
         self.port = free_port()
@@ -281,8 +283,8 @@ class Cluster:
         open(self.log, "w").close()
         os.chmod(self.log, 0o666)
         if replica_of is None:
-            subprocess.run(as_pg([BINDIR + "/initdb", "-D", self.dir, "-U", "postgres", "-A", "trust", "--no-sync"]),
-                           check=True, capture_output=True)
+            subprocess.run(as_pg([bindir + "/initdb", "-D", self.dir, "-U", "postgres", "-A", "trust", "--no-sync"]
+                                 + list(initdb_args)), check=True, capture_output=True)
             with open(os.path.join(DATA_DIR, "postgresql.conf")) as f:
                 main = f.read().splitlines()
             start = max(i for i, line in enumerate(main) if line.startswith("port = "))
@@ -297,7 +299,7 @@ class Cluster:
                        check=True, capture_output=True)
 
     def pg_ctl(self, *args, check=True):
-        return subprocess.run(as_pg([BINDIR + "/pg_ctl", "-D", self.dir, "-l", self.log, "-w"] + list(args)),
+        return subprocess.run(as_pg([self.bindir + "/pg_ctl", "-D", self.dir, "-l", self.log, "-w"] + list(args)),
                               check=check, capture_output=True, text=True)
 
     def conninfo(self, dbname="postgres"):
