@@ -69,11 +69,14 @@
 #include "postgres.h"
 
 #include <limits.h>
+#include <unistd.h>
 
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/fd.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
@@ -106,6 +109,9 @@
 #define KEPT_SLOTS 20000
 /* a budget's window is kept this much (µs) longer: arrival delays differ */
 #define WINDOW_MARGIN_US 500000
+/* where a clean shutdown leaves the last window's send times, as PostgreSQL its statistics */
+#define SLOTS_FILE "pg_stat/m3ter_pacing.stat"
+#define SLOTS_FILE_MAGIC 0x6d337031
 
 typedef struct PaceState
 {
@@ -141,7 +147,105 @@ static PaceShared *pace_shared = NULL;
 static PaceState local_state[M3TER_NUM_APIS];
 static bool local_ready = false;
 
-/* Set up the shared state once, when it is created */
+static TimestampTz given_back(PaceState *st, int n);
+
+/*
+ * The budget across a restart.  m3ter counts its 5-minute window whatever
+ * the cluster does; a restart (an upgrade of the library needs one) that
+ * forgot the requests of the last window spent the budget again, into 429s
+ * that held delivery and failed m3ter_submit() for minutes.  So the
+ * postmaster writes the send times of the last m3ter.requests_window when
+ * it shuts down cleanly, and reads them back (once) when it starts.  After
+ * a crash there is no file: the state may be torn, and it starts afresh.
+ */
+static void
+save_slots(int code, Datum arg)
+{
+	const char *tmp = SLOTS_FILE ".tmp";
+	TimestampTz since;
+	TimestampTz *times;
+	FILE	   *f;
+	int			api;
+	uint32		header[2] = {SLOTS_FILE_MAGIC, M3TER_NUM_APIS};
+
+	if (code != 0 || pace_shared == NULL)
+		return;
+	since = GetCurrentTimestamp() - (int64) m3ter_requests_window_s * USECS_PER_SEC - WINDOW_MARGIN_US;
+	times = palloc(KEPT_SLOTS * sizeof(TimestampTz));
+	f = AllocateFile(tmp, PG_BINARY_W);
+	if (f == NULL || fwrite(header, sizeof(header), 1, f) != 1)
+		goto error;
+	for (api = 0; api < M3TER_NUM_APIS; api++)
+	{
+		PaceState  *st = &pace_shared->api[api];
+		int32		n = 0;
+		int			i;
+
+		for (i = KEPT_SLOTS; i > 0; i--)
+		{
+			TimestampTz t = given_back(st, i);
+
+			if (t > since)
+				times[n++] = t;
+		}
+		if (fwrite(&n, sizeof(n), 1, f) != 1 || (n > 0 && fwrite(times, sizeof(TimestampTz), n, f) != (size_t) n))
+			goto error;
+	}
+	if (FreeFile(f) != 0)
+	{
+		f = NULL;
+		goto error;
+	}
+	(void) durable_rename(tmp, SLOTS_FILE, LOG);
+	return;
+
+error:
+	ereport(LOG,
+			(errcode_for_file_access(),
+			 errmsg("m3ter could not write file \"%s\": %m", tmp)));
+	if (f != NULL)
+		FreeFile(f);
+	unlink(tmp);
+}
+
+/* Read back what the last clean shutdown saved, and remove the file */
+static void
+load_slots(PaceShared *ps)
+{
+	FILE	   *f = AllocateFile(SLOTS_FILE, PG_BINARY_R);
+	uint32		header[2];
+	int			api;
+
+	if (f == NULL)
+	{
+		if (errno != ENOENT)
+			ereport(LOG,
+					(errcode_for_file_access(),
+					 errmsg("m3ter could not read file \"%s\": %m", SLOTS_FILE)));
+		return;
+	}
+	if (fread(header, sizeof(header), 1, f) == 1 && header[0] == SLOTS_FILE_MAGIC &&
+		header[1] == M3TER_NUM_APIS)
+	{
+		for (api = 0; api < M3TER_NUM_APIS; api++)
+		{
+			PaceState  *st = &ps->api[api];
+			int32		n;
+
+			if (fread(&n, sizeof(n), 1, f) != 1 || n < 0 || n > KEPT_SLOTS ||
+				(n > 0 && fread(st->given, sizeof(TimestampTz), n, f) != (size_t) n))
+			{
+				memset(st->given, 0, sizeof(st->given));
+				break;
+			}
+			st->given_next = n % KEPT_SLOTS;
+		}
+	}
+	FreeFile(f);
+	unlink(SLOTS_FILE);
+}
+
+/* Set up the shared state once, when it is created (in the postmaster) */
 static void
 pacing_shmem_init(void *shared)
 {
@@ -151,6 +255,11 @@ pacing_shmem_init(void *shared)
 	SpinLockInit(&ps->mutex);
 	for (i = 0; i < M3TER_NUM_APIS; i++)
 		ps->api[i].scale = 1.0;
+	if (!IsUnderPostmaster)
+	{
+		load_slots(ps);
+		on_shmem_exit(save_slots, (Datum) 0);
+	}
 }
 
 /*

@@ -51,6 +51,31 @@ ok(len(slots) >= len(admitted) and worst <= BUDGET,
 first = [t for t in admitted if t < admitted[0] + 10]
 ok(len(first) >= BUDGET, "the first budget went out within 10 seconds (%d requests)" % len(first))
 
+# A clean restart keeps the budget spent: the postmaster saves the last window's send times at
+# shutdown and reads them back, so the next requests wait for the window to free instead of
+# spending the budget again into 429s (m3ter counts its window whatever the cluster does)
+RESTART_BUDGET = 40
+reset()
+set_and_reload(worker_enabled="off", batch_rows="10", max_requests_per_5min=str(RESTART_BUDGET),
+               requests_window="%ds" % WINDOW)
+standin("POST", "/_control/config", {"rate_limit": {"model": "sliding", "window": WINDOW,
+                                                    "window_max": RESTART_BUDGET}})
+wait_until(lambda: psql("SELECT coalesce(max(s) < now() - interval '%d seconds', true) "
+                        "FROM unnest(m3ter.pacing_slots()) s" % (WINDOW + 1)) == "t", timeout=WINDOW + 5)
+insert_usage(RESTART_BUDGET * 10, "spent-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == RESTART_BUDGET * 10, timeout=60),
+   "%d requests spend the budget" % RESTART_BUDGET, outbox_counts())
+pg_ctl("-m", "fast", "restart")
+recent = int(psql("SELECT count(*) FROM unnest(m3ter.pacing_slots()) s WHERE s > now() - interval '%d seconds'"
+                  % WINDOW))
+ok(recent >= RESTART_BUDGET, "after a restart the pacer still holds the window's %d send times" % RESTART_BUDGET,
+   "%d" % recent)
+insert_usage(100, "after-restart-")
+ok(wait_until(lambda: outbox_counts()["accepted"] == RESTART_BUDGET * 10 + 100, timeout=WINDOW * 3),
+   "the rows inserted after it are delivered once the window frees", outbox_counts())
+is_(len([r for r in ingest_requests() if r["status"] == 429]), 0, "with no 429")
+
 standin("POST", "/_control/config", {"rate_limit": None})
-set_and_reload(requests_window=None)
+set_and_reload(requests_window=None, max_requests_per_5min=None, batch_rows=None)
 done()
