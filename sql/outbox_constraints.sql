@@ -64,3 +64,12 @@ SELECT err($$INSERT INTO m3ter.outbox (meter, account, metadata) VALUES ('api', 
 ROLLBACK;
 -- a long bad status is not repeated in full
 SELECT err($$INSERT INTO m3ter.outbox (meter, account, status) VALUES ('api', 'acme', repeat('x', 1000))$$);
+-- a row that no request could carry is refused at INSERT (54000, as m3ter_submit() refuses it) ...
+SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account, ts, metadata)
+             VALUES ('huge', 'api', 'acme', '2026-01-01', jsonb_build_object('blob', repeat('x', 511900)))$$);
+SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account, ts, metadata)
+             VALUES ('huge-escaped', 'api', 'acme', '2026-01-01', jsonb_build_object('blob', repeat(E'\x01', 90000)))$$);
+-- ... and one that fits is taken
+SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account, ts, metadata)
+             VALUES ('large', 'api', 'acme', '2026-01-01', jsonb_build_object('blob', repeat('x', 511000)))$$);
+DELETE FROM m3ter.outbox;

@@ -164,11 +164,11 @@ def outbox_counts():
     return out
 
 
-def insert_usage(n, prefix, db="postgres", meter="api_requests", extra=""):
+def insert_usage(n, prefix, db="postgres", meter="api_requests", extra="", measure="jsonb_build_object('requests', i)"):
     psql("INSERT INTO m3ter.outbox (uid, meter, account, measure, \"where\"%s) "
-         "SELECT '%s' || i, '%s', 'acct-' || (i %% 13), jsonb_build_object('requests', i), "
+         "SELECT '%s' || i, '%s', 'acct-' || (i %% 13), %s, "
          "'{\"region\": \"eu-west-1\"}'%s FROM generate_series(1, %d) i"
-         % (", metadata" if extra else "", prefix, meter, (", " + extra) if extra else "", n), db)
+         % (", metadata" if extra else "", prefix, meter, measure, (", " + extra) if extra else "", n), db)
 
 
 def stored_uids(prefix):
@@ -232,7 +232,7 @@ ROWS = int(os.environ.get("RELIABILITY_ROWS", 3000))
 
 
 def scenario(name, prefix, faults=(), config=None, settings=None, rows=ROWS, during=None,
-             expect_failed=0, timeout=90, extra="", extra_rows=0):
+             expect_failed=0, timeout=90, extra="", extra_rows=0, measure=None):
     """Insert rows (and extra_rows that during() inserts), drain them under the faults, check them."""
     reset()
     set_and_reload(**dict({"max_requests_per_second": "0", "retry_max_delay": "1s", "worker_enabled": "off"},
@@ -241,7 +241,7 @@ def scenario(name, prefix, faults=(), config=None, settings=None, rows=ROWS, dur
         standin("POST", "/_control/config", config)
     if faults:
         standin("POST", "/_control/faults", {"faults": list(faults)})
-    insert_usage(rows, prefix, extra=extra)
+    insert_usage(rows, prefix, extra=extra, **({"measure": measure} if measure else {}))
     set_and_reload(worker_enabled=None)
     if during:
         during()

@@ -31,6 +31,7 @@
 #include "utils/jsonb.h"
 #include "utils/typcache.h"
 
+#include "ground/errors.h"
 #include "ground/measurement.h"
 #include "outbox/slots.h"
 
@@ -44,7 +45,7 @@ PG_FUNCTION_INFO_V1(m3ter_check_outbox_row);
 #define ARG_TS			3
 #define ARG_ETS			4
 #define ARG_FIRST_MAP	5
-#define NUM_FIELDS		(ARG_FIRST_MAP + M3TER_NUM_MAPS)
+#define NUM_FIELDS		M3TER_NUM_FIELDS
 
 /* The usage fields of a row, in the order above */
 typedef struct UsageFields
@@ -59,6 +60,8 @@ static const Oid field_types[NUM_FIELDS] = {
 	TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
 	JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID
 };
+
+static void check_fits_request(const UsageFields *f);
 
 /* The hint for a bad map, by kind (M3terMapKind) */
 static const char *const map_hints[] = {
@@ -161,6 +164,45 @@ check_usage_fields(const UsageFields *f)
 					   keylen > 0 ? psprintf("key \"%.*s\"", keylen, key) : NULL,
 					   why, map_hints[m3ter_map_kinds[k]]);
 	}
+	check_fits_request(f);
+}
+
+/*
+ * A row that no request could carry: refused here as m3ter_submit() refuses
+ * it (54000), not left for the worker to mark failed.  Its JSON is written
+ * only for a row of SIZE_CHECK_FROM bytes or more: escapes and the
+ * conversion to UTF-8 make the JSON larger than the row, up to six times a
+ * string's bytes, so a smaller row fits unless its numbers carry thousands
+ * of decimal places (then the worker marks it failed, with the sizes).
+ */
+#define SIZE_CHECK_FROM (M3TER_MAX_PAYLOAD_BYTES / 8)
+
+static void
+check_fits_request(const UsageFields *f)
+{
+	Size		raw = 0;
+	M3terMeasurement m;
+	char		ts[M3TER_TIMESTAMP_LEN];
+	char		ets[M3TER_TIMESTAMP_LEN];
+	StringInfoData buf;
+	int			i;
+
+	for (i = 0; i < NUM_FIELDS; i++)
+		if (!f->nulls[i] && field_types[i] != TIMESTAMPTZOID)
+			raw += VARSIZE_ANY(DatumGetPointer(f->values[i]));
+	if (raw < SIZE_CHECK_FROM)
+		return;
+	m3ter_measurement_from_datums(&m, f->values, f->nulls, ts, ets);
+	initStringInfo(&buf);
+	m3ter_append_measurement(&buf, &m);
+	if (M3TER_PAYLOAD_OVERHEAD + buf.len >= M3TER_MAX_PAYLOAD_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("outbox row \"%s\" is too large for m3ter", m.uid),
+				 errdetail("A request with it alone would take %d bytes (%d of them the measurement as JSON); m3ter takes requests under %d bytes.",
+						   M3TER_PAYLOAD_OVERHEAD + buf.len, buf.len, M3TER_MAX_PAYLOAD_BYTES),
+				 errhint("Move large values out of metadata.")));
+	pfree(buf.data);
 }
 
 /*

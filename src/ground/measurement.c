@@ -472,6 +472,31 @@ append_map(StringInfo buf, Jsonb *map)
 	appendStringInfoCharMacro(buf, '}');
 }
 
+/*
+ * A measurement from the M3TER_NUM_FIELDS fields of an outbox row (the
+ * required ones not NULL); the strings are palloc'd, the times written into
+ * ts and ets (M3TER_TIMESTAMP_LEN bytes each).
+ */
+void
+m3ter_measurement_from_datums(M3terMeasurement *m, const Datum *values, const bool *nulls, char *ts, char *ets)
+{
+	int			k;
+
+	m->uid = TextDatumGetCString(values[0]);
+	m->meter = TextDatumGetCString(values[1]);
+	m->account = TextDatumGetCString(values[2]);
+	m3ter_format_timestamp(DatumGetTimestampTz(values[3]), ts, M3TER_TIMESTAMP_LEN);
+	m->ts = ts;
+	m->ets = NULL;
+	if (!nulls[4])
+	{
+		m3ter_format_timestamp(DatumGetTimestampTz(values[4]), ets, M3TER_TIMESTAMP_LEN);
+		m->ets = ets;
+	}
+	for (k = 0; k < M3TER_NUM_MAPS; k++)
+		m->maps[k] = nulls[5 + k] ? NULL : DatumGetJsonbP(values[5 + k]);
+}
+
 /* Write one measurement as compact JSON; empty maps are left out */
 void
 m3ter_append_measurement(StringInfo buf, const M3terMeasurement *m)

@@ -45,5 +45,9 @@ extern bool m3ter_timestamp_in_range(TimestampTz ts);
 #define M3TER_TIMESTAMP_LEN 40
 extern void m3ter_format_timestamp(TimestampTz ts, char *buf, size_t buflen);
 extern void m3ter_append_measurement(StringInfo buf, const M3terMeasurement *m);
+/* The fields of a measurement as an outbox row holds them: uid, meter, account, ts, ets, the maps */
+#define M3TER_NUM_FIELDS (5 + M3TER_NUM_MAPS)
+extern void m3ter_measurement_from_datums(M3terMeasurement *m, const Datum *values, const bool *nulls,
+										  char *ts, char *ets);
 
 #endif							/* M3TER_GROUND_MEASUREMENT_H */

@@ -317,11 +317,12 @@ void
 m3ter_outbox_read_row(M3terOutboxRow *row, int64 *reading)
 {
 	M3terMeasurement *m = &row->m;
-	int			k;
 
 	*reading = row->id;			/* known before anything else can raise */
 	row->attempts = DatumGetInt32(row_values[COL_ATTEMPTS - 1]);
-	m->uid = TextDatumGetCString(row_values[COL_UID - 1]);
+	StaticAssertStmt(COL_FIRST_MAP + M3TER_NUM_MAPS - COL_UID == M3TER_NUM_FIELDS,
+					 "the claim's columns from uid are a measurement's fields");
+	m3ter_measurement_from_datums(m, &row_values[COL_UID - 1], &row_nulls[COL_UID - 1], row->ts, row->ets);
 #ifdef M3TER_TEST_HOOKS
 	if (m3ter_test_fault_uid[0] != '\0' && strcmp(m->uid, m3ter_test_fault_uid) == 0)
 		ereport(ERROR,
@@ -329,19 +330,6 @@ m3ter_outbox_read_row(M3terOutboxRow *row, int64 *reading)
 				 errmsg("the outbox row \"%s\" cannot be written as JSON", m->uid),
 				 errdetail("m3ter.test_fault_uid names it.")));
 #endif
-	m->meter = TextDatumGetCString(row_values[COL_METER - 1]);
-	m->account = TextDatumGetCString(row_values[COL_ACCOUNT - 1]);
-	m3ter_format_timestamp(DatumGetTimestampTz(row_values[COL_TS - 1]), row->ts, sizeof(row->ts));
-	m->ts = row->ts;
-	m->ets = NULL;
-	if (!row_nulls[COL_ETS - 1])
-	{
-		m3ter_format_timestamp(DatumGetTimestampTz(row_values[COL_ETS - 1]), row->ets, sizeof(row->ets));
-		m->ets = row->ets;
-	}
-	for (k = 0; k < M3TER_NUM_MAPS; k++)
-		m->maps[k] = row_nulls[COL_FIRST_MAP + k - 1] ? NULL :
-			DatumGetJsonbP(row_values[COL_FIRST_MAP + k - 1]);
 }
 
 /* Record a claim's ids as in flight; returns the record's id */

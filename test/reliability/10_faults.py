@@ -67,9 +67,19 @@ reqs = ingest_requests()
 ok(all(r["bytes"] < 512000 for r in reqs) and not any(r["status"] == 403 for r in reqs),
    "every request stayed under 512,000 bytes; no 403 for size", max(r["bytes"] for r in reqs))
 ok(min(r["bytes"] for r in reqs if r["status"] == 200) > 500000, "and requests were still full")
-scenario("a row over 512,000 bytes", "rhuge-", rows=1, extra="jsonb_build_object('blob', repeat('x', 520000))",
+# (an INSERT refuses a large row; numbers with thousands of decimal places make a small row's JSON
+# too large to check there)
+scenario("a row over 512,000 bytes", "rhuge-", rows=1,
+         measure="(SELECT jsonb_object_agg('k' || j, ('1.' || repeat('0', 16000))::numeric) FROM generate_series(1, 40) j)",
          expect_failed=1)
 ok(scalar("SELECT error FROM m3ter.outbox").startswith("a request with this measurement alone would take"), "it is failed with the reason")
+try:
+    insert_usage(1, "rhuge-blob-", extra="jsonb_build_object('blob', repeat('x', 520000))")
+    refused = ""
+except RuntimeError as e:
+    refused = str(e)
+ok("is too large for m3ter" in refused and scalar("SELECT count(*) FROM m3ter.outbox WHERE uid LIKE 'rhuge-blob-%'") == "0",
+   "a row of 520,000 bytes is refused at INSERT", refused[-300:])
 
 scenario("a response that never comes (timeout)", "rslow-", [fault(delay=5, count=2)],
          settings={"request_timeout": "1s"})
