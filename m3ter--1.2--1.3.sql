@@ -239,7 +239,7 @@ BEGIN
             'm3ter''s TLS certificate and host name are not verified: the credentials and usage may go to anyone on the way.',
             'ALTER SYSTEM RESET m3ter.tls_verify; SELECT pg_reload_conf();';
     END IF;
-    FOR r IN SELECT d.datname, d.state FROM m3ter.databases d LOOP
+    FOR r IN SELECT d.datname, d.state, d.pending, d.oldest_pending_age, d.last_error FROM m3ter.databases d LOOP
         IF r.state LIKE 'waiting for a background worker slot%' THEN
             RETURN QUERY SELECT 'warning', 'worker slots short',
                 format('Database %I waits for a background worker slot: max_worker_processes is %s.', r.datname,
@@ -249,6 +249,11 @@ BEGIN
             RETURN QUERY SELECT 'warning', 'throttled by m3ter',
                 format('Database %I: %s.', r.datname, r.state),
                 'Something else spends the organization''s or this address''s request budget (another server, the application''s own calls), or m3ter.max_requests_per_second or m3ter.max_requests_per_5min is above what m3ter allows; rows stay pending.';
+        ELSIF r.state LIKE 'waiting: retrying%' THEN
+            RETURN QUERY SELECT 'warning', 'delivery retrying',
+                format('Database %I: %s rows pending, the oldest for %s; the last error: %s.', r.datname, r.pending,
+                       date_trunc('second', r.oldest_pending_age), r.last_error),
+                'm3ter or the network failed (a 5xx, a timeout, a refused connection): the rows go again with their uids, at growing intervals up to m3ter.retry_max_delay, until m3ter.give_up_after. Check m3ter.ingest_url and the network if it goes on.';
         ELSIF r.state LIKE 'stopped:%' OR r.state LIKE 'error%' THEN
             RETURN QUERY SELECT 'warning', 'delivery stopped',
                 format('Database %I: %s.', r.datname, r.state),
@@ -281,7 +286,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION m3ter_health() IS
-    'Every unsafe or stuck set-up of m3ter found: readable credentials, no worker, TLS verification off, worker slots short, delivery stopped, a database not updated, enrichment events not read, a stale catalog.';
+    'Every unsafe or stuck set-up of m3ter found: readable credentials, no worker, TLS verification off, worker slots short, delivery stopped or retrying, a database not updated, enrichment events not read, a stale catalog.';
 REVOKE EXECUTE ON FUNCTION m3ter_health() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION m3ter_health() TO pg_monitor;
 

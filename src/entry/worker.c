@@ -252,6 +252,7 @@ typedef struct WorkerLoop
 	long		sleep_ms;		/* the next sleep */
 	char	   *last_logged;	/* the stop last logged, until delivery resumes */
 	int			probe_rows;		/* after a stop: rows that try whether m3ter takes them (0: all) */
+	bool		retrying;		/* the last delivery put rows back for a retry (a fault) */
 	M3terDelivery d;
 	M3terFlushStats reported;	/* the figures already added to the slot */
 	TimestampTz last_retention;
@@ -363,7 +364,9 @@ start_or_rest(void)
 		const char *held = held_by_m3ter();
 
 		m3ter_worker_note(w.last_logged ? "stopped: m3ter refused the delivery" :
-						  held ? held : "idle", true);
+						  held ? held :
+						  w.retrying && next_due != 0 ? "waiting: retrying after a fault (see last_error)" :
+						  "idle", true);
 		m3ter_worker_listen(true, M3TER_BACKLOG_COUNT);	/* nothing due: count what waits */
 		w.sleep_ms = idle_sleep(&w.idle_ms, next_due);
 	}
@@ -384,11 +387,13 @@ end_delivery(void)
 {
 	bool		stopped = w.d.stats.stopped;
 	bool		worked = w.d.stats.claimed > 0;
+	bool		retried = w.d.stats.retried > 0;
 	char	   *error = w.d.stats.error ? pstrdup(w.d.stats.error) : NULL;
 	int			stop_sqlstate = w.d.stats.stop_sqlstate ? w.d.stats.stop_sqlstate : ERRCODE_M3TER_FORBIDDEN;
 
 	m3ter_delivery_end(&w.d);
 	w.active = false;
+	w.retrying = retried;
 	pgstat_report_activity(STATE_IDLE, NULL);
 	if (stopped)
 	{

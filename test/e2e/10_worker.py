@@ -143,6 +143,12 @@ pending = int(scalar("SELECT count(*) FROM m3ter.outbox WHERE status = 'pending'
 shown = int(scalar("SELECT coalesce(pending, 0) FROM m3ter.databases WHERE datname = current_database()"))
 ok(pending // 4 <= shown <= pending, "m3ter.databases counts the rows waiting out the outage (%d pending)" % pending,
    shown)
+# between its tries the worker says the rows wait for a retry (not idle), and m3ter_health() warns
+state = lambda: scalar("SELECT state FROM m3ter.databases WHERE datname = current_database()")  # noqa: E731
+ok(wait_until(lambda: state() == "waiting: retrying after a fault (see last_error)", timeout=20),
+   "between tries the worker's state says it is retrying", state())
+health = psql("SELECT detail FROM m3ter_health() WHERE finding = 'delivery retrying'")
+ok("rows pending" in health and "503" in health, "m3ter_health() warns, with the last error", health)
 # the outage ends: the waiting rows go now, and the worker is idle again for the next file
 standin("POST", "/_control/reset")
 psql("UPDATE m3ter.outbox SET next_attempt_at = now() WHERE status = 'pending'")
