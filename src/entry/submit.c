@@ -44,7 +44,7 @@ static void
 bad_measurement(int i, const char *field, const char *reason)
 {
 	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			(errcode(reason == m3ter_not_utf8 ? ERRCODE_CHARACTER_NOT_IN_REPERTOIRE : ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("invalid \"%s\" in the measurement at index %d", field, i),
 			 errdetail("%s", reason),
 			 errhint("A measurement needs \"meter\", \"account\" and \"ts\" (ISO 8601 with a time zone); "

@@ -46,8 +46,8 @@ const M3terMapKind m3ter_map_kinds[M3TER_NUM_MAPS] = {
 	M3TER_STRING_MAP, M3TER_STRING_MAP
 };
 
-/* Why text of a SQL_ASCII database is refused */
-#define M3TER_NOT_UTF8 "It must be UTF-8 text: this database's encoding is SQL_ASCII, and m3ter reads UTF-8."
+/* Why text of a SQL_ASCII database is refused (callers tell it by its address: 22021) */
+const char m3ter_not_utf8[] = "It must be UTF-8 text: this database's encoding is SQL_ASCII, and m3ter reads UTF-8.";
 
 /* Unicode code points that count as whitespace or are not printable */
 static bool
@@ -97,7 +97,7 @@ m3ter_check_code(const char *s, int len, int maxlen)
 		if (enc == PG_SQL_ASCII)
 		{
 			if (!pg_verify_mbstr(PG_UTF8, s, len, true))
-				return M3TER_NOT_UTF8;
+				return m3ter_not_utf8;
 		}
 		else
 		{
@@ -155,7 +155,7 @@ m3ter_check_uid(const char *s, int len)
 	if (len > M3TER_UID_MAX_BYTES)
 		return psprintf("It takes %d bytes; a uid may take at most %d.", len, M3TER_UID_MAX_BYTES);
 	if (GetDatabaseEncoding() == PG_SQL_ASCII && !sql_ascii_text_ok(s, len))
-		return M3TER_NOT_UTF8;
+		return m3ter_not_utf8;
 	return NULL;
 }
 
@@ -220,7 +220,7 @@ m3ter_check_map(Jsonb *map, M3terMapKind kind, const char **key, int *keylen)
 		if (*keylen == 0)
 			return "Its keys must not be empty.";
 		if (sql_ascii && !sql_ascii_text_ok(*key, *keylen))
-			return M3TER_NOT_UTF8;
+			return m3ter_not_utf8;
 		if (kind == M3TER_NUMERIC_MAP)
 		{
 			if (!JBE_ISNUMERIC(value))
@@ -233,7 +233,7 @@ m3ter_check_map(Jsonb *map, M3terMapKind kind, const char **key, int *keylen)
 		else if (sql_ascii &&
 				 !sql_ascii_text_ok(base + getJsonbOffset(jc, i + count),
 									getJsonbLength(jc, i + count)))
-			return M3TER_NOT_UTF8;
+			return m3ter_not_utf8;
 	}
 	*key = NULL;
 	*keylen = 0;

@@ -33,6 +33,8 @@ typedef struct M3terMeasurement
 	Jsonb	   *maps[M3TER_NUM_MAPS];	/* NULL when absent */
 } M3terMeasurement;
 
+/* The reason the checks below give for text that is not UTF-8 in a SQL_ASCII database */
+extern const char m3ter_not_utf8[];
 extern const char *m3ter_check_code(const char *s, int len, int maxlen);
 /* The longest uid, in bytes */
 #define M3TER_UID_MAX_BYTES 512

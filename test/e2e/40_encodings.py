@@ -131,6 +131,11 @@ out, err, rc = q("SELECT m3ter_submit(jsonb_build_object('uid', 'x' || chr(232),
                  "'ts', '2024-01-01T00:00:00Z', 'measure', jsonb_build_object('n', 1)))",
                  "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
 ok(rc != 0 and "must be UTF-8" in err, "SQL_ASCII: and in m3ter_submit()'s uids", err)
+_, err, rc = q("DO $$ BEGIN PERFORM m3ter_submit(jsonb_build_object('meter', 'api', 'account', 'caf' || chr(233), "
+               "'ts', '2024-01-01T00:00:00Z', 'measure', jsonb_build_object('n', 1))); "
+               "EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'raised %', SQLSTATE; END $$",
+               "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
+ok("raised 22021" in err, "SQL_ASCII: m3ter_submit() raises 22021 for it, as the Errors table says", err)
 
 # an account code with characters of the database encoding is looked up in m3ter as UTF-8
 standin("POST", "/_control/accounts", {"accounts": ["Zürich AG"]})
