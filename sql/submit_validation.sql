@@ -26,6 +26,10 @@ SELECT err($$SELECT m3ter_submit('{"meter":"m","account":"acme","ts":"2024-01-02
 SELECT err($$SELECT m3ter_submit('{"meter":"m","account":"acme","ts":"2024-01-02T03:04:05Z","uid":""}')$$);
 SELECT err($$SELECT m3ter_submit('{"meter":"m","account":"acme","ts":"2024-01-02T03:04:05Z","uid":7}')$$);
 SELECT err($$SELECT m3ter_submit(jsonb_build_object('meter', 'm', 'account', 'acme', 'ts', '2024-01-02T03:04:05Z', 'uid', repeat('u', 513)))$$);
+-- a uid given twice in one call: m3ter would store only one of them
+SELECT err($$SELECT m3ter_submit('[{"meter":"m","account":"acme","ts":"2024-01-02T03:04:05Z","uid":"u-1","measure":{"n":1}},
+                                   {"meter":"m","account":"acme","ts":"2024-01-02T03:04:05Z","uid":"u-2","measure":{"n":2}},
+                                   {"meter":"m","account":"acme","ts":"2024-01-02T03:04:05Z","uid":"u-1","measure":{"n":3}}]')$$);
 -- the second measurement of an array is named by its index
 SELECT err($$SELECT m3ter_submit('[{"meter":"m","account":"a","ts":"2024-01-02T03:04:05Z"},{"meter":"m","account":"a","ts":"2024-01-02T03:04:05Z","income":{"x":true}}]')$$);
 -- one measurement too large for any request

@@ -18,6 +18,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
@@ -265,8 +266,15 @@ m3ter_submit(PG_FUNCTION_ARGS)
 	JsonbIteratorToken tok;
 	StringInfoData buf;
 	StringInfoData out;
+	HTAB	   *uids;
+	HASHCTL		ctl;
 
 	m3ter_require_installed_version();
+	/* the uids given so far and where: m3ter stores a uid once, so a call repeating one is refused */
+	ctl.keysize = M3TER_UID_MAX_BYTES + 1;
+	ctl.entrysize = ctl.keysize + sizeof(int);
+	ctl.hcxt = CurrentMemoryContext;
+	uids = hash_create("m3ter_submit uids", 64, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	memset(&st, 0, sizeof(st));
 	m3ter_group_init(&st.group, CurrentMemoryContext, 16);
 	initStringInfo(&buf);
@@ -299,6 +307,20 @@ m3ter_submit(PG_FUNCTION_ARGS)
 				break;
 		}
 		read_measurement(st.group.n, &v, &m);
+		{
+			bool		found;
+			char	   *entry = hash_search(uids, m.uid, HASH_ENTER, &found);
+			int		   *index = (int *) (entry + M3TER_UID_MAX_BYTES + 1);
+
+			if (found)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("invalid \"uid\" in the measurement at index %d", st.group.n),
+						 errdetail("The measurement at index %d has the same uid: m3ter stores a uid once, so one of them would not count.",
+								   *index),
+						 errhint("Give each measurement its own uid, or leave uid out to have one generated.")));
+			*index = st.group.n;
+		}
 		resetStringInfo(&buf);
 		m3ter_append_measurement(&buf, &m);
 		if (M3TER_PAYLOAD_OVERHEAD + buf.len >= M3TER_MAX_PAYLOAD_BYTES)
