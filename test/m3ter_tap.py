@@ -274,6 +274,8 @@ class Cluster:
     made with pg_basebackup over the unix socket.  bindir: another installation's
     binaries (an older major's, for pg_upgrade)."""
 
+    bindir = BINDIR  # (also for one made without __init__, around a restored backup)
+
     def __init__(self, name, extra="", replica_of=None, bindir=BINDIR, initdb_args=()):
         self.bindir = bindir
         self.dir = os.path.join(os.environ["M3TER_TMP"], name)
