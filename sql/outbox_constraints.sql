@@ -72,4 +72,13 @@ SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account, ts, metadata)
 -- ... and one that fits is taken
 SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account, ts, metadata)
              VALUES ('large', 'api', 'acme', '2026-01-01', jsonb_build_object('blob', repeat('x', 511000)))$$);
+-- the size is checked on a row as an application writes it (pending, untried, due): a row held
+-- for later, and the extension's writes to a row it holds, are not refused (the worker fails it)
+SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account, ts, metadata, next_attempt_at)
+             VALUES ('huge-later', 'api', 'acme', '2026-01-01', jsonb_build_object('blob', repeat('x', 511900)),
+                     now() + interval '1 hour')$$);
+SELECT err($$UPDATE m3ter.outbox SET error = 'held', attempts = 1 WHERE uid = 'huge-later'$$);
+SELECT err($$UPDATE m3ter.outbox SET status = 'failed', error = 'too large' WHERE uid = 'huge-later'$$);
+-- an application's UPDATE that makes a pending row too large is refused
+SELECT err($$UPDATE m3ter.outbox SET metadata = jsonb_build_object('blob', repeat('x', 511900)) WHERE uid = 'large'$$);
 DELETE FROM m3ter.outbox;
