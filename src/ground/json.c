@@ -575,6 +575,39 @@ m3ter_jsonb_to_cjson(Jsonb *jb, const char *what)
  * cJSON_PrintUnformatted() of a tree whose strings are in the database
  * encoding, as palloc'd UTF-8 for m3ter; what names it in errors.
  */
+/*
+ * The first string or key under item that is not valid UTF-8 (a SQL_ASCII
+ * database's bytes), as a path from it appended to path: "dataFields"[0]."name".
+ * False when there is none.
+ */
+static bool
+find_not_utf8(const cJSON *item, StringInfo path)
+{
+	const cJSON *child;
+	int			len = path->len;
+	int			i = 0;
+
+	if (cJSON_IsString(item))
+		return item->valuestring != NULL &&
+			!pg_verify_mbstr(PG_UTF8, item->valuestring, strlen(item->valuestring), true);
+	for (child = item->child; child != NULL; child = child->next, i++)
+	{
+		if (cJSON_IsObject(item))
+		{
+			appendStringInfo(path, "%s\"%s\"", len > 0 ? "." : "", child->string);
+			if (!pg_verify_mbstr(PG_UTF8, child->string, strlen(child->string), true))
+				return true;
+		}
+		else
+			appendStringInfo(path, "[%d]", i);
+		if (find_not_utf8(child, path))
+			return true;
+		path->len = len;
+		path->data[len] = '\0';
+	}
+	return false;
+}
+
 char *
 m3ter_cjson_print_utf8(const cJSON *item, const char *what)
 {
@@ -585,7 +618,19 @@ m3ter_cjson_print_utf8(const cJSON *item, const char *what)
 		elog(ERROR, "could not print a JSON value");
 	PG_TRY();
 	{
-		char	   *u = m3ter_server_to_utf8(text, strlen(text), what);
+		const char *named = what;
+		char	   *u;
+
+		if (GetDatabaseEncoding() == PG_SQL_ASCII && has_high_bit(text, strlen(text)))
+		{
+			StringInfoData path;
+
+			/* name the value in the error m3ter_server_to_utf8() raises */
+			initStringInfo(&path);
+			if (find_not_utf8(item, &path) && path.len > 0)
+				named = psprintf("%s of %s", path.data, what);
+		}
+		u = m3ter_server_to_utf8(text, strlen(text), named);
 
 		result = (u == text) ? pstrdup(text) : u;
 	}
