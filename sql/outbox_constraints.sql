@@ -69,6 +69,11 @@ SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account, ts, metadata)
              VALUES ('huge', 'api', 'acme', '2026-01-01', jsonb_build_object('blob', repeat('x', 511900)))$$);
 SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account, ts, metadata)
              VALUES ('huge-escaped', 'api', 'acme', '2026-01-01', jsonb_build_object('blob', repeat(E'\x01', 90000)))$$);
+-- (also when its value comes from another table, compressed)
+CREATE TEMP TABLE staging AS SELECT jsonb_build_object('blob', repeat('x', 511900)) AS metadata;
+SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account, ts, metadata)
+             SELECT 'huge-copied', 'api', 'acme', '2026-01-01', metadata FROM staging$$);
+DROP TABLE staging;
 -- ... and one that fits is taken
 SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account, ts, metadata)
              VALUES ('large', 'api', 'acme', '2026-01-01', jsonb_build_object('blob', repeat('x', 511000)))$$);

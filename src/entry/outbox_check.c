@@ -24,6 +24,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
@@ -186,9 +187,10 @@ check_fits_request(const UsageFields *f)
 	StringInfoData buf;
 	int			i;
 
+	/* (the size as written: a value from another table may come compressed or toasted) */
 	for (i = 0; i < NUM_FIELDS; i++)
 		if (!f->nulls[i] && field_types[i] != TIMESTAMPTZOID)
-			raw += VARSIZE_ANY(DatumGetPointer(f->values[i]));
+			raw += toast_raw_datum_size(f->values[i]);
 	if (raw < SIZE_CHECK_FROM)
 		return;
 	m3ter_measurement_from_datums(&m, f->values, f->nulls, ts, ets);
