@@ -77,13 +77,17 @@ DROP TABLE staging;
 -- ... and one that fits is taken
 SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account, ts, metadata)
              VALUES ('large', 'api', 'acme', '2026-01-01', jsonb_build_object('blob', repeat('x', 511000)))$$);
--- the size is checked on a row as an application writes it (pending, untried, due): a row held
--- for later, and the extension's writes to a row it holds, are not refused (the worker fails it)
+-- (also a row inserted to be sent later)
 SELECT err($$INSERT INTO m3ter.outbox (uid, meter, account, ts, metadata, next_attempt_at)
              VALUES ('huge-later', 'api', 'acme', '2026-01-01', jsonb_build_object('blob', repeat('x', 511900)),
                      now() + interval '1 hour')$$);
-SELECT err($$UPDATE m3ter.outbox SET error = 'held', attempts = 1 WHERE uid = 'huge-later'$$);
-SELECT err($$UPDATE m3ter.outbox SET status = 'failed', error = 'too large' WHERE uid = 'huge-later'$$);
--- an application's UPDATE that makes a pending row too large is refused
+-- an application's UPDATE that makes a pending row too large is refused, also one held for later
 SELECT err($$UPDATE m3ter.outbox SET metadata = jsonb_build_object('blob', repeat('x', 511900)) WHERE uid = 'large'$$);
+INSERT INTO m3ter.outbox (uid, meter, account, ts, next_attempt_at) VALUES ('later', 'api', 'acme', '2026-01-01', now() + interval '1 hour');
+SELECT err($$UPDATE m3ter.outbox SET "where" = jsonb_build_object('blob', repeat('x', 511900)) WHERE uid = 'later'$$);
+-- the size is checked on a row as an application writes it (pending, untried, no error): a failed
+-- row may be corrected at any size, and the extension's writes to it are not refused
+UPDATE m3ter.outbox SET status = 'failed', error = 'bad meter' WHERE uid = 'later';
+SELECT err($$UPDATE m3ter.outbox SET "where" = jsonb_build_object('blob', repeat('x', 511900)) WHERE uid = 'later'$$);
+SELECT err($$UPDATE m3ter.outbox SET error = 'still too large', http_status = NULL WHERE uid = 'later'$$);
 DELETE FROM m3ter.outbox;

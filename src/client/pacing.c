@@ -109,7 +109,7 @@
 #define KEPT_SLOTS 20000
 /* a budget's window is kept this much (µs) longer: arrival delays differ */
 #define WINDOW_MARGIN_US 500000
-/* where a clean shutdown leaves the last window's send times, as PostgreSQL its statistics */
+/* where a shutdown leaves the last window's send times, as PostgreSQL its statistics */
 #define SLOTS_FILE "pg_stat/m3ter_pacing.stat"
 #define SLOTS_FILE_MAGIC 0x6d337031
 
@@ -155,8 +155,8 @@ static TimestampTz given_back(PaceState *st, int n);
  * forgot the requests of the last window spent the budget again, into 429s
  * that held delivery and failed m3ter_submit() for minutes.  So the
  * postmaster writes the send times of the last m3ter.requests_window when
- * it shuts down cleanly, and reads them back (once) when it starts.  After
- * a crash there is no file: the state may be torn, and it starts afresh.
+ * it shuts down (in any mode), and reads them back (once) when it starts.
+ * A crash restart (a backend died) finds no file and starts afresh.
  */
 static void
 save_slots(int code, Datum arg)
@@ -208,7 +208,7 @@ error:
 	unlink(tmp);
 }
 
-/* Read back what the last clean shutdown saved, and remove the file */
+/* Read back what the last shutdown saved, and remove the file */
 static void
 load_slots(PaceShared *ps)
 {

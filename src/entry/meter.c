@@ -52,7 +52,7 @@ static void
 bad_meter(const char *where, const char *reason, const char *hint)
 {
 	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			(errcode(reason == m3ter_not_utf8 ? ERRCODE_CHARACTER_NOT_IN_REPERTOIRE : ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("invalid %s for m3ter_create_meter", where),
 			 errdetail("%s", reason),
 			 hint ? errhint("%s", hint) : 0));

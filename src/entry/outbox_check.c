@@ -238,8 +238,6 @@ typedef struct RowLayout
 	int			status_attno;
 	int			attempts_attno;
 	int			error_attno;
-	int			next_attempt_attno;
-	int			created_attno;
 	Datum	   *values;			/* room to deform a row */
 	bool	   *nulls;
 } RowLayout;
@@ -296,8 +294,6 @@ row_layout(FunctionCallInfo fcinfo, Oid typid, int32 typmod)
 	layout->status_attno = column_index(desc, "status", TEXTOID);
 	layout->attempts_attno = column_index(desc, "attempts", INT4OID);
 	layout->error_attno = column_index(desc, "error", TEXTOID);
-	layout->next_attempt_attno = column_index(desc, "next_attempt_at", TIMESTAMPTZOID);
-	layout->created_attno = column_index(desc, "created_at", TIMESTAMPTZOID);
 	layout->values = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, desc->natts * sizeof(Datum));
 	layout->nulls = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, desc->natts * sizeof(bool));
 	ReleaseTupleDesc(desc);
@@ -340,10 +336,9 @@ check_state(const RowLayout *layout)
 }
 
 /*
- * Is the row as an application writes it: pending, never tried, no error,
- * due as inserted?  Only such a row is sized (check_fits_request): the
- * extension's own writes of outcomes, holds and deferrals to a row it
- * already took must not start refusing it.
+ * Is the row as an application writes it: pending, never tried, no error?
+ * Only such a row is sized (check_fits_request): the extension's own writes
+ * of outcomes and holds to a row it took must not start refusing it.
  */
 static bool
 as_inserted(const RowLayout *layout)
@@ -351,17 +346,13 @@ as_inserted(const RowLayout *layout)
 	int			s = layout->status_attno;
 	int			a = layout->attempts_attno;
 	int			e = layout->error_attno;
-	int			n = layout->next_attempt_attno;
-	int			c = layout->created_attno;
 	text	   *status;
 
-	if (s < 0 || a < 0 || e < 0 || n < 0 || c < 0 || layout->nulls[s] || layout->nulls[a])
+	if (s < 0 || a < 0 || e < 0 || layout->nulls[s] || layout->nulls[a])
 		return false;
 	status = DatumGetTextPP(layout->values[s]);
 	return VARSIZE_ANY_EXHDR(status) == 7 && memcmp(VARDATA_ANY(status), "pending", 7) == 0 &&
-		DatumGetInt32(layout->values[a]) == 0 && layout->nulls[e] &&
-		(layout->nulls[n] || layout->nulls[c] ||
-		 DatumGetTimestampTz(layout->values[n]) <= DatumGetTimestampTz(layout->values[c]));
+		DatumGetInt32(layout->values[a]) == 0 && layout->nulls[e];
 }
 
 /*

@@ -141,6 +141,11 @@ _, err, rc = q("SELECT m3ter_create_meter('Cafe', 'cafe_meter', jsonb_build_arra
                "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
 ok(rc != 0 and '"dataFields"[0]."name" of the meter is not valid UTF-8' in err,
    "SQL_ASCII: m3ter_create_meter() names the value that is not UTF-8", err)
+_, err, rc = q("DO $$ BEGIN PERFORM m3ter_create_meter('Cafe', 'caf' || chr(233), "
+               "'[{\"category\": \"MEASURE\", \"code\": \"r\", \"name\": \"R\"}]'); "
+               "EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'raised %', SQLSTATE; END $$",
+               "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
+ok("raised 22021" in err, "SQL_ASCII: m3ter_create_meter() raises 22021 for a code that is not UTF-8", err)
 
 # an account code with characters of the database encoding is looked up in m3ter as UTF-8
 standin("POST", "/_control/accounts", {"accounts": ["Zürich AG"]})
