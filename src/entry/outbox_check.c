@@ -62,8 +62,6 @@ static const Oid field_types[NUM_FIELDS] = {
 	JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID, JSONBOID
 };
 
-static void check_fits_request(const UsageFields *f);
-
 /* The hint for a bad map, by kind (M3terMapKind) */
 static const char *const map_hints[] = {
 	"measure, cost and income map names to numbers, such as {\"requests\": 3}.",

@@ -53,6 +53,27 @@ bad_measurement(int i, const char *field, const char *reason)
 }
 
 /*
+ * Record that measurement i has uid, refusing a uid an earlier measurement
+ * of the call has: m3ter stores a uid once
+ */
+static void
+note_uid(HTAB *uids, const char *uid, int i)
+{
+	bool		found;
+	char	   *entry = hash_search(uids, uid, HASH_ENTER, &found);
+	int		   *index = (int *) (entry + M3TER_UID_MAX_BYTES + 1);
+
+	if (found)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid \"uid\" in the measurement at index %d", i),
+				 errdetail("The measurement at index %d has the same uid: m3ter stores a uid once, so one of them would not count.",
+						   *index),
+				 errhint("Give each measurement its own uid, or leave uid out to have one generated.")));
+	*index = i;
+}
+
+/*
  * An ISO 8601 date-time (checked) as the outbox sends one: UTC, with
  * milliseconds (2022-08-24T14:15:22.123Z), whatever offset or precision it
  * was written with
@@ -307,20 +328,7 @@ m3ter_submit(PG_FUNCTION_ARGS)
 				break;
 		}
 		read_measurement(st.group.n, &v, &m);
-		{
-			bool		found;
-			char	   *entry = hash_search(uids, m.uid, HASH_ENTER, &found);
-			int		   *index = (int *) (entry + M3TER_UID_MAX_BYTES + 1);
-
-			if (found)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("invalid \"uid\" in the measurement at index %d", st.group.n),
-						 errdetail("The measurement at index %d has the same uid: m3ter stores a uid once, so one of them would not count.",
-								   *index),
-						 errhint("Give each measurement its own uid, or leave uid out to have one generated.")));
-			*index = st.group.n;
-		}
+		note_uid(uids, m.uid, st.group.n);
 		resetStringInfo(&buf);
 		m3ter_append_measurement(&buf, &m);
 		if (M3TER_PAYLOAD_OVERHEAD + buf.len >= M3TER_MAX_PAYLOAD_BYTES)

@@ -572,10 +572,6 @@ m3ter_jsonb_to_cjson(Jsonb *jb, const char *what)
 }
 
 /*
- * cJSON_PrintUnformatted() of a tree whose strings are in the database
- * encoding, as palloc'd UTF-8 for m3ter; what names it in errors.
- */
-/*
  * The first string or key under item that is not valid UTF-8 (a SQL_ASCII
  * database's bytes), as a path from it appended to path: "dataFields"[0]."name".
  * False when there is none.
@@ -608,6 +604,10 @@ find_not_utf8(const cJSON *item, StringInfo path)
 	return false;
 }
 
+/*
+ * cJSON_PrintUnformatted() of a tree whose strings are in the database
+ * encoding, as palloc'd UTF-8 for m3ter; what names it in errors.
+ */
 char *
 m3ter_cjson_print_utf8(const cJSON *item, const char *what)
 {
