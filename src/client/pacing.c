@@ -474,6 +474,33 @@ m3ter_pace_held_until(M3terApi api, bool *backing_off)
 }
 
 /*
+ * When the 5-minute budget lets the slot ahead places after the next be
+ * given (0: at once, or no budget).  A sender claims no rows for a slot the
+ * budget holds: rows claimed would sit in flight, unsent, for up to the
+ * window, and a sender stopped meanwhile would count them as sent.
+ */
+TimestampTz
+m3ter_pace_budget_at(M3terApi api, int ahead)
+{
+	int			per_second;
+	int			per_window;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz earlier;
+	TimestampTz until = 0;
+
+	limits(api, &per_second, &per_window);
+	if (per_window <= 0)
+		return 0;
+	if (ahead >= per_window)
+		return now + (int64) m3ter_requests_window_s * USECS_PER_SEC;
+	earlier = given_back(lock_state(api), per_window - ahead);
+	unlock_state();
+	if (earlier != 0)
+		until = earlier + (int64) m3ter_requests_window_s * USECS_PER_SEC + WINDOW_MARGIN_US;
+	return until > now ? until : 0;
+}
+
+/*
  * 429s that go on (m3ter's rule: wait 1 s, then 3 s, growing).  A 429 for a
  * request sent a whole second after the first 429 with no 2xx since, and
  * after the last such wait ended, shows a limit that lasts (a 5-minute

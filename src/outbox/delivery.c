@@ -760,6 +760,32 @@ pump(M3terDelivery *d, int wait_ms)
 #define CLAIM_AHEAD 2
 
 /*
+ * Of free_requests, those the 5-minute budget gives slots for within a
+ * second (after the requests already waiting for one).  Rows are claimed
+ * only for those: a claim for a slot the budget holds for minutes would sit
+ * in flight unsent, and a sender stopped meanwhile would count its rows as
+ * sent.  Notes in d->budget_until when the budget holds every claim.
+ */
+static int
+budget_allows(M3terDelivery *d, int free_requests)
+{
+	TimestampTz horizon = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+	int			ahead = m3ter_sender_ready(&d->sender);
+
+	d->budget_until = 0;
+	if (m3ter_max_requests_per_5min <= 0)
+		return free_requests;
+	while (free_requests > 0 &&
+		   m3ter_pace_budget_at(M3TER_INGEST_API, ahead + free_requests - 1) > horizon)
+		free_requests--;
+	if (free_requests == 0 && ahead == 0)
+		d->budget_until = m3ter_pace_budget_at(M3TER_INGEST_API, 0);
+	if (d->budget_until <= horizon)
+		d->budget_until = 0;
+	return free_requests;
+}
+
+/*
  * One step of delivery: write finished outcomes, claim what the free
  * requests in flight can carry, start and wait for up to wait_ms.
  * Returns true while there is more to do now; false once nothing is in
@@ -779,6 +805,7 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 	free_requests = d->sender.max_in_flight - m3ter_sender_busy(&d->sender);
 	if (m3ter_max_requests_per_second > 0)
 		free_requests = Min(free_requests, CLAIM_AHEAD - m3ter_sender_ready(&d->sender));
+	free_requests = budget_allows(d, free_requests);
 	if (d->next_claim_at > GetCurrentTimestamp() && m3ter_sender_busy(&d->sender) == 0 &&
 		d->n_claims == 0)
 	{
@@ -844,6 +871,8 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 		note_error(d, d->sender.last_error);
 	if (m3ter_sender_busy(&d->sender) > 0 || d->n_claims > 0)
 		return true;
+	if (d->budget_until != 0)
+		return false;			/* rows wait for the budget: the caller rests or returns */
 	if (d->stats.stopped || d->subscribed || (d->max_rows > 0 && d->stats.claimed >= d->max_rows))
 		return false;
 	return !d->exhausted;

@@ -11,6 +11,7 @@ once the first have left the window, then the rest. Functional, not timed: no
 budget. bench/network.py ("long") prints the ratio to the ceiling."""
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from m3ter_tap import *  # noqa: E402,F401,F403
@@ -74,6 +75,44 @@ ok(recent >= RESTART_BUDGET, "after a restart the pacer still holds the window's
 insert_usage(100, "after-restart-")
 ok(wait_until(lambda: outbox_counts()["accepted"] == RESTART_BUDGET * 10 + 100, timeout=WINDOW * 3),
    "the rows inserted after it are delivered once the window frees", outbox_counts())
+is_(len([r for r in ingest_requests() if r["status"] == 429]), 0, "with no 429")
+
+# Rows due while the budget is spent wait unclaimed: the worker says so, nothing of them is in
+# flight, and a worker stopped meanwhile leaves them as they were (no attempt counted, no error);
+# a flush returns at once and says why. They go, each once, when the window frees.
+HOLD_BUDGET = 5
+BUDGET_STATE = "waiting: the 5-minute request budget is spent (m3ter.max_requests_per_5min)"
+reset()
+set_and_reload(worker_enabled="off", batch_rows="10", max_requests_per_5min=str(HOLD_BUDGET),
+               requests_window="%ds" % WINDOW)
+wait_until(lambda: psql("SELECT coalesce(max(s) < now() - interval '%d seconds', true) "
+                        "FROM unnest(m3ter.pacing_slots()) s" % (WINDOW + 1)) == "t", timeout=WINDOW + 5)
+insert_usage(HOLD_BUDGET * 10, "spend-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == HOLD_BUDGET * 10, timeout=30),
+   "%d requests spend the budget" % HOLD_BUDGET, outbox_counts())
+insert_usage(30, "held-")
+ok(wait_until(lambda: psql("SELECT state FROM m3ter.databases WHERE datname = current_database()")
+              == BUDGET_STATE, timeout=10),
+   "the worker's state says the rows wait for the budget",
+   psql("SELECT state FROM m3ter.databases WHERE datname = current_database()"))
+time.sleep(1)
+is_(psql("SELECT count(*) FROM m3ter.inflight"), "0", "no row is claimed while the budget holds them")
+pid = worker_pid()
+psql("SELECT pg_terminate_backend(%d)" % pid)
+wait_until(lambda: worker_pid() not in (None, pid), timeout=15)
+is_(psql("SELECT count(*) FROM m3ter.outbox WHERE uid LIKE 'held-%' "
+         "AND (attempts <> 0 OR error IS NOT NULL OR status <> 'pending')"), "0",
+    "a worker stopped while they wait leaves them untouched: no attempt, no error")
+r = psql("SET client_min_messages = notice; SELECT m3ter_flush()", check=False)
+ok('"requests": 0' in r.stdout and "m3ter allows no more requests from this address yet" in r.stderr,
+   "m3ter_flush() returns at once with a notice of the wait", r.stdout + r.stderr)
+ok(wait_until(lambda: outbox_counts()["accepted"] == HOLD_BUDGET * 10 + 30, timeout=WINDOW * 3),
+   "they are delivered once the window frees", outbox_counts())
+is_(psql("SELECT count(*) FROM m3ter.outbox WHERE uid LIKE 'held-%' AND attempts = 1 AND error IS NULL"), "30",
+    "each with one attempt")
+is_(len(stored_uids("held-")), 30, "the stand-in stored each uid")
+is_(standin("GET", "/_control/summary")["duplicates"], 0, "none twice")
 is_(len([r for r in ingest_requests() if r["status"] == 429]), 0, "with no 429")
 
 standin("POST", "/_control/config", {"rate_limit": None})
