@@ -339,14 +339,16 @@ held_by_m3ter(void)
 }
 
 /*
- * Until when m3ter's 5-minute budget (m3ter.max_requests_per_5min) holds
- * the cluster's next request, when that is more than a second away; 0 if
- * it does not.  Due rows then wait unclaimed.
+ * Until when the pacer holds the cluster's next request, when that is more
+ * than a second away (m3ter's 5-minute budget, a wait m3ter asked for); 0
+ * if it does not.  Due rows then wait unclaimed.
  */
 static TimestampTz
-budget_holds(void)
+sends_held(void)
 {
-	TimestampTz until = m3ter_pace_budget_at(M3TER_INGEST_API, 0);
+	bool		backing_off;
+	TimestampTz until = Max(m3ter_pace_held_until(M3TER_INGEST_API, &backing_off),
+							m3ter_pace_budget_at(M3TER_INGEST_API, 0));
 
 	return until > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000) ? until : 0;
 }
@@ -356,7 +358,7 @@ static void
 start_or_rest(void)
 {
 	TimestampTz next_due;
-	TimestampTz budget_until = 0;
+	TimestampTz held_until = 0;
 
 	w.last_upkeep = GetCurrentTimestamp();
 	w.busy = false;
@@ -372,18 +374,18 @@ start_or_rest(void)
 		m3ter_worker_note("paused: the outbox is a subscription's table", false);
 		w.sleep_ms = m3ter_worker_idle_naptime_ms;
 	}
-	else if (next_due == 0 || next_due > GetCurrentTimestamp() || (budget_until = budget_holds()) != 0)
+	else if (next_due == 0 || next_due > GetCurrentTimestamp() || (held_until = sends_held()) != 0)
 	{
 		/* the rows a long Retry-After put back wait for it: say so, not idle */
 		const char *held = held_by_m3ter();
 
 		m3ter_worker_note(w.last_logged ? "stopped: m3ter refused the delivery" :
 						  held ? held :
-						  budget_until != 0 ? "waiting: the 5-minute request budget is spent (m3ter.max_requests_per_5min)" :
+						  held_until != 0 ? "waiting: the 5-minute request budget is spent (m3ter.max_requests_per_5min)" :
 						  w.retrying && next_due != 0 ? "waiting: retrying after a fault (see last_error)" :
 						  "idle", true);
 		m3ter_worker_listen(true, M3TER_BACKLOG_COUNT);	/* nothing due: count what waits */
-		w.sleep_ms = idle_sleep(&w.idle_ms, Max(next_due, budget_until));
+		w.sleep_ms = idle_sleep(&w.idle_ms, Max(next_due, held_until));
 	}
 	else
 	{

@@ -760,28 +760,34 @@ pump(M3terDelivery *d, int wait_ms)
 #define CLAIM_AHEAD 2
 
 /*
- * Of free_requests, those the 5-minute budget gives slots for within a
- * second (after the requests already waiting for one).  Rows are claimed
- * only for those: a claim for a slot the budget holds for minutes would sit
- * in flight unsent, and a sender stopped meanwhile would count its rows as
- * sent.  Notes in d->budget_until when the budget holds every claim.
+ * Of free_requests, those the pacer gives slots for within a second (after
+ * the requests already waiting for one).  Rows are claimed only for those:
+ * a claim for a slot that the 5-minute budget (or, for the worker, a wait
+ * m3ter asked for) holds for minutes would sit in flight unsent, and a
+ * sender stopped meanwhile would count its rows as sent.  Notes in d->held_until when
+ * the pacer holds every claim for over a second.
  */
 static int
-budget_allows(M3terDelivery *d, int free_requests)
+pacer_allows(M3terDelivery *d, int free_requests)
 {
 	TimestampTz horizon = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
 	int			ahead = m3ter_sender_ready(&d->sender);
+	bool		backing_off;
 
-	d->budget_until = 0;
+	/* (a flush waits out a wait m3ter asked for, as m3ter_submit() does) */
+	d->held_until = m3ter_pace_held_until(M3TER_INGEST_API, &backing_off);
+	if (d->held_until > horizon && d->mode == M3TER_TXN_WORKER)
+		return 0;
+	d->held_until = 0;
 	if (m3ter_max_requests_per_5min <= 0)
 		return free_requests;
 	while (free_requests > 0 &&
 		   m3ter_pace_budget_at(M3TER_INGEST_API, ahead + free_requests - 1) > horizon)
 		free_requests--;
 	if (free_requests == 0 && ahead == 0)
-		d->budget_until = m3ter_pace_budget_at(M3TER_INGEST_API, 0);
-	if (d->budget_until <= horizon)
-		d->budget_until = 0;
+		d->held_until = m3ter_pace_budget_at(M3TER_INGEST_API, 0);
+	if (d->held_until <= horizon)
+		d->held_until = 0;
 	return free_requests;
 }
 
@@ -805,7 +811,7 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 	free_requests = d->sender.max_in_flight - m3ter_sender_busy(&d->sender);
 	if (m3ter_max_requests_per_second > 0)
 		free_requests = Min(free_requests, CLAIM_AHEAD - m3ter_sender_ready(&d->sender));
-	free_requests = budget_allows(d, free_requests);
+	free_requests = pacer_allows(d, free_requests);
 	if (d->next_claim_at > GetCurrentTimestamp() && m3ter_sender_busy(&d->sender) == 0 &&
 		d->n_claims == 0)
 	{
@@ -871,8 +877,8 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 		note_error(d, d->sender.last_error);
 	if (m3ter_sender_busy(&d->sender) > 0 || d->n_claims > 0)
 		return true;
-	if (d->budget_until != 0)
-		return false;			/* rows wait for the budget: the caller rests or returns */
+	if (d->held_until != 0)
+		return false;			/* due rows wait for the pacer: the caller rests or returns */
 	if (d->stats.stopped || d->subscribed || (d->max_rows > 0 && d->stats.claimed >= d->max_rows))
 		return false;
 	return !d->exhausted;

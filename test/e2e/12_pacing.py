@@ -94,6 +94,31 @@ held_an_hour("date-", {"retry_after": email.utils.formatdate(time.time() + 3600,
 # Retry-After-Ms (as m3ter's generated SDKs read it) wins over Retry-After
 held_an_hour("ms-", {"retry_after": 1, "retry_after_ms": 3600000}, "Retry-After-Ms: 3600000 and Retry-After: 1")
 
+# Rows that fall due while the cluster waits out a Retry-After wait unclaimed: the worker says
+# what it waits for, nothing of theirs is in flight, and a worker stopped meanwhile leaves them as
+# they were (no attempt counted, no error). They go once the wait ends.
+reset()
+set_and_reload(worker_enabled="off", retry_max_delay="20s")
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": 8,
+                                                 "count": 1}]})
+insert_usage(10, "ra-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: psql("SELECT state FROM m3ter.databases WHERE datname = current_database()")
+              == "waiting: m3ter asked to wait (Retry-After)", timeout=10), "the worker waits out the Retry-After")
+insert_usage(10, "ra-late-")
+time.sleep(1.5)
+CLAIMED_LATE = ("SELECT count(*) FROM m3ter.inflight f JOIN m3ter.outbox o ON o.id = ANY (f.ids) "
+                "WHERE o.uid LIKE 'ra-late-%'")
+is_(psql(CLAIMED_LATE), "0", "rows due during the wait are not claimed")
+pid = worker_pid()
+psql("SELECT pg_terminate_backend(%d)" % pid)
+wait_until(lambda: worker_pid() not in (None, pid), timeout=15)
+is_(psql("SELECT count(*) FROM m3ter.outbox WHERE uid LIKE 'ra-late-%' AND (attempts <> 0 OR error IS NOT NULL)"),
+    "0", "a worker stopped during the wait leaves them untouched: no attempt, no error")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 20, timeout=30), "all are delivered after the wait",
+   outbox_counts())
+is_(psql("SELECT count(*) FROM m3ter.outbox WHERE uid LIKE 'ra-late-%' AND attempts = 1"), "10", "in one attempt each")
+
 # a value that is neither delay-seconds nor a date names no wait: the 429 is waited out as one without
 reset()
 set_and_reload(worker_enabled="off", retry_max_delay="2s", max_in_flight="1")
