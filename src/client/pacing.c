@@ -54,7 +54,10 @@
  *	  their shares instead of overshooting every few seconds), faster the
  *	  longer no 429 came (times the square of the seconds since the last
  *	  one over 5): once the others are gone, the whole rate is back within
- *	  15-20 s.
+ *	  15-20 s.  A blind halving (no whole second sent yet to measure a
+ *	  share by) that is no repeat climbs back in about a second instead: a
+ *	  brief intrusion costs about a second, and another server shows again
+ *	  at once, as a repeat, which is measured and climbs slowly.
  *
  * The usage query (reconciliation) goes to m3ter's Data Explorer, limited
  * to one request a second: it is paced apart, at that rate.
@@ -100,7 +103,8 @@
 #define EVEN_HOLD_US (30 * USECS_PER_SEC)	/* slots stay evenly spaced this long */
 #define BACKOFF_FIRST_US (3 * USECS_PER_SEC)	/* 429s that go on: 3 s, then 9, 27, ... */
 #define RECOVER_PER_S 0.01		/* the scale climbs back 1% of the rate a second, */
-#define RECOVER_FASTER_S 5		/* and faster after 5 s without a 429 (by the square) */
+#define RECOVER_FASTER_S 5		/* and faster after 5 s without a 429 (by the square); */
+#define RECOVER_BLIND_PER_S 0.5	/* after a blind first halving, half the rate a second */
 /* a slot asked for this late (µs) is still given on schedule */
 #define CATCH_UP_US 10000
 /* slots a little under the limit: answers arrive with jitter, and m3ter counts arrivals */
@@ -123,6 +127,7 @@ typedef struct PaceState
 	TimestampTz overload_at;	/* the first 429 of the overload under way (0: none) */
 	TimestampTz prev_overload_at;	/* the first 429 of the one before (0: none) */
 	TimestampTz shared_at;		/* when 429s last showed others spend the budget */
+	bool		climb_fast;		/* that drop was a blind halving: climb back fast */
 	TimestampTz even_until;		/* no slot caught up closer than an interval before */
 	TimestampTz busy_since;		/* when slots began to be given after a pause */
 	int64		answers_second[2];	/* answers counted in this second and the last: */
@@ -374,6 +379,8 @@ climbed_scale(PaceState *st, TimestampTz now)
 	if (st->scale >= 1.0)
 		return st->scale;
 	seconds = (double) (now - st->raised_at) / USECS_PER_SEC;
+	if (st->climb_fast)
+		return Min(1.0, st->scale + RECOVER_BLIND_PER_S * Max(seconds, 0.0));
 	faster = Max(1.0, (double) (now - st->dropped_at) / USECS_PER_SEC / RECOVER_FASTER_S);
 	return Min(1.0, st->scale + RECOVER_PER_S * Max(seconds, 0.0) * faster * faster);
 }
@@ -665,7 +672,16 @@ slow_down(PaceState *st, int per_second, bool after_refusal, TimestampTz sent_at
 		 * so far); and a pause in that second (a block, retries waiting)
 		 * makes it less than our part: never below a quarter at once
 		 */
-		if (per_second > 0 && admitted >= 1.0 && sent_at - st->busy_since >= USECS_PER_SEC)
+		bool		measured = per_second > 0 && admitted >= 1.0 && sent_at - st->busy_since >= USECS_PER_SEC;
+
+		/*
+		 * A blind halving (no whole second sent yet) that is not a repeat
+		 * may be a brief intrusion as well as another server starting: the
+		 * pace climbs back within about a second.  Another server's share
+		 * shows again at once, as a repeat, and that drop is measured.
+		 */
+		st->climb_fast = !measured && now - st->shared_at >= REPEAT_SHARE_US;
+		if (measured)
 			scale = Min(st->scale, admitted * HEADROOM / per_second);
 		st->scale = Max(MIN_SCALE, Max(scale, st->scale * SHARE_FLOOR));
 		st->dropped_at = st->shared_at = now;
