@@ -128,6 +128,7 @@ typedef struct PaceState
 	TimestampTz prev_overload_at;	/* the first 429 of the one before (0: none) */
 	TimestampTz shared_at;		/* when 429s last showed others spend the budget */
 	bool		climb_fast;		/* that drop was a blind halving: climb back fast */
+	double		climb_from;		/* the halved scale a fast climb started from */
 	TimestampTz even_until;		/* no slot caught up closer than an interval before */
 	TimestampTz busy_since;		/* when slots began to be given after a pause */
 	int64		answers_second[2];	/* answers counted in this second and the last: */
@@ -652,6 +653,13 @@ others_spend(PaceState *st, bool after_refusal, TimestampTz sent_at, TimestampTz
 static void
 slow_down(PaceState *st, int per_second, bool after_refusal, TimestampTz sent_at, TimestampTz now)
 {
+	/*
+	 * A 429 during a fast climb: the halved pace was nearer what m3ter
+	 * admits (another server's share); back to it, and climb slowly
+	 */
+	if (st->climb_fast && st->scale < 1.0)
+		st->scale = Min(st->scale, st->climb_from);
+	st->climb_fast = false;
 	if (st->overload_at == 0 || now - st->overload_at > OVERLOAD_US)
 	{
 		/* the first: perhaps only jitter or bunching; slots evenly spaced from now */
@@ -684,10 +692,13 @@ slow_down(PaceState *st, int per_second, bool after_refusal, TimestampTz sent_at
 		if (measured)
 			scale = Min(st->scale, admitted * HEADROOM / per_second);
 		st->scale = Max(MIN_SCALE, Max(scale, st->scale * SHARE_FLOOR));
+		st->climb_from = st->scale;
 		st->dropped_at = st->shared_at = now;
 		st->overload_at = 0;
 		/* the rest of the second in which it reached m3ter */
 		st->blocked_until = Max(st->blocked_until, (reached / USECS_PER_SEC + 1) * USECS_PER_SEC);
+		/* a fast climb from when sends resume: the halved pace is tried first */
+		st->raised_at = st->climb_fast ? st->blocked_until : now;
 		return;
 	}
 	/* the first, or a lone one after it (jitter still meeting a small bucket): a little slower */
@@ -738,7 +749,8 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 			count_answer(st, now, true);
 			slow_down(st, per_second, after_refusal, sent_at, now);
 		}
-		st->raised_at = now;
+		/* (a fast climb starts when sends resume: raised_at may lie ahead) */
+		st->raised_at = Max(now, st->raised_at);
 	}
 	else
 	{
@@ -748,8 +760,10 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 		if (st->scale < 1.0)
 		{
 			st->scale = climbed_scale(st, now);
-			st->raised_at = now;
+			st->raised_at = Max(now, st->raised_at);
 		}
+		if (st->scale >= 1.0)
+			st->climb_fast = false;	/* the climb is over */
 	}
 	unlock_state();
 }
