@@ -55,9 +55,10 @@
  *	  longer no 429 came (times the square of the seconds since the last
  *	  one over 5): once the others are gone, the whole rate is back within
  *	  15-20 s.  A blind halving (no whole second sent yet to measure a
- *	  share by) that is no repeat climbs back in about a second instead: a
- *	  brief intrusion costs about a second, and another server shows again
- *	  at once, as a repeat, which is measured and climbs slowly.
+ *	  share by) that is no repeat climbs back in about a second instead,
+ *	  from when sends resume: a brief intrusion costs about a second.
+ *	  Another server shows at once, as a 429 during that climb: the pace
+ *	  goes back to the halved one and climbs slowly.
  *
  * The usage query (reconciliation) goes to m3ter's Data Explorer, limited
  * to one request a second: it is paced apart, at that rate.
@@ -653,12 +654,25 @@ others_spend(PaceState *st, bool after_refusal, TimestampTz sent_at, TimestampTz
 static void
 slow_down(PaceState *st, int per_second, bool after_refusal, TimestampTz sent_at, TimestampTz now)
 {
-	/*
-	 * A 429 during a fast climb: the halved pace was nearer what m3ter
-	 * admits (another server's share); back to it, and climb slowly
-	 */
+	/* the rest of the second in which the refused request reached m3ter */
+	TimestampTz reached = sent_at + (now - sent_at) / 2;
+	TimestampTz second_ends = (reached / USECS_PER_SEC + 1) * USECS_PER_SEC;
+
 	if (st->climb_fast && st->scale < 1.0)
+	{
+		/*
+		 * A 429 during a fast climb: the halved pace was nearer what m3ter
+		 * admits (another server's share).  Back to it, once for this
+		 * overload (429s for requests sent before now tell the same), and
+		 * the slow climb from there.
+		 */
+		st->climb_fast = false;
 		st->scale = Min(st->scale, st->climb_from);
+		st->dropped_at = st->shared_at = now;
+		st->overload_at = 0;
+		st->blocked_until = Max(st->blocked_until, second_ends);
+		return;
+	}
 	st->climb_fast = false;
 	if (st->overload_at == 0 || now - st->overload_at > OVERLOAD_US)
 	{
@@ -670,7 +684,6 @@ slow_down(PaceState *st, int per_second, bool after_refusal, TimestampTz sent_at
 	else if (others_spend(st, after_refusal, sent_at, now))
 	{
 		/* others spend the budget too: keep to what m3ter admitted from us */
-		TimestampTz reached = sent_at + (now - sent_at) / 2;
 		double		scale = st->scale * (now - st->shared_at < REPEAT_SHARE_US ? SCALE_DOWN : FIRST_SHARE_DOWN);
 		double		admitted = answers_last_second(st, st->admitted_count, now);
 
@@ -685,8 +698,8 @@ slow_down(PaceState *st, int per_second, bool after_refusal, TimestampTz sent_at
 		/*
 		 * A blind halving (no whole second sent yet) that is not a repeat
 		 * may be a brief intrusion as well as another server starting: the
-		 * pace climbs back within about a second.  Another server's share
-		 * shows again at once, as a repeat, and that drop is measured.
+		 * pace climbs back within about a second, from when sends resume.
+		 * Another server's share shows at once, as a 429 during that climb.
 		 */
 		st->climb_fast = !measured && now - st->shared_at >= REPEAT_SHARE_US;
 		if (measured)
@@ -695,9 +708,7 @@ slow_down(PaceState *st, int per_second, bool after_refusal, TimestampTz sent_at
 		st->climb_from = st->scale;
 		st->dropped_at = st->shared_at = now;
 		st->overload_at = 0;
-		/* the rest of the second in which it reached m3ter */
-		st->blocked_until = Max(st->blocked_until, (reached / USECS_PER_SEC + 1) * USECS_PER_SEC);
-		/* a fast climb from when sends resume: the halved pace is tried first */
+		st->blocked_until = Max(st->blocked_until, second_ends);
 		st->raised_at = st->climb_fast ? st->blocked_until : now;
 		return;
 	}
