@@ -18,15 +18,35 @@ from m3ter_tap import *  # noqa: E402,F401,F403
 
 WINDOW, BUDGET, ROWS = 20, 200, 5000
 
+
+def window_clear():
+    """Wait until none of the cluster's earlier requests lies within a window: the budget counts them"""
+    wait_until(lambda: psql("SELECT coalesce(max(s) < now() - interval '%d seconds', true) "
+                            "FROM unnest(m3ter.pacing_slots()) s" % (WINDOW + 1)) == "t", timeout=WINDOW + 5)
+
+
+def spend_budget(budget, prefix):
+    """A budget of `budget` requests a window, at m3ter (a sliding window) and in the
+    extension, spent by requests of 10 rows"""
+    reset()
+    set_and_reload(worker_enabled="off", batch_rows="10", max_requests_per_5min=str(budget),
+                   requests_window="%ds" % WINDOW)
+    standin("POST", "/_control/config", {"rate_limit": {"model": "sliding", "window": WINDOW,
+                                                        "window_max": budget}})
+    window_clear()
+    insert_usage(budget * 10, prefix)
+    set_and_reload(worker_enabled=None)
+    ok(wait_until(lambda: outbox_counts()["accepted"] == budget * 10, timeout=60),
+       "%d requests spend the budget" % budget, outbox_counts())
+
+
 reset()
 set_and_reload(worker_enabled="off", batch_rows="10", max_requests_per_5min=str(BUDGET),
                requests_window="%ds" % WINDOW)
 standin("POST", "/_control/config", {"rate_limit": {"model": "sliding", "window": WINDOW, "window_max": BUDGET,
                                                     "jitter_ms": 5, "stall_every": 11, "stall_ms": 30}})
 insert_usage(ROWS, "budget-")
-# the budget counts the cluster's earlier requests too: start once none lies within a window
-wait_until(lambda: psql("SELECT coalesce(max(s) < now() - interval '%d seconds', true) "
-                        "FROM unnest(m3ter.pacing_slots()) s" % (WINDOW + 1)) == "t", timeout=WINDOW + 5)
+window_clear()
 started = float(psql("SELECT extract(epoch FROM clock_timestamp())"))
 set_and_reload(worker_enabled=None)
 ok(wait_until(lambda: outbox_counts()["accepted"] == ROWS, timeout=150),
@@ -56,17 +76,7 @@ ok(len(first) >= BUDGET, "the first budget went out within 10 seconds (%d reques
 # shutdown and reads them back, so the next requests wait for the window to free instead of
 # spending the budget again into 429s (m3ter counts its window whatever the cluster does)
 RESTART_BUDGET = 40
-reset()
-set_and_reload(worker_enabled="off", batch_rows="10", max_requests_per_5min=str(RESTART_BUDGET),
-               requests_window="%ds" % WINDOW)
-standin("POST", "/_control/config", {"rate_limit": {"model": "sliding", "window": WINDOW,
-                                                    "window_max": RESTART_BUDGET}})
-wait_until(lambda: psql("SELECT coalesce(max(s) < now() - interval '%d seconds', true) "
-                        "FROM unnest(m3ter.pacing_slots()) s" % (WINDOW + 1)) == "t", timeout=WINDOW + 5)
-insert_usage(RESTART_BUDGET * 10, "spent-")
-set_and_reload(worker_enabled=None)
-ok(wait_until(lambda: outbox_counts()["accepted"] == RESTART_BUDGET * 10, timeout=60),
-   "%d requests spend the budget" % RESTART_BUDGET, outbox_counts())
+spend_budget(RESTART_BUDGET, "spent-")
 pg_ctl("-m", "fast", "restart")
 recent = int(psql("SELECT count(*) FROM unnest(m3ter.pacing_slots()) s WHERE s > now() - interval '%d seconds'"
                   % WINDOW))
@@ -82,15 +92,7 @@ is_(len([r for r in ingest_requests() if r["status"] == 429]), 0, "with no 429")
 # a flush returns at once and says why. They go, each once, when the window frees.
 HOLD_BUDGET = 5
 BUDGET_STATE = "waiting: the 5-minute request budget is spent (m3ter.max_requests_per_5min)"
-reset()
-set_and_reload(worker_enabled="off", batch_rows="10", max_requests_per_5min=str(HOLD_BUDGET),
-               requests_window="%ds" % WINDOW)
-wait_until(lambda: psql("SELECT coalesce(max(s) < now() - interval '%d seconds', true) "
-                        "FROM unnest(m3ter.pacing_slots()) s" % (WINDOW + 1)) == "t", timeout=WINDOW + 5)
-insert_usage(HOLD_BUDGET * 10, "spend-")
-set_and_reload(worker_enabled=None)
-ok(wait_until(lambda: outbox_counts()["accepted"] == HOLD_BUDGET * 10, timeout=30),
-   "%d requests spend the budget" % HOLD_BUDGET, outbox_counts())
+spend_budget(HOLD_BUDGET, "spend-")
 insert_usage(30, "held-")
 ok(wait_until(lambda: psql("SELECT state FROM m3ter.databases WHERE datname = current_database()")
               == BUDGET_STATE, timeout=10),
