@@ -126,6 +126,9 @@ check_fields(cJSON *fields, const char *arg, int min, int max, bool derived,
 		{
 			const char *k = member->string;
 
+			/* (a SQL_ASCII database passes any bytes: not echoed in a message) */
+			if (GetDatabaseEncoding() == PG_SQL_ASCII && !pg_verify_mbstr(PG_UTF8, k, strlen(k), true))
+				bad_meter(psprintf("member name of %s", where), m3ter_not_utf8, NULL);
 			if (strcmp(k, "category") != 0 && strcmp(k, "code") != 0 &&
 				strcmp(k, "name") != 0 && strcmp(k, "unit") != 0 &&
 				!(derived && strcmp(k, "calculation") == 0))

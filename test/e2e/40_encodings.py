@@ -146,6 +146,13 @@ _, err, rc = q("DO $$ BEGIN PERFORM m3ter_create_meter('Cafe', 'caf' || chr(233)
                "EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'raised %', SQLSTATE; END $$",
                "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
 ok("raised 22021" in err, "SQL_ASCII: m3ter_create_meter() raises 22021 for a code that is not UTF-8", err)
+# a field's member name that is not UTF-8 is named by where it is, not echoed in the message
+_, err, rc = q("DO $$ BEGIN PERFORM m3ter_create_meter('Cafe', 'cafe_meter', ("
+               "'[{\"category\": \"MEASURE\", \"code\": \"r\", \"name\": \"R\", \"x' || chr(233) || '\": 1}]')::jsonb); "
+               "EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'raised % %', SQLSTATE, SQLERRM; END $$",
+               "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
+ok("raised 22021 invalid member name of data_fields[0]" in err and "\ufffd" not in err and "x\xe9" not in err,
+   "SQL_ASCII: m3ter_create_meter() raises 22021 for a member name that is not UTF-8, without echoing it", err)
 
 # an account code with characters of the database encoding is looked up in m3ter as UTF-8
 standin("POST", "/_control/accounts", {"accounts": ["Zürich AG"]})
