@@ -167,6 +167,10 @@ psql("CREATE EXTENSION m3ter VERSION '1.2'", db="m3ter_users")
 # (a row deleted under 1.2: the update cannot know its ts)
 psql("INSERT INTO m3ter.outbox (uid, meter, account, measure) VALUES ('gone-1', 'm', 'acct', '{\"n\": 1}'); "
      "DELETE FROM m3ter.outbox", db="m3ter_users")
+# (a row too large for any request, taken by 1.2's CHECK, whose worker was off)
+psql("INSERT INTO m3ter.outbox (uid, meter, account, measure, \"where\") "
+     "SELECT 'huge-12', 'm', 'acct', '{\"n\": 1}', jsonb_build_object('note', repeat('x', 600000))",
+     db="m3ter_users")
 psql("CREATE TABLE public.outbox_archive (LIKE m3ter.outbox INCLUDING ALL); "
      "CREATE TABLE public.outbox_old () INHERITS (m3ter.outbox); "
      "CREATE VIEW public.dashboard AS SELECT pending, worker_state FROM m3ter.outbox_stats; "
@@ -184,7 +188,12 @@ psql("DROP ROLE IF EXISTS \"Dash board\"; CREATE ROLE \"Dash board\"; "
      "GRANT EXECUTE ON FUNCTION m3ter_worker_status() TO \"Dash board\"; "
      "GRANT SELECT (pending) ON m3ter.databases TO \"Dash board\"", db="m3ter_users")
 r = psql("ALTER EXTENSION m3ter UPDATE", db="m3ter_users", check=False)
-ok(r.returncode == 0, "then the update runs, with a copy of the outbox and a table inheriting it", r.stderr)
+ok(r.returncode == 0, "then the update runs, with a copy of the outbox and a table inheriting it, "
+   "and a row too large for a request", r.stderr)
+psql("SELECT m3ter_flush()", db="m3ter_users")
+huge = psql("SELECT status || ': ' || coalesce(error, '') FROM m3ter.outbox WHERE uid = 'huge-12'", db="m3ter_users")
+ok(huge.startswith("failed: a request with this measurement alone"),
+   "a delivery then marks that row failed with the reason, as 1.2's did", huge)
 ok("WARNING" in r.stderr and 'GRANT SELECT ON TABLE m3ter.outbox_stats TO "Dash board";' in r.stderr
    and 'GRANT EXECUTE ON FUNCTION public.m3ter_worker_status() TO "Dash board";' in r.stderr
    and "PUBLIC" not in r.stderr
