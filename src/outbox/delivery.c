@@ -762,9 +762,9 @@ pump(M3terDelivery *d, int wait_ms)
 /*
  * Of free_requests, those the pacer gives slots for within a second (after
  * the requests already waiting for one).  Rows are claimed only for those:
- * a claim for a slot that the 5-minute budget (or, for the worker, a wait
- * m3ter asked for) holds for minutes would sit in flight unsent, and a
- * sender stopped meanwhile would count its rows as sent.  Notes in d->held_until when
+ * a claim for a slot that the 5-minute budget or a wait m3ter asked for
+ * holds for minutes would sit in flight unsent, committed, and a sender
+ * stopped meanwhile would count its rows as sent.  Notes in d->held_until when
  * the pacer holds every claim for over a second.
  */
 static int
@@ -774,9 +774,12 @@ pacer_allows(M3terDelivery *d, int free_requests)
 	int			ahead = m3ter_sender_ready(&d->sender);
 	bool		backing_off;
 
-	/* (a flush waits out a wait m3ter asked for, as m3ter_submit() does) */
+	/*
+	 * (m3ter_flush() waits out a wait m3ter asked for, as m3ter_submit()
+	 * does: its claims are its transaction's, gone if it is cancelled)
+	 */
 	d->held_until = m3ter_pace_held_until(M3TER_INGEST_API, &backing_off);
-	if (d->held_until > horizon && d->mode == M3TER_TXN_WORKER)
+	if (d->held_until > horizon && d->mode != M3TER_TXN_CALLER)
 		return 0;
 	d->held_until = 0;
 	if (m3ter_max_requests_per_5min <= 0)

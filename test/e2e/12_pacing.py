@@ -119,6 +119,25 @@ ok(wait_until(lambda: outbox_counts()["accepted"] == 20, timeout=30), "all are d
    outbox_counts())
 is_(psql("SELECT count(*) FROM m3ter.outbox WHERE uid LIKE 'ra-late-%' AND attempts = 1"), "10", "in one attempt each")
 
+# CALL m3ter.flush() (it commits as it goes) claims nothing during such a wait either: it returns
+# with a notice, and a statement_timeout or a cancel leaves no row claimed in flight
+reset()
+set_and_reload(worker_enabled="off", retry_max_delay="20s")
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": 8,
+                                                 "count": 1}]})
+insert_usage(10, "cf-")
+psql("CALL m3ter.flush()")
+insert_usage(10, "cf-late-")
+r = psql("SET statement_timeout = '3s';\nCALL m3ter.flush()", check=False)
+ok(r.returncode == 0 and "m3ter asked to wait (Retry-After)" in r.stderr,
+   "CALL m3ter.flush() during the wait returns with a notice of it", r.stderr)
+is_(psql(CLAIMED_LATE.replace("ra-late-", "cf-late-")), "0", "and leaves no row claimed")
+time.sleep(8)
+psql("CALL m3ter.flush()")
+is_(psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'accepted' AND attempts = 1"), "20",
+    "after the wait a flush delivers all, one attempt each")
+set_and_reload(worker_enabled=None)
+
 # a value that is neither delay-seconds nor a date names no wait: the 429 is waited out as one without
 reset()
 set_and_reload(worker_enabled="off", retry_max_delay="2s", max_in_flight="1")
