@@ -54,11 +54,11 @@
  *	  their shares instead of overshooting every few seconds), faster the
  *	  longer no 429 came (times the square of the seconds since the last
  *	  one over 5): once the others are gone, the whole rate is back within
- *	  15-20 s.  A blind halving (no whole second sent yet to measure a
- *	  share by) that is no repeat climbs back in about a second instead,
- *	  from when sends resume: a brief intrusion costs about a second.
- *	  Another server shows at once, as a 429 during that climb: the pace
- *	  goes back to the halved one and climbs slowly.
+ *	  15-20 s.  A drop that is no repeat (none within 10 s before it)
+ *	  climbs back in about a second instead, from when sends resume: a
+ *	  brief intrusion costs about a second.  Another server shows at once,
+ *	  as a 429 during that climb: the pace goes back to the dropped one and
+ *	  climbs slowly.
  *
  * The usage query (reconciliation) goes to m3ter's Data Explorer, limited
  * to one request a second: it is paced apart, at that rate.
@@ -129,7 +129,7 @@ typedef struct PaceState
 	TimestampTz prev_overload_at;	/* the first 429 of the one before (0: none) */
 	TimestampTz shared_at;		/* when 429s last showed others spend the budget */
 	bool		climb_fast;		/* that drop was a blind halving: climb back fast */
-	double		climb_from;		/* the halved scale a fast climb started from */
+	double		climb_from;		/* the dropped scale a fast climb started from */
 	TimestampTz even_until;		/* no slot caught up closer than an interval before */
 	TimestampTz busy_since;		/* when slots began to be given after a pause */
 	int64		answers_second[2];	/* answers counted in this second and the last: */
@@ -661,7 +661,7 @@ slow_down(PaceState *st, int per_second, bool after_refusal, TimestampTz sent_at
 	if (st->climb_fast && st->scale < 1.0)
 	{
 		/*
-		 * A 429 during a fast climb: the halved pace was nearer what m3ter
+		 * A 429 during a fast climb: the dropped pace was nearer what m3ter
 		 * admits (another server's share).  Back to it, once for this
 		 * overload (429s for requests sent before now tell the same), and
 		 * the slow climb from there.
@@ -696,12 +696,12 @@ slow_down(PaceState *st, int per_second, bool after_refusal, TimestampTz sent_at
 		bool		measured = per_second > 0 && admitted >= 1.0 && sent_at - st->busy_since >= USECS_PER_SEC;
 
 		/*
-		 * A blind halving (no whole second sent yet) that is not a repeat
-		 * may be a brief intrusion as well as another server starting: the
-		 * pace climbs back within about a second, from when sends resume.
-		 * Another server's share shows at once, as a 429 during that climb.
+		 * A drop that is not a repeat may be a brief intrusion as well as
+		 * another server starting: the pace climbs back within about a
+		 * second, from when sends resume.  Another server's share shows at
+		 * once, as a 429 during that climb.
 		 */
-		st->climb_fast = !measured && now - st->shared_at >= REPEAT_SHARE_US;
+		st->climb_fast = now - st->shared_at >= REPEAT_SHARE_US;
 		if (measured)
 			scale = Min(st->scale, admitted * HEADROOM / per_second);
 		st->scale = Max(MIN_SCALE, Max(scale, st->scale * SHARE_FLOOR));
