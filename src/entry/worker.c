@@ -404,7 +404,7 @@ end_delivery(void)
 {
 	bool		stopped = w.d.stats.stopped;
 	bool		worked = w.d.stats.claimed > 0;
-	bool		retried = w.d.stats.retried > 0;
+	bool		retried = w.d.stats.retried_fault > 0;	/* (429s have states of their own) */
 	char	   *error = w.d.stats.error ? pstrdup(w.d.stats.error) : NULL;
 	int			stop_sqlstate = w.d.stats.stop_sqlstate ? w.d.stats.stop_sqlstate : ERRCODE_M3TER_FORBIDDEN;
 

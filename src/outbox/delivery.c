@@ -204,6 +204,8 @@ retry_later(M3terDelivery *d, M3terSend *send)
 
 	d->stats.failed += gave_up;
 	d->stats.retried += n - gave_up;
+	if (r->status != 429)
+		d->stats.retried_fault += n - gave_up;
 	note_error(d, r->message);
 	m3ter_sender_finish(&d->sender, send);
 }

@@ -16,6 +16,8 @@ typedef struct M3terFlushStats
 	int64		accepted;		/* rows m3ter accepted */
 	int64		failed;			/* rows marked failed */
 	int64		retried;		/* rows left pending for a later attempt */
+	int64		retried_fault;	/* of those, after a 5xx, a timeout or a network
+								 * fault (not a 429) */
 	int64		requests;		/* ingest requests made */
 	int64		sent;			/* measurements sent, re-sends included */
 	int64		resent;			/* measurements sent again after an earlier send */

@@ -138,6 +138,22 @@ is_(psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'accepted' AND attemp
     "after the wait a flush delivers all, one attempt each")
 set_and_reload(worker_enabled=None)
 
+# rows m3ter refused with a 429 wait for their retry under the 429's own states, never as
+# "retrying after a fault" (that one is for 5xx, timeouts and network faults)
+reset()
+set_and_reload(worker_enabled="off")
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": 3,
+                                                 "count": 1}]})
+insert_usage(10, "ra3-")
+set_and_reload(worker_enabled=None)
+seen = set()
+t_end = time.time() + 6
+while time.time() < t_end and outbox_counts()["accepted"] < 10:
+    seen.add(psql("SELECT state FROM m3ter.databases WHERE datname = current_database()"))
+    time.sleep(0.1)
+ok(outbox_counts()["accepted"] == 10 and "waiting: retrying after a fault (see last_error)" not in seen,
+   "a Retry-After: 3 is waited out without a fault's state", sorted(seen))
+
 # a value that is neither delay-seconds nor a date names no wait: the 429 is waited out as one without
 reset()
 set_and_reload(worker_enabled="off", retry_max_delay="2s", max_in_flight="1")
