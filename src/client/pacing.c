@@ -54,11 +54,11 @@
  *	  their shares instead of overshooting every few seconds), faster the
  *	  longer no 429 came (times the square of the seconds since the last
  *	  one over 5): once the others are gone, the whole rate is back within
- *	  15-20 s.  A drop that is no repeat (none within 10 s before it)
- *	  climbs back in about a second instead, from when sends resume: a
- *	  brief intrusion costs about a second.  Another server shows at once,
- *	  as a 429 during that climb: the pace goes back to the dropped one and
- *	  climbs slowly.
+ *	  15-20 s.  A blind halving that is no repeat (none within 10 s
+ *	  before it) climbs back in about a second instead, from when sends
+ *	  resume: a brief intrusion early in a burst costs about a second.
+ *	  Another server shows at once, as a 429 during that climb: the pace
+ *	  goes back to the halved one and climbs slowly.
  *
  * The usage query (reconciliation) goes to m3ter's Data Explorer, limited
  * to one request a second: it is paced apart, at that rate.
@@ -696,12 +696,14 @@ slow_down(PaceState *st, int per_second, bool after_refusal, TimestampTz sent_at
 		bool		measured = per_second > 0 && admitted >= 1.0 && sent_at - st->busy_since >= USECS_PER_SEC;
 
 		/*
-		 * A drop that is not a repeat may be a brief intrusion as well as
-		 * another server starting: the pace climbs back within about a
-		 * second, from when sends resume.  Another server's share shows at
-		 * once, as a 429 during that climb.
+		 * A blind halving (no whole second sent yet) that is not a repeat
+		 * may be a brief intrusion as well as another server starting: the
+		 * pace climbs back within about a second, from when sends resume.
+		 * Another server's share shows at once, as a 429 during that climb.
+		 * (A measured drop climbs slowly: after it, a fast climb made two
+		 * clusters that had settled collide again and again.)
 		 */
-		st->climb_fast = now - st->shared_at >= REPEAT_SHARE_US;
+		st->climb_fast = !measured && now - st->shared_at >= REPEAT_SHARE_US;
 		if (measured)
 			scale = Min(st->scale, admitted * HEADROOM / per_second);
 		st->scale = Max(MIN_SCALE, Max(scale, st->scale * SHARE_FLOOR));
