@@ -20,6 +20,16 @@ def set_and_reload_at(**settings):
     return scalar("SELECT extract(epoch FROM clock_timestamp())")
 
 
+def refused_once(prefix, rows, retry_after, **settings):
+    """rows inserted with the worker off; its first request is refused with a 429 naming retry_after"""
+    reset()
+    set_and_reload(worker_enabled="off", **settings)
+    standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429,
+                                                     "retry_after": retry_after, "count": 1}]})
+    insert_usage(rows, prefix)
+    set_and_reload(worker_enabled=None)
+
+
 reset()
 set_and_reload(worker_enabled="off")
 standin("POST", "/_control/config", {"rate_limit": {"per_second": 5}})
@@ -97,12 +107,7 @@ held_an_hour("ms-", {"retry_after": 1, "retry_after_ms": 3600000}, "Retry-After-
 # Rows that fall due while the cluster waits out a Retry-After wait unclaimed: the worker says
 # what it waits for, nothing of theirs is in flight, and a worker stopped meanwhile leaves them as
 # they were (no attempt counted, no error). They go once the wait ends.
-reset()
-set_and_reload(worker_enabled="off", retry_max_delay="20s")
-standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": 8,
-                                                 "count": 1}]})
-insert_usage(10, "ra-")
-set_and_reload(worker_enabled=None)
+refused_once("ra-", 10, 8, retry_max_delay="20s")
 ok(wait_until(lambda: psql("SELECT state FROM m3ter.databases WHERE datname = current_database()")
               == "waiting: m3ter asked to wait (Retry-After)", timeout=10), "the worker waits out the Retry-After")
 insert_usage(10, "ra-late-")
@@ -140,12 +145,7 @@ set_and_reload(worker_enabled=None)
 
 # rows m3ter refused with a 429 wait for their retry under the 429's own states, never as
 # "retrying after a fault" (that one is for 5xx, timeouts and network faults)
-reset()
-set_and_reload(worker_enabled="off")
-standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": 3,
-                                                 "count": 1}]})
-insert_usage(10, "ra3-")
-set_and_reload(worker_enabled=None)
+refused_once("ra3-", 10, 3)
 seen = set()
 t_end = time.time() + 6
 while time.time() < t_end and outbox_counts()["accepted"] < 10:
@@ -178,12 +178,7 @@ set_and_reload(retry_max_delay=None, max_in_flight=None)
 
 # While a Retry-After holds the cluster's sends, the worker's state says so: not a bare
 # "delivering" with nothing moving; then idle again once the rows are in
-reset()
-set_and_reload(worker_enabled="off")
-standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "retry_after": 6,
-                                                 "count": 1}]})
-insert_usage(2000, "hold-")
-set_and_reload(worker_enabled=None)
+refused_once("hold-", 2000, 6)
 state_sql = "SELECT state FROM m3ter.databases WHERE datname = current_database()"
 ok(wait_until(lambda: scalar(state_sql) == "waiting: m3ter asked to wait (Retry-After)", timeout=10,
               interval=0.2), "during a 6 s Retry-After the state says m3ter asked to wait", scalar(state_sql))
