@@ -510,6 +510,18 @@ m3ter_pace_budget_at(M3terApi api, int ahead)
 }
 
 /*
+ * Until when the 5-minute budget holds the next request, when that is more
+ * than a second away; 0 if it does not (due rows then wait unclaimed)
+ */
+TimestampTz
+m3ter_pace_budget_holds(M3terApi api)
+{
+	TimestampTz until = m3ter_pace_budget_at(api, 0);
+
+	return until > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000) ? until : 0;
+}
+
+/*
  * 429s that go on (m3ter's rule: wait 1 s, then 3 s, growing).  A 429 for a
  * request sent a whole second after the first 429 with no 2xx since, and
  * after the last such wait ended, shows a limit that lasts (a 5-minute

@@ -24,6 +24,7 @@ extern bool m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms);
 extern void m3ter_pace(M3terApi api);
 extern TimestampTz m3ter_pace_held_until(M3terApi api, bool *backing_off);
 extern TimestampTz m3ter_pace_budget_at(M3terApi api, int ahead);
+extern TimestampTz m3ter_pace_budget_holds(M3terApi api);
 extern void m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz sent_at);
 extern void m3ter_sleep_ms(int ms);
 

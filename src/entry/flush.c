@@ -71,15 +71,12 @@ notice_if_held(void)
 {
 	bool		backing_off;
 	TimestampTz until = m3ter_pace_held_until(M3TER_INGEST_API, &backing_off);
-
 	const char *why = backing_off ? "keeps answering 429" : "asked to wait (Retry-After)";
 
-	if (until == 0 && m3ter_max_requests_per_5min > 0)
+	if (until == 0)
 	{
 		/* or the 5-minute budget: rows due now are left for it, unclaimed */
-		until = m3ter_pace_budget_at(M3TER_INGEST_API, 0);
-		if (until < TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000))
-			until = 0;
+		until = m3ter_pace_budget_holds(M3TER_INGEST_API);
 		why = "allows no more requests from this address yet (m3ter.max_requests_per_5min)";
 	}
 	if (until != 0)

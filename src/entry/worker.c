@@ -347,10 +347,11 @@ static TimestampTz
 sends_held(void)
 {
 	bool		backing_off;
-	TimestampTz until = Max(m3ter_pace_held_until(M3TER_INGEST_API, &backing_off),
-							m3ter_pace_budget_at(M3TER_INGEST_API, 0));
+	TimestampTz held = m3ter_pace_held_until(M3TER_INGEST_API, &backing_off);
 
-	return until > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000) ? until : 0;
+	if (held <= TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000))
+		held = 0;
+	return Max(held, m3ter_pace_budget_holds(M3TER_INGEST_API));
 }
 
 /* Not delivering: upkeep, then start a delivery if rows are due, or sleep */

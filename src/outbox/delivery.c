@@ -786,13 +786,15 @@ pacer_allows(M3terDelivery *d, int free_requests)
 	d->held_until = 0;
 	if (m3ter_max_requests_per_5min <= 0)
 		return free_requests;
-	while (free_requests > 0 &&
-		   m3ter_pace_budget_at(M3TER_INGEST_API, ahead + free_requests - 1) > horizon)
-		free_requests--;
-	if (free_requests == 0 && ahead == 0)
-		d->held_until = m3ter_pace_budget_at(M3TER_INGEST_API, 0);
-	if (d->held_until <= horizon)
-		d->held_until = 0;
+	while (free_requests > 0)
+	{
+		TimestampTz at = m3ter_pace_budget_at(M3TER_INGEST_API, ahead + free_requests - 1);
+
+		if (at <= horizon)
+			break;
+		if (--free_requests == 0 && ahead == 0)
+			d->held_until = at; /* the next slot of all: nothing is claimed */
+	}
 	return free_requests;
 }
 
