@@ -131,26 +131,28 @@ out, err, rc = q("SELECT m3ter_submit(jsonb_build_object('uid', 'x' || chr(232),
                  "'ts', '2024-01-01T00:00:00Z', 'measure', jsonb_build_object('n', 1)))",
                  "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
 ok(rc != 0 and "must be UTF-8" in err, "SQL_ASCII: and in m3ter_submit()'s uids", err)
-_, err, rc = q("DO $$ BEGIN PERFORM m3ter_submit(jsonb_build_object('meter', 'api', 'account', 'caf' || chr(233), "
-               "'ts', '2024-01-01T00:00:00Z', 'measure', jsonb_build_object('n', 1))); "
-               "EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'raised %', SQLSTATE; END $$",
-               "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
+
+
+def raised_in_sqlascii(call):
+    """What call raises in the SQL_ASCII database, as a notice: 'raised SQLSTATE message'"""
+    return q("DO $$ BEGIN PERFORM %s; EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'raised %% %%', SQLSTATE, SQLERRM; "
+             "END $$" % call, "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")[1]
+
+
+err = raised_in_sqlascii("m3ter_submit(jsonb_build_object('meter', 'api', 'account', 'caf' || chr(233), "
+                         "'ts', '2024-01-01T00:00:00Z', 'measure', jsonb_build_object('n', 1)))")
 ok("raised 22021" in err, "SQL_ASCII: m3ter_submit() raises 22021 for it, as the Errors table says", err)
 _, err, rc = q("SELECT m3ter_create_meter('Cafe', 'cafe_meter', jsonb_build_array(jsonb_build_object("
                "'category', 'MEASURE', 'code', 'r', 'name', 'Caf' || chr(233))))",
                "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
 ok(rc != 0 and '"dataFields"[0]."name" of the meter is not valid UTF-8' in err,
    "SQL_ASCII: m3ter_create_meter() names the value that is not UTF-8", err)
-_, err, rc = q("DO $$ BEGIN PERFORM m3ter_create_meter('Cafe', 'caf' || chr(233), "
-               "'[{\"category\": \"MEASURE\", \"code\": \"r\", \"name\": \"R\"}]'); "
-               "EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'raised %', SQLSTATE; END $$",
-               "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
+err = raised_in_sqlascii("m3ter_create_meter('Cafe', 'caf' || chr(233), "
+                         "'[{\"category\": \"MEASURE\", \"code\": \"r\", \"name\": \"R\"}]')")
 ok("raised 22021" in err, "SQL_ASCII: m3ter_create_meter() raises 22021 for a code that is not UTF-8", err)
 # a field's member name that is not UTF-8 is named by where it is, not echoed in the message
-_, err, rc = q("DO $$ BEGIN PERFORM m3ter_create_meter('Cafe', 'cafe_meter', ("
-               "'[{\"category\": \"MEASURE\", \"code\": \"r\", \"name\": \"R\", \"x' || chr(233) || '\": 1}]')::jsonb); "
-               "EXCEPTION WHEN OTHERS THEN RAISE NOTICE 'raised % %', SQLSTATE, SQLERRM; END $$",
-               "m3ter_sqlascii", check=False, client_encoding="SQL_ASCII")
+err = raised_in_sqlascii("m3ter_create_meter('Cafe', 'cafe_meter', ("
+                         "'[{\"category\": \"MEASURE\", \"code\": \"r\", \"name\": \"R\", \"x' || chr(233) || '\": 1}]')::jsonb)")
 ok("raised 22021 invalid member name of data_fields[0]" in err and "\ufffd" not in err and "x\xe9" not in err,
    "SQL_ASCII: m3ter_create_meter() raises 22021 for a member name that is not UTF-8, without echoing it", err)
 
