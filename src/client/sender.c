@@ -478,6 +478,24 @@ m3ter_sender_ready(const M3terSender *s)
 	return n;
 }
 
+/*
+ * Take the next send not running out of the queue (NULL when none): its
+ * owner hands its measurements back.  None of them is at m3ter: a queued
+ * send has not started, or its last try was refused (a 429, a rejected
+ * request that was split).
+ */
+M3terSend *
+m3ter_sender_take_queued(M3terSender *s)
+{
+	M3terSend  *send;
+
+	if (dlist_is_empty(&s->queued))
+		return NULL;
+	send = dlist_container(M3terSend, node, dlist_pop_head_node(&s->queued));
+	s->n_queued--;
+	return send;
+}
+
 /* Sends queued or running */
 int
 m3ter_sender_busy(const M3terSender *s)

@@ -71,6 +71,7 @@ extern void m3ter_sender_split(M3terSender *s, M3terSend *send);
 extern void m3ter_sender_finish(M3terSender *s, M3terSend *send);
 extern void m3ter_sender_pump(M3terSender *s, int wait_ms);
 extern int	m3ter_sender_ready(const M3terSender *s);
+extern M3terSend *m3ter_sender_take_queued(M3terSender *s);
 extern M3terSend *m3ter_sender_next_done(M3terSender *s);
 extern bool m3ter_sender_has_done(M3terSender *s);
 extern int	m3ter_sender_busy(const M3terSender *s);

@@ -289,27 +289,12 @@ record_outcome(M3terDelivery *d, M3terSend *send)
 	m3ter_sender_finish(&d->sender, send);
 }
 
-/*
- * Write the outcomes of all finished sends in one transaction.  Each write
- * takes milliseconds (a full request's is a thousand rows): between them,
- * a request whose pacing slot has come starts, so a batch of answers does
- * not leave a gap in the pace.
- */
+/* Drop the claims whose sends are all finished, with their in-flight records */
 static void
-write_outcomes(M3terDelivery *d)
+release_finished_claims(M3terDelivery *d)
 {
-	M3terSend  *send;
 	dlist_mutable_iter it;
 
-	if (!m3ter_sender_has_done(&d->sender))
-		return;
-	begin_work(d);
-	while ((send = m3ter_sender_next_done(&d->sender)) != NULL)
-	{
-		record_outcome(d, send);
-		if (d->sender.n_queued > 0)
-			m3ter_sender_pump(&d->sender, 0);
-	}
 	dlist_foreach_modify(it, &d->claims)
 	{
 		Claim	   *c = dlist_container(Claim, node, it.cur);
@@ -322,7 +307,64 @@ write_outcomes(M3terDelivery *d)
 			d->n_claims--;
 		}
 	}
+}
+
+/*
+ * Write the outcomes of all finished sends in one transaction.  Each write
+ * takes milliseconds (a full request's is a thousand rows): between them,
+ * a request whose pacing slot has come starts, so a batch of answers does
+ * not leave a gap in the pace.
+ */
+static void
+write_outcomes(M3terDelivery *d)
+{
+	M3terSend  *send;
+
+	if (!m3ter_sender_has_done(&d->sender))
+		return;
+	begin_work(d);
+	while ((send = m3ter_sender_next_done(&d->sender)) != NULL)
+	{
+		record_outcome(d, send);
+		if (d->sender.n_queued > 0)
+			m3ter_sender_pump(&d->sender, 0);
+	}
+	release_finished_claims(d);
 	end_work(d);
+}
+
+/*
+ * While the pacer holds every send for over a second (a wait m3ter asked
+ * for, 429s that go on), hand the rows of the requests not running back
+ * to the outbox: due, no attempt spent, out of the claim's in-flight
+ * record.  Held in flight, unsent, they would be counted as sent if the
+ * sender stopped meanwhile.  Claims start over from the front once ours
+ * are done, so they go first after the wait.
+ */
+static void
+hand_back_queued(M3terDelivery *d)
+{
+	M3terSend  *send;
+
+	begin_work(d);
+	while ((send = m3ter_sender_take_queued(&d->sender)) != NULL)
+	{
+		Claim	   *c = (Claim *) send->group;
+		int			n = send->end - send->start;
+		const int64 *ids = c->ids + send->start;
+
+		/* (an outbox truncated meanwhile: these ids may be other rows now) */
+		if (c->record_id != 0 && m3ter_outbox_record_exists(c->record_id))
+		{
+			m3ter_outbox_write(M3TER_ROWS_DEFER, ids, n, &(M3terRowOutcome) {0});
+			m3ter_outbox_record_drop(c->record_id, ids, n);
+		}
+		d->stats.claimed -= n;
+		m3ter_sender_finish(&d->sender, send);
+	}
+	release_finished_claims(d);
+	end_work(d);
+	d->wrap_wanted = true;
 }
 
 /* Ids of this delivery's in-flight records (palloc'd) */
@@ -819,6 +861,8 @@ m3ter_delivery_step(M3terDelivery *d, int wait_ms)
 	if (m3ter_max_requests_per_second > 0)
 		free_requests = Min(free_requests, CLAIM_AHEAD - m3ter_sender_ready(&d->sender));
 	free_requests = pacer_allows(d, free_requests);
+	if (d->held_until != 0 && d->sender.n_queued > 0 && d->mode != M3TER_TXN_CALLER)
+		hand_back_queued(d);
 	if (d->next_claim_at > GetCurrentTimestamp() && m3ter_sender_busy(&d->sender) == 0 &&
 		d->n_claims == 0)
 	{

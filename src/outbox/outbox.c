@@ -138,6 +138,10 @@ static const char record_sql[] =
 static const char release_sql[] =
 "DELETE FROM m3ter.inflight WHERE id = $1";
 
+static const char record_drop_sql[] =
+"UPDATE m3ter.inflight SET ids = ARRAY(SELECT i FROM pg_catalog.unnest(ids) i WHERE i <> ALL ($2)) "
+"WHERE id = $1";
+
 static const char record_exists_sql[] =
 "SELECT EXISTS (SELECT 1 FROM m3ter.inflight WHERE id = $1)";
 
@@ -362,6 +366,20 @@ m3ter_outbox_release(int64 record_id)
 	values[0] = Int64GetDatum(record_id);
 	if (SPI_execute_plan(m3ter_keep_plan(&plan, release_sql, 1, types), values, NULL, false, 0) < 0)
 		elog(ERROR, "m3ter in-flight release failed");
+}
+
+/* Take ids[0..n) out of a claim's in-flight record: they were handed back unsent */
+void
+m3ter_outbox_record_drop(int64 record_id, const int64 *ids, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[2] = {INT8OID, INT8ARRAYOID};
+	Datum		values[2];
+
+	values[0] = Int64GetDatum(record_id);
+	values[1] = m3ter_int8_array(ids, n);
+	if (SPI_execute_plan(m3ter_keep_plan(&plan, record_drop_sql, 2, types), values, NULL, false, 0) < 0)
+		elog(ERROR, "m3ter in-flight update failed");
 }
 
 /*

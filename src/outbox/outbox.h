@@ -73,6 +73,7 @@ extern void m3ter_outbox_peek_row(HeapTuple tup, TupleDesc desc, M3terOutboxRow 
 extern void m3ter_outbox_read_row(M3terOutboxRow *row, int64 *reading);
 extern int64 m3ter_outbox_record_inflight(const int64 *ids, int n);
 extern void m3ter_outbox_release(int64 record_id);
+extern void m3ter_outbox_record_drop(int64 record_id, const int64 *ids, int n);
 extern bool m3ter_outbox_record_exists(int64 record_id);
 extern int64 m3ter_outbox_write(M3terRowUpdate which, const int64 *ids, int n,
 								const M3terRowOutcome *outcome);

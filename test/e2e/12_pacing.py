@@ -291,6 +291,27 @@ ok(0.9 <= gaps[0] < 2 and 2.8 <= gaps[1] < 4 and all(3.8 <= g < 5 for g in gaps[
    "the waits grew: about 1 s, 3 s, then 4 s each (m3ter.retry_max_delay)", gaps)
 set_and_reload(retry_max_delay=None)
 
+# the rows claimed for requests not yet running when the 429s went on are handed back during the
+# growing wait: none sits in flight unsent, and a worker stopped meanwhile counts none as sent
+reset()
+set_and_reload(worker_enabled="off", retry_max_delay="6s")
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "count": 12}]})
+insert_usage(5000, "back-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: scalar(state_sql).startswith("waiting: m3ter keeps answering 429"), timeout=10,
+              interval=0.1), "the worker waits out the 429s", scalar(state_sql))
+is_(psql("SELECT coalesce(sum(cardinality(ids)), 0) FROM m3ter.inflight"), "0",
+    "no row is in flight during the wait (5,000 were claimed before it)")
+pid = worker_pid()
+psql("SELECT pg_terminate_backend(%d)" % pid)
+wait_until(lambda: worker_pid() not in (None, pid), timeout=15)
+ok(wait_until(lambda: outbox_counts()["accepted"] == 5000, timeout=60), "all get in after the 429s",
+   outbox_counts())
+is_(psql("SELECT count(*) FROM m3ter.outbox WHERE attempts <> 1"), "0",
+    "each in one attempt: the stopped worker counted none as sent")
+is_(standin("GET", "/_control/summary")["duplicates"], 0, "and none twice at m3ter")
+set_and_reload(retry_max_delay=None)
+
 # an operator who lowers m3ter.retry_max_delay (a reload) and makes the rows due shortens a wait
 # under way (here the 9 s one, after two refusals)
 reset()
