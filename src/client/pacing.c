@@ -509,16 +509,32 @@ m3ter_pace_budget_at(M3terApi api, int ahead)
 	return until > now ? until : 0;
 }
 
+/* until, when it is beyond the hold horizon; else 0 */
+static TimestampTz
+beyond_horizon(TimestampTz until)
+{
+	return until > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), M3TER_HOLD_HORIZON_MS) ? until : 0;
+}
+
 /*
- * Until when the 5-minute budget holds the next request, when that is more
- * than a second away; 0 if it does not (due rows then wait unclaimed)
+ * Until when the 5-minute budget holds the next request, when that is
+ * beyond the hold horizon; 0 if it does not (due rows then wait unclaimed)
  */
 TimestampTz
 m3ter_pace_budget_holds(M3terApi api)
 {
-	TimestampTz until = m3ter_pace_budget_at(api, 0);
+	return beyond_horizon(m3ter_pace_budget_at(api, 0));
+}
 
-	return until > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000) ? until : 0;
+/*
+ * Until when a wait m3ter asked for (a Retry-After, or the growing wait
+ * while 429s go on: *backing_off) holds the next request, when that is
+ * beyond the hold horizon; 0 if it does not
+ */
+TimestampTz
+m3ter_pace_wait_holds(M3terApi api, bool *backing_off)
+{
+	return beyond_horizon(m3ter_pace_held_until(api, backing_off));
 }
 
 /*

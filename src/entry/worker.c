@@ -331,8 +331,7 @@ held_by_m3ter(void)
 {
 	bool		backing_off;
 
-	if (m3ter_pace_held_until(M3TER_INGEST_API, &backing_off) <=
-		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000))
+	if (m3ter_pace_wait_holds(M3TER_INGEST_API, &backing_off) == 0)
 		return NULL;
 	return backing_off ? "waiting: m3ter keeps answering 429 (a growing wait between tries)" :
 		"waiting: m3ter asked to wait (Retry-After)";
@@ -347,11 +346,9 @@ static TimestampTz
 sends_held(void)
 {
 	bool		backing_off;
-	TimestampTz held = m3ter_pace_held_until(M3TER_INGEST_API, &backing_off);
 
-	if (held <= TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000))
-		held = 0;
-	return Max(held, m3ter_pace_budget_holds(M3TER_INGEST_API));
+	return Max(m3ter_pace_wait_holds(M3TER_INGEST_API, &backing_off),
+			   m3ter_pace_budget_holds(M3TER_INGEST_API));
 }
 
 /* Not delivering: upkeep, then start a delivery if rows are due, or sleep */

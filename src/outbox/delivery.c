@@ -814,7 +814,7 @@ pump(M3terDelivery *d, int wait_ms)
 static int
 pacer_allows(M3terDelivery *d, int free_requests)
 {
-	TimestampTz horizon = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+	TimestampTz horizon = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), M3TER_HOLD_HORIZON_MS);
 	int			ahead = m3ter_sender_ready(&d->sender);
 	bool		backing_off;
 
@@ -822,8 +822,8 @@ pacer_allows(M3terDelivery *d, int free_requests)
 	 * (m3ter_flush() waits out a wait m3ter asked for, as m3ter_submit()
 	 * does: its claims are its transaction's, gone if it is cancelled)
 	 */
-	d->held_until = m3ter_pace_held_until(M3TER_INGEST_API, &backing_off);
-	if (d->held_until > horizon && d->mode != M3TER_TXN_CALLER)
+	d->held_until = m3ter_pace_wait_holds(M3TER_INGEST_API, &backing_off);
+	if (d->held_until != 0 && d->mode != M3TER_TXN_CALLER)
 		return 0;
 	d->held_until = 0;
 	if (m3ter_max_requests_per_5min <= 0)
