@@ -64,24 +64,30 @@ warn_if_stopped(const M3terFlushStats *stats)
 
 /*
  * Say why a flush may have sent little: m3ter's 429s (or a Retry-After)
- * hold every send of the cluster for a while, and due rows wait for it
+ * hold every send of the cluster for a while, and due rows wait for it;
+ * or the token endpoint failed and the flush stopped at token_wait
  */
 static void
-notice_if_held(void)
+notice_if_held(TimestampTz token_wait)
 {
 	bool		backing_off;
 	TimestampTz until = m3ter_pace_held_until(M3TER_INGEST_API, &backing_off);
-	const char *why = backing_off ? "keeps answering 429" : "asked to wait (Retry-After)";
+	const char *why = backing_off ? "m3ter keeps answering 429" : "m3ter asked to wait (Retry-After)";
 
 	if (until == 0)
 	{
 		/* or the 5-minute budget: rows due now are left for it, unclaimed */
 		until = m3ter_pace_budget_holds(M3TER_INGEST_API);
-		why = "allows no more requests from this address yet (m3ter.max_requests_per_5min)";
+		why = "m3ter allows no more requests from this address yet (m3ter.max_requests_per_5min)";
 	}
-	if (until != 0)
+	if (until == 0 && token_wait > GetCurrentTimestamp())
 		ereport(NOTICE,
-				(errmsg("m3ter %s: the cluster sends nothing for %ld s more", why,
+				(errmsg("the m3ter token endpoint failed: the flush returns rather than wait %ld s to ask again",
+						(long) ((token_wait - GetCurrentTimestamp() + USECS_PER_SEC - 1) / USECS_PER_SEC)),
+				 errdetail("Rows due stay pending; the worker or the next flush sends them once it answers.")));
+	else if (until != 0)
+		ereport(NOTICE,
+				(errmsg("%s: the cluster sends nothing for %ld s more", why,
 						(long) ((until - GetCurrentTimestamp() + USECS_PER_SEC - 1) / USECS_PER_SEC)),
 				 errdetail("Rows due meanwhile stay pending; the worker or the next flush sends them after the wait.")));
 }
@@ -125,6 +131,7 @@ static void
 run(M3terTxnMode mode, int64 max_rows, M3terFlushStats *stats)
 {
 	M3terDelivery d;
+	TimestampTz token_wait;
 
 	m3ter_require_installed_version();
 	m3ter_require_primary(mode == M3TER_TXN_CALLER ? "m3ter_flush()" : "m3ter.flush()");
@@ -156,10 +163,11 @@ run(M3terTxnMode mode, int64 max_rows, M3terFlushStats *stats)
 	*stats = d.stats;
 	if (stats->error != NULL)
 		stats->error = pstrdup(stats->error);
+	token_wait = d.held_until == d.sender.token_retry_at ? d.held_until : 0;
 	m3ter_delivery_end(&d);
 	m3ter_note_delivery(stats);
 	warn_if_stopped(stats);
-	notice_if_held();
+	notice_if_held(token_wait);
 }
 
 /*

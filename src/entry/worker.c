@@ -260,6 +260,8 @@ typedef struct WorkerLoop
 	TimestampTz last_upkeep;
 	TimestampTz last_report;
 	const char *shown;			/* the state shown while delivering */
+	TimestampTz token_retry_at; /* the token endpoint failed: ask again then */
+	int			token_failures; /* ... after this many failures in a row */
 } WorkerLoop;
 
 static WorkerLoop w;
@@ -351,12 +353,24 @@ sends_held(void)
 			   m3ter_pace_budget_holds(M3TER_INGEST_API));
 }
 
+/*
+ * Until when the wait for a failed token endpoint holds the next request,
+ * when that is beyond the hold horizon; 0 if it does not
+ */
+static TimestampTz
+token_held(void)
+{
+	return w.token_retry_at > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), M3TER_HOLD_HORIZON_MS) ?
+		w.token_retry_at : 0;
+}
+
 /* Not delivering: upkeep, then start a delivery if rows are due, or sleep */
 static void
 start_or_rest(void)
 {
 	TimestampTz next_due;
 	TimestampTz held_until = 0;
+	TimestampTz token_wait = 0;
 
 	w.last_upkeep = GetCurrentTimestamp();
 	w.busy = false;
@@ -372,22 +386,27 @@ start_or_rest(void)
 		m3ter_worker_note("paused: the outbox is a subscription's table", false);
 		w.sleep_ms = m3ter_worker_idle_naptime_ms;
 	}
-	else if (next_due == 0 || next_due > GetCurrentTimestamp() || (held_until = sends_held()) != 0)
+	else if (next_due == 0 || next_due > GetCurrentTimestamp() || (held_until = sends_held()) != 0 ||
+			 (token_wait = token_held()) != 0)
 	{
 		/* the rows a long Retry-After put back wait for it: say so, not idle */
 		const char *held = held_by_m3ter();
 
 		m3ter_worker_note(w.last_logged ? "stopped: m3ter refused the delivery" :
 						  held ? held :
+						  token_wait != 0 ? "waiting: the token endpoint failed (see last_error)" :
 						  held_until != 0 ? "waiting: the 5-minute request budget is spent (m3ter.max_requests_per_5min)" :
 						  w.retrying && next_due != 0 ? "waiting: retrying after a fault (see last_error)" :
 						  "idle", true);
 		m3ter_worker_listen(true, M3TER_BACKLOG_COUNT);	/* nothing due: count what waits */
-		w.sleep_ms = idle_sleep(&w.idle_ms, Max(next_due, held_until));
+		w.sleep_ms = idle_sleep(&w.idle_ms, Max(Max(next_due, held_until), token_wait));
 	}
 	else
 	{
 		m3ter_delivery_start(&w.d, M3TER_TXN_WORKER, w.probe_rows);
+		/* the wait for a failed token endpoint goes on growing across deliveries */
+		w.d.sender.token_retry_at = w.token_retry_at;
+		w.d.sender.token_failures = w.token_failures;
 		memset(&w.reported, 0, sizeof(w.reported));
 		w.active = true;
 		pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
@@ -406,6 +425,8 @@ end_delivery(void)
 	char	   *error = w.d.stats.error ? pstrdup(w.d.stats.error) : NULL;
 	int			stop_sqlstate = w.d.stats.stop_sqlstate ? w.d.stats.stop_sqlstate : ERRCODE_M3TER_FORBIDDEN;
 
+	w.token_retry_at = w.d.sender.token_retry_at;
+	w.token_failures = w.d.sender.token_failures;
 	m3ter_delivery_end(&w.d);
 	w.active = false;
 	w.retrying = retried;

@@ -335,7 +335,7 @@ write_outcomes(M3terDelivery *d)
 
 /*
  * While the pacer holds every send for over a second (a wait m3ter asked
- * for, 429s that go on), hand the rows of the requests not running back
+ * for, 429s that go on, the token endpoint down), hand the rows of the requests not running back
  * to the outbox: due, no attempt spent, out of the claim's in-flight
  * record.  Held in flight, unsent, they would be counted as sent if the
  * sender stopped meanwhile.  Claims start over from the front once ours
@@ -809,7 +809,8 @@ pump(M3terDelivery *d, int wait_ms)
  * a claim for a slot that the 5-minute budget or a wait m3ter asked for
  * holds for minutes would sit in flight unsent, committed, and a sender
  * stopped meanwhile would count its rows as sent.  Notes in d->held_until when
- * the pacer holds every claim for over a second.
+ * the pacer (or the sender's wait for the token endpoint) holds every claim
+ * for over a second.
  */
 static int
 pacer_allows(M3terDelivery *d, int free_requests)
@@ -824,6 +825,10 @@ pacer_allows(M3terDelivery *d, int free_requests)
 	 */
 	d->held_until = m3ter_pace_wait_holds(M3TER_INGEST_API, &backing_off);
 	if (d->held_until != 0 && d->mode != M3TER_TXN_CALLER)
+		return 0;
+	/* the token endpoint failed: the sender asks again after a growing wait */
+	d->held_until = d->sender.token_retry_at;
+	if (d->held_until > horizon && d->mode != M3TER_TXN_CALLER)
 		return 0;
 	d->held_until = 0;
 	if (m3ter_max_requests_per_5min <= 0)

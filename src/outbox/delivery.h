@@ -52,7 +52,8 @@ typedef struct M3terDelivery
 	TimestampTz next_claim_at;	/* after a part-full request: claim from then on */
 	TimestampTz held_until;		/* the pacer holds the next claim that long
 								 * (the 5-minute budget, a wait m3ter asked
-								 * for), and nothing is in flight (0: not) */
+								 * for, the token endpoint's), and nothing is
+								 * in flight (0: not) */
 	int64		max_rows;		/* stop after claiming this many (0: no limit) */
 	TimestampTz due_by;			/* a flush: only rows waiting for a retry that
 								 * were due when it began (0: all due now) */

@@ -115,4 +115,42 @@ is_(token_503, 4, "token endpoint down: the four failures were waited out")
 is_(scalar("SELECT max(attempts) FROM m3ter.outbox WHERE uid LIKE 'atoken-%'"), "1",
     "token endpoint down: each row counts one attempt, the one that delivered it")
 record_scenario("token endpoint down (4 × 503)", N, "atoken-")
+
+# down for longer (the wait grows past a second): the rows claimed before go back, none waits in
+# flight, the worker says why it waits, and a worker stopped meanwhile counts none as sent
+reset()
+set_and_reload(worker_enabled="off", retry_max_delay="20s")
+standin("POST", "/_control/config", {"expire_tokens": True})
+standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "status": 503, "count": 5}]})
+insert_usage(5000, "atokenlong-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: scalar(state_sql) == "waiting: the token endpoint failed (see last_error)", timeout=10,
+              interval=0.1), "token endpoint down for longer: the worker says it waits for it", scalar(state_sql))
+is_(psql("SELECT coalesce(sum(cardinality(ids)), 0) FROM m3ter.inflight"), "0",
+    "token endpoint down for longer: no row waits in flight (5,000 were claimed before)")
+pid = worker_pid()
+psql("SELECT pg_terminate_backend(%d)" % pid)
+wait_until(lambda: worker_pid() not in (None, pid), timeout=15)
+ok(wait_until(lambda: outbox_counts()["accepted"] == 5000, timeout=90),
+   "token endpoint down for longer: delivered once it is back", outbox_counts())
+is_(psql("SELECT count(*) FROM m3ter.outbox WHERE attempts <> 1"), "0",
+    "token endpoint down for longer: one attempt each, though a worker stopped during the wait")
+
+# CALL m3ter.flush() does not sit out the growing wait: it returns with a notice, no row in flight
+reset()
+set_and_reload(worker_enabled="off", retry_max_delay="20s")
+standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "status": 503, "count": 3}]})
+standin("POST", "/_control/config", {"expire_tokens": True})
+insert_usage(3000, "atokenflush-")
+t0 = time.time()
+r = psql("CALL m3ter.flush()", check=False)
+ok(r.returncode == 0 and "the m3ter token endpoint failed: the flush returns rather than wait" in r.stderr
+   and time.time() - t0 < 8, "CALL m3ter.flush() returns with a notice of the token endpoint's wait",
+   "%.1f s: %s" % (time.time() - t0, r.stderr))
+is_(psql("SELECT count(*) FROM m3ter.inflight"), "0", "and leaves no row in flight")
+standin("POST", "/_control/faults", {"clear": True})
+psql("CALL m3ter.flush()")
+is_(psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'accepted' AND attempts = 1"), "3000",
+    "the next flush delivers them, one attempt each")
+set_and_reload(worker_enabled=None, retry_max_delay=None)
 done()
