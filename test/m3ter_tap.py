@@ -138,6 +138,13 @@ def worker_pid(db="postgres"):
     return int(out) if out else None
 
 
+def terminate_worker(db="postgres"):
+    """Stop the database's worker (pg_terminate_backend) and wait for the launcher to start another."""
+    pid = worker_pid(db)
+    psql("SELECT pg_terminate_backend(%d)" % pid, db)
+    wait_until(lambda: worker_pid(db) not in (None, pid), timeout=15)
+
+
 def kill9(pid):
     # the worker runs as the postgres OS user; root may signal it
     os.kill(pid, signal.SIGKILL)

@@ -218,6 +218,23 @@ m3ter_outbox_lock_claims(void)
 }
 
 /*
+ * Run sql (its plan kept in *plan) with $1 = first, of type first_type, and
+ * $2 = ids[0..n) as an int8[]; returns the rows it processed
+ */
+static int64
+execute_with_ids(SPIPlanPtr *plan, const char *sql, Oid first_type, Datum first, const int64 *ids, int n)
+{
+	Oid			types[2] = {first_type, INT8ARRAYOID};
+	Datum		values[2];
+
+	values[0] = first;
+	values[1] = m3ter_int8_array(ids, n);
+	if (SPI_execute_plan(m3ter_keep_plan(plan, sql, 2, types), values, NULL, false, 0) < 0)
+		elog(ERROR, "m3ter in-flight update failed");
+	return (int64) SPI_processed;
+}
+
+/*
  * Delete stale in-flight records (see the file header); live_ids are this
  * process's records still in use.  Returns the rows counted as sent once.
  */
@@ -225,14 +242,9 @@ int64
 m3ter_outbox_clean_inflight(const int64 *live_ids, int n_live)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[2] = {TIMESTAMPTZOID, INT8ARRAYOID};
-	Datum		values[2];
 
-	values[0] = TimestampTzGetDatum(MyStartTimestamp);
-	values[1] = m3ter_int8_array(live_ids, n_live);
-	if (SPI_execute_plan(m3ter_keep_plan(&plan, clean_sql, 2, types), values, NULL, false, 0) < 0)
-		elog(ERROR, "m3ter in-flight clean-up failed");
-	return (int64) SPI_processed;
+	return execute_with_ids(&plan, clean_sql, TIMESTAMPTZOID, TimestampTzGetDatum(MyStartTimestamp),
+							live_ids, n_live);
 }
 
 /* Row ids that other senders have in flight now (palloc'd; *n their number) */
@@ -373,13 +385,8 @@ void
 m3ter_outbox_record_drop(int64 record_id, const int64 *ids, int n)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[2] = {INT8OID, INT8ARRAYOID};
-	Datum		values[2];
 
-	values[0] = Int64GetDatum(record_id);
-	values[1] = m3ter_int8_array(ids, n);
-	if (SPI_execute_plan(m3ter_keep_plan(&plan, record_drop_sql, 2, types), values, NULL, false, 0) < 0)
-		elog(ERROR, "m3ter in-flight update failed");
+	(void) execute_with_ids(&plan, record_drop_sql, INT8OID, Int64GetDatum(record_id), ids, n);
 }
 
 /*

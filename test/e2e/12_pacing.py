@@ -115,9 +115,7 @@ time.sleep(1.5)
 CLAIMED_LATE = ("SELECT count(*) FROM m3ter.inflight f JOIN m3ter.outbox o ON o.id = ANY (f.ids) "
                 "WHERE o.uid LIKE 'ra-late-%'")
 is_(psql(CLAIMED_LATE), "0", "rows due during the wait are not claimed")
-pid = worker_pid()
-psql("SELECT pg_terminate_backend(%d)" % pid)
-wait_until(lambda: worker_pid() not in (None, pid), timeout=15)
+terminate_worker()
 is_(psql("SELECT count(*) FROM m3ter.outbox WHERE uid LIKE 'ra-late-%' AND (attempts <> 0 OR error IS NOT NULL)"),
     "0", "a worker stopped during the wait leaves them untouched: no attempt, no error")
 ok(wait_until(lambda: outbox_counts()["accepted"] == 20, timeout=30), "all are delivered after the wait",
@@ -302,9 +300,7 @@ ok(wait_until(lambda: scalar(state_sql).startswith("waiting: m3ter keeps answeri
               interval=0.1), "the worker waits out the 429s", scalar(state_sql))
 is_(psql("SELECT coalesce(sum(cardinality(ids)), 0) FROM m3ter.inflight"), "0",
     "no row is in flight during the wait (5,000 were claimed before it)")
-pid = worker_pid()
-psql("SELECT pg_terminate_backend(%d)" % pid)
-wait_until(lambda: worker_pid() not in (None, pid), timeout=15)
+terminate_worker()
 ok(wait_until(lambda: outbox_counts()["accepted"] == 5000, timeout=60), "all get in after the 429s",
    outbox_counts())
 is_(psql("SELECT count(*) FROM m3ter.outbox WHERE attempts <> 1"), "0",

@@ -100,9 +100,7 @@ ok(wait_until(lambda: psql("SELECT state FROM m3ter.databases WHERE datname = cu
    psql("SELECT state FROM m3ter.databases WHERE datname = current_database()"))
 time.sleep(1)
 is_(psql("SELECT count(*) FROM m3ter.inflight"), "0", "no row is claimed while the budget holds them")
-pid = worker_pid()
-psql("SELECT pg_terminate_backend(%d)" % pid)
-wait_until(lambda: worker_pid() not in (None, pid), timeout=15)
+terminate_worker()
 is_(psql("SELECT count(*) FROM m3ter.outbox WHERE uid LIKE 'held-%' "
          "AND (attempts <> 0 OR error IS NOT NULL OR status <> 'pending')"), "0",
     "a worker stopped while they wait leaves them untouched: no attempt, no error")

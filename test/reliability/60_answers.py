@@ -128,9 +128,7 @@ ok(wait_until(lambda: scalar(state_sql) == "waiting: the token endpoint failed (
               interval=0.1), "token endpoint down for longer: the worker says it waits for it", scalar(state_sql))
 is_(psql("SELECT coalesce(sum(cardinality(ids)), 0) FROM m3ter.inflight"), "0",
     "token endpoint down for longer: no row waits in flight (5,000 were claimed before)")
-pid = worker_pid()
-psql("SELECT pg_terminate_backend(%d)" % pid)
-wait_until(lambda: worker_pid() not in (None, pid), timeout=15)
+terminate_worker()
 ok(wait_until(lambda: outbox_counts()["accepted"] == 5000, timeout=90),
    "token endpoint down for longer: delivered once it is back", outbox_counts())
 is_(psql("SELECT count(*) FROM m3ter.outbox WHERE attempts <> 1"), "0",
