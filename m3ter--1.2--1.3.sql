@@ -249,6 +249,11 @@ BEGIN
             RETURN QUERY SELECT 'warning', 'throttled by m3ter',
                 format('Database %I: %s.', r.datname, r.state),
                 'Something else spends the organization''s or this address''s request budget (another server, the application''s own calls), or m3ter.max_requests_per_second or m3ter.max_requests_per_5min is above what m3ter allows; rows stay pending.';
+        ELSIF r.state LIKE 'waiting: the token endpoint failed%' THEN
+            RETURN QUERY SELECT 'warning', 'token endpoint failing',
+                format('Database %I: %s rows pending, the oldest for %s; the last error: %s.', r.datname, r.pending,
+                       date_trunc('second', r.oldest_pending_age), r.last_error),
+                'The worker asks for a bearer token again at growing intervals up to m3ter.retry_max_delay; the rows stay pending and spend no attempt. Check m3ter.api_url (its /oauth/token serves the token) and the network if it goes on.';
         ELSIF r.state LIKE 'waiting: retrying%' THEN
             RETURN QUERY SELECT 'warning', 'delivery retrying',
                 format('Database %I: %s rows pending, the oldest for %s; the last error: %s.', r.datname, r.pending,

@@ -128,6 +128,9 @@ ok(wait_until(lambda: scalar(state_sql) == "waiting: the token endpoint failed (
               interval=0.1), "token endpoint down for longer: the worker says it waits for it", scalar(state_sql))
 is_(psql("SELECT coalesce(sum(cardinality(ids)), 0) FROM m3ter.inflight"), "0",
     "token endpoint down for longer: no row waits in flight (5,000 were claimed before)")
+health = psql("SELECT detail FROM m3ter_health() WHERE finding = 'token endpoint failing'")
+ok("5000 rows pending" in health and "503" in health, "token endpoint down for longer: m3ter_health() warns, "
+   "with the last error", health)
 terminate_worker()
 ok(wait_until(lambda: outbox_counts()["accepted"] == 5000, timeout=90),
    "token endpoint down for longer: delivered once it is back", outbox_counts())
