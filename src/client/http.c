@@ -129,6 +129,9 @@ plain_number(const char *value)
 	return *p == '\0' ? strtod(start, NULL) : -1;
 }
 
+/* The longest wait a Retry-After names that is taken as it is (s) */
+#define RETRY_AFTER_MAX_S 86400
+
 /*
  * The delay a Retry-After value names in seconds: delay-seconds, or an HTTP
  * date (RFC 9110) as the time left until then; -1 when it is neither
@@ -181,9 +184,10 @@ read_header(char *ptr, size_t size, size_t nmemb, void *userdata)
 		}
 		else
 			seconds = retry_after_seconds(value);
-		if (seconds >= 0 && seconds < 86400 && (in_ms || !req->retry_after_ms_given))
+		if (seconds >= 0 && (in_ms || !req->retry_after_ms_given))
 		{
-			req->retry_after_ms = (int) (seconds * 1000.0);
+			/* a longer wait counts as a day (a spent daily quota, say): the rows wait, not retry */
+			req->retry_after_ms = (int) (Min(seconds, (double) RETRY_AFTER_MAX_S) * 1000.0);
 			req->retry_after_ms_given = in_ms;
 		}
 	}

@@ -116,7 +116,7 @@
 #define WINDOW_MARGIN_US 500000
 /* where a shutdown leaves the last window's send times, as PostgreSQL its statistics */
 #define SLOTS_FILE "pg_stat/m3ter_pacing.stat"
-#define SLOTS_FILE_MAGIC 0x6d337031
+#define SLOTS_FILE_MAGIC 0x6d337032
 
 typedef struct PaceState
 {
@@ -140,6 +140,7 @@ typedef struct PaceState
 	TimestampTz last_throttled;	/* the last 429 counted there */
 	int64		backoff_us;		/* the growing wait while 429s go on (0: none) */
 	TimestampTz backoff_until;	/* the end of that wait */
+	TimestampTz backoff_sent_at;	/* when the 429 that began it was sent */
 	TimestampTz given[KEPT_SLOTS];	/* when the last slots were given, a ring */
 	int			given_next;		/* where the next slot given is written */
 } PaceState;
@@ -162,7 +163,9 @@ static TimestampTz given_back(PaceState *st, int n);
  * forgot the requests of the last window spent the budget again, into 429s
  * that held delivery and failed m3ter_submit() for minutes.  So the
  * postmaster writes the send times of the last m3ter.requests_window when
- * it shuts down (in any mode), and reads them back (once) when it starts.
+ * it shuts down (in any mode), and reads them back (once) when it starts;
+ * with them the end of a wait m3ter asked for (a Retry-After, the growing
+ * wait of 429s that go on), which a restart would otherwise cut short.
  * A crash restart (a backend died) finds no file and starts afresh.
  */
 static void
@@ -187,6 +190,7 @@ save_slots(int code, Datum arg)
 		PaceState  *st = &pace_shared->api[api];
 		int32		n = 0;
 		int			i;
+		TimestampTz holds[2] = {st->blocked_until, st->backoff_until};
 
 		for (i = KEPT_SLOTS; i > 0; i--)
 		{
@@ -195,7 +199,8 @@ save_slots(int code, Datum arg)
 			if (t > since)
 				times[n++] = t;
 		}
-		if (fwrite(&n, sizeof(n), 1, f) != 1 || (n > 0 && fwrite(times, sizeof(TimestampTz), n, f) != (size_t) n))
+		if (fwrite(&n, sizeof(n), 1, f) != 1 || (n > 0 && fwrite(times, sizeof(TimestampTz), n, f) != (size_t) n) ||
+			fwrite(holds, sizeof(holds), 1, f) != 1)
 			goto error;
 	}
 	if (FreeFile(f) != 0)
@@ -238,14 +243,18 @@ load_slots(PaceShared *ps)
 		{
 			PaceState  *st = &ps->api[api];
 			int32		n;
+			TimestampTz holds[2];
 
 			if (fread(&n, sizeof(n), 1, f) != 1 || n < 0 || n > KEPT_SLOTS ||
-				(n > 0 && fread(st->given, sizeof(TimestampTz), n, f) != (size_t) n))
+				(n > 0 && fread(st->given, sizeof(TimestampTz), n, f) != (size_t) n) ||
+				fread(holds, sizeof(holds), 1, f) != 1)
 			{
 				memset(st->given, 0, sizeof(st->given));
 				break;
 			}
 			st->given_next = n % KEPT_SLOTS;
+			st->blocked_until = holds[0];
+			st->backoff_until = holds[1];
 		}
 	}
 	FreeFile(f);
@@ -563,6 +572,7 @@ back_off(PaceState *st, TimestampTz sent_at, TimestampTz now)
 	st->backoff_us = Min(st->backoff_us == 0 ? BACKOFF_FIRST_US : st->backoff_us * 3,
 						 (int64) m3ter_retry_max_delay_ms * 1000);
 	st->backoff_until = now + st->backoff_us;
+	st->backoff_sent_at = sent_at;
 	st->blocked_until = Max(st->blocked_until, st->backoff_until);
 }
 
@@ -798,6 +808,13 @@ m3ter_pace_feedback(M3terApi api, long status, int retry_after_ms, TimestampTz s
 		count_answer(st, now, false);
 		st->throttled_since = 0;
 		st->backoff_us = 0;
+		if (st->backoff_until > now && sent_at > st->backoff_sent_at)
+		{
+			/* admitted, sent after the 429 that began the wait: m3ter admits again */
+			if (st->blocked_until == st->backoff_until)
+				st->blocked_until = now;
+			st->backoff_until = now;
+		}
 		if (st->scale < 1.0)
 		{
 			st->scale = climbed_scale(st, now);

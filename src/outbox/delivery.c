@@ -264,6 +264,17 @@ record_outcome(M3terDelivery *d, M3terSend *send)
 		case M3TER_TRANSIENT:
 			if (r->status == 429)
 				st->throttled++;
+			if (r->status == 429 && r->throttled && d->mode != M3TER_TXN_CALLER)
+			{
+				/*
+				 * 429s that go on: the cluster's growing wait holds the send, not
+				 * the rows (a hold over a second hands them back, due), so they
+				 * go as soon as it ends, early too when m3ter admits again.
+				 * (m3ter_flush() keeps its three tries: it would wait for good.)
+				 */
+				m3ter_sender_requeue(&d->sender, send, 0);
+				return;
+			}
 			if (r->status == 429 && send->tries < 3 && r->retry_after_ms <= 2000)
 			{
 				/* the pacing slowed down: wait a moment in memory, spend no write */

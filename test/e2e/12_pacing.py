@@ -103,6 +103,22 @@ held_an_hour("date-", {"retry_after": email.utils.formatdate(time.time() + 3600,
              "Retry-After as a date an hour ahead")
 # Retry-After-Ms (as m3ter's generated SDKs read it) wins over Retry-After
 held_an_hour("ms-", {"retry_after": 1, "retry_after_ms": 3600000}, "Retry-After-Ms: 3600000 and Retry-After: 1")
+# longer than a day (a spent daily quota, say) counts as a day: the rows wait, they do not go at once
+held_an_hour("month-", {"retry_after": 2592000}, "Retry-After: 2592000 (30 days)")
+
+# a restart (a clean one, or immediate) does not cut a wait m3ter asked for short: the postmaster
+# keeps its end with the 5-minute budget's send times
+refused_once("rs-", 3000, 20, retry_max_delay="30s")
+ok(wait_until(lambda: psql("SELECT state FROM m3ter.databases WHERE datname = current_database()")
+              == "waiting: m3ter asked to wait (Retry-After)", timeout=10), "the worker waits out a Retry-After: 20")
+restart_immediate()
+time.sleep(4)
+is_(len(ingest_requests()), 1, "an immediate restart meanwhile sends nothing more before the wait ends")
+is_(psql("SELECT state FROM m3ter.databases WHERE datname = current_database()"),
+    "waiting: m3ter asked to wait (Retry-After)", "and the worker says it still waits")
+ok(wait_until(lambda: outbox_counts()["accepted"] == 3000, timeout=40), "the rows get in after the wait",
+   outbox_counts())
+set_and_reload(retry_max_delay=None)
 
 # Rows that fall due while the cluster waits out a Retry-After wait unclaimed: the worker says
 # what it waits for, nothing of theirs is in flight, and a worker stopped meanwhile leaves them as
@@ -306,6 +322,26 @@ ok(wait_until(lambda: outbox_counts()["accepted"] == 5000, timeout=60), "all get
 is_(psql("SELECT count(*) FROM m3ter.outbox WHERE attempts <> 1"), "0",
     "each in one attempt: the stopped worker counted none as sent")
 is_(standin("GET", "/_control/summary")["duplicates"], 0, "and none twice at m3ter")
+set_and_reload(retry_max_delay=None)
+
+# a 2xx for a request sent after the 429 that began a growing wait ends the wait: m3ter admits
+# again, and the rest go at the pace, the rows of the refused requests too (they waited the whole
+# wait, 3 s or 9 s here, while m3ter admitted)
+reset()
+set_and_reload(worker_enabled="off", retry_max_delay="20s")
+standin("POST", "/_control/config", {"latency_ms": 150})
+standin("POST", "/_control/faults", {"faults": [{"match": "/measurements", "status": 429, "count": 16}]})
+insert_usage(20000, "admits-")
+set_and_reload(worker_enabled=None)
+ok(wait_until(lambda: outbox_counts()["accepted"] == 20000, timeout=60), "20,000 rows get in after 16 429s",
+   outbox_counts())
+standin("POST", "/_control/config", {"latency_ms": 0})
+reqs = ingest_requests()
+first_ok = min(r["answered"] for r in reqs if r["status"] == 200)
+after = [first_ok] + [r["t"] for r in reqs if r["t"] > first_ok]
+gaps = [round(b - a, 2) for a, b in zip(after, after[1:])]
+ok(len(after) > 1 and max(gaps) < 1.5, "after the first 2xx no request waits out what is left of the wait",
+   "gaps after the first 2xx: %s" % gaps)
 set_and_reload(retry_max_delay=None)
 
 # an operator who lowers m3ter.retry_max_delay (a reload) and makes the rows due shortens a wait
