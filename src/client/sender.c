@@ -310,7 +310,7 @@ start_due(M3terSender *s)
 	}
 	if (s->n_queued == 0)
 		return -1;
-	if (s->token_retry_at > now)
+	if (m3ter_token_wait(&s->token_retry_at, &s->token_failures) > now)
 		return (int) TimestampDifferenceMilliseconds(now, s->token_retry_at);
 
 	dlist_foreach_modify(it, &s->queued)

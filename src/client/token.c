@@ -280,6 +280,36 @@ m3ter_token_get(M3terCallResult *result)
 	}
 }
 
+/*
+ * Until when a wait for a failed token endpoint holds (*retry_at, after
+ * *failures in a row; 0: it does not).  It ends early when another process
+ * got a token meanwhile (then both are reset), and lasts no longer than
+ * m3ter.retry_max_delay from now (a lower setting, a reload, shortens it).
+ */
+TimestampTz
+m3ter_token_wait(TimestampTz *retry_at, int *failures)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	uint32		fp;
+	TokenCache *c;
+	bool		fresh;
+
+	if (*retry_at <= now)
+		return 0;
+	fp = fingerprint();
+	c = lock_cache();
+	fresh = c->len > 0 && c->fingerprint == fp && now < c->refresh_at;
+	unlock_cache();
+	if (fresh)
+	{
+		*retry_at = 0;
+		*failures = 0;
+		return 0;
+	}
+	*retry_at = Min(*retry_at, now + (int64) m3ter_retry_max_delay_ms * 1000);
+	return *retry_at;
+}
+
 /* Drop the cached token if it is the given one (m3ter refused it) */
 void
 m3ter_token_forget(const char *token)

@@ -8,10 +8,12 @@
 #ifndef M3TER_CLIENT_TOKEN_H
 #define M3TER_CLIENT_TOKEN_H
 
+#include "datatype/timestamp.h"
 #include "client/request.h"
 
 extern void m3ter_token_shmem_install(void);
 extern char *m3ter_token_get(M3terCallResult *result);
 extern void m3ter_token_forget(const char *token);
+extern TimestampTz m3ter_token_wait(TimestampTz *retry_at, int *failures);
 
 #endif							/* M3TER_CLIENT_TOKEN_H */

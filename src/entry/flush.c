@@ -145,6 +145,9 @@ run(M3terTxnMode mode, int64 max_rows, M3terFlushStats *stats)
 		return;
 	}
 	m3ter_delivery_start(&d, mode, max_rows);
+	/* in the caller's transaction, holding the claim lock: give up on the token as a call does */
+	if (mode == M3TER_TXN_CALLER)
+		d.sender.max_token_failures = m3ter_max_retries;
 	PG_TRY();
 	{
 		while (m3ter_delivery_step(&d, 100))
@@ -160,6 +163,14 @@ run(M3terTxnMode mode, int64 max_rows, M3terFlushStats *stats)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	if (d.sender.stopped && d.sender.stop.outcome == M3TER_TRANSIENT)
+	{
+		/* the token endpoint failed m3ter.max_retries times more: nothing was sent */
+		M3terCallResult why = d.sender.stop;
+
+		m3ter_delivery_end(&d);
+		m3ter_raise_call_error(&why, "fetching an m3ter token for m3ter_flush()");
+	}
 	*stats = d.stats;
 	if (stats->error != NULL)
 		stats->error = pstrdup(stats->error);

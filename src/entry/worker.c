@@ -55,6 +55,7 @@
 #include "utils/timestamp.h"
 
 #include "client/pacing.h"
+#include "client/token.h"
 #include "ground/errors.h"
 #include "ground/settings.h"
 #include "ground/subscriber.h"
@@ -360,8 +361,9 @@ sends_held(void)
 static TimestampTz
 token_held(void)
 {
-	return w.token_retry_at > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), M3TER_HOLD_HORIZON_MS) ?
-		w.token_retry_at : 0;
+	TimestampTz until = m3ter_token_wait(&w.token_retry_at, &w.token_failures);
+
+	return until > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), M3TER_HOLD_HORIZON_MS) ? until : 0;
 }
 
 /* Not delivering: upkeep, then start a delivery if rows are due, or sleep */

@@ -61,6 +61,7 @@
 #include "client/pacing.h"
 #include "client/request.h"
 #include "client/sender.h"
+#include "client/token.h"
 #include "ground/errors.h"
 #include "ground/measurement.h"
 #include "ground/settings.h"
@@ -838,7 +839,7 @@ pacer_allows(M3terDelivery *d, int free_requests)
 	if (d->held_until != 0 && d->mode != M3TER_TXN_CALLER)
 		return 0;
 	/* the token endpoint failed: the sender asks again after a growing wait */
-	d->held_until = d->sender.token_retry_at;
+	d->held_until = m3ter_token_wait(&d->sender.token_retry_at, &d->sender.token_failures);
 	if (d->held_until > horizon && d->mode != M3TER_TXN_CALLER)
 		return 0;
 	d->held_until = 0;

@@ -153,5 +153,37 @@ standin("POST", "/_control/faults", {"clear": True})
 psql("CALL m3ter.flush()")
 is_(psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'accepted' AND attempts = 1"), "3000",
     "the next flush delivers them, one attempt each")
+
+# SELECT m3ter_flush() gives up on a token endpoint that stays down as a call does (after
+# m3ter.max_retries more tries): an error, nothing sent, and the claim lock free again
+standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "status": 503, "count": 100}]})
+standin("POST", "/_control/config", {"expire_tokens": True})
+insert_usage(100, "atokenfn-")
+t0 = time.time()
+r = psql("\\set VERBOSITY verbose\nSET m3ter.max_retries = 2;\nSELECT m3ter_flush()", check=False)
+ok(r.returncode != 0 and "fetching an m3ter token for m3ter_flush() failed" in r.stderr and "503" in r.stderr
+   and time.time() - t0 < 15, "m3ter_flush() fails after its retries while the token endpoint is down",
+   "%.1f s: %s" % (time.time() - t0, r.stderr))
+is_(psql("SELECT count(*) FROM m3ter.outbox WHERE uid LIKE 'atokenfn-%' AND status = 'pending' AND attempts = 0"),
+    "100", "its rows stay pending, no attempt spent")
+r = psql("SET statement_timeout = '5s';\nCALL m3ter.flush()", check=False)
+ok(r.returncode == 0, "and a CALL m3ter.flush() after it is not blocked", r.stderr)
+
+# a token another process got ends the worker's wait: the rows go at once, not when it ends
+def token_503s():
+    return len([x for x in standin("GET", "/_control/requests") if x["path"] == "/oauth/token" and x["status"] == 503])
+
+
+before = token_503s()
+set_and_reload(worker_enabled=None, retry_max_delay="60s")
+ok(wait_until(lambda: token_503s() >= before + 4, timeout=30, interval=0.2),
+   "the worker's wait for the token endpoint grows (27 s after 4 failures)")
+standin("POST", "/_control/faults", {"clear": True})
+psql("SELECT m3ter_submit('{\"meter\": \"api_requests\", \"account\": \"acme\", "
+     "\"ts\": \"2024-01-02T03:04:05Z\", \"measure\": {\"requests\": 1}}')")
+t0 = time.time()
+ok(wait_until(lambda: outbox_counts()["pending"] == 0, timeout=6, interval=0.2),
+   "a token cached by a call ends the worker's wait: its rows go within seconds",
+   "%s after %.1f s" % (outbox_counts(), time.time() - t0))
 set_and_reload(worker_enabled=None, retry_max_delay=None)
 done()
