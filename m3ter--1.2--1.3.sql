@@ -283,6 +283,16 @@ BEGIN
                    r.last_error_at, r.last_error),
             'A network fault, 429 or 5xx passes by itself. A failed-ingest log that cannot be downloaded (403, 404) on 3 polls in a row is recorded in m3ter.unmatched_events and the poll goes on past it. See m3ter.event_cursor.';
     END LOOP;
+    -- the worker is idle meanwhile: the cluster's hold is m3ter.retry_max_delay at most
+    FOR r IN SELECT count(*) AS n, max(o.next_attempt_at) AS until FROM m3ter.outbox o
+              WHERE o.next_attempt_at > o.created_at AND o.next_attempt_at > now() + interval '1 minute'
+                AND o.status = 'pending' AND o.http_status = 429
+             HAVING count(*) > 0 LOOP
+        RETURN QUERY SELECT 'warning', 'rows held by m3ter',
+            format('%s rows of this database wait for the Retry-After m3ter answered them with, the last until %s.',
+                   r.n, r.until),
+            'They go then (a day at most). To send them sooner, once m3ter takes them: UPDATE m3ter.outbox SET next_attempt_at = now() WHERE status = ''pending'' AND http_status = 429;';
+    END LOOP;
     IF (SELECT c.checks_on AND c.stale FROM @extschema@.m3ter_catalog_status() c) THEN
         RETURN QUERY SELECT 'warning', 'catalog stale',
             'm3ter.catalog_checks is on but the catalog is older than m3ter.catalog_max_age: rows are sent unchecked.',
@@ -291,7 +301,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION m3ter_health() IS
-    'Every unsafe or stuck set-up of m3ter found: readable credentials, no worker, TLS verification off, worker slots short, delivery stopped or retrying, a database not updated, enrichment events not read, a stale catalog.';
+    'Every unsafe or stuck set-up of m3ter found: readable credentials, no worker, TLS verification off, worker slots short, delivery stopped or retrying, a database not updated, rows held by a long Retry-After, enrichment events not read, a stale catalog.';
 REVOKE EXECUTE ON FUNCTION m3ter_health() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION m3ter_health() TO pg_monitor;
 

@@ -95,6 +95,9 @@ def held_an_hour(prefix, fault, what):
        "%s: the other rows are delivered within seconds" % what, outbox_counts())
     ok(float(scalar("SELECT coalesce(extract(epoch FROM min(next_attempt_at) - now()), 0) FROM m3ter.outbox "
                     "WHERE status = 'pending'")) > 3000, "%s: the refused ones wait out the hour" % what)
+    health = psql("SELECT detail FROM m3ter_health() WHERE finding = 'rows held by m3ter'")
+    ok(health.startswith("1000 rows of this database wait for the Retry-After"),
+       "%s: m3ter_health() says so (the worker is idle)" % what, health)
 
 
 held_an_hour("hour-", {"retry_after": 3600}, "Retry-After: 3600")
