@@ -160,7 +160,7 @@ standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "statu
 standin("POST", "/_control/config", {"expire_tokens": True})
 insert_usage(100, "atokenfn-")
 t0 = time.time()
-r = psql("\\set VERBOSITY verbose\nSET m3ter.max_retries = 2;\nSELECT m3ter_flush()", check=False)
+r = psql("\\set VERBOSITY verbose\nSET m3ter.max_retries = 2;\nSET statement_timeout = '60s';\nSELECT m3ter_flush()", check=False)
 ok(r.returncode != 0 and "fetching an m3ter token for m3ter_flush() failed" in r.stderr and "503" in r.stderr
    and time.time() - t0 < 15, "m3ter_flush() fails after its retries while the token endpoint is down",
    "%.1f s: %s" % (time.time() - t0, r.stderr))
