@@ -519,8 +519,8 @@ m3ter_pace_budget_at(M3terApi api, int ahead)
 }
 
 /* until, when it is beyond the hold horizon; else 0 */
-static TimestampTz
-beyond_horizon(TimestampTz until)
+TimestampTz
+m3ter_beyond_hold_horizon(TimestampTz until)
 {
 	return until > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), M3TER_HOLD_HORIZON_MS) ? until : 0;
 }
@@ -532,7 +532,7 @@ beyond_horizon(TimestampTz until)
 TimestampTz
 m3ter_pace_budget_holds(M3terApi api)
 {
-	return beyond_horizon(m3ter_pace_budget_at(api, 0));
+	return m3ter_beyond_hold_horizon(m3ter_pace_budget_at(api, 0));
 }
 
 /*
@@ -543,7 +543,7 @@ m3ter_pace_budget_holds(M3terApi api)
 TimestampTz
 m3ter_pace_wait_holds(M3terApi api, bool *backing_off)
 {
-	return beyond_horizon(m3ter_pace_held_until(api, backing_off));
+	return m3ter_beyond_hold_horizon(m3ter_pace_held_until(api, backing_off));
 }
 
 /*

@@ -25,6 +25,7 @@ typedef enum M3terApi
  */
 #define M3TER_HOLD_HORIZON_MS 1000
 
+extern TimestampTz m3ter_beyond_hold_horizon(TimestampTz until);
 extern void m3ter_pacing_shmem_install(void);
 extern bool m3ter_pace_try(M3terApi api, int horizon_ms, int *wait_ms);
 extern void m3ter_pace(M3terApi api);

@@ -361,9 +361,7 @@ sends_held(void)
 static TimestampTz
 token_held(void)
 {
-	TimestampTz until = m3ter_token_wait(&w.token_retry_at, &w.token_failures);
-
-	return until > TimestampTzPlusMilliseconds(GetCurrentTimestamp(), M3TER_HOLD_HORIZON_MS) ? until : 0;
+	return m3ter_beyond_hold_horizon(m3ter_token_wait(&w.token_retry_at, &w.token_failures));
 }
 
 /* Not delivering: upkeep, then start a delivery if rows are due, or sleep */

@@ -347,9 +347,9 @@ write_outcomes(M3terDelivery *d)
 
 /*
  * While the pacer holds every send for over a second (a wait m3ter asked
- * for, 429s that go on, the token endpoint down), hand the rows of the requests not running back
- * to the outbox: due, no attempt spent, out of the claim's in-flight
- * record.  Held in flight, unsent, they would be counted as sent if the
+ * for, 429s that go on, the token endpoint down), hand the rows of the
+ * requests not running back to the outbox: due, no attempt spent, out of
+ * the claim's in-flight record.  Held in flight, unsent, they would be counted as sent if the
  * sender stopped meanwhile.  Claims start over from the front once ours
  * are done, so they go first after the wait.
  */
@@ -839,8 +839,9 @@ pacer_allows(M3terDelivery *d, int free_requests)
 	if (d->held_until != 0 && d->mode != M3TER_TXN_CALLER)
 		return 0;
 	/* the token endpoint failed: the sender asks again after a growing wait */
-	d->held_until = m3ter_token_wait(&d->sender.token_retry_at, &d->sender.token_failures);
-	if (d->held_until > horizon && d->mode != M3TER_TXN_CALLER)
+	d->held_until = m3ter_beyond_hold_horizon(m3ter_token_wait(&d->sender.token_retry_at,
+															   &d->sender.token_failures));
+	if (d->held_until != 0 && d->mode != M3TER_TXN_CALLER)
 		return 0;
 	d->held_until = 0;
 	if (m3ter_max_requests_per_5min <= 0)
