@@ -290,6 +290,17 @@ start(M3terSender *s, M3terSend *send, const char *token)
 }
 
 /*
+ * Until when the wait for a failed token endpoint holds this sender (0: it
+ * does not): the cluster's wait, or a synchronous call's own (it asks at
+ * once, and gives up after m3ter.max_retries more tries)
+ */
+TimestampTz
+m3ter_sender_token_wait(M3terSender *s)
+{
+	return m3ter_token_wait(s->token_retry_at, s->max_token_failures < 0);
+}
+
+/*
  * Start the queued sends that may go now: fewer than max_in_flight
  * running, their delay over, a pacing slot free.  Returns how long until
  * the next one may start (ms; -1 when none waits).
@@ -310,7 +321,8 @@ start_due(M3terSender *s)
 	}
 	if (s->n_queued == 0)
 		return -1;
-	if (m3ter_token_wait(&s->token_retry_at, &s->token_failures) > now)
+	s->token_retry_at = m3ter_sender_token_wait(s);
+	if (s->token_retry_at > now)
 		return (int) TimestampDifferenceMilliseconds(now, s->token_retry_at);
 
 	dlist_foreach_modify(it, &s->queued)
@@ -351,14 +363,17 @@ start_due(M3terSender *s)
 				if (why.outcome == M3TER_TRANSIENT &&
 					(s->max_token_failures < 0 || s->token_failures < s->max_token_failures))
 				{
-					/* the token endpoint is down: wait, spend nothing */
-					int			delay = m3ter_backoff_ms(s->token_failures++, why.retry_after_ms);
-
-					s->token_retry_at = TimestampTzPlusMilliseconds(now, delay);
+					/*
+					 * The token endpoint is down: wait, spend nothing; the
+					 * cluster's growing wait, or a synchronous call's own
+					 */
+					s->token_retry_at = s->max_token_failures < 0 ? m3ter_token_wait(0, true) :
+						TimestampTzPlusMilliseconds(now, m3ter_backoff_ms(s->token_failures, why.retry_after_ms));
+					s->token_failures++;
 					s->last_error = MemoryContextStrdup(TopMemoryContext,
 														psprintf("the token endpoint failed: %s",
 																 why.message ? why.message : "no answer"));
-					return delay;
+					return (int) TimestampDifferenceMilliseconds(now, s->token_retry_at);
 				}
 				why.retries = s->token_failures;
 				stop(s, &why);

@@ -49,7 +49,7 @@ typedef struct M3terSender
 	int			max_in_flight;
 	char	   *url;
 	TimestampTz token_retry_at; /* the token endpoint failed: wait until then */
-	int			token_failures;
+	int			token_failures; /* ... after this many failures of this sender in a row */
 	int			max_token_failures; /* then give up (a synchronous call); -1: never */
 	bool		gives_up_when_throttled;	/* a synchronous call: not while 429s go on */
 	bool		stopped;		/* a configuration fault: start nothing */
@@ -62,6 +62,7 @@ typedef struct M3terSender
 
 extern void m3ter_sender_init(M3terSender *s, int max_in_flight);
 extern void m3ter_sender_free(M3terSender *s);
+extern TimestampTz m3ter_sender_token_wait(M3terSender *s);
 extern void m3ter_group_init(M3terGroup *g, MemoryContext parent, int capacity);
 extern void m3ter_group_add(M3terGroup *g, const char *item, int len);
 extern bool m3ter_pack_item(int64 *bytes, int *items, int len);

@@ -13,6 +13,11 @@
  * one when there is none).  Without the preload each process keeps its
  * own copy in the same structure.
  *
+ * So does the wait while the token endpoint fails: each failure after the
+ * last wait ended makes it grow (m3ter's rule: 1 s, 3 s, 9 s, ...), and a
+ * process that starts meanwhile (a new worker, CALL m3ter.flush()) waits
+ * out what is left instead of asking again at once.  A token had ends it.
+ *
  * The secret is never stored: the cache remembers the credentials it was
  * issued for only as a hash.  Neither the token nor the credentials ever
  * appear in a message.
@@ -20,6 +25,8 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+
+#include <limits.h>
 
 #include <cjson/cJSON.h>
 
@@ -48,6 +55,9 @@ typedef struct TokenCache
 	TimestampTz refresh_at;		/* renew from then on */
 	TimestampTz expires_at;		/* unusable from then on */
 	TimestampTz fetching_until; /* a process is fetching a new one until then */
+	uint32		failed_fingerprint; /* what the failures below were for */
+	int			failures;		/* the token endpoint's failures in a row */
+	TimestampTz retry_at;		/* ... ask it again from then on */
 	int			len;			/* 0: no token */
 	char		token[M3TER_MAX_TOKEN];
 } TokenCache;
@@ -195,6 +205,8 @@ store(uint32 fp, const char *token, int expires_in_s)
 
 	c = lock_cache();
 	c->fetching_until = 0;
+	c->failures = 0;
+	c->retry_at = 0;
 	if (len < M3TER_MAX_TOKEN)
 	{
 		explicit_bzero(c->token, c->len);
@@ -219,6 +231,52 @@ store(uint32 fp, const char *token, int expires_in_s)
 }
 
 /*
+ * The token endpoint failed (c locked; retry_after_ms from its answer, or
+ * -1): the wait grows by one step if the last one had ended, and stays as
+ * it is if another process's failure began it
+ */
+static void
+note_failure(TokenCache *c, uint32 fp, int retry_after_ms)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (c->failed_fingerprint != fp)
+	{
+		c->failed_fingerprint = fp;
+		c->failures = 0;
+		c->retry_at = 0;
+	}
+	if (c->retry_at <= now)
+	{
+		c->retry_at = TimestampTzPlusMilliseconds(now, m3ter_backoff_ms(c->failures, retry_after_ms));
+		c->failures++;
+	}
+}
+
+/*
+ * The cached token copied into buf (M3TER_MAX_TOKEN bytes) if it is for fp
+ * and still valid at now (c locked: no palloc here)
+ */
+static bool
+copy_if_valid(TokenCache *c, uint32 fp, TimestampTz now, char *buf)
+{
+	if (c->len == 0 || c->fingerprint != fp || now >= c->expires_at)
+		return false;
+	memcpy(buf, c->token, c->len + 1);
+	return true;
+}
+
+/* A palloc'd copy of what copy_if_valid() found (NULL: nothing), buf wiped */
+static char *
+take_copy(bool found, char *buf)
+{
+	char	   *copy = found ? pstrdup(buf) : NULL;
+
+	explicit_bzero(buf, M3TER_MAX_TOKEN);
+	return copy;
+}
+
+/*
  * A bearer token for the current settings (palloc'd; the caller wipes it),
  * or NULL with *result saying why none could be had.
  */
@@ -226,6 +284,8 @@ char *
 m3ter_token_get(M3terCallResult *result)
 {
 	uint32		fp = fingerprint();
+	char		buf[M3TER_MAX_TOKEN];
+	bool		found;
 
 	for (;;)
 	{
@@ -234,16 +294,16 @@ m3ter_token_get(M3terCallResult *result)
 		bool		valid = c->len > 0 && c->fingerprint == fp && now < c->expires_at;
 		bool		fresh = valid && now < c->refresh_at;
 		bool		fetching = c->fetching_until > now;
+		bool		waiting = c->failed_fingerprint == fp && c->retry_at > now;
 		char	   *token = NULL;
 		int			expires_in_s = 0;
 
-		if (fresh || (valid && fetching))
+		/* one due for renewal serves while another process fetches, or the endpoint failed */
+		if (fresh || (valid && (fetching || waiting)))
 		{
-			char	   *copy = palloc(c->len + 1);
-
-			memcpy(copy, c->token, c->len + 1);
+			found = copy_if_valid(c, fp, now, buf);
 			unlock_cache();
-			return copy;
+			return take_copy(found, buf);
 		}
 		if (fetching)
 		{
@@ -272,8 +332,14 @@ m3ter_token_get(M3terCallResult *result)
 		{
 			c = lock_cache();
 			c->fetching_until = 0;
+			if (result->outcome == M3TER_TRANSIENT)
+				note_failure(c, fp, result->retry_after_ms);
+			found = copy_if_valid(c, fp, GetCurrentTimestamp(), buf);
 			unlock_cache();
-			return NULL;
+			token = take_copy(found, buf);
+			if (token != NULL)
+				result->outcome = M3TER_OK; /* the one due for renewal serves meanwhile */
+			return token;
 		}
 		store(fp, token, expires_in_s);
 		return token;
@@ -281,33 +347,30 @@ m3ter_token_get(M3terCallResult *result)
 }
 
 /*
- * Until when a wait for a failed token endpoint holds (*retry_at, after
- * *failures in a row; 0: it does not).  It ends early when another process
- * got a token meanwhile (then both are reset), and lasts no longer than
+ * Until when a wait for the failed token endpoint holds (0: it does not):
+ * the process's own wait (own_retry_at), or the cluster's too (cluster) if
+ * that ends later.  A token had since ends both; neither lasts longer than
  * m3ter.retry_max_delay from now (a lower setting, a reload, shortens it).
  */
 TimestampTz
-m3ter_token_wait(TimestampTz *retry_at, int *failures)
+m3ter_token_wait(TimestampTz own_retry_at, bool cluster)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	uint32		fp;
-	TokenCache *c;
-	bool		fresh;
+	uint32		fp = fingerprint();
+	TimestampTz until = own_retry_at;
+	TokenCache *c = lock_cache();
 
-	if (*retry_at <= now)
-		return 0;
-	fp = fingerprint();
-	c = lock_cache();
-	fresh = c->len > 0 && c->fingerprint == fp && now < c->refresh_at;
-	unlock_cache();
-	if (fresh)
+	if (c->len > 0 && c->fingerprint == fp && now < c->refresh_at)
 	{
-		*retry_at = 0;
-		*failures = 0;
-		return 0;
+		c->failures = 0;		/* a token had since ends the wait */
+		c->retry_at = 0;
+		until = 0;
 	}
-	*retry_at = Min(*retry_at, now + (int64) m3ter_retry_max_delay_ms * 1000);
-	return *retry_at;
+	else if (cluster && c->failed_fingerprint == fp)
+		until = Max(until, c->retry_at);
+	unlock_cache();
+	until = Min(until, now + (int64) m3ter_retry_max_delay_ms * 1000);
+	return until > now ? until : 0;
 }
 
 /* Drop the cached token if it is the given one (m3ter refused it) */

@@ -14,6 +14,6 @@
 extern void m3ter_token_shmem_install(void);
 extern char *m3ter_token_get(M3terCallResult *result);
 extern void m3ter_token_forget(const char *token);
-extern TimestampTz m3ter_token_wait(TimestampTz *retry_at, int *failures);
+extern TimestampTz m3ter_token_wait(TimestampTz own_retry_at, bool cluster);
 
 #endif							/* M3TER_CLIENT_TOKEN_H */

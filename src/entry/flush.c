@@ -174,7 +174,7 @@ run(M3terTxnMode mode, int64 max_rows, M3terFlushStats *stats)
 	*stats = d.stats;
 	if (stats->error != NULL)
 		stats->error = pstrdup(stats->error);
-	token_wait = d.sender.token_retry_at;	/* the procedure stopped at it (past: none) */
+	token_wait = m3ter_sender_token_wait(&d.sender);	/* the procedure stopped at it (0: none) */
 	m3ter_delivery_end(&d);
 	m3ter_note_delivery(stats);
 	warn_if_stopped(stats);

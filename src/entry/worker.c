@@ -261,8 +261,6 @@ typedef struct WorkerLoop
 	TimestampTz last_upkeep;
 	TimestampTz last_report;
 	const char *shown;			/* the state shown while delivering */
-	TimestampTz token_retry_at; /* the token endpoint failed: ask again then */
-	int			token_failures; /* ... after this many failures in a row */
 } WorkerLoop;
 
 static WorkerLoop w;
@@ -361,7 +359,7 @@ sends_held(void)
 static TimestampTz
 token_held(void)
 {
-	return m3ter_beyond_hold_horizon(m3ter_token_wait(&w.token_retry_at, &w.token_failures));
+	return m3ter_beyond_hold_horizon(m3ter_token_wait(0, true));
 }
 
 /* Not delivering: upkeep, then start a delivery if rows are due, or sleep */
@@ -404,9 +402,6 @@ start_or_rest(void)
 	else
 	{
 		m3ter_delivery_start(&w.d, M3TER_TXN_WORKER, w.probe_rows);
-		/* the wait for a failed token endpoint goes on growing across deliveries */
-		w.d.sender.token_retry_at = w.token_retry_at;
-		w.d.sender.token_failures = w.token_failures;
 		memset(&w.reported, 0, sizeof(w.reported));
 		w.active = true;
 		pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
@@ -425,8 +420,6 @@ end_delivery(void)
 	char	   *error = w.d.stats.error ? pstrdup(w.d.stats.error) : NULL;
 	int			stop_sqlstate = w.d.stats.stop_sqlstate ? w.d.stats.stop_sqlstate : ERRCODE_M3TER_FORBIDDEN;
 
-	w.token_retry_at = w.d.sender.token_retry_at;
-	w.token_failures = w.d.sender.token_failures;
 	m3ter_delivery_end(&w.d);
 	w.active = false;
 	w.retrying = retried;

@@ -839,8 +839,7 @@ pacer_allows(M3terDelivery *d, int free_requests)
 	if (d->held_until != 0 && d->mode != M3TER_TXN_CALLER)
 		return 0;
 	/* the token endpoint failed: the sender asks again after a growing wait */
-	d->held_until = m3ter_beyond_hold_horizon(m3ter_token_wait(&d->sender.token_retry_at,
-															   &d->sender.token_failures));
+	d->held_until = m3ter_beyond_hold_horizon(m3ter_sender_token_wait(&d->sender));
 	if (d->held_until != 0 && d->mode != M3TER_TXN_CALLER)
 		return 0;
 	d->held_until = 0;

@@ -5,6 +5,7 @@ unexpected statuses stop delivery with the rows pending and the reason noted,
 without a storm of requests; an HTML 502 from a proxy is retried like any 502;
 a token endpoint that is down spends no attempt."""
 import os
+import re
 import sys
 import time
 
@@ -149,10 +150,17 @@ ok(r.returncode == 0 and "the m3ter token endpoint failed: the flush returns rat
    and time.time() - t0 < 8, "CALL m3ter.flush() returns with a notice of the token endpoint's wait",
    "%.1f s: %s" % (time.time() - t0, r.stderr))
 is_(psql("SELECT count(*) FROM m3ter.inflight"), "0", "and leaves no row in flight")
+# the wait is the cluster's: a flush right after it does not ask the endpoint again
 standin("POST", "/_control/faults", {"clear": True})
-psql("CALL m3ter.flush()")
+asked = len([x for x in standin("GET", "/_control/requests") if x["path"] == "/oauth/token"])
+r = psql("CALL m3ter.flush()", check=False)
+ok("the flush returns rather than wait" in r.stderr
+   and len([x for x in standin("GET", "/_control/requests") if x["path"] == "/oauth/token"]) == asked,
+   "a second CALL m3ter.flush() during the wait returns with its notice, the endpoint not asked", r.stderr)
+ok(wait_until(lambda: psql("CALL m3ter.flush()") is not None and outbox_counts()["pending"] == 0, timeout=10,
+              interval=0.5), "once the wait is over, a flush asks again and delivers", outbox_counts())
 is_(psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'accepted' AND attempts = 1"), "3000",
-    "the next flush delivers them, one attempt each")
+    "one attempt each")
 
 # SELECT m3ter_flush() gives up on a token endpoint that stays down as a call does (after
 # m3ter.max_retries more tries): an error, nothing sent, and the claim lock free again
@@ -176,8 +184,18 @@ def token_503s():
 
 before = token_503s()
 set_and_reload(worker_enabled=None, retry_max_delay="60s")
-ok(wait_until(lambda: token_503s() >= before + 4, timeout=30, interval=0.2),
-   "the worker's wait for the token endpoint grows (27 s after 4 failures)")
+ok(wait_until(lambda: token_503s() >= before + 1, timeout=30, interval=0.2)
+   and wait_until(lambda: scalar(state_sql) == "waiting: the token endpoint failed (see last_error)", timeout=5),
+   "the worker waits for the token endpoint (27 s after the flush's and its own failures)", scalar(state_sql))
+# the wait is the cluster's: a new worker and a flush wait out what is left, without asking
+terminate_worker()
+before = token_503s()
+r = psql("CALL m3ter.flush()", check=False)
+left = re.search(r"rather than wait (\d+) s", r.stderr)
+ok(left and int(left.group(1)) >= 10, "CALL m3ter.flush() names the cluster's wait (more than 10 s left)", r.stderr)
+time.sleep(4)
+is_(token_503s(), before, "neither a new worker nor the flush asks the token endpoint during the wait")
+is_(scalar(state_sql), "waiting: the token endpoint failed (see last_error)", "and the new worker says it waits")
 standin("POST", "/_control/faults", {"clear": True})
 psql("SELECT m3ter_submit('{\"meter\": \"api_requests\", \"account\": \"acme\", "
      "\"ts\": \"2024-01-02T03:04:05Z\", \"measure\": {\"requests\": 1}}')")
@@ -185,5 +203,21 @@ t0 = time.time()
 ok(wait_until(lambda: outbox_counts()["pending"] == 0, timeout=6, interval=0.2),
    "a token cached by a call ends the worker's wait: its rows go within seconds",
    "%s after %.1f s" % (outbox_counts(), time.time() - t0))
+
+# a token due for renewal (its last tenth here) still serves while the endpoint fails to renew it
+reset()
+set_and_reload(worker_enabled="off")
+standin("POST", "/_control/config", {"token_ttl": 10, "expire_tokens": True})
+SUBMIT = ("SELECT m3ter_submit('{\"meter\": \"api_requests\", \"account\": \"acme\", "
+          "\"ts\": \"2024-01-02T03:04:05Z\", \"measure\": {\"requests\": 1}}')")
+psql(SUBMIT)   # (m3ter refuses the cached token: this fetches one that lives 10 s)
+t0 = time.time()
+standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "status": 503, "count": 100}]})
+time.sleep(max(0.0, t0 + 9.3 - time.time()))
+r = psql("SET m3ter.max_retries = 0;\n" + SUBMIT, check=False)
+ok(r.returncode == 0 and time.time() - t0 < 10, "a token in its last second serves while the endpoint fails",
+   "%.1f s: %s" % (time.time() - t0, r.stderr))
+standin("POST", "/_control/faults", {"clear": True})
+standin("POST", "/_control/config", {"token_ttl": 3600})
 set_and_reload(worker_enabled=None, retry_max_delay=None)
 done()
