@@ -11,7 +11,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from m3ter_tap import *  # noqa: E402,F401,F403
 
-SECONDS = int(os.environ.get("RELIABILITY_LOAD_SECONDS", 180))
+SECONDS = int(os.environ.get("RELIABILITY_LOAD_SECONDS", 120))
 RATE = int(os.environ.get("RELIABILITY_LOAD_RATE", 1500))  # transactions a second, all clients together
 
 reset()
