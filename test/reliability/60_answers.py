@@ -120,7 +120,7 @@ record_scenario("token endpoint down (4 × 503)", N, "atoken-")
 # down for longer (the wait grows past a second): the rows claimed before go back, none waits in
 # flight, the worker says why it waits, and a worker stopped meanwhile counts none as sent
 reset()
-set_and_reload(worker_enabled="off", retry_max_delay="20s")
+set_and_reload(worker_enabled="off", retry_max_delay="5s")
 standin("POST", "/_control/config", {"expire_tokens": True})
 standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "status": 503, "count": 5}]})
 insert_usage(5000, "atokenlong-")
