@@ -419,10 +419,13 @@ m3ter_raise_call_error(const M3terCallResult *result, const char *what)
 	const char *hint;
 	int			code = m3ter_call_sqlstate(result, &hint);
 
+	/* no token was had: the token endpoint failed, not the call's own API */
+	const char *whose = result->token_failed ? "m3ter's token endpoint" : "m3ter";
+
 	if (result->status == 0)
 		ereport(ERROR,
 				(errcode(code),
-				 errmsg("%s failed: m3ter could not be reached", what),
+				 errmsg("%s failed: %s could not be reached", what, whose),
 				 errdetail("%s", result->message ? result->message : "no detail"),
 				 errhint("%s", hint)));
 	else if (result->outcome == M3TER_AUTH_FAILED)
@@ -434,6 +437,8 @@ m3ter_raise_call_error(const M3terCallResult *result, const char *what)
 	else						/* an answer not m3ter's: the message says what it was */
 		ereport(ERROR,
 				(errcode(code),
+				 result->token_failed ?
+				 errmsg("%s failed: %s answered HTTP status %ld", what, whose, result->status) :
 				 errmsg("%s failed with HTTP status %ld", what, result->status),
 				 result->outcome == M3TER_UNEXPECTED ?
 				 errdetail("%s", result->message ? result->message : "") :

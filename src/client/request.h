@@ -33,6 +33,7 @@ typedef struct M3terCallResult
 	int			retry_after_ms; /* last Retry-After seen, -1 when none */
 	int			retries;		/* times the call was tried again after a transient fault */
 	bool		throttled;		/* 429s go on: the cluster's sends wait (retry_after_ms left) */
+	bool		token_failed;	/* the answer is the token endpoint's: no token was had */
 } M3terCallResult;
 
 extern char *m3ter_api_base(M3terApi api);

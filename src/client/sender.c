@@ -301,6 +301,75 @@ m3ter_sender_token_wait(M3terSender *s)
 }
 
 /*
+ * A bearer token for the sender (palloc'd; the caller wipes it), or NULL:
+ * the token endpoint failed, and *wait_ms says when to ask again (the
+ * cluster's growing wait, or a synchronous call's own), or -1 when the
+ * sender stopped (a refusal, or a call's last try)
+ */
+static char *
+sender_token(M3terSender *s, TimestampTz now, int *wait_ms)
+{
+	M3terCallResult why;
+	char	   *token;
+
+	memset(&why, 0, sizeof(why));
+	why.retry_after_ms = -1;
+	token = m3ter_token_get(&why);
+	s->token_requests += why.requests;
+	if (token != NULL)
+	{
+		s->token_failures = 0;
+		return token;
+	}
+	if (why.outcome == M3TER_TRANSIENT &&
+		(s->max_token_failures < 0 || s->token_failures < s->max_token_failures))
+	{
+		/* the token endpoint is down: wait, spend nothing */
+		s->token_retry_at = s->max_token_failures < 0 ? m3ter_token_wait(0, true) :
+			TimestampTzPlusMilliseconds(now, m3ter_backoff_ms(s->token_failures, why.retry_after_ms));
+		s->token_failures++;
+		s->last_error = MemoryContextStrdup(TopMemoryContext,
+											psprintf("the token endpoint failed: %s",
+													 why.message ? why.message : "no answer"));
+		*wait_ms = (int) TimestampDifferenceMilliseconds(now, s->token_retry_at);
+		return NULL;
+	}
+	why.retries = s->token_failures;
+	stop(s, &why);
+	*wait_ms = -1;
+	return NULL;
+}
+
+/*
+ * After the token endpoint failed (and no token was had since), ask it
+ * before rows are claimed for the sender: rows claimed would wait in
+ * flight through the ask (up to m3ter.request_timeout) and a wait after
+ * it.  True when a token is at hand (or no failure is known), false when
+ * the wait holds, the ask failed or the sender stopped.
+ */
+bool
+m3ter_sender_token_ready(M3terSender *s)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	char	   *token;
+	int			wait_ms;
+
+	if (s->stopped)
+		return false;
+	if (m3ter_token_failure(NULL, 0) == 0)
+		return true;
+	s->token_retry_at = m3ter_sender_token_wait(s);
+	if (s->token_retry_at > now)
+		return false;
+	token = sender_token(s, now, &wait_ms);
+	if (token == NULL)
+		return false;
+	explicit_bzero(token, strlen(token));
+	pfree(token);
+	return true;
+}
+
+/*
  * Start the queued sends that may go now: fewer than max_in_flight
  * running, their delay over, a pacing slot free.  Returns how long until
  * the next one may start (ms; -1 when none waits).
@@ -350,37 +419,8 @@ start_due(M3terSender *s)
 				break;
 			}
 		}
-		if (token == NULL)
-		{
-			M3terCallResult why;
-
-			memset(&why, 0, sizeof(why));
-			why.retry_after_ms = -1;
-			token = m3ter_token_get(&why);
-			s->token_requests += why.requests;
-			if (token == NULL)
-			{
-				if (why.outcome == M3TER_TRANSIENT &&
-					(s->max_token_failures < 0 || s->token_failures < s->max_token_failures))
-				{
-					/*
-					 * The token endpoint is down: wait, spend nothing; the
-					 * cluster's growing wait, or a synchronous call's own
-					 */
-					s->token_retry_at = s->max_token_failures < 0 ? m3ter_token_wait(0, true) :
-						TimestampTzPlusMilliseconds(now, m3ter_backoff_ms(s->token_failures, why.retry_after_ms));
-					s->token_failures++;
-					s->last_error = MemoryContextStrdup(TopMemoryContext,
-														psprintf("the token endpoint failed: %s",
-																 why.message ? why.message : "no answer"));
-					return (int) TimestampDifferenceMilliseconds(now, s->token_retry_at);
-				}
-				why.retries = s->token_failures;
-				stop(s, &why);
-				return -1;
-			}
-			s->token_failures = 0;
-		}
+		if (token == NULL && (token = sender_token(s, now, &next_ms)) == NULL)
+			return next_ms;
 		if (!m3ter_pace_try(M3TER_INGEST_API, 0, &wait_ms))
 		{
 			next_ms = next_ms < 0 ? wait_ms : Min(next_ms, wait_ms);

@@ -58,6 +58,8 @@ typedef struct TokenCache
 	uint32		failed_fingerprint; /* what the failures below were for */
 	int			failures;		/* the token endpoint's failures in a row */
 	TimestampTz retry_at;		/* ... ask it again from then on */
+	TimestampTz failed_at;		/* the last failure, */
+	char		failure[200];	/* ... and what it said */
 	int			len;			/* 0: no token */
 	char		token[M3TER_MAX_TOKEN];
 } TokenCache;
@@ -236,9 +238,12 @@ store(uint32 fp, const char *token, int expires_in_s)
  * it is if another process's failure began it
  */
 static void
-note_failure(TokenCache *c, uint32 fp, int retry_after_ms)
+note_failure(TokenCache *c, uint32 fp, int retry_after_ms, const char *message)
 {
 	TimestampTz now = GetCurrentTimestamp();
+
+	c->failed_at = now;
+	strlcpy(c->failure, message ? message : "no answer", sizeof(c->failure));
 
 	if (c->failed_fingerprint != fp)
 	{
@@ -333,12 +338,14 @@ m3ter_token_get(M3terCallResult *result)
 			c = lock_cache();
 			c->fetching_until = 0;
 			if (result->outcome == M3TER_TRANSIENT)
-				note_failure(c, fp, result->retry_after_ms);
+				note_failure(c, fp, result->retry_after_ms, result->message);
 			found = copy_if_valid(c, fp, GetCurrentTimestamp(), buf);
 			unlock_cache();
 			token = take_copy(found, buf);
 			if (token != NULL)
 				result->outcome = M3TER_OK; /* the one due for renewal serves meanwhile */
+			else
+				result->token_failed = true;
 			return token;
 		}
 		store(fp, token, expires_in_s);
@@ -356,8 +363,9 @@ TimestampTz
 m3ter_token_wait(TimestampTz own_retry_at, bool cluster)
 {
 	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz latest = now + (int64) m3ter_retry_max_delay_ms * 1000;
 	uint32		fp = fingerprint();
-	TimestampTz until = own_retry_at;
+	TimestampTz until = Min(own_retry_at, latest);
 	TokenCache *c = lock_cache();
 
 	if (c->len > 0 && c->fingerprint == fp && now < c->refresh_at)
@@ -367,10 +375,29 @@ m3ter_token_wait(TimestampTz own_retry_at, bool cluster)
 		until = 0;
 	}
 	else if (cluster && c->failed_fingerprint == fp)
+	{
+		/* shortened where it is kept: a cap counted from each look would never end */
+		c->retry_at = Min(c->retry_at, latest);
 		until = Max(until, c->retry_at);
+	}
 	unlock_cache();
-	until = Min(until, now + (int64) m3ter_retry_max_delay_ms * 1000);
 	return until > now ? until : 0;
+}
+
+/*
+ * When the token endpoint last failed, with no token had since (0: it has
+ * not), and what it said (into buf, when given)
+ */
+TimestampTz
+m3ter_token_failure(char *buf, size_t len)
+{
+	TokenCache *c = lock_cache();
+	TimestampTz at = c->failures > 0 ? c->failed_at : 0;
+
+	if (at != 0 && buf != NULL)
+		strlcpy(buf, c->failure, len);
+	unlock_cache();
+	return at;
 }
 
 /* Drop the cached token if it is the given one (m3ter refused it) */

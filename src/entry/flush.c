@@ -84,7 +84,9 @@ notice_if_held(TimestampTz token_wait)
 		ereport(NOTICE,
 				(errmsg("the m3ter token endpoint failed: the flush returns rather than wait %ld s to ask again",
 						(long) ((token_wait - GetCurrentTimestamp() + USECS_PER_SEC - 1) / USECS_PER_SEC)),
-				 errdetail("Rows due stay pending; the worker or the next flush sends them once it answers.")));
+				 m3ter_shared != NULL ?
+				 errdetail("Rows due stay pending; the worker or the next flush sends them once it answers.") :
+				 errdetail("Rows due stay pending. Without shared_preload_libraries the wait is this session's own: a flush in another session asks at once.")));
 	else if (until != 0)
 		ereport(NOTICE,
 				(errmsg("%s: the cluster sends nothing for %ld s more", why,
@@ -169,7 +171,7 @@ run(M3terTxnMode mode, int64 max_rows, M3terFlushStats *stats)
 		M3terCallResult why = d.sender.stop;
 
 		m3ter_delivery_end(&d);
-		m3ter_raise_call_error(&why, "fetching an m3ter token for m3ter_flush()");
+		m3ter_raise_call_error(&why, "m3ter_flush()");
 	}
 	*stats = d.stats;
 	if (stats->error != NULL)

@@ -7,7 +7,8 @@
  * Each runs in a subtransaction of the worker's pass: a failure is logged
  * and rolled back without touching the drain of the same pass.  While
  * rows wait to be sent, a task waits one interval more: its requests to
- * m3ter would delay the rows' and spend the same limits.
+ * m3ter would delay the rows' and spend the same limits.  While the token
+ * endpoint's wait holds, none runs (each would ask it again).
  *
  *-------------------------------------------------------------------------
  */
@@ -21,6 +22,7 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
+#include "client/token.h"
 #include "entry/periodic.h"
 #include "outbox/catalog.h"
 #include "outbox/events.h"
@@ -133,6 +135,9 @@ m3ter_periodic_tasks_if_due(bool rows_due)
 
 	if (first_call == 0)
 		first_call = GetCurrentTimestamp();
+	/* each asks for a bearer token: none while the token endpoint's wait holds */
+	if (m3ter_token_wait(0, true) != 0)
+		return false;
 	if (interval_due(&last_poll, m3ter_events_poll_interval_s, rows_due, first_call))
 	{
 		run_guarded(TASK_EVENT_POLL, "event poll");

@@ -261,9 +261,13 @@ typedef struct WorkerLoop
 	TimestampTz last_upkeep;
 	TimestampTz last_report;
 	const char *shown;			/* the state shown while delivering */
+	TimestampTz token_failure_noted;	/* the token endpoint's failure last noted */
 } WorkerLoop;
 
 static WorkerLoop w;
+
+/* (one literal: w.shown compares pointers) */
+static const char token_failing_state[] = "waiting: the token endpoint failed (see last_error)";
 
 /* Signals, the database connection and the settings of our own queries */
 static void
@@ -362,6 +366,29 @@ token_held(void)
 	return m3ter_beyond_hold_horizon(m3ter_token_wait(0, true));
 }
 
+/*
+ * The token endpoint's last failure in this database's last_error, once:
+ * a worker that waits out a wait another process's failure began (a new
+ * worker, another database's) names it too
+ */
+static void
+note_token_failure(void)
+{
+	char		message[200];
+	TimestampTz at = m3ter_token_failure(message, sizeof(message));
+
+	if (at != 0 && at != w.token_failure_noted)
+	{
+		M3terFlushStats noted;
+
+		memset(&noted, 0, sizeof(noted));
+		noted.error = psprintf("the token endpoint failed: %s", message);
+		m3ter_note_delivery(&noted);
+		pfree(noted.error);
+	}
+	w.token_failure_noted = at;
+}
+
 /* Not delivering: upkeep, then start a delivery if rows are due, or sleep */
 static void
 start_or_rest(void)
@@ -392,10 +419,12 @@ start_or_rest(void)
 
 		m3ter_worker_note(w.last_logged ? "stopped: m3ter refused the delivery" :
 						  held ? held :
-						  token_wait != 0 ? "waiting: the token endpoint failed (see last_error)" :
+						  token_wait != 0 ? token_failing_state :
 						  held_until != 0 ? "waiting: the 5-minute request budget is spent (m3ter.max_requests_per_5min)" :
 						  w.retrying && next_due != 0 ? "waiting: retrying after a fault (see last_error)" :
 						  "idle", true);
+		if (token_wait != 0)
+			note_token_failure();
 		m3ter_worker_listen(true, M3TER_BACKLOG_COUNT);	/* nothing due: count what waits */
 		w.sleep_ms = idle_sleep(&w.idle_ms, Max(Max(next_due, held_until), token_wait));
 	}
@@ -405,8 +434,9 @@ start_or_rest(void)
 		memset(&w.reported, 0, sizeof(w.reported));
 		w.active = true;
 		pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
-		m3ter_worker_note("delivering", true);
-		w.shown = "delivering";
+		/* asking a failing token endpoint again (for up to m3ter.request_timeout) is no delivery yet */
+		w.shown = m3ter_token_failure(NULL, 0) != 0 ? token_failing_state : "delivering";
+		m3ter_worker_note(w.shown, true);
 	}
 }
 
@@ -460,6 +490,8 @@ show_delivery_state(void)
 		state = "waiting: a transaction that called m3ter_flush() holds the claim lock";
 	else if ((held = held_by_m3ter()) != NULL)
 		state = held;			/* (the same literal each time: w.shown compares pointers) */
+	else if (m3ter_token_failure(NULL, 0) != 0 && m3ter_sender_busy(&w.d.sender) == 0)
+		state = token_failing_state;	/* no token had since it failed, no row claimed */
 	if (state != w.shown)
 		m3ter_worker_note(state, false);
 	w.shown = state;

@@ -843,6 +843,19 @@ pacer_allows(M3terDelivery *d, int free_requests)
 	if (d->held_until != 0 && d->mode != M3TER_TXN_CALLER)
 		return 0;
 	d->held_until = 0;
+	/*
+	 * After a failure, a token first: no rows claimed while the endpoint is
+	 * asked again (m3ter_flush()'s claims are its transaction's)
+	 */
+	if (d->mode != M3TER_TXN_CALLER && free_requests > 0 && m3ter_sender_busy(&d->sender) == 0 &&
+		!m3ter_sender_token_ready(&d->sender))
+	{
+		TimestampTz until = m3ter_sender_token_wait(&d->sender);
+
+		d->held_until = m3ter_beyond_hold_horizon(until);
+		d->next_claim_at = Max(d->next_claim_at, until);	/* a short wait: sleep, no spin */
+		return 0;
+	}
 	if (m3ter_max_requests_per_5min <= 0)
 		return free_requests;
 	while (free_requests > 0)

@@ -1,6 +1,6 @@
 -- OAuth2 client credentials: caching, refresh, refused credentials
 BEGIN;
-SELECT plan(14);
+SELECT plan(16);
 SELECT standin.reset();
 SET m3ter.max_requests_per_second = 0;
 -- the cluster shares one token: another spelling of the URL makes this test's own
@@ -65,6 +65,18 @@ SELECT is((SELECT count(*)::int FROM standin.ingest_requests()), 2,
 SELECT alike(pg_temp.error_text($$SELECT m3ter_submit('{"meter":"m","account":"a","ts":"2024-01-02T03:04:05Z"}')$$),
             '%m3ter said: Forbidden: unknown organization%', 'the server''s message reaches the error detail');
 RESET m3ter.org_id;
+
+-- the token endpoint failing is named as such, not as the call's own API
+SELECT standin.reset();
+SELECT standin.config('{"expire_tokens": true}');
+SELECT standin.fault('{"match": "/oauth/token", "status": 503, "count": 2}');
+SET m3ter.max_retries = 0;
+SELECT throws_ok($$SELECT m3ter_submit('{"meter":"m","account":"a","ts":"2024-01-02T03:04:05Z"}')$$,
+                 'M3500', 'submitting measurements to m3ter failed: m3ter''s token endpoint answered HTTP status 503',
+                 'a failing token endpoint is named in the error');
+SELECT is((SELECT count(*)::int FROM standin.requests() WHERE path = '/oauth/token' AND status = 503), 1,
+          'the token endpoint was asked once (m3ter.max_retries 0)');
+RESET m3ter.max_retries;
 
 -- missing credentials name the setting
 SET m3ter.access_key_id = '';

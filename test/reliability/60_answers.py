@@ -169,7 +169,7 @@ standin("POST", "/_control/config", {"expire_tokens": True})
 insert_usage(100, "atokenfn-")
 t0 = time.time()
 r = psql("\\set VERBOSITY verbose\nSET m3ter.max_retries = 2;\nSET statement_timeout = '60s';\nSELECT m3ter_flush()", check=False)
-ok(r.returncode != 0 and "fetching an m3ter token for m3ter_flush() failed" in r.stderr and "503" in r.stderr
+ok(r.returncode != 0 and "m3ter_flush() failed: m3ter's token endpoint answered HTTP status 503" in r.stderr
    and time.time() - t0 < 15, "m3ter_flush() fails after its retries while the token endpoint is down",
    "%.1f s: %s" % (time.time() - t0, r.stderr))
 is_(psql("SELECT count(*) FROM m3ter.outbox WHERE uid LIKE 'atokenfn-%' AND status = 'pending' AND attempts = 0"),
@@ -183,7 +183,8 @@ def token_503s():
 
 
 before = token_503s()
-set_and_reload(worker_enabled=None, retry_max_delay="60s")
+# (the event poll every second: it asks for a token too, and must wait as well)
+set_and_reload(worker_enabled=None, retry_max_delay="60s", events_poll_interval="1s")
 ok(wait_until(lambda: token_503s() >= before + 1, timeout=30, interval=0.2)
    and wait_until(lambda: scalar(state_sql) == "waiting: the token endpoint failed (see last_error)", timeout=5),
    "the worker waits for the token endpoint (27 s after the flush's and its own failures)", scalar(state_sql))
@@ -203,6 +204,43 @@ t0 = time.time()
 ok(wait_until(lambda: outbox_counts()["pending"] == 0, timeout=6, interval=0.2),
    "a token cached by a call ends the worker's wait: its rows go within seconds",
    "%s after %.1f s" % (outbox_counts(), time.time() - t0))
+set_and_reload(events_poll_interval=None)
+
+# while the worker asks a token endpoint that failed again (a request that times out, here),
+# its state still says it waits for it, not delivering, and m3ter_health() keeps its warning
+set_and_reload(request_timeout="2s")
+standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "delay": 3, "count": 100}]})
+standin("POST", "/_control/config", {"expire_tokens": True})
+insert_usage(100, "atokenslow-")
+ok(wait_until(lambda: scalar(state_sql) == "waiting: the token endpoint failed (see last_error)", timeout=10,
+              interval=0.1), "a token endpoint that times out: the worker waits for it", scalar(state_sql))
+states = set()
+t0 = time.time()
+while time.time() - t0 < 7:
+    states.add(scalar(state_sql))
+    time.sleep(0.1)
+is_(sorted(states), ["waiting: the token endpoint failed (see last_error)"],
+    "and says so while it asks again, not delivering")
+
+standin("POST", "/_control/faults", {"clear": True})
+set_and_reload(request_timeout=None)
+ok(wait_until(lambda: outbox_counts()["pending"] == 0, timeout=70), "they go once it answers", outbox_counts())
+
+# a lower m3ter.retry_max_delay (a reload) shortens the cluster's wait under way
+standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "status": 503, "count": 100}]})
+standin("POST", "/_control/config", {"expire_tokens": True})
+before = token_503s()
+insert_usage(100, "atokenmax-")
+ok(wait_until(lambda: token_503s() >= before + 3, timeout=15, interval=0.1),
+   "the endpoint answers 503: the wait grows (1 s, 3 s, then 9 s)")
+time.sleep(0.5)
+before = token_503s()
+set_and_reload(retry_max_delay="1s")
+ok(wait_until(lambda: token_503s() > before, timeout=3, interval=0.1),
+   "a reload to m3ter.retry_max_delay = 1s: the endpoint is asked again within a second or two, not after 9 s")
+standin("POST", "/_control/faults", {"clear": True})
+ok(wait_until(lambda: outbox_counts()["pending"] == 0, timeout=10), "and the rows go once it answers",
+   outbox_counts())
 
 # a token due for renewal (its last tenth here) still serves while the endpoint fails to renew it
 reset()
