@@ -26,8 +26,6 @@
  */
 #include "postgres.h"
 
-#include <limits.h>
-
 #include <cjson/cJSON.h>
 
 #include "common/hashfn.h"
@@ -364,10 +362,17 @@ m3ter_token_wait(TimestampTz own_retry_at, bool cluster)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz latest = now + (int64) m3ter_retry_max_delay_ms * 1000;
-	uint32		fp = fingerprint();
 	TimestampTz until = Min(own_retry_at, latest);
+	uint32		fp;
 	TokenCache *c = lock_cache();
+	bool		failing = c->failures > 0;
 
+	/* the common case, no failure: no look at the credentials (a file's stat) */
+	unlock_cache();
+	if (!failing && until <= now)
+		return 0;
+	fp = fingerprint();
+	c = lock_cache();
 	if (c->len > 0 && c->fingerprint == fp && now < c->refresh_at)
 	{
 		c->failures = 0;		/* a token had since ends the wait */
@@ -385,14 +390,16 @@ m3ter_token_wait(TimestampTz own_retry_at, bool cluster)
 }
 
 /*
- * When the token endpoint last failed, with no token had since (0: it has
- * not), and what it said (into buf, when given)
+ * When the token endpoint last failed, with no token had since and none at
+ * hand (0: it has not, or one due for renewal still serves), and what it
+ * said (into buf, when given)
  */
 TimestampTz
 m3ter_token_failure(char *buf, size_t len)
 {
+	TimestampTz now = GetCurrentTimestamp();
 	TokenCache *c = lock_cache();
-	TimestampTz at = c->failures > 0 ? c->failed_at : 0;
+	TimestampTz at = c->failures > 0 && !(c->len > 0 && now < c->expires_at) ? c->failed_at : 0;
 
 	if (at != 0 && buf != NULL)
 		strlcpy(buf, c->failure, len);
