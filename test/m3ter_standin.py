@@ -19,7 +19,7 @@ Tests steer it through /_control (no auth):
         dropping the queued ones when "clear" is true); each has "match" (a path
         substring, default any), "match_body" (a substring of the request body,
         default any), "count" (default 1) and one of: "status" (with
-        optional "retry_after", "retry_after_ms" (a Retry-After-Ms header), "body"), "delay" (seconds before answering),
+        optional "retry_after", "retry_after_ms" (a Retry-After-Ms header), "body"), "delay" (seconds before answering; with "status", before that answer),
         "drop" (close without answering), "reset_mid_body" (with "after_accept":
         after storing the measurements), "trickle" (seconds
         spent sending the body), "empty_body", "malformed_body" (with a 200),
@@ -356,7 +356,8 @@ class Handler(BaseHTTPRequestHandler):
         """Act out a fault; returns True when the request was answered (or dropped)."""
         if "delay" in fault:
             time.sleep(float(fault["delay"]))
-            return False
+            if "status" not in fault:
+                return False    # a slow answer, the usual one
         if fault.get("drop"):
             self.record(0, nbytes=nbytes, note="dropped")
             self.close_connection = True

@@ -342,28 +342,35 @@ sender_token(M3terSender *s, TimestampTz now, int *wait_ms)
 
 /*
  * After the token endpoint failed (and no token was had since), ask it
- * before rows are claimed for the sender: rows claimed would wait in
- * flight through the ask (up to m3ter.request_timeout) and a wait after
- * it.  True when a token is at hand (or no failure is known), false when
- * the wait holds, the ask failed or the sender stopped.
+ * before rows are claimed for the sender (when ask): rows claimed would
+ * wait in flight through the ask (up to m3ter.request_timeout) and a wait
+ * after it.  True when a token is at hand (or no failure is known); false
+ * when the wait holds (*until says till when), the ask failed (likewise)
+ * or the sender stopped (*until 0).
  */
 bool
-m3ter_sender_token_ready(M3terSender *s)
+m3ter_sender_token_ready(M3terSender *s, bool ask, TimestampTz *until)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	char	   *token;
 	int			wait_ms;
 
+	*until = 0;
 	if (s->stopped)
 		return false;
 	if (m3ter_token_failure(NULL, 0) == 0)
 		return true;
-	s->token_retry_at = m3ter_sender_token_wait(s);
-	if (s->token_retry_at > now)
+	s->token_retry_at = *until = m3ter_sender_token_wait(s);
+	if (*until != 0)
 		return false;
+	if (!ask)
+		return true;
 	token = sender_token(s, now, &wait_ms);
 	if (token == NULL)
+	{
+		*until = wait_ms < 0 ? 0 : s->token_retry_at;
 		return false;
+	}
 	explicit_bzero(token, strlen(token));
 	pfree(token);
 	return true;

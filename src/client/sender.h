@@ -63,7 +63,7 @@ typedef struct M3terSender
 extern void m3ter_sender_init(M3terSender *s, int max_in_flight);
 extern void m3ter_sender_free(M3terSender *s);
 extern TimestampTz m3ter_sender_token_wait(M3terSender *s);
-extern bool m3ter_sender_token_ready(M3terSender *s);
+extern bool m3ter_sender_token_ready(M3terSender *s, bool ask, TimestampTz *until);
 extern void m3ter_group_init(M3terGroup *g, MemoryContext parent, int capacity);
 extern void m3ter_group_add(M3terGroup *g, const char *item, int len);
 extern bool m3ter_pack_item(int64 *bytes, int *items, int len);

@@ -57,6 +57,7 @@ typedef struct TokenCache
 	int			failures;		/* the token endpoint's failures in a row */
 	TimestampTz retry_at;		/* ... ask it again from then on */
 	TimestampTz failed_at;		/* the last failure, */
+	long		failed_status;	/* ... its HTTP status (0: no answer) */
 	char		failure[200];	/* ... and what it said */
 	int			len;			/* 0: no token */
 	char		token[M3TER_MAX_TOKEN];
@@ -231,17 +232,18 @@ store(uint32 fp, const char *token, int expires_in_s)
 }
 
 /*
- * The token endpoint failed (c locked; retry_after_ms from its answer, or
- * -1): the wait grows by one step if the last one had ended, and stays as
- * it is if another process's failure began it
+ * The token endpoint failed (c locked; result its answer): the wait grows
+ * by one step if the last one had ended, and stays as it is if another
+ * process's failure began it
  */
 static void
-note_failure(TokenCache *c, uint32 fp, int retry_after_ms, const char *message)
+note_failure(TokenCache *c, uint32 fp, const M3terCallResult *result)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
 	c->failed_at = now;
-	strlcpy(c->failure, message ? message : "no answer", sizeof(c->failure));
+	c->failed_status = result->status;
+	strlcpy(c->failure, result->message ? result->message : "no answer", sizeof(c->failure));
 
 	if (c->failed_fingerprint != fp)
 	{
@@ -251,7 +253,7 @@ note_failure(TokenCache *c, uint32 fp, int retry_after_ms, const char *message)
 	}
 	if (c->retry_at <= now)
 	{
-		c->retry_at = TimestampTzPlusMilliseconds(now, m3ter_backoff_ms(c->failures, retry_after_ms));
+		c->retry_at = TimestampTzPlusMilliseconds(now, m3ter_backoff_ms(c->failures, result->retry_after_ms));
 		c->failures++;
 	}
 }
@@ -289,6 +291,7 @@ m3ter_token_get(M3terCallResult *result)
 	uint32		fp = fingerprint();
 	char		buf[M3TER_MAX_TOKEN];
 	bool		found;
+	TimestampTz waited_since = 0;	/* for another process's fetch */
 
 	for (;;)
 	{
@@ -311,9 +314,22 @@ m3ter_token_get(M3terCallResult *result)
 		if (fetching)
 		{
 			/* another process is fetching one: wait for it */
+			if (waited_since == 0)
+				waited_since = now;
 			unlock_cache();
 			m3ter_sleep_ms(10);
 			continue;
+		}
+		if (waited_since != 0 && c->failed_fingerprint == fp && c->failed_at >= waited_since)
+		{
+			/* the fetch waited for failed: its answer is this one's too, not another ask */
+			result->outcome = M3TER_TRANSIENT;
+			result->status = c->failed_status;
+			strlcpy(buf, c->failure, sizeof(c->failure));
+			unlock_cache();
+			result->message = pstrdup(buf);
+			result->token_failed = true;
+			return NULL;
 		}
 		c->fetching_until = now + (int64) (m3ter_connect_timeout_ms + m3ter_request_timeout_ms) * 1000;
 		unlock_cache();
@@ -336,7 +352,7 @@ m3ter_token_get(M3terCallResult *result)
 			c = lock_cache();
 			c->fetching_until = 0;
 			if (result->outcome == M3TER_TRANSIENT)
-				note_failure(c, fp, result->retry_after_ms, result->message);
+				note_failure(c, fp, result);
 			found = copy_if_valid(c, fp, GetCurrentTimestamp(), buf);
 			unlock_cache();
 			token = take_copy(found, buf);
@@ -354,8 +370,10 @@ m3ter_token_get(M3terCallResult *result)
 /*
  * Until when a wait for the failed token endpoint holds (0: it does not):
  * the process's own wait (own_retry_at), or the cluster's too (cluster) if
- * that ends later.  A token had since ends both; neither lasts longer than
- * m3ter.retry_max_delay from now (a lower setting, a reload, shortens it).
+ * that ends later.  A token had since ends both; one due for renewal that
+ * still serves holds neither (m3ter_token_get() asks to renew it on the
+ * wait's schedule).  Neither lasts longer than m3ter.retry_max_delay from
+ * now (a lower setting, a reload, shortens it).
  */
 TimestampTz
 m3ter_token_wait(TimestampTz own_retry_at, bool cluster)
@@ -379,6 +397,8 @@ m3ter_token_wait(TimestampTz own_retry_at, bool cluster)
 		c->retry_at = 0;
 		until = 0;
 	}
+	else if (c->len > 0 && c->fingerprint == fp && now < c->expires_at)
+		until = 0;				/* the old one serves meanwhile: sends go */
 	else if (cluster && c->failed_fingerprint == fp)
 	{
 		/* shortened where it is kept: a cap counted from each look would never end */

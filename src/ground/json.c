@@ -573,8 +573,8 @@ m3ter_jsonb_to_cjson(Jsonb *jb, const char *what)
 
 /*
  * The first string or key under item that is not valid UTF-8 (a SQL_ASCII
- * database's bytes), as a path from it appended to path: "dataFields"[0]."name".
- * False when there is none.
+ * database's bytes), as a path from it appended to path:
+ * "dataFields"[0]."name".  False when there is none.
  */
 static bool
 find_not_utf8(const cJSON *item, StringInfo path)

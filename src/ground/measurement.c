@@ -5,8 +5,8 @@
  *
  * One code path serves m3ter_submit() and the outbox: both describe a
  * measurement as an M3terMeasurement and write it with
- * m3ter_append_measurement() (the sender packs them into requests).  The rules checked here are the
- * ones the Ingest API documents:
+ * m3ter_append_measurement() (the sender packs them into requests).  The
+ * rules checked here are the ones the Ingest API documents:
  *	- meter and account are codes: not empty, no non-printable or
  *	  whitespace characters other than space, no leading or trailing
  *	  whitespace (a Meter code is at most 80 characters);

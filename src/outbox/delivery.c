@@ -349,9 +349,9 @@ write_outcomes(M3terDelivery *d)
  * While the pacer holds every send for over a second (a wait m3ter asked
  * for, 429s that go on, the token endpoint down), hand the rows of the
  * requests not running back to the outbox: due, no attempt spent, out of
- * the claim's in-flight record.  Held in flight, unsent, they would be counted as sent if the
- * sender stopped meanwhile.  Claims start over from the front once ours
- * are done, so they go first after the wait.
+ * the claim's in-flight record.  Held in flight, unsent, they would be
+ * counted as sent if the sender stopped meanwhile.  Claims start over from
+ * the front once ours are done, so they go first after the wait.
  */
 static void
 hand_back_queued(M3terDelivery *d)
@@ -830,6 +830,7 @@ pacer_allows(M3terDelivery *d, int free_requests)
 	TimestampTz horizon = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), M3TER_HOLD_HORIZON_MS);
 	int			ahead = m3ter_sender_ready(&d->sender);
 	bool		backing_off;
+	TimestampTz until;
 
 	/*
 	 * (m3ter_flush() waits out a wait m3ter asked for, as m3ter_submit()
@@ -838,20 +839,16 @@ pacer_allows(M3terDelivery *d, int free_requests)
 	d->held_until = m3ter_pace_wait_holds(M3TER_INGEST_API, &backing_off);
 	if (d->held_until != 0 && d->mode != M3TER_TXN_CALLER)
 		return 0;
-	/* the token endpoint failed: the sender asks again after a growing wait */
-	d->held_until = m3ter_beyond_hold_horizon(m3ter_sender_token_wait(&d->sender));
-	if (d->held_until != 0 && d->mode != M3TER_TXN_CALLER)
-		return 0;
 	d->held_until = 0;
 	/*
-	 * After a failure, a token first: no rows claimed while the endpoint is
-	 * asked again (m3ter_flush()'s claims are its transaction's)
+	 * The token endpoint failed: the sender asks again after a growing
+	 * wait, and before rows are claimed (m3ter_flush()'s claims are its
+	 * transaction's: it waits with them)
 	 */
-	if (d->mode != M3TER_TXN_CALLER && free_requests > 0 && m3ter_sender_busy(&d->sender) == 0 &&
-		!m3ter_sender_token_ready(&d->sender))
+	if (d->mode != M3TER_TXN_CALLER &&
+		!m3ter_sender_token_ready(&d->sender, free_requests > 0 && m3ter_sender_busy(&d->sender) == 0,
+								  &until))
 	{
-		TimestampTz until = m3ter_sender_token_wait(&d->sender);
-
 		d->held_until = m3ter_beyond_hold_horizon(until);
 		d->next_claim_at = Max(d->next_claim_at, until);	/* a short wait: sleep, no spin */
 		return 0;

@@ -255,6 +255,31 @@ time.sleep(max(0.0, t0 + 9.3 - time.time()))
 r = psql("SET m3ter.max_retries = 0;\n" + SUBMIT, check=False)
 ok(r.returncode == 0 and time.time() - t0 < 10, "a token in its last second serves while the endpoint fails",
    "%.1f s: %s" % (time.time() - t0, r.stderr))
+# ... and the wait that failure began holds no rows meanwhile: a flush sends them with it
+insert_usage(20, "atokenold-")
+r = psql("CALL m3ter.flush()", check=False)
+took = time.time() - t0
+is_(psql("SELECT count(*) FROM m3ter.outbox WHERE uid LIKE 'atokenold-%' AND status = 'accepted'"), "20",
+    "rows committed then go with it, not after the wait (%.1f s of the token's 10)" % took)
+ok(took < 10 and "rather than wait" not in r.stderr, "and the flush does not wait", r.stderr)
+
+# processes that wait for another's ask of the token endpoint take its failure as their answer:
+# they do not ask again one after another (against a slow endpoint, each for its time)
+time.sleep(max(0.0, t0 + 10.5 - time.time()))     # (the token has expired)
+standin("POST", "/_control/faults", {"clear": True, "faults": [
+    {"match": "/oauth/token", "status": 503, "delay": 2, "count": 10}]})
+asks = len([x for x in standin("GET", "/_control/requests") if x["path"] == "/oauth/token"])
+first = psql_async("SET m3ter.max_retries = 0; " + SUBMIT)
+time.sleep(0.5)
+second = psql_async("SET m3ter.max_retries = 0; " + SUBMIT)
+t1 = time.time()
+errors = [p.communicate(timeout=30)[1] for p in (first, second)]
+waited = time.time() - t1
+ok(all("token endpoint answered HTTP status 503" in e for e in errors),
+   "two calls during one slow failed ask both fail with its answer", errors)
+is_(len([x for x in standin("GET", "/_control/requests") if x["path"] == "/oauth/token"]) - asks, 1,
+    "the endpoint was asked once, not once a call")
+ok(waited < 3.5, "the second call is answered when the first ask is (%.1f s), not after an ask of its own" % waited)
 standin("POST", "/_control/faults", {"clear": True})
 standin("POST", "/_control/config", {"token_ttl": 3600})
 set_and_reload(worker_enabled=None, retry_max_delay=None)
