@@ -188,15 +188,25 @@ set_and_reload(worker_enabled=None, retry_max_delay="60s", events_poll_interval=
 ok(wait_until(lambda: token_503s() >= before + 1, timeout=30, interval=0.2)
    and wait_until(lambda: scalar(state_sql) == "waiting: the token endpoint failed (see last_error)", timeout=5),
    "the worker waits for the token endpoint (27 s after the flush's and its own failures)", scalar(state_sql))
-# the wait is the cluster's: a new worker and a flush wait out what is left, without asking
+# the wait is the cluster's: a new worker, another database's and a flush wait out what is
+# left, without asking
+JOINS = "answers_join"
+psql("DROP DATABASE IF EXISTS %s" % JOINS)
+psql("CREATE DATABASE %s" % JOINS)
 terminate_worker()
 before = token_503s()
 r = psql("CALL m3ter.flush()", check=False)
 left = re.search(r"rather than wait (\d+) s", r.stderr)
 ok(left and int(left.group(1)) >= 10, "CALL m3ter.flush() names the cluster's wait (more than 10 s left)", r.stderr)
+psql("CREATE EXTENSION m3ter", JOINS)
+insert_usage(5, "atokenjoin-", db=JOINS)
+set_and_reload(database="")
 time.sleep(4)
-is_(token_503s(), before, "neither a new worker nor the flush asks the token endpoint during the wait")
+is_(token_503s(), before, "neither a new worker, another database's nor the flush asks the token endpoint")
 is_(scalar(state_sql), "waiting: the token endpoint failed (see last_error)", "and the new worker says it waits")
+is_(psql("SELECT state || ' | ' || coalesce(last_error, '(none)') FROM m3ter.databases WHERE datname = '%s'"
+         % JOINS), "waiting: the token endpoint failed (see last_error) | "
+    "the token endpoint failed: Injected fault: HTTP 503", "so does the other database's, naming the failure")
 standin("POST", "/_control/faults", {"clear": True})
 psql("SELECT m3ter_submit('{\"meter\": \"api_requests\", \"account\": \"acme\", "
      "\"ts\": \"2024-01-02T03:04:05Z\", \"measure\": {\"requests\": 1}}')")
@@ -204,7 +214,10 @@ t0 = time.time()
 ok(wait_until(lambda: outbox_counts()["pending"] == 0, timeout=6, interval=0.2),
    "a token cached by a call ends the worker's wait: its rows go within seconds",
    "%s after %.1f s" % (outbox_counts(), time.time() - t0))
-set_and_reload(events_poll_interval=None)
+ok(wait_until(lambda: psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'accepted'", JOINS) == "5",
+              timeout=10), "the other database's rows go too")
+set_and_reload(events_poll_interval=None, database=None)
+psql("DROP DATABASE %s" % JOINS)
 
 # while the worker asks a token endpoint that failed again (a request that times out, here),
 # its state still says it waits for it, not delivering, and m3ter_health() keeps its warning
