@@ -75,7 +75,7 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 			return;
 		}
 
-		m3ter_send_once(api, method, url, psprintf("Bearer %s", token), body, body_len, result);
+		m3ter_send_once(api, method, url, psprintf("Bearer %s", token), body, body_len, 0, result);
 
 		if (result->outcome == M3TER_FORBIDDEN && !refreshed)
 		{

@@ -270,13 +270,11 @@ add_header(M3terHttpRequest *req, const char *line)
 }
 
 /*
- * Start a request.  authorization is the Authorization header's value, or
- * NULL for none; the body (may be NULL) is copied.  tag is the caller's,
- * returned with the answer.
+ * Start a request that may take timeout_ms in all (see m3ter_http_start())
  */
-M3terHttpRequest *
-m3ter_http_start(const char *method, const char *url, const char *authorization,
-				 const char *body, size_t body_len, void *tag)
+static M3terHttpRequest *
+start_request(const char *method, const char *url, const char *authorization,
+			  const char *body, size_t body_len, void *tag, int timeout_ms)
 {
 	CURLM	   *multi = get_multi();
 	M3terHttpRequest *req = calloc(1, sizeof(M3terHttpRequest));
@@ -336,7 +334,7 @@ m3ter_http_start(const char *method, const char *url, const char *authorization,
 	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, req->errbuf);
 	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, (long) m3ter_connect_timeout_ms);
-	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) m3ter_request_timeout_ms);
+	curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long) timeout_ms);
 	curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, m3ter_tls_verify ? 1L : 0L);
 	curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, m3ter_tls_verify ? 2L : 0L);
 	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -370,6 +368,18 @@ m3ter_http_start(const char *method, const char *url, const char *authorization,
 	dlist_push_tail(&running, &req->node);
 	n_running++;
 	return req;
+}
+
+/*
+ * Start a request.  authorization is the Authorization header's value, or
+ * NULL for none; the body (may be NULL) is copied.  tag is the caller's,
+ * returned with the answer.
+ */
+M3terHttpRequest *
+m3ter_http_start(const char *method, const char *url, const char *authorization,
+				 const char *body, size_t body_len, void *tag)
+{
+	return start_request(method, url, authorization, body, body_len, tag, m3ter_request_timeout_ms);
 }
 
 /* Move every transfer libcurl reports as done to the finished list */
@@ -505,17 +515,20 @@ m3ter_http_abort_all(void)
 }
 
 /*
- * One request, synchronously.  Transport failures (no connection, timeout,
- * reset) come back with status 0, not raised; only an interrupt raises.
- * Other requests in flight progress meanwhile and stay collectable.
+ * One request, synchronously, given timeout_ms in all (0: as long as
+ * m3ter.request_timeout; never longer).  Transport failures (no connection,
+ * timeout, reset) come back with status 0, not raised; only an interrupt
+ * raises.  Other requests in flight progress meanwhile and stay collectable.
  */
 void
 m3ter_http_exchange(const char *method, const char *url,
 					const char *authorization,
-					const char *body, size_t body_len,
+					const char *body, size_t body_len, int timeout_ms,
 					M3terHttpResponse *response)
 {
-	M3terHttpRequest *req = m3ter_http_start(method, url, authorization, body, body_len, NULL);
+	M3terHttpRequest *req = start_request(method, url, authorization, body, body_len, NULL,
+										  timeout_ms > 0 ? Min(timeout_ms, m3ter_request_timeout_ms) :
+										  m3ter_request_timeout_ms);
 	dlist_iter	it;
 
 	for (;;)

@@ -32,7 +32,7 @@ extern bool m3ter_http_collect(M3terHttpResponse *response, void **tag);
 extern void m3ter_http_abort_all(void);
 extern void m3ter_http_exchange(const char *method, const char *url,
 								const char *authorization,
-								const char *body, size_t body_len,
+								const char *body, size_t body_len, int timeout_ms,
 								M3terHttpResponse *response);
 
 #endif							/* M3TER_CLIENT_HTTP_H */

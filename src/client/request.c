@@ -326,12 +326,12 @@ classify(const M3terHttpResponse *resp, M3terCallResult *result, bool ingest)
 
 /*
  * Send one paced request synchronously with the given Authorization value
- * and classify the answer into result.  The credential is wiped and freed
- * on every path.
+ * and classify the answer into result; timeout_ms as for
+ * m3ter_http_exchange().  The credential is wiped and freed on every path.
  */
 void
 m3ter_send_once(M3terApi api, const char *method, const char *url, char *authorization,
-				const char *body, size_t body_len, M3terCallResult *result)
+				const char *body, size_t body_len, int timeout_ms, M3terCallResult *result)
 {
 	M3terHttpResponse resp;
 	TimestampTz sent_at;
@@ -340,7 +340,7 @@ m3ter_send_once(M3terApi api, const char *method, const char *url, char *authori
 	sent_at = GetCurrentTimestamp();
 	PG_TRY();
 	{
-		m3ter_http_exchange(method, url, authorization, body, body_len, &resp);
+		m3ter_http_exchange(method, url, authorization, body, body_len, timeout_ms, &resp);
 	}
 	PG_FINALLY();
 	{

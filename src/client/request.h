@@ -41,7 +41,7 @@ extern void m3ter_take_answer(M3terApi api, const M3terHttpResponse *resp, Times
 							  M3terCallResult *result);
 extern void m3ter_send_once(M3terApi api, const char *method, const char *url,
 							char *authorization, const char *body, size_t body_len,
-							M3terCallResult *result);
+							int timeout_ms, M3terCallResult *result);
 extern int	m3ter_call_sqlstate(const M3terCallResult *result, const char **hint);
 pg_noreturn extern void m3ter_raise_call_error(const M3terCallResult *result,
 											   const char *what);

@@ -307,8 +307,9 @@ m3ter_sender_token_wait(M3terSender *s)
  * sender stopped (a refusal, or a call's last try)
  */
 static char *
-sender_token(M3terSender *s, TimestampTz now, int *wait_ms)
+sender_token(M3terSender *s, int *wait_ms)
 {
+	TimestampTz now;
 	M3terCallResult why;
 	char	   *token;
 
@@ -324,7 +325,8 @@ sender_token(M3terSender *s, TimestampTz now, int *wait_ms)
 	if (why.outcome == M3TER_TRANSIENT &&
 		(s->max_token_failures < 0 || s->token_failures < s->max_token_failures))
 	{
-		/* the token endpoint is down: wait, spend nothing */
+		/* the token endpoint is down: wait (from its answer, not the ask), spend nothing */
+		now = GetCurrentTimestamp();
 		s->token_retry_at = s->max_token_failures < 0 ? m3ter_token_wait(0, true) :
 			TimestampTzPlusMilliseconds(now, m3ter_backoff_ms(s->token_failures, why.retry_after_ms));
 		s->token_failures++;
@@ -351,7 +353,6 @@ sender_token(M3terSender *s, TimestampTz now, int *wait_ms)
 bool
 m3ter_sender_token_ready(M3terSender *s, bool ask, TimestampTz *until)
 {
-	TimestampTz now = GetCurrentTimestamp();
 	char	   *token;
 	int			wait_ms;
 
@@ -365,7 +366,7 @@ m3ter_sender_token_ready(M3terSender *s, bool ask, TimestampTz *until)
 		return false;
 	if (!ask)
 		return true;
-	token = sender_token(s, now, &wait_ms);
+	token = sender_token(s, &wait_ms);
 	if (token == NULL)
 	{
 		*until = wait_ms < 0 ? 0 : s->token_retry_at;
@@ -426,7 +427,7 @@ start_due(M3terSender *s)
 				break;
 			}
 		}
-		if (token == NULL && (token = sender_token(s, now, &next_ms)) == NULL)
+		if (token == NULL && (token = sender_token(s, &next_ms)) == NULL)
 			return next_ms;
 		if (!m3ter_pace_try(M3TER_INGEST_API, 0, &wait_ms))
 		{

@@ -45,6 +45,13 @@
 #define M3TER_TOKEN_MARGIN_S 60
 /* expires_in is clamped to [1 s, 1 day] */
 #define M3TER_TOKEN_MAX_LIFE_S 86400
+/*
+ * An ask to renew a token that still serves waits this long at most (and
+ * half the time the token has left): the process that asks waits for it,
+ * and an endpoint that hangs would hold its call or its rows for all of
+ * m3ter.request_timeout
+ */
+#define M3TER_RENEWAL_TIMEOUT_MS 2000
 
 typedef struct TokenCache
 {
@@ -117,24 +124,25 @@ static bool grant_as_form = false;
 
 /* POST the client-credentials grant to url, in the encoding kept */
 static void
-send_grant(const char *url, M3terCallResult *result)
+send_grant(const char *url, int timeout_ms, M3terCallResult *result)
 {
 	static const char json_grant[] = "{\"grant_type\":\"client_credentials\"}";
 	static const char form_grant[] = "grant_type=client_credentials";
 
 	m3ter_send_once(M3TER_CONFIG_API, "POST", url, m3ter_basic_credentials(),
 					grant_as_form ? form_grant : json_grant,
-					grant_as_form ? sizeof(form_grant) - 1 : sizeof(json_grant) - 1, result);
+					grant_as_form ? sizeof(form_grant) - 1 : sizeof(json_grant) - 1, timeout_ms, result);
 }
 
 /*
- * POST {api_url}/oauth/token with the Basic credentials.  Returns the token
- * (palloc'd) and its lifetime, or NULL with result describing the failure
+ * POST {api_url}/oauth/token with the Basic credentials, waiting timeout_ms
+ * for the answer (0: m3ter.request_timeout).  Returns the token (palloc'd)
+ * and its lifetime, or NULL with result describing the failure
  * (M3TER_TRANSIENT, M3TER_AUTH_FAILED for a refusal, or M3TER_UNEXPECTED when
  * something other than m3ter's token endpoint answered).
  */
 static char *
-fetch_token(M3terCallResult *result, int *expires_in_s)
+fetch_token(int timeout_ms, M3terCallResult *result, int *expires_in_s)
 {
 	char	   *url = psprintf("%s/oauth/token", m3ter_api_base(M3TER_CONFIG_API));
 	cJSON	   *root;
@@ -142,11 +150,11 @@ fetch_token(M3terCallResult *result, int *expires_in_s)
 	cJSON	   *expires;
 	char	   *copy = NULL;
 
-	send_grant(url, result);
+	send_grant(url, timeout_ms, result);
 	if (result->status == 400 || result->status == 415)
 	{
 		grant_as_form = !grant_as_form;
-		send_grant(url, result);
+		send_grant(url, timeout_ms, result);
 		if (result->status == 400 || result->status == 415)
 			grant_as_form = !grant_as_form;	/* not the encoding: as before */
 	}
@@ -292,6 +300,7 @@ m3ter_token_get(M3terCallResult *result)
 	char		buf[M3TER_MAX_TOKEN];
 	bool		found;
 	TimestampTz waited_since = 0;	/* for another process's fetch */
+	volatile int timeout_ms;
 
 	for (;;)
 	{
@@ -332,11 +341,13 @@ m3ter_token_get(M3terCallResult *result)
 			return NULL;
 		}
 		c->fetching_until = now + (int64) (m3ter_connect_timeout_ms + m3ter_request_timeout_ms) * 1000;
+		/* a renewal: the token at hand serves after a short wait for the new one */
+		timeout_ms = valid ? (int) Min(M3TER_RENEWAL_TIMEOUT_MS, (c->expires_at - now) / 2000 + 1) : 0;
 		unlock_cache();
 
 		PG_TRY();
 		{
-			token = fetch_token(result, &expires_in_s);
+			token = fetch_token(timeout_ms, result, &expires_in_s);
 		}
 		PG_CATCH();
 		{

@@ -582,7 +582,7 @@ fetch_log(const char *event_id, const char *file, int max_retries, bool *transie
 	}
 
 	/* a presigned URL carries its own signature: no Authorization header */
-	m3ter_http_exchange("GET", url, NULL, NULL, 0, &resp);
+	m3ter_http_exchange("GET", url, NULL, NULL, 0, 0, &resp);
 	if (resp.status >= 200 && resp.status < 300)
 		return resp.body;
 	if (resp.too_large || resp.bad_url)

@@ -177,6 +177,11 @@ is_(psql("SELECT count(*) FROM m3ter.outbox WHERE uid LIKE 'atokenfn-%' AND stat
 r = psql("SET statement_timeout = '5s';\nCALL m3ter.flush()", check=False)
 ok(r.returncode == 0, "and a CALL m3ter.flush() after it is not blocked", r.stderr)
 
+def token_asks(since):
+    """When the token endpoint was asked since then (the stand-in keeps the latest requests only)"""
+    return [x["t"] for x in standin("GET", "/_control/requests") if x["path"] == "/oauth/token" and x["t"] >= since]
+
+
 # a token another process got ends the worker's wait: the rows go at once, not when it ends
 def token_503s():
     return len([x for x in standin("GET", "/_control/requests") if x["path"] == "/oauth/token" and x["status"] == 503])
@@ -255,7 +260,8 @@ standin("POST", "/_control/faults", {"clear": True})
 ok(wait_until(lambda: outbox_counts()["pending"] == 0, timeout=10), "and the rows go once it answers",
    outbox_counts())
 
-# a token due for renewal (its last tenth here) still serves while the endpoint fails to renew it
+# a token due for renewal (its last tenth here) still serves while the endpoint fails to renew it,
+# here by hanging: the ask to renew waits briefly (half the time the token has left, 2 s at most)
 reset()
 set_and_reload(worker_enabled="off")
 standin("POST", "/_control/config", {"token_ttl": 10, "expire_tokens": True})
@@ -263,10 +269,11 @@ SUBMIT = ("SELECT m3ter_submit('{\"meter\": \"api_requests\", \"account\": \"acm
           "\"ts\": \"2024-01-02T03:04:05Z\", \"measure\": {\"requests\": 1}}')")
 psql(SUBMIT)   # (m3ter refuses the cached token: this fetches one that lives 10 s)
 t0 = time.time()
-standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "status": 503, "count": 100}]})
+standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "delay": 5, "count": 100}]})
 time.sleep(max(0.0, t0 + 9.3 - time.time()))
 r = psql("SET m3ter.max_retries = 0;\n" + SUBMIT, check=False)
-ok(r.returncode == 0 and time.time() - t0 < 10, "a token in its last second serves while the endpoint fails",
+ok(r.returncode == 0 and time.time() - t0 < 10,
+   "a token in its last second serves while the endpoint hangs, not after the request's timeout",
    "%.1f s: %s" % (time.time() - t0, r.stderr))
 # ... and the wait that failure began holds no rows meanwhile: a flush sends them with it
 insert_usage(20, "atokenold-")
@@ -280,8 +287,8 @@ ok(took < 10 and "rather than wait" not in r.stderr, "and the flush does not wai
 # they do not ask again one after another (against a slow endpoint, each for its time)
 time.sleep(max(0.0, t0 + 10.5 - time.time()))     # (the token has expired)
 standin("POST", "/_control/faults", {"clear": True, "faults": [
-    {"match": "/oauth/token", "status": 503, "delay": 2, "count": 10}]})
-asks = len([x for x in standin("GET", "/_control/requests") if x["path"] == "/oauth/token"])
+    {"match": "/oauth/token", "status": 503, "delay": 2, "count": 20}]})
+T0 = time.time()
 first = psql_async("SET m3ter.max_retries = 0; " + SUBMIT)
 time.sleep(0.5)
 second = psql_async("SET m3ter.max_retries = 0; " + SUBMIT)
@@ -290,9 +297,23 @@ errors = [p.communicate(timeout=30)[1] for p in (first, second)]
 waited = time.time() - t1
 ok(all("token endpoint answered HTTP status 503" in e for e in errors),
    "two calls during one slow failed ask both fail with its answer", errors)
-is_(len([x for x in standin("GET", "/_control/requests") if x["path"] == "/oauth/token"]) - asks, 1,
-    "the endpoint was asked once, not once a call")
+is_(len(token_asks(T0)), 1, "the endpoint was asked once, not once a call")
 ok(waited < 3.5, "the second call is answered when the first ask is (%.1f s), not after an ask of its own" % waited)
+# ... and their retries, due at the same time after the same answer, share an ask each round
+# (each waits from that answer, not from when it asked)
+T0 = time.time()
+calls = [psql_async("SET m3ter.max_retries = 2; " + SUBMIT)]
+time.sleep(0.5)
+calls.append(psql_async("SET m3ter.max_retries = 2; " + SUBMIT))
+ended = []
+for p in calls:
+    p.communicate(timeout=60)
+    ended.append(time.time())
+times = sorted(token_asks(T0))
+is_(len(times), 3, "two calls with two retries each ask the endpoint three times in all")
+ok(len(times) == 3 and times[1] - times[0] >= 2.7 and times[2] - times[1] >= 4.7,
+   "a second after the first answer, then 3 s after the second", times)
+ok(abs(ended[1] - ended[0]) < 1, "and both calls fail together", ended)
 standin("POST", "/_control/faults", {"clear": True})
 standin("POST", "/_control/config", {"token_ttl": 3600})
 set_and_reload(worker_enabled=None, retry_max_delay=None)
