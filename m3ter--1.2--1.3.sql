@@ -239,7 +239,8 @@ BEGIN
             'm3ter''s TLS certificate and host name are not verified: the credentials and usage may go to anyone on the way.',
             'ALTER SYSTEM RESET m3ter.tls_verify; SELECT pg_reload_conf();';
     END IF;
-    FOR r IN SELECT d.datname, d.state, d.pending, d.oldest_pending_age, d.last_error FROM m3ter.databases d LOOP
+    FOR r IN SELECT d.datname, d.state, d.pending, d.oldest_pending_age, d.last_error, d.last_error_at,
+                    d.last_accepted_at FROM m3ter.databases d LOOP
         IF r.state LIKE 'waiting for a background worker slot%' THEN
             RETURN QUERY SELECT 'warning', 'worker slots short',
                 format('Database %I waits for a background worker slot: max_worker_processes is %s.', r.datname,
@@ -275,6 +276,14 @@ BEGIN
             RETURN QUERY SELECT 'info', 'no worker delivers',
                 format('Database %I: %s; its rows wait.', r.datname, r.state),
                 'Schedule CALL m3ter.flush() with pg_cron there, or change the setting if the worker should deliver.';
+            -- the flushes that deliver there say it in last_error: failed since the last row accepted
+            IF r.last_error LIKE 'the token endpoint failed%'
+               AND r.last_error_at > coalesce(r.last_accepted_at, '-infinity') THEN
+                RETURN QUERY SELECT 'warning', 'token endpoint failing',
+                    format('Database %I: no row accepted since the last flush''s error (%s): %s.',
+                           r.datname, date_trunc('second', r.last_error_at), r.last_error),
+                    'CALL m3ter.flush() asks for a bearer token again after a growing wait (it returns with a notice meanwhile); the rows stay pending and spend no attempt. Check m3ter.api_url (its /oauth/token serves the token) and the network if it goes on.';
+            END IF;
         END IF;
     END LOOP;
     FOR r IN SELECT c.last_error, c.last_error_at FROM m3ter.event_cursor c WHERE c.last_error IS NOT NULL LOOP

@@ -150,6 +150,10 @@ ok(r.returncode == 0 and "the m3ter token endpoint failed: the flush returns rat
    and time.time() - t0 < 8, "CALL m3ter.flush() returns with a notice of the token endpoint's wait",
    "%.1f s: %s" % (time.time() - t0, r.stderr))
 is_(psql("SELECT count(*) FROM m3ter.inflight"), "0", "and leaves no row in flight")
+FLUSH_HEALTH = "SELECT detail FROM m3ter_health() WHERE finding = 'token endpoint failing'"
+health = psql(FLUSH_HEALTH)
+ok("no row accepted since the last flush's error" in health and "503" in health,
+   "with no worker, m3ter_health() warns of the token endpoint from the flush's failure", health)
 # the wait is the cluster's: a flush right after it does not ask the endpoint again
 standin("POST", "/_control/faults", {"clear": True})
 asked = len([x for x in standin("GET", "/_control/requests") if x["path"] == "/oauth/token"])
@@ -161,6 +165,7 @@ ok(wait_until(lambda: psql("CALL m3ter.flush()") is not None and outbox_counts()
               interval=0.5), "once the wait is over, a flush asks again and delivers", outbox_counts())
 is_(psql("SELECT count(*) FROM m3ter.outbox WHERE status = 'accepted' AND attempts = 1"), "3000",
     "one attempt each")
+is_(psql(FLUSH_HEALTH), "", "and m3ter_health() no longer warns once a flush delivered")
 
 # SELECT m3ter_flush() gives up on a token endpoint that stays down as a call does (after
 # m3ter.max_retries more tries): an error, nothing sent, and the claim lock free again
