@@ -66,6 +66,7 @@ m3ter_call(M3terApi api, const char *method, const char *path,
 			*result = held;
 			return;
 		}
+		result->token_failed = false;	/* (says whose the last answer is) */
 		token = m3ter_token_get(result);
 
 		if (token == NULL)

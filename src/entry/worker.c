@@ -436,6 +436,8 @@ start_or_rest(void)
 		pgstat_report_activity(STATE_RUNNING, "m3ter: delivering the outbox");
 		/* asking a failing token endpoint again (for up to m3ter.request_timeout) is no delivery yet */
 		w.shown = m3ter_token_failure(NULL, 0) != 0 ? token_failing_state : "delivering";
+		if (w.shown == token_failing_state)
+			note_token_failure();	/* (its last_error now, not at the delivery's end) */
 		m3ter_worker_note(w.shown, true);
 	}
 }
@@ -491,7 +493,10 @@ show_delivery_state(void)
 	else if ((held = held_by_m3ter()) != NULL)
 		state = held;			/* (the same literal each time: w.shown compares pointers) */
 	else if (m3ter_token_failure(NULL, 0) != 0 && m3ter_sender_busy(&w.d.sender) == 0)
+	{
 		state = token_failing_state;	/* no token had since it failed, no row claimed */
+		note_token_failure();
+	}
 	if (state != w.shown)
 		m3ter_worker_note(state, false);
 	w.shown = state;

@@ -564,7 +564,8 @@ fetch_log(const char *event_id, const char *file, int max_retries, bool *transie
 			}
 			/* unreachable, busy, or refused for the token or the configuration: every event alike */
 			*transient = true;
-			stats->error = psprintf("getDownloadUrl: %s (HTTP %ld)",
+			stats->error = psprintf("%s: %s (HTTP %ld)",
+									res.token_failed ? "asking for a bearer token" : "getDownloadUrl",
 									res.message ? res.message : "failed", res.status);
 			return NULL;
 		}
@@ -771,7 +772,9 @@ read_pages(char *token, bool head, int max_retries, PollStats *stats, char **res
 		{
 			if (stats->pages == 0 && max_retries > 0)
 				m3ter_raise_call_error(&res, "listing m3ter events");
-			stats->error = psprintf("listing events: %s (HTTP %ld)",
+			/* (no token was had: the token endpoint's failure, not the Events API's) */
+			stats->error = psprintf("%s: %s (HTTP %ld)",
+									res.token_failed ? "asking for a bearer token" : "listing events",
 									res.message ? res.message : "failed", res.status);
 			return false;
 		}

@@ -322,5 +322,17 @@ ok(abs(ended[1] - ended[0]) < 1, "and both calls fail together", ended)
 standin("POST", "/_control/faults", {"clear": True})
 standin("POST", "/_control/config", {"token_ttl": 3600})
 psql(SUBMIT)    # (a token had ends the cluster's wait those failures grew: the next file starts afresh)
-set_and_reload(worker_enabled=None, retry_max_delay=None)
+
+# the event poll that meets the token endpoint's failure names it, not the Events API
+CURSOR = "SELECT coalesce(last_error, '') || ' | ' || coalesce(last_error_at::text, '') FROM m3ter.event_cursor"
+before = psql(CURSOR)
+set_and_reload(worker_enabled=None, retry_max_delay="2s", events_poll_interval="1s")
+standin("POST", "/_control/faults", {"faults": [{"match": "/oauth/token", "status": 503, "count": 100}]})
+standin("POST", "/_control/config", {"expire_tokens": True})
+ok(wait_until(lambda: psql(CURSOR) != before and psql(CURSOR) != " | ", timeout=15, interval=0.2),
+   "the event poll meets the failing token endpoint", psql(CURSOR))
+ok(psql(CURSOR).startswith("asking for a bearer token: "), "and names it", psql(CURSOR))
+standin("POST", "/_control/faults", {"clear": True})
+psql(SUBMIT)
+set_and_reload(worker_enabled=None, retry_max_delay=None, events_poll_interval=None)
 done()
