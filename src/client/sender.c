@@ -309,7 +309,6 @@ m3ter_sender_token_wait(M3terSender *s)
 static char *
 sender_token(M3terSender *s, int *wait_ms)
 {
-	TimestampTz now;
 	M3terCallResult why;
 	char	   *token;
 
@@ -326,7 +325,8 @@ sender_token(M3terSender *s, int *wait_ms)
 		(s->max_token_failures < 0 || s->token_failures < s->max_token_failures))
 	{
 		/* the token endpoint is down: wait (from its answer, not the ask), spend nothing */
-		now = GetCurrentTimestamp();
+		TimestampTz now = GetCurrentTimestamp();
+
 		s->token_retry_at = s->max_token_failures < 0 ? m3ter_token_wait(0, true) :
 			TimestampTzPlusMilliseconds(now, m3ter_backoff_ms(s->token_failures, why.retry_after_ms));
 		s->token_failures++;

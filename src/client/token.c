@@ -266,6 +266,13 @@ note_failure(TokenCache *c, uint32 fp, const M3terCallResult *result)
 	}
 }
 
+/* Is the cached token for fp and still valid at now (c locked)? */
+static bool
+token_valid(const TokenCache *c, uint32 fp, TimestampTz now)
+{
+	return c->len > 0 && c->fingerprint == fp && now < c->expires_at;
+}
+
 /*
  * The cached token copied into buf (M3TER_MAX_TOKEN bytes) if it is for fp
  * and still valid at now (c locked: no palloc here)
@@ -273,7 +280,7 @@ note_failure(TokenCache *c, uint32 fp, const M3terCallResult *result)
 static bool
 copy_if_valid(TokenCache *c, uint32 fp, TimestampTz now, char *buf)
 {
-	if (c->len == 0 || c->fingerprint != fp || now >= c->expires_at)
+	if (!token_valid(c, fp, now))
 		return false;
 	memcpy(buf, c->token, c->len + 1);
 	return true;
@@ -306,7 +313,7 @@ m3ter_token_get(M3terCallResult *result)
 	{
 		TimestampTz now = GetCurrentTimestamp();
 		TokenCache *c = lock_cache();
-		bool		valid = c->len > 0 && c->fingerprint == fp && now < c->expires_at;
+		bool		valid = token_valid(c, fp, now);
 		bool		fresh = valid && now < c->refresh_at;
 		bool		fetching = c->fetching_until > now;
 		bool		waiting = c->failed_fingerprint == fp && c->retry_at > now;
@@ -402,13 +409,13 @@ m3ter_token_wait(TimestampTz own_retry_at, bool cluster)
 		return 0;
 	fp = fingerprint();
 	c = lock_cache();
-	if (c->len > 0 && c->fingerprint == fp && now < c->refresh_at)
+	if (token_valid(c, fp, now) && now < c->refresh_at)
 	{
 		c->failures = 0;		/* a token had since ends the wait */
 		c->retry_at = 0;
 		until = 0;
 	}
-	else if (c->len > 0 && c->fingerprint == fp && now < c->expires_at)
+	else if (token_valid(c, fp, now))
 		until = 0;				/* the old one serves meanwhile: sends go */
 	else if (cluster && c->failed_fingerprint == fp)
 	{

@@ -519,6 +519,17 @@ lasting_failure(const char *event_id, const char *what, PollStats *stats)
 }
 
 /*
+ * A poll's error for a call of what that failed: named for the token
+ * endpoint when no token was had, not for the Events API (palloc'd)
+ */
+static char *
+call_error(const M3terCallResult *res, const char *what)
+{
+	return psprintf("%s: %s (HTTP %ld)", res->token_failed ? "asking for a bearer token" : what,
+					res->message ? res->message : "failed", res->status);
+}
+
+/*
  * Fetch the log file of an event: getDownloadUrl on the Config API, then a
  * plain GET of the presigned URL with no Authorization header.  Returns
  * the body; NULL with *transient set to retry later, or NULL with *note
@@ -564,9 +575,7 @@ fetch_log(const char *event_id, const char *file, int max_retries, bool *transie
 			}
 			/* unreachable, busy, or refused for the token or the configuration: every event alike */
 			*transient = true;
-			stats->error = psprintf("%s: %s (HTTP %ld)",
-									res.token_failed ? "asking for a bearer token" : "getDownloadUrl",
-									res.message ? res.message : "failed", res.status);
+			stats->error = call_error(&res, "getDownloadUrl");
 			return NULL;
 		}
 		answer = cJSON_Parse(res.body);
@@ -772,10 +781,7 @@ read_pages(char *token, bool head, int max_retries, PollStats *stats, char **res
 		{
 			if (stats->pages == 0 && max_retries > 0)
 				m3ter_raise_call_error(&res, "listing m3ter events");
-			/* (no token was had: the token endpoint's failure, not the Events API's) */
-			stats->error = psprintf("%s: %s (HTTP %ld)",
-									res.token_failed ? "asking for a bearer token" : "listing events",
-									res.message ? res.message : "failed", res.status);
+			stats->error = call_error(&res, "listing events");
 			return false;
 		}
 		stats->pages++;
