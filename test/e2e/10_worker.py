@@ -147,8 +147,10 @@ ok(pending // 4 <= shown <= pending, "m3ter.databases counts the rows waiting ou
 state = lambda: scalar("SELECT state FROM m3ter.databases WHERE datname = current_database()")  # noqa: E731
 ok(wait_until(lambda: state() == "waiting: retrying after a fault (see last_error)", timeout=20),
    "between tries the worker's state says it is retrying", state())
-health = psql("SELECT detail FROM m3ter_health() WHERE finding = 'delivery retrying'")
-ok("rows pending" in health and "503" in health, "m3ter_health() warns, with the last error", health)
+# (read while the state says so: it turns to delivering at each try)
+HEALTH = "SELECT detail FROM m3ter_health() WHERE finding = 'delivery retrying'"
+ok(wait_until(lambda: "rows pending" in psql(HEALTH) and "503" in psql(HEALTH), timeout=20),
+   "m3ter_health() warns, with the last error", psql(HEALTH))
 # the outage ends: the waiting rows go now, and the worker is idle again for the next file
 standin("POST", "/_control/reset")
 psql("UPDATE m3ter.outbox SET next_attempt_at = now() WHERE status = 'pending'")
